@@ -1,10 +1,10 @@
 """Single-process speed of the lean Pong env (envs/) against raw ALE and gymnasium's AtariPreprocessing.
 
-Usage:  .venv/bin/python benchmarks/env_speed.py [--seconds 3] [--repeats 1] [--no-vector]
+Usage:  .venv/bin/python benchmarks/env_speed.py [--seconds 3] [--rounds 3] [--no-vector]
 
-Every measurement plays Pong with uniformly random actions for ``--seconds`` (resets included, timed) and
-reports agent steps/s and emulator frames/s; with ``--repeats`` > 1 the best run is kept (the machine is
-shared). Baselines, measured in the same run:
+Every configuration plays Pong with uniformly random actions for ``--seconds`` in all (resets included,
+timed), split into ``--rounds`` interleaved rounds of which the best is kept (the machine is shared), and
+reports agent steps/s and emulator frames/s. Baselines, measured in the same run:
   * raw ALE: ``ALEInterface.act`` + ``getScreenGrayscale`` into a buffer on every frame, no Python wrapper
     (and, for reference, ``act`` alone);
   * ``AtariPreprocessing(gym.make("ALE/Pong-v5", frameskip=1), frame_skip=4, scale_obs=True)`` at the
@@ -36,25 +36,29 @@ SIZES = (80, 42)
 FRAME_TARGET, WRAPPER_TARGET = 0.80, 1.3
 
 
-def timed(step: Callable[[int], int], seconds: float, repeats: int) -> tuple[float, float]:
-    """Call ``step(action)`` (returns frames consumed) for ``seconds``; best (steps/s, frames/s) of repeats."""
-    actions = np.random.default_rng(0).integers(0, 6, size=1 << 16).tolist()
-    best = (0.0, 0.0)
-    for _ in range(repeats):
+class Stepper:
+    """A named ``step(action) -> frames consumed`` callable with its best measured rates."""
+
+    def __init__(self, step: Callable[[int], int]) -> None:
+        self.step = step
+        self.steps_per_s = self.frames_per_s = 0.0
+
+    def measure(self, seconds: float, actions: list[int]) -> None:
+        """Play ``actions`` in a loop for ``seconds``; keep the best (steps/s, frames/s) so far."""
+        step = self.step
         for action in actions[:200]:  # warm-up
             step(action)
         steps = frames = 0
         start = time.perf_counter()
         deadline = start + seconds
-        while True:
-            for action in actions[steps & 0xFFFF : (steps & 0xFFFF) + 256]:
+        while time.perf_counter() < deadline:
+            offset = steps % len(actions)
+            for action in actions[offset : offset + 256]:
                 frames += step(action)
-            steps += 256
-            if time.perf_counter() >= deadline:
-                break
+            steps += len(actions[offset : offset + 256])
         elapsed = time.perf_counter() - start
-        best = max(best, (steps / elapsed, frames / elapsed))
-    return best
+        if steps / elapsed > self.steps_per_s:
+            self.steps_per_s, self.frames_per_s = steps / elapsed, frames / elapsed
 
 
 def gym_stepper(env: gym.Env, frames_of: Callable[[dict], int]) -> Callable[[int], int]:
@@ -71,6 +75,7 @@ def gym_stepper(env: gym.Env, frames_of: Callable[[dict], int]) -> Callable[[int
 
 
 def raw_ale_stepper(read_screen: bool) -> Callable[[int], int]:
+    """Bare ALE, one frame per call: ``act`` (+ ``getScreenGrayscale`` into a buffer if ``read_screen``)."""
     ale = ale_py.ALEInterface()
     ale.setLoggerMode(ale_py.LoggerMode.Error)
     ale.setInt("frame_skip", 1)
@@ -91,6 +96,7 @@ def raw_ale_stepper(read_screen: bool) -> Callable[[int], int]:
 
 
 def atari_preprocessing_stepper(size: int) -> Callable[[int], int]:
+    """gymnasium's wrapper chain at skip 4 with float [0, 1] observations, like ours."""
     gym.register_envs(ale_py)
     env = gym.make("ALE/Pong-v5", frameskip=1, repeat_action_probability=0.0)
     env = gym.wrappers.AtariPreprocessing(env, frame_skip=4, screen_size=size, noop_max=30, scale_obs=True)
@@ -98,6 +104,7 @@ def atari_preprocessing_stepper(size: int) -> Callable[[int], int]:
 
 
 def vector_env_stepper() -> Callable[[int], int]:
+    """ale_py's C++ vector env with a single env (it pays off only batched, see the spec)."""
     env = ale_py.AtariVectorEnv("pong", num_envs=1, num_threads=1, frameskip=4, stack_num=1)
     env.reset(seed=0)
     batch = np.zeros(1, dtype=np.int64)
@@ -112,44 +119,53 @@ def vector_env_stepper() -> Callable[[int], int]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=3.0, help="duration of each measurement")
-    parser.add_argument("--repeats", type=int, default=1, help="repeat each measurement, keep the best")
+    parser.add_argument("--seconds", type=float, default=3.0, help="measured time per configuration")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds the time is split into")
     parser.add_argument("--no-vector", action="store_true", help="skip the ale_py.AtariVectorEnv row")
     args = parser.parse_args()
-    measure = lambda stepper: timed(stepper, args.seconds, args.repeats)  # noqa: E731
 
-    _, raw_fps = measure(raw_ale_stepper(read_screen=True))
-    _, act_fps = measure(raw_ale_stepper(read_screen=False))
-    wrapper_sps = {size: measure(atari_preprocessing_stepper(size))[0] for size in SIZES}
+    raw = Stepper(raw_ale_stepper(read_screen=True))
+    act_only = Stepper(raw_ale_stepper(read_screen=False))
+    wrapper = {size: Stepper(atari_preprocessing_stepper(size)) for size in SIZES}
+    vector = None if args.no_vector else Stepper(vector_env_stepper())
     ours = {
-        (skip, size): measure(gym_stepper(make_pong(frame_skip=skip, obs_size=size), lambda info: info["frames"]))
+        (skip, size): Stepper(gym_stepper(make_pong(frame_skip=skip, obs_size=size), lambda info: info["frames"]))
         for skip in SKIPS
         for size in SIZES
     }
-    vector = None if args.no_vector else measure(vector_env_stepper())
+    everything = [raw, act_only, *wrapper.values(), *([vector] if vector else []), *ours.values()]
+    actions = np.random.default_rng(0).integers(0, 6, size=1 << 16).tolist()
+    for _ in range(args.rounds):  # interleaved, best round kept: the machine is shared
+        for stepper in everything:
+            stepper.measure(args.seconds / args.rounds, actions)
 
-    print(f"\nPong, one process, random actions, {args.seconds:g} s per measurement (best of {args.repeats})")
+    raw_fps = raw.frames_per_s
+    print(f"\nPong, one process, random actions, {args.seconds:g} s per configuration (best of {args.rounds} rounds)")
     header = f"{'configuration':<40} {'steps/s':>9} {'frames/s':>9} {'/ raw ALE':>10} {'/ AtariPrep':>12}"
     print(header + "\n" + "-" * len(header))
-    row = "{:<40} {:>9.0f} {:>9.0f} {:>10} {:>12}"
-    print(row.format("raw ALE: act + getScreenGrayscale", raw_fps, raw_fps, "1.00", ""))
-    print(row.format("raw ALE: act only (reference)", act_fps, act_fps, f"{act_fps / raw_fps:.2f}", ""))
+
+    def row(name: str, stepper: Stepper, vs_wrapper: str = "") -> None:
+        ratio = f"{stepper.frames_per_s / raw_fps:.2f}"
+        print(f"{name:<40} {stepper.steps_per_s:>9.0f} {stepper.frames_per_s:>9.0f} {ratio:>10} {vs_wrapper:>12}")
+
+    row("raw ALE: act + getScreenGrayscale", raw)
+    row("raw ALE: act only (reference)", act_only)
     for size in SIZES:
-        sps = wrapper_sps[size]
-        print(row.format(f"AtariPreprocessing skip 4, {size}x{size}", sps, 4 * sps, f"{4 * sps / raw_fps:.2f}", "1.00"))
-    if vector is not None:
-        sps, fps = vector
-        print(row.format("AtariVectorEnv x1 skip 4, 84x84", sps, fps, f"{fps / raw_fps:.2f}", ""))
+        row(f"AtariPreprocessing skip 4, {size}x{size}", wrapper[size], "1.00")
+    if vector:
+        row("AtariVectorEnv x1 skip 4, 84x84", vector)
     failures = []
-    for (skip, size), (sps, fps) in ours.items():
-        vs_wrapper = f"{sps / wrapper_sps[size]:.2f}" if skip == 4 else ""
-        print(row.format(f"envs.make_pong skip {skip:>2}, {size}x{size}", sps, fps, f"{fps / raw_fps:.2f}", vs_wrapper))
-        if skip > 0 and fps < FRAME_TARGET * raw_fps:
-            failures.append(f"skip {skip} {size}x{size}: {fps / raw_fps:.2f} of raw ALE < {FRAME_TARGET}")
-        if skip == 4 and sps < WRAPPER_TARGET * wrapper_sps[size]:
-            failures.append(f"skip 4 {size}x{size}: {sps / wrapper_sps[size]:.2f}x AtariPreprocessing < {WRAPPER_TARGET}")
-    print(f"\ntargets: >= {FRAME_TARGET:.0%} of raw ALE frames/s at skips 4/16/32, >= {WRAPPER_TARGET}x "
-          f"AtariPreprocessing steps/s at skip 4: " + ("met" if not failures else "MISSED"))
+    for (skip, size), stepper in ours.items():
+        vs_wrapper = stepper.steps_per_s / wrapper[size].steps_per_s
+        row(f"envs.make_pong skip {skip:>2}, {size}x{size}", stepper, f"{vs_wrapper:.2f}" if skip == 4 else "")
+        frame_ratio = stepper.frames_per_s / raw_fps
+        if skip > 0 and frame_ratio < FRAME_TARGET:
+            failures.append(f"skip {skip} {size}x{size}: {frame_ratio:.2f} of raw ALE frames/s < {FRAME_TARGET}")
+        if skip == 4 and vs_wrapper < WRAPPER_TARGET:
+            failures.append(f"skip 4 {size}x{size}: {vs_wrapper:.2f}x AtariPreprocessing < {WRAPPER_TARGET}")
+    verdict = "met" if not failures else "MISSED"
+    print(f"\ntargets (>= {FRAME_TARGET:.0%} of raw ALE frames/s at skips 4/16/32, >= {WRAPPER_TARGET}x "
+          f"AtariPreprocessing steps/s at skip 4): {verdict}")
     for failure in failures:
         print("  missed:", failure)
 

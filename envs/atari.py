@@ -22,7 +22,8 @@ has FIRE with at least 3 actions (the classic ``FireResetEnv`` rule; true for Po
 towards the episode (and the 108,000-frame cap) and are reported in the reset ``info["frames"]``.
 
 Preprocessing: grayscale screen read into a preallocated buffer, rows 34..193 (the 160x160 playfield),
-``cv2.resize`` with ``INTER_AREA`` to ``obs_size x obs_size``, float32 in [0, 1], shape ``(1, S, S)``.
+``cv2.resize`` with ``INTER_AREA`` to ``obs_size x obs_size`` (for sizes below 80 that do not divide 160,
+such as 42, via an exact 2x2 average to 80x80 first, for speed), float32 in [0, 1], shape ``(1, S, S)``.
 """
 
 from __future__ import annotations
@@ -129,6 +130,10 @@ class AtariEnv(gym.Env):
         height, width = self.ale.getScreenDims()
         self._screens = np.zeros((2, height, width), dtype=np.uint8)  # [previous, current] raw frames
         self._maxed = np.zeros((_PLAYFIELD, width), dtype=np.uint8)
+        # cv2's INTER_AREA is ~15x slower for a non-integer ratio (160 -> 42: 60 us) than for an integer
+        # one (160 -> 80: 4 us); an exact 2x2 average first makes 42x42 cost ~25 us (same image up to
+        # rounding and box edges: mean |diff| 0.03 gray levels on Pong frames).
+        self._halve_first = size < _PLAYFIELD // 2 and _PLAYFIELD % size != 0
         self._repeat = config.action_repeat
         self._pending_seed = config.seed
         self._running = False
@@ -208,6 +213,8 @@ class AtariEnv(gym.Env):
         if use_max:
             current = np.maximum(self._screens[0, _CROP_TOP:_CROP_BOTTOM], current, out=self._maxed)
         size = self.config.obs_size
+        if self._halve_first:
+            current = cv2.resize(current, (_PLAYFIELD // 2, _PLAYFIELD // 2), interpolation=cv2.INTER_AREA)
         small = cv2.resize(current, (size, size), interpolation=cv2.INTER_AREA)
         obs = small.astype(np.float32)
         obs *= 1.0 / 255.0
