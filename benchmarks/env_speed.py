@@ -37,7 +37,7 @@ FRAME_TARGET, WRAPPER_TARGET = 0.80, 1.3
 
 
 class Stepper:
-    """A named ``step(action) -> frames consumed`` callable with its best measured rates."""
+    """A ``step(action) -> frames consumed`` callable and the best rates measured for it."""
 
     def __init__(self, step: Callable[[int], int]) -> None:
         self.step = step
@@ -53,9 +53,10 @@ class Stepper:
         deadline = start + seconds
         while time.perf_counter() < deadline:
             offset = steps % len(actions)
-            for action in actions[offset : offset + 256]:
+            chunk = actions[offset : offset + 256]
+            for action in chunk:
                 frames += step(action)
-            steps += len(actions[offset : offset + 256])
+            steps += len(chunk)
         elapsed = time.perf_counter() - start
         if steps / elapsed > self.steps_per_s:
             self.steps_per_s, self.frames_per_s = steps / elapsed, frames / elapsed
@@ -76,8 +77,8 @@ def gym_stepper(env: gym.Env, frames_of: Callable[[dict], int]) -> Callable[[int
 
 def raw_ale_stepper(read_screen: bool) -> Callable[[int], int]:
     """Bare ALE, one frame per call: ``act`` (+ ``getScreenGrayscale`` into a buffer if ``read_screen``)."""
+    ale_py.ALEInterface.setLoggerMode(ale_py.LoggerMode.Error)
     ale = ale_py.ALEInterface()
-    ale.setLoggerMode(ale_py.LoggerMode.Error)
     ale.setInt("frame_skip", 1)
     ale.setFloat("repeat_action_probability", 0.0)
     ale.loadROM(ale_py.roms.get_rom_path("pong"))

@@ -114,8 +114,8 @@ class AtariEnv(gym.Env):
         self.metadata = {**type(self).metadata, "render_fps": _EMULATOR_FPS / config.action_repeat}
 
         self._rom = roms.get_rom_path(config.game)
+        ALEInterface.setLoggerMode(LoggerMode.Error)  # process-wide (static); also silences the banner
         self.ale = ALEInterface()
-        self.ale.setLoggerMode(LoggerMode.Error)
         self.ale.setInt("frame_skip", 1)
         self.ale.setFloat("repeat_action_probability", float(config.sticky_action_prob))
         self.ale.setInt("max_num_frames_per_episode", int(config.max_episode_frames))

@@ -82,7 +82,7 @@ def test_seed_in_config_is_used_by_the_first_reset_and_sticky_actions_are_seeded
 
 def test_a_game_ends_with_a_score_in_range():
     env = make_pong(frame_skip=32, obs_size=42, seed=5)
-    env.reset()
+    _, reset_info = env.reset()
     results = play(env, np.random.default_rng(5).integers(0, 6, size=5000))
     obs, reward, terminated, truncated, info = results[-1]
     assert terminated and not truncated
@@ -91,6 +91,7 @@ def test_a_game_ends_with_a_score_in_range():
     assert episode["score"] == sum(r[4]["raw_reward"] for r in results)
     assert episode["length"] == len(results)
     assert episode["frames"] == env.ale.getEpisodeFrameNumber()
+    assert episode["frames"] == reset_info["frames"] + sum(r[4]["frames"] for r in results)
     with pytest.raises(RuntimeError, match="reset"):
         env.step(0)
 
