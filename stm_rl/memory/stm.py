@@ -12,8 +12,9 @@ Two computations are arranged for speed without changing the result:
 - The transfer to item memory (eq. 13) is computed from SAM's queries, keys and values directly,
   ``T = V^T H`` with ``H[j] = sum_{n,a} W_G1[:, n, a] tanh(q_n * k_j)[a]``: N^2 d^2 multiply-adds per
   sample instead of the N d^3 of applying G1 to the materialised SAM output.
-- :class:`STM` applies the output distillation G2/G3 (eq. 14) once over all time steps, which turns
-  T small matrix products into one large one (its weight gradient dominates the backward pass).
+- :class:`STM` computes everything that depends on the input alone (f1, f2, f3, the input gate) and the
+  output distillation G2/G3 (eq. 14) once over all time steps, which turns T small matrix products
+  into one large one (G2's weight gradient dominates the backward pass).
 """
 
 from __future__ import annotations
@@ -39,6 +40,19 @@ class STMState(NamedTuple):
     def detach(self) -> "STMState":
         """The same memories cut from the autograd graph (between RL rollouts)."""
         return STMState(self.item.detach(), self.relational.detach())
+
+
+class InputProjection(NamedTuple):
+    """The parts of a step that depend on the input only (``None`` where the configuration skips them)."""
+
+    u: Tensor
+    """f1(x), the item written to memory (eq. 9/10)."""
+    w: Optional[Tensor]
+    """f2(x), the key of the relational read (eq. 11)."""
+    slot_logits: Optional[Tensor]
+    """f3(x), logits of the attention over slots (eq. 11)."""
+    gate_from_input: Optional[Tensor]
+    """gate_in(u), the input half of the gates (Appendix D)."""
 
 
 class STMCell(nn.Module):
@@ -144,14 +158,29 @@ class STMCell(nn.Module):
         """Spec steps 1-7 (eqs. 9-13): write x into the item memory, then rebuild the relational memory."""
         if x.dim() != 2 or x.shape[1] != self.input_size:
             raise ValueError(f"STMCell expects input of shape [B, {self.input_size}], got {list(x.shape)}")
+        return self.update_memory_projected(self.project_input(x), state)
+
+    def project_input(self, x: Tensor) -> "InputProjection":
+        """Everything a step computes from x alone (spec step 1 and the input half of the gates).
+
+        Works on any leading dimensions, so :class:`STM` projects a whole sequence at once.
+        """
+        u = self.f1(x)
+        w = self.f2(x) if self.uses_relational_read else None
+        slot_logits = self.f3(x) if self.uses_relational_read else None
+        gate_from_input = self.gate_in(u) if self.gated else None
+        return InputProjection(u, w, slot_logits, gate_from_input)
+
+    def update_memory_projected(self, projected: "InputProjection", state: Optional[STMState] = None) -> STMState:
+        """Spec steps 2-7 for one step whose input is already projected (``[B, ...]`` fields)."""
+        u, w, slot_logits, gate_from_input = projected
         if state is None:
-            state = self.initial_state(x.shape[0])
+            state = self.initial_state(u.shape[0])
         item_prev, rel_prev = state
 
-        u = self.f1(x)  # 1.
         if self.gated:  # 2-4. eq. 10 with the gates of Appendix D
             written = torch.tanh(u.unsqueeze(2) * u.unsqueeze(1))
-            gates = self.gate_mem(torch.tanh(item_prev)) + self.gate_in(u).unsqueeze(1)
+            gates = self.gate_mem(torch.tanh(item_prev)) + gate_from_input.unsqueeze(1)
             input_gate, forget_gate = gates.chunk(2, dim=-1)
             item = (torch.sigmoid(input_gate + self.input_bias) * written
                     + torch.sigmoid(forget_gate + self.forget_bias) * item_prev)
@@ -160,16 +189,20 @@ class STMCell(nn.Module):
 
         sam_input = item
         if self.uses_relational_read:  # 5. eq. 11
-            w = self.f2(x)
-            slot_weights = torch.softmax(self.f3(x), dim=-1)  # p over the N slots
+            slot_weights = torch.softmax(slot_logits, dim=-1)  # p over the N slots
             per_slot = (w[:, None, None, :] @ rel_prev).squeeze(2)  # [B, N, d]: sum_e w_e M_r[n, e, :]
             read = (slot_weights.unsqueeze(2) * per_slot).sum(1)  # v_r
             sam_input = item + self.alpha2 * (read.unsqueeze(2) * w.unsqueeze(1))  # + alpha2 v_r (x) w
 
         q, k, v = self.sam.queries_keys_values(sam_input)  # 6. eq. 12
         scores = outer_product_scores(q, k)  # [B, N(query), N(key), d]
-        fresh = scores.transpose(-1, -2) @ v.unsqueeze(1)  # A = SAM(...): [B, N, d, d]
-        relational = self.alpha1 * rel_prev + fresh if self.uses_old_relational else fresh
+        # A = SAM(...)[n, a, c] = sum_j scores[n, j, a] v[j, c]: one [N*d, N] x [N, d] product per sample.
+        batch, n, d = q.shape
+        fresh = (scores.permute(0, 1, 3, 2).reshape(batch, n * d, n) @ v).view(batch, n, d, d)
+        if self.uses_old_relational:
+            relational = torch.addcmul(fresh, self.alpha1, rel_prev)  # alpha1 * M_r_prev + A, one pass
+        else:
+            relational = fresh
 
         if self.uses_transfer:  # 7. eq. 13: T[c, e] = sum_{n,a} W_G1[e, n*d + a] A[n, a, c] + b_G1[e]
             per_key = scores.transpose(1, 2).flatten(2) @ self.G1.weight.t()  # H: [B, N(key), d]
@@ -207,9 +240,12 @@ class STM(nn.Module):
             raise ValueError(f"STM expects input of shape [B, T, {self.cell.input_size}], got {list(x.shape)}")
         if x.shape[1] == 0:
             raise ValueError("STM got an empty sequence (T = 0)")
+        # Everything that depends on the input alone, once for the whole sequence.
+        projected = self.cell.project_input(x)
         relational = []
-        for x_t in x.unbind(1):
-            state = self.cell.update_memory(x_t, state)
+        for t in range(x.shape[1]):
+            step_input = InputProjection(*(None if p is None else p[:, t] for p in projected))
+            state = self.cell.update_memory_projected(step_input, state)
             relational.append(state.relational)
         # eq. 14 once for all steps: one [B*T*N, d*d] x [d*d, n_r] product instead of T small ones.
         return self.cell.readout(torch.stack(relational, dim=1)), state

@@ -1,0 +1,120 @@
+"""Speed and peak memory of the STM cell against a straightforward version, in the same run.
+
+For d=96, N=8, n_r=96 on one torch thread, prints forward+backward time per step and the peak memory
+of the training step at batch 1 (the RL case) and batch 128 (the supervised case), over 20 steps:
+
+- ``stm_rl``: :class:`stm_rl.STM` (factored transfer, readout batched over time).
+- ``straightforward``: the same parameters computed the way the authors' code does: SAM through a
+  materialised B x N x N x d x d tensor, G1 applied to the materialised SAM output, G2/G3 every step.
+
+Each measurement runs in a fresh subprocess; peak memory is the growth of the process's maximum
+resident set size over its size after building the model and inputs.
+
+    python benchmarks/stm_speed.py            # both batch sizes, ~2-4 minutes on 2 cores
+    python benchmarks/stm_speed.py --quick    # batch 1 and batch 32 only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import torch
+
+from stm_rl import STM, STMCell
+from stm_rl.memory.stm import STMState
+from stm_rl.process import setup_compute_process
+
+D, N, NR, STEPS, INPUT = 96, 8, 96, 20, 256
+
+
+def straightforward_step(cell: STMCell, x: torch.Tensor, state: STMState) -> tuple[torch.Tensor, STMState]:
+    """One STM step as the original implementation computes it (same parameters, same result)."""
+    item_prev, rel_prev = state
+    u = cell.f1(x)
+    written = torch.tanh(torch.einsum("bi,bj->bij", u, u))
+    gates = cell.gate_mem(torch.tanh(item_prev)) + cell.gate_in(u).unsqueeze(1)
+    ig, fg = gates.chunk(2, dim=-1)
+    item = torch.sigmoid(ig + cell.input_bias) * written + torch.sigmoid(fg + cell.forget_bias) * item_prev
+    w, p = cell.f2(x), torch.softmax(cell.f3(x), -1)
+    read = torch.einsum("bn,be,bnef->bf", p, w, rel_prev)
+    sam_input = item + cell.alpha2 * torch.einsum("bi,bj->bij", read, w)
+    q, k, v = cell.sam.queries_keys_values(sam_input)
+    big = torch.tanh(q[:, :, None, :, None] * k[:, None, :, :, None]) * v[:, None, :, None, :]  # B N N d d
+    fresh = big.sum(2)
+    relational = cell.alpha1 * rel_prev + fresh
+    transfer = cell.G1(fresh.permute(0, 3, 1, 2).reshape(x.shape[0], D, N * D))
+    item = item + cell.alpha3 * transfer
+    return cell.readout(relational), STMState(item, relational)
+
+
+def measure(impl: str, batch: int, repeats: int) -> dict:
+    setup_compute_process(num_threads=1)  # both implementations get the same process set-up
+    torch.manual_seed(0)
+    model = STM(INPUT, d=D, num_slots=N, rel_size=NR)
+    with torch.no_grad():
+        for i in (1, 2, 3):
+            getattr(model.cell, f"alpha{i}").fill_(0.1)
+    x = torch.randn(batch, STEPS, INPUT)
+
+    def train_step():
+        if impl == "stm_rl":
+            y, _ = model(x)
+        else:
+            state, ys = model.initial_state(batch), []
+            for t in range(STEPS):
+                y_t, state = straightforward_step(model.cell, x[:, t], state)
+                ys.append(y_t)
+            y = torch.stack(ys, 1)
+        y.square().mean().backward()
+        model.zero_grad(set_to_none=True)
+
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    train_step()  # warm-up (allocator, lazy init); sets the peak
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        train_step()
+        times.append(time.perf_counter() - start)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before  # kB on Linux
+    return {"impl": impl, "batch": batch, "ms_per_step": 1000 * sorted(times)[len(times) // 2] / STEPS,
+            "peak_mb": max(peak, 0) / 1024}
+
+
+def run_in_subprocess(impl: str, batch: int, repeats: int) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", impl, str(batch), str(repeats)],
+                         check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="batch 1 and 32 instead of 1 and 128")
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        impl, batch, repeats = args.child
+        print(json.dumps(measure(impl, int(batch), int(repeats))))
+        return
+
+    batches = (1, 32) if args.quick else (1, 128)
+    print(f"STM cell d={D} N={N} n_r={NR}, input {INPUT}, {STEPS} steps, forward+backward, 1 thread")
+    print(f"{'batch':>5}  {'implementation':<16} {'ms/step':>9} {'peak MB':>9}")
+    for batch in batches:
+        repeats = 10 if batch == 1 else 3
+        rows = {impl: run_in_subprocess(impl, batch, repeats) for impl in ("straightforward", "stm_rl")}
+        for impl, row in rows.items():
+            print(f"{batch:>5}  {impl:<16} {row['ms_per_step']:>9.2f} {row['peak_mb']:>9.0f}")
+        speedup = rows["straightforward"]["ms_per_step"] / rows["stm_rl"]["ms_per_step"]
+        memory = rows["stm_rl"]["peak_mb"] / max(rows["straightforward"]["peak_mb"], 1e-9)
+        print(f"{batch:>5}  speed-up x{speedup:.2f}, peak memory {100 * memory:.0f}% of the straightforward version")
+    print("Targets (issue 2): >= 3x the authors' cell (6.1 ms/step at batch 1, 865 ms/step at batch 128 on this "
+          "machine kind) and <= 60% of its 4.3 GB peak at batch 128 x 20 steps.")
+
+
+if __name__ == "__main__":
+    main()
