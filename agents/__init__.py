@@ -1,0 +1,7 @@
+"""Actor-critic agents for Pong: the LSTM baseline and the STM-augmented agent (paper section 3.4)."""
+
+from agents.actor_critic import ActorCritic, AgentConfig, AgentState, build_agent, count_parameters
+from agents.encoders import PaperEncoder, SmallEncoder, make_encoder
+
+__all__ = ["ActorCritic", "AgentConfig", "AgentState", "PaperEncoder", "SmallEncoder", "build_agent",
+           "count_parameters", "make_encoder"]

@@ -1,0 +1,186 @@
+"""The LSTM and STM actor-critic agents (spec: ../shared/spec/A3C_PONG.md, "Agents"; paper section 3.4).
+
+Both agents share one code path, frames -> encoder -> recurrent core -> actor and critic heads; the
+recurrent core is the only difference:
+
+- ``lstm``: ``LSTMCell(F, 256)``, features h (256).
+- ``stm``:  the LSTM, then an STM cell on h (I = O = 256, N = 8, d = 96, n_r = 96, layer norm on the
+  distilled vector), features ``[STM output, h]`` (512). Both the item and the relational memory are
+  carried across steps (the authors' RL code dropped the relational one; see STM.md section 4).
+
+The agent is used two ways: :meth:`ActorCritic.act` steps a batch of environments once (no gradient
+needed), and :meth:`ActorCritic.unroll` replays a whole rollout with gradients, encoding all frames in
+one batched call and applying the STM readout once over time. Episode boundaries inside a rollout are
+given as an ``episode_start`` mask: the state of that environment is reset (the STM to its learned
+initial memories) before the step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, NamedTuple, Optional
+
+import torch
+from torch import Tensor, nn
+
+from agents.encoders import ENCODERS, encode_frames, make_encoder
+from stm_rl.memory import STMCell, STMState
+from stm_rl.memory.stm import InputProjection
+
+AgentKind = Literal["lstm", "stm"]
+EncoderName = Literal["paper", "small"]
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """The network of an actor-critic agent."""
+
+    agent: AgentKind = "stm"
+    """Recurrent core: "lstm" (the baseline) or "stm" (LSTM followed by the STM cell, the paper's agent)."""
+    encoder: EncoderName = "paper"
+    """Frame encoder: "paper" (80x80 input, the paper's 4 conv + max-pool) or "small" (42x42, 4 strided convs, ~6x cheaper on CPU)."""
+    hidden_size: int = 256
+    """LSTM hidden size (and STM input/output size), 256 as in the paper."""
+    stm_slots: int = 8
+    """STM relational slots N (paper RL setting: 8)."""
+    stm_item_size: int = 96
+    """STM item memory side d (paper RL setting: 96)."""
+    stm_rel_size: int = 96
+    """STM per-slot readout width n_r (paper RL setting: 96)."""
+
+    def __post_init__(self) -> None:
+        if self.agent not in ("lstm", "stm"):
+            raise ValueError(f"unknown agent {self.agent!r}; choose 'lstm' or 'stm'")
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"unknown encoder {self.encoder!r}; choose one of {sorted(ENCODERS)}")
+        for name in ("hidden_size", "stm_slots", "stm_item_size", "stm_rel_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+    @property
+    def obs_size(self) -> int:
+        """Side of the square observation the encoder expects."""
+        return ENCODERS[self.encoder].input_size
+
+
+class AgentState(NamedTuple):
+    """Recurrent state of an agent for a batch of environments."""
+
+    lstm: tuple[Tensor, Tensor]
+    """LSTM (h, c), each ``[B, hidden]``."""
+    stm: Optional[STMState] = None
+    """STM memories, for the STM agent."""
+
+    def detach(self) -> "AgentState":
+        """Cut from the autograd graph (between rollouts: truncated backpropagation through time)."""
+        return AgentState((self.lstm[0].detach(), self.lstm[1].detach()),
+                          None if self.stm is None else self.stm.detach())
+
+
+def _reset_where(mask: Tensor, initial: Tensor, current: Tensor) -> Tensor:
+    """``initial`` for the samples where ``mask`` ([B] bool) is set, ``current`` elsewhere."""
+    return torch.where(mask.view(-1, *([1] * (current.dim() - 1))), initial, current)
+
+
+class ActorCritic(nn.Module):
+    """Encoder, recurrent core (LSTM, or LSTM -> STM) and linear actor/critic heads."""
+
+    def __init__(self, config: AgentConfig, num_actions: int) -> None:
+        super().__init__()
+        self.config, self.num_actions = config, num_actions
+        self.encoder = make_encoder(config.encoder)
+        self.lstm = nn.LSTMCell(ENCODERS[config.encoder].output_size, config.hidden_size)
+        self.stm: Optional[STMCell] = None
+        features = config.hidden_size
+        if config.agent == "stm":
+            self.stm = STMCell(config.hidden_size, config.hidden_size, d=config.stm_item_size,
+                               num_slots=config.stm_slots, rel_size=config.stm_rel_size, out_layernorm=True)
+            features += config.hidden_size
+        self.actor = nn.Linear(features, num_actions)
+        self.critic = nn.Linear(features, 1)
+        self._initialise()
+
+    def _initialise(self) -> None:
+        """Xavier-uniform convs and heads with zero biases, zero LSTM biases, and small-norm heads:
+        each actor row has norm 0.01 (a near-uniform initial policy), each critic row norm 1.0."""
+        for module in list(self.encoder) + [self.actor, self.critic]:
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.zeros_(self.lstm.bias_ih)
+        nn.init.zeros_(self.lstm.bias_hh)
+        with torch.no_grad():
+            for head, norm in ((self.actor, 0.01), (self.critic, 1.0)):
+                weight = torch.randn_like(head.weight)
+                head.weight.copy_(weight * norm / weight.norm(dim=1, keepdim=True))
+
+    # ------------------------------------------------------------------ recurrent state
+    def initial_state(self, batch_size: int) -> AgentState:
+        """State at an episode's start: zero LSTM state, the STM's learned initial memories."""
+        zeros = self.actor.weight.new_zeros(batch_size, self.config.hidden_size)
+        return AgentState((zeros, zeros), None if self.stm is None else self.stm.initial_state(batch_size))
+
+    def reset_state(self, state: AgentState, episode_start: Tensor) -> AgentState:
+        """Reset the environments flagged in ``episode_start`` ([B] bool) to :meth:`initial_state`."""
+        initial = self.initial_state(episode_start.shape[0])
+        h, c = (_reset_where(episode_start, i, s) for i, s in zip(initial.lstm, state.lstm))
+        stm = None
+        if self.stm is not None:
+            stm = STMState(*(_reset_where(episode_start, i, s) for i, s in zip(initial.stm, state.stm)))
+        return AgentState((h, c), stm)
+
+    # ------------------------------------------------------------------ acting: one step
+    def act(self, obs: Tensor, state: AgentState) -> tuple[Tensor, Tensor, AgentState]:
+        """One step for a batch of environments: ``obs [B, 1, S, S]`` -> logits ``[B, A]``, values ``[B]``."""
+        h, c = self.lstm(encode_frames(self.encoder, obs), state.lstm)
+        features, stm_state = h, None
+        if self.stm is not None:
+            y, stm_state = self.stm(h, state.stm)
+            features = torch.cat([y, h], dim=-1)
+        return self.actor(features), self.critic(features).squeeze(-1), AgentState((h, c), stm_state)
+
+    # ------------------------------------------------------------------ learning: a whole rollout
+    def unroll(self, obs: Tensor, state: AgentState, episode_start: Tensor) -> tuple[Tensor, Tensor, AgentState]:
+        """Replay a rollout: ``obs [B, T, 1, S, S]``, ``episode_start [B, T]`` (reset before step t).
+
+        Returns logits ``[B, T, A]``, values ``[B, T]`` and the state after the last step. Gives the same
+        numbers as calling :meth:`act` T times with the same resets, with far fewer, larger operations.
+        """
+        steps = obs.shape[1]
+        encoded = encode_frames(self.encoder, obs)  # all B*T frames in one call
+        initial = self.initial_state(obs.shape[0])
+        hidden, (h, c) = [], state.lstm
+        for t in range(steps):
+            start = episode_start[:, t]
+            h, c = self.lstm(encoded[:, t], (_reset_where(start, initial.lstm[0], h),
+                                             _reset_where(start, initial.lstm[1], c)))
+            hidden.append(h)
+        hidden_seq = torch.stack(hidden, dim=1)  # [B, T, hidden]
+        features, stm_state = hidden_seq, None
+        if self.stm is not None:
+            stm_out, stm_state = self._unroll_stm(hidden_seq, state.stm, initial.stm, episode_start)
+            features = torch.cat([stm_out, hidden_seq], dim=-1)
+        return self.actor(features), self.critic(features).squeeze(-1), AgentState((h, c), stm_state)
+
+    def _unroll_stm(self, inputs: Tensor, state: STMState, initial: STMState,
+                    episode_start: Tensor) -> tuple[Tensor, STMState]:
+        """The STM over ``[B, T, hidden]`` with resets: projections and readout batched over time."""
+        projected = self.stm.project_input(inputs)
+        relational = []
+        for t in range(inputs.shape[1]):
+            start = episode_start[:, t]
+            state = STMState(*(_reset_where(start, i, s) for i, s in zip(initial, state)))
+            step_input = InputProjection(*(None if p is None else p[:, t] for p in projected))
+            state = self.stm.update_memory_projected(step_input, state)
+            relational.append(state.relational)
+        return self.stm.readout(torch.stack(relational, dim=1)), state
+
+
+def build_agent(config: AgentConfig, num_actions: int = 6) -> ActorCritic:
+    return ActorCritic(config, num_actions)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+

@@ -1,0 +1,116 @@
+"""Settings of an A3C training run: one dataclass per concern, composed in :class:`TrainConfig`.
+
+Defaults follow ../shared/spec/A3C_PONG.md (the paper's A3C-LSTM lineage); each field says why.
+The command line (``stm-rl train``) builds these from flags named after the fields; nothing else reads argv.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from agents import AgentConfig
+from envs import EnvConfig
+
+
+@dataclass(frozen=True)
+class A3CConfig:
+    """The learning algorithm: asynchronous advantage actor-critic with a shared Adam."""
+
+    lr: float = 1e-4
+    """Adam learning rate (paper lineage: 1e-4)."""
+    adam_eps: float = 1e-3
+    """Adam epsilon (the authors' setting 1e-3; a large eps damps the first, noisy updates)."""
+    amsgrad: bool = True
+    """Use AMSGrad in the shared Adam (the authors' A3C-LSTM setting)."""
+    gamma: float = 0.99
+    """Discount factor."""
+    gae_lambda: float = 1.0
+    """GAE lambda: 1.0 as in classic A3C (the authors used 0.92)."""
+    entropy_coef: float = 0.01
+    """Weight of the entropy bonus in the policy loss."""
+    value_coef: float = 0.5
+    """Weight of the value loss 0.5 * (R - V)^2 (the 0.5 of the spec is this coefficient)."""
+    max_grad_norm: float = 50.0
+    """Clip the global gradient norm of each update to this (classic A3C: 50)."""
+    rollout_steps: int = 20
+    """n of the n-step rollout: agent steps per update (20)."""
+    envs_per_worker: int = 1
+    """Environments stepped by each worker with one batched forward (1 = classic A3C); more raises throughput on few cores."""
+
+    def __post_init__(self) -> None:
+        _require(self.lr > 0, "lr must be > 0")
+        _require(self.adam_eps > 0, "adam_eps must be > 0")
+        _require(0 <= self.gamma <= 1, "gamma must be in [0, 1]")
+        _require(0 <= self.gae_lambda <= 1, "gae_lambda must be in [0, 1]")
+        _require(self.entropy_coef >= 0, "entropy_coef must be >= 0")
+        _require(self.value_coef >= 0, "value_coef must be >= 0")
+        _require(self.max_grad_norm > 0, "max_grad_norm must be > 0")
+        _require(self.rollout_steps >= 1, "rollout_steps must be >= 1")
+        _require(self.envs_per_worker >= 1, "envs_per_worker must be >= 1")
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Budget, parallelism, seeding and bookkeeping of a run."""
+
+    run_dir: Path = Path("runs/pong")
+    """Directory of the run: config, game log, tensorboard events, checkpoints."""
+    frames: int = 20_000_000
+    """Budget in emulator frames for the whole run (all workers); accepts 10M, 2.5e6, 500k."""
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    """Worker processes, each with its own environment(s) and one torch thread (default: one per CPU core)."""
+    seed: int = 0
+    """Global seed; worker r seeds torch, numpy and its environments with seed + r."""
+    device: str = "cpu"
+    """Device of the shared model. Hogwild A3C shares CPU memory between processes, so only "cpu" is supported."""
+    checkpoint_interval: float = 120.0
+    """Seconds between two 'latest' checkpoints."""
+    moving_average_window: int = 100
+    """Games in the moving average of the score (the paper's Figure 3 uses 100)."""
+    progress: bool = True
+    """Show a live progress bar in the terminal."""
+
+    def __post_init__(self) -> None:
+        _require(self.frames > 0, "frames must be > 0")
+        _require(self.workers >= 1, "workers must be >= 1")
+        _require(self.checkpoint_interval > 0, "checkpoint_interval must be > 0")
+        _require(self.moving_average_window >= 1, "moving_average_window must be >= 1")
+        _require(self.device == "cpu", "device must be 'cpu': Hogwild A3C shares the model through CPU shared memory")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a training run."""
+
+    env: EnvConfig = field(default_factory=EnvConfig)
+    agent: AgentConfig = field(default_factory=AgentConfig)
+    a3c: A3CConfig = field(default_factory=A3CConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        if self.env.obs_size != self.agent.obs_size:  # the encoder decides the observation size
+            object.__setattr__(self, "env", dataclasses.replace(self.env, obs_size=self.agent.obs_size))
+
+    def worker_env(self, rank: int) -> EnvConfig:
+        """Environment of worker ``rank``: its own seed, rewards clipped for learning (raw scores are logged)."""
+        return dataclasses.replace(self.env, seed=self.run.seed + rank, clip_reward=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
+        """Rebuild from the JSON form written into config.json and checkpoints."""
+        run = dict(data["run"])
+        run["run_dir"] = Path(run["run_dir"])
+        return cls(env=EnvConfig(**data["env"]), agent=AgentConfig(**data["agent"]),
+                   a3c=A3CConfig(**data["a3c"]), run=RunConfig(**run))
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+__all__ = ["A3CConfig", "AgentConfig", "EnvConfig", "RunConfig", "TrainConfig"]

@@ -1,0 +1,172 @@
+"""One A3C worker process: act, replay, learn. The algorithm reads top to bottom in :func:`train_worker`.
+
+Each update (Mnih et al. 2016, with the details of ../shared/spec/A3C_PONG.md):
+
+1. sync the local model from the shared one;
+2. act for ``rollout_steps`` steps in the worker's environment(s), sampling from the policy, without
+   gradients; an environment whose game ends is reset and its recurrent state is reset before its
+   next step (the STM to its learned initial memories);
+3. replay the rollout with gradients from the state it started in (detached: truncated BPTT), which
+   gives the same numbers as the acting pass but in a few large operations;
+4. advantages by GAE(lambda) on clipped rewards, bootstrapped with V of the last observation unless the
+   game ended; n-step discounted returns as the value target;
+5. loss = policy loss - entropy bonus + value loss, clip the gradient norm, hand the gradients to the
+   shared model and step the shared Adam (Hogwild: no lock).
+
+The worker reports finished games, per-update losses and errors to the trainer through ``events``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from agents import ActorCritic, build_agent
+from envs import make_pong
+from stm_rl.a3c.config import TrainConfig
+from stm_rl.process import setup_compute_process
+
+# Columns of the shared counter table, one row per worker (each row is written by its worker only).
+AGENT_STEPS, FRAMES, UPDATES = 0, 1, 2
+
+
+@dataclass
+class WorkerContext:
+    """What the trainer hands to every worker process."""
+
+    config: TrainConfig
+    shared_model: ActorCritic
+    optimizer: torch.optim.Optimizer
+    counters: Tensor
+    """Shared int64 table [workers, 3]: agent steps, emulator frames, updates done by each worker."""
+    frames_done_before: int
+    """Emulator frames of earlier segments of a resumed run (they count against the budget)."""
+    seed_offset: int
+    """Added to every seed so that a resumed segment does not replay the games of the previous one."""
+    stop: Any
+    """multiprocessing Event: set by the trainer (or any worker) to end the run."""
+    events: Any
+    """multiprocessing Queue of (kind, rank, payload) messages to the trainer."""
+
+
+def worker_main(rank: int, ctx: WorkerContext) -> None:
+    """Process entry point: set up, train until stopped, report any error to the trainer."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle
+    signal.signal(signal.SIGTERM, lambda *_: ctx.stop.set())
+    setup_compute_process(num_threads=1)
+    try:
+        train_worker(rank, ctx)
+    except Exception:  # noqa: BLE001 - everything goes to the trainer, which stops the run
+        ctx.events.put(("error", rank, traceback.format_exc()))
+        raise SystemExit(1)
+
+
+def train_worker(rank: int, ctx: WorkerContext) -> None:
+    config, a3c = ctx.config, ctx.config.a3c
+    seed = config.run.seed + ctx.seed_offset + rank
+    torch.manual_seed(seed)
+    num_envs, steps = a3c.envs_per_worker, a3c.rollout_steps
+    envs = [make_pong(config.worker_env(ctx.seed_offset + rank * num_envs + i)) for i in range(num_envs)]
+    model = build_agent(config.agent, envs[0].action_space.n)
+    parent = os.getppid()
+
+    obs = torch.from_numpy(np.stack([env.reset()[0] for env in envs]))  # [B, 1, S, S]
+    with torch.no_grad():
+        state = model.initial_state(num_envs)
+    episode_start = torch.ones(num_envs, dtype=torch.bool)  # reset the state before the next step
+    obs_buf = torch.empty(num_envs, steps, *obs.shape[1:])
+    start_buf = torch.empty(num_envs, steps, dtype=torch.bool)
+    actions = torch.empty(num_envs, steps, dtype=torch.long)
+    rewards = torch.empty(num_envs, steps)
+    dones = torch.empty(num_envs, steps, dtype=torch.bool)
+
+    while not ctx.stop.is_set() and os.getppid() == parent:
+        if ctx.frames_done_before + int(ctx.counters[:, FRAMES].sum()) >= config.run.frames:
+            return
+
+        # 1. Sync the local model from the shared one.
+        model.load_state_dict(ctx.shared_model.state_dict())
+        rollout_start_state = state
+
+        # 2. Act, without gradients.
+        frames = 0
+        with torch.no_grad():
+            for t in range(steps):
+                state = model.reset_state(state, episode_start)
+                obs_buf[:, t], start_buf[:, t] = obs, episode_start
+                logits, _, state = model.act(obs, state)
+                actions[:, t] = torch.distributions.Categorical(logits=logits).sample()
+                next_obs = []
+                for i, env in enumerate(envs):
+                    o, reward, terminated, truncated, info = env.step(int(actions[i, t]))
+                    frames += info["frames"]
+                    rewards[i, t], dones[i, t] = reward, terminated or truncated
+                    if dones[i, t]:
+                        ctx.events.put(("game", rank, info["episode"]))
+                        o, reset_info = env.reset()
+                        frames += reset_info["frames"]
+                    next_obs.append(o)
+                obs = torch.from_numpy(np.stack(next_obs))
+                episode_start = dones[:, t].clone()
+            # Bootstrap value of the observation after the rollout (unused where the game ended).
+            _, last_value, _ = model.act(obs, model.reset_state(state, episode_start))
+
+        # 3. Replay the rollout with gradients, from the (detached) state it started in.
+        logits, values, _ = model.unroll(obs_buf, rollout_start_state.detach(), start_buf)
+
+        # 4. Advantages and value targets.
+        advantages, returns = advantages_and_returns(rewards, values.detach(), last_value, dones,
+                                                     a3c.gamma, a3c.gae_lambda)
+        log_probs = F.log_softmax(logits, dim=-1)
+        action_log_probs = log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+        entropy = -(log_probs.exp() * log_probs).sum(-1)
+        # Sums over the rollout's steps (as in classic A3C), means over the worker's environments.
+        policy_loss = -(action_log_probs * advantages).sum(1).mean()
+        entropy_bonus = entropy.sum(1).mean()
+        value_loss = 0.5 * (returns - values).pow(2).sum(1).mean()
+        loss = policy_loss - a3c.entropy_coef * entropy_bonus + a3c.value_coef * value_loss
+        if not torch.isfinite(loss):
+            ctx.events.put(("nan", rank, f"non-finite loss {loss.item()} (policy {policy_loss.item()}, "
+                                         f"value {value_loss.item()}, entropy {entropy_bonus.item()})"))
+            ctx.stop.set()
+            return
+
+        # 5. Gradients to the shared model, one shared Adam step.
+        model.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), a3c.max_grad_norm)
+        for shared, local in zip(ctx.shared_model.parameters(), model.parameters()):
+            shared.grad = local.grad
+        ctx.optimizer.step()
+
+        ctx.counters[rank] += torch.tensor([num_envs * steps, frames, 1])
+        ctx.events.put(("update", rank, {
+            "policy_loss": policy_loss.item(), "value_loss": value_loss.item(),
+            "entropy": entropy_bonus.item() / steps, "grad_norm": grad_norm.item()}))
+
+
+def advantages_and_returns(rewards: Tensor, values: Tensor, last_value: Tensor, dones: Tensor,
+                           gamma: float, gae_lambda: float) -> tuple[Tensor, Tensor]:
+    """GAE(lambda) advantages and n-step discounted returns over a rollout (all ``[B, T]``).
+
+    ``dones[:, t]`` marks that the game ended at step t: nothing after it is bootstrapped or
+    discounted into step t. ``last_value`` ([B]) is V of the observation after the last step.
+    """
+    advantages, returns = torch.empty_like(rewards), torch.empty_like(rewards)
+    next_value, next_advantage, next_return = last_value, torch.zeros_like(last_value), last_value
+    for t in reversed(range(rewards.shape[1])):
+        alive = (~dones[:, t]).to(rewards.dtype)
+        delta = rewards[:, t] + gamma * alive * next_value - values[:, t]
+        next_advantage = delta + gamma * gae_lambda * alive * next_advantage
+        next_return = rewards[:, t] + gamma * alive * next_return
+        advantages[:, t], returns[:, t] = next_advantage, next_return
+        next_value = values[:, t]
+    return advantages, returns

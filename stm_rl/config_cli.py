@@ -1,0 +1,105 @@
+"""Command-line flags generated from config dataclasses, so each setting is documented once.
+
+A field ``frame_skip: int = 4`` with a docstring under it becomes ``--frame-skip N`` with that docstring
+as help and the field's default. Integers accept readable counts (``10M``, ``2.5e6``, ``500k``), booleans
+get ``--flag/--no-flag``, ``Literal`` types become choices. Values are checked by the dataclasses
+themselves; their ``ValueError`` reaches the user as a one-line error naming the flag's field.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import inspect
+import re
+import textwrap
+import typing
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Iterable
+
+_COUNT_SUFFIXES = {"k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9}
+
+
+def parse_count(text: str) -> int:
+    """``"10M"`` -> 10_000_000, ``"2.5e6"`` -> 2_500_000, ``"500k"`` -> 500_000, ``"1_000"`` -> 1000."""
+    cleaned = text.strip().replace("_", "").replace(",", "")
+    match = re.fullmatch(r"([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)([kKmMgGbB]?)", cleaned)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a count: {text!r} (examples: 500000, 500k, 10M, 2.5e6)")
+    value = float(match.group(1)) * _COUNT_SUFFIXES.get(match.group(2).lower(), 1)
+    if value != int(value):
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
+    return int(value)
+
+
+@lru_cache(maxsize=None)
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstrings written under a dataclass's fields (``x: int = 1`` then ``\"\"\"doc\"\"\"``)."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            tree = ast.parse(textwrap.dedent(inspect.getsource(klass)))
+        except (OSError, TypeError):
+            continue
+        body = tree.body[0].body  # type: ignore[attr-defined]
+        for node, following in zip(body, body[1:]):
+            if (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)
+                    and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
+                    and isinstance(following.value.value, str)):
+                docs[node.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
+def flag_name(field_name: str) -> str:
+    return "--" + field_name.replace("_", "-")
+
+
+def add_dataclass_flags(parser: argparse.ArgumentParser | Any, cls: type, exclude: Iterable[str] = (),
+                        title: str | None = None) -> None:
+    """Add one flag per field of ``cls`` (defaults shown; the parsed value is None when not given)."""
+    group = parser.add_argument_group(title or cls.__name__)
+    hints = typing.get_type_hints(cls)
+    docs = field_docs(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in exclude or not f.init:
+            continue
+        kind, default = hints[f.name], _default_of(f)
+        origin, args = typing.get_origin(kind), typing.get_args(kind)
+        if origin is typing.Union and type(None) in args:  # Optional[X]
+            kind = next(a for a in args if a is not type(None))
+            origin, args = typing.get_origin(kind), typing.get_args(kind)
+        help_text = docs.get(f.name, "") + (f" (default: {default})" if default is not None else "")
+        options: dict[str, Any] = dict(dest=f"{cls.__name__}.{f.name}", default=None, help=help_text)
+        if kind is bool:
+            group.add_argument(flag_name(f.name), action=argparse.BooleanOptionalAction, **options)
+        elif origin is typing.Literal:
+            group.add_argument(flag_name(f.name), choices=list(args), **options)
+        else:
+            convert = {int: parse_count, float: float, str: str, Path: Path}.get(kind, str)
+            group.add_argument(flag_name(f.name), type=convert, metavar=f.name.upper(), **options)
+
+
+def dataclass_from_flags(cls: type, args: argparse.Namespace, base: Any = None, **fixed: Any) -> Any:
+    """Build ``cls`` from the flags that were given, over ``base`` (or the defaults) and ``fixed`` values."""
+    given = {f.name: getattr(args, f"{cls.__name__}.{f.name}") for f in dataclasses.fields(cls)
+             if getattr(args, f"{cls.__name__}.{f.name}", None) is not None}
+    values = {**given, **fixed}
+    return dataclasses.replace(base, **values) if base is not None else cls(**values)
+
+
+def given_flags(cls: type, args: argparse.Namespace) -> list[str]:
+    """The flags of ``cls`` that appear on the command line."""
+    return [flag_name(f.name) for f in dataclasses.fields(cls)
+            if getattr(args, f"{cls.__name__}.{f.name}", None) is not None]
+
+
+def _default_of(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
