@@ -1,0 +1,53 @@
+"""Sequence models for the supervised tasks: ``[B, T, ...]`` inputs -> ``[B, T, output_size]`` logits.
+
+A model is a task's input encoder (:mod:`.encoders`) followed by a sequence *core* from the registry
+``MODELS``: ``stm`` (the paper's), ``lstm`` and ``attn-lstm`` (the paper's baselines). A core module
+defines ``build(input_size, output_size, task_name, preset, options) -> nn.Module`` mapping ``[B, T, I]``
+to ``[B, T, O]`` and a ``PRESETS`` table; adding RMC, NTM or DNC is one module and one line below.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any, Mapping
+
+from torch import Tensor, nn
+
+from stm_rl.run_dir import StmRlError
+from stm_rl.supervised.models import attention_lstm, lstm, stm
+from stm_rl.supervised.models.encoders import make_encoder
+from stm_rl.supervised.tasks.base import Task
+
+MODELS: dict[str, ModuleType] = {"stm": stm, "lstm": lstm, "attn-lstm": attention_lstm}
+
+
+class SequenceModel(nn.Module):
+    """Input encoder + sequence core."""
+
+    def __init__(self, encoder: nn.Module, core: nn.Module) -> None:
+        super().__init__()
+        self.encoder, self.core = encoder, core
+
+    def forward(self, inputs: Tensor) -> Tensor:
+        return self.core(self.encoder(inputs))
+
+
+def model_options(name: str, task_name: str, preset: str) -> dict[str, Any]:
+    """The preset options of model ``name`` for a task (sizes, gates, ...), before command-line overrides."""
+    if name not in MODELS:
+        raise StmRlError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    return MODELS[name].preset_options(task_name, preset)
+
+
+def build_model(name: str, task: Task, options: Mapping[str, Any]) -> SequenceModel:
+    """The model ``name`` for ``task`` with the resolved ``options``."""
+    if name not in MODELS:
+        raise StmRlError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    try:
+        core = MODELS[name].build(task.input_size, task.output_size, **options)
+    except (TypeError, ValueError) as error:
+        raise StmRlError(f"model {name}: {error}") from None
+    return SequenceModel(make_encoder(task.input_spec), core)
+
+
+__all__ = ["MODELS", "SequenceModel", "build_model", "model_options"]

@@ -1,0 +1,41 @@
+"""Attentional LSTM baseline (the SAM paper's "ALSTM"): an LSTM whose readout at step t also sees a
+causal dot-product attention over its own hidden states ``h_1..h_t`` (Bahdanau-style memory of the past,
+as in the paper's comparison; nothing attends to the future, so answers never see padding)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+DESCRIPTION = "attentional LSTM baseline: LSTM + causal attention over its past hidden states"
+PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": {"hidden_size": 16},
+    "small": {"hidden_size": 128},
+    "paper": {"hidden_size": 512},
+}
+
+
+def preset_options(task_name: str, preset: str) -> dict[str, Any]:
+    return dict(PRESETS[preset])
+
+
+class AttentionLSTM(nn.Module):
+    def __init__(self, input_size: int, output_size: int, hidden_size: int) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(input_size, hidden_size, batch_first=True)
+        self.query = nn.Linear(hidden_size, hidden_size)
+        self.readout = nn.Linear(2 * hidden_size, output_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        hidden, _ = self.lstm(x)  # [B, T, H]
+        scores = self.query(hidden) @ hidden.transpose(1, 2) / hidden.shape[-1] ** 0.5  # [B, T(query), T(key)]
+        steps = hidden.shape[1]
+        future = torch.ones(steps, steps, dtype=torch.bool, device=x.device).triu(1)
+        context = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1) @ hidden
+        return self.readout(torch.cat([hidden, context], dim=-1))
+
+
+def build(input_size: int, output_size: int, **options: Any) -> nn.Module:
+    return AttentionLSTM(input_size, output_size, **options)

@@ -1,0 +1,33 @@
+"""LSTM baseline (the SAM paper's "LSTM" rows): a stacked ``nn.LSTM`` and a linear readout."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+DESCRIPTION = "LSTM baseline: stacked LSTM + linear readout"
+PRESETS: dict[str, dict[str, Any]] = {
+    "smoke": {"hidden_size": 16, "num_layers": 1},
+    "small": {"hidden_size": 128, "num_layers": 1},
+    "paper": {"hidden_size": 512, "num_layers": 1},
+}
+
+
+def preset_options(task_name: str, preset: str) -> dict[str, Any]:
+    return dict(PRESETS[preset])
+
+
+class LSTMModel(nn.Module):
+    def __init__(self, input_size: int, output_size: int, hidden_size: int, num_layers: int = 1) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(input_size, hidden_size, num_layers=num_layers, batch_first=True)
+        self.readout = nn.Linear(hidden_size, output_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        hidden, _ = self.lstm(x)
+        return self.readout(hidden)
+
+
+def build(input_size: int, output_size: int, **options: Any) -> nn.Module:
+    return LSTMModel(input_size, output_size, **options)
