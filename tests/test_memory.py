@@ -262,3 +262,17 @@ def test_wrong_input_width_raises():
         STM(5, **SIZES)(torch.randn(2, 6))
     with pytest.raises(ValueError, match="SAM expects memories"):
         SAM(4, 2)(torch.randn(1, 3, 4))
+
+
+def test_scale_gradcheck():
+    """The custom autograd function behind alpha1 * M_r_prev (stm_rl.memory.scale), in float64."""
+    from stm_rl.memory.scale import scale
+
+    alpha = torch.tensor(0.7, requires_grad=True)
+    x = torch.randn(2, 3, 4, 4, requires_grad=True)
+    assert torch.autograd.gradcheck(scale, (x, alpha))
+    # an expanded batch (the learned initial memory broadcast over the batch) works too
+    base = torch.randn(3, 4, 4, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda b, a: scale(b.expand(2, 3, 4, 4), a), (base, alpha))
+    with pytest.raises(ValueError, match="0-dimensional"):
+        scale(x, torch.ones(1))

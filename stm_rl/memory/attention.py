@@ -73,11 +73,15 @@ class SAM(nn.Module):
         self.qkv_norm = nn.LayerNorm([d, 3 * num_slots])
 
     def queries_keys_values(self, memory: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Steps 1-3 of the operator: ``(q, k, v)``, each ``[B, N, d]`` (slot-major)."""
+        """Steps 1-3 of the operator: ``(q, k, v)``, each ``[B, N, d]`` (slot-major, contiguous rows).
+
+        P is transposed into one contiguous ``[B, 3N, d]`` copy (small: 3N*d numbers per sample), so
+        that the products built from q, k and v get plain row-major layouts.
+        """
         if memory.shape[-2:] != (self.d, self.d):
             raise ValueError(f"SAM expects memories of shape [B, {self.d}, {self.d}], got {list(memory.shape)}")
         p = self.qkv_norm(self.qkv_proj(memory))  # [B, d, 3N]: column i is the i-th query/key/value
-        q, k, v = p.transpose(-1, -2).split(self.num_slots, dim=-2)
+        q, k, v = p.transpose(-1, -2).contiguous().split(self.num_slots, dim=-2)
         return q, k, v
 
     def forward(self, memory: Tensor) -> Tensor:

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from stm_rl.memory.attention import SAM, _check_positive, outer_product_scores
+from stm_rl.memory.scale import scale
 
 AlphaSetting = Optional[float]
 
@@ -52,7 +53,7 @@ class InputProjection(NamedTuple):
     slot_logits: Optional[Tensor]
     """f3(x), logits of the attention over slots (eq. 11)."""
     gate_from_input: Optional[Tensor]
-    """gate_in(u), the input half of the gates (Appendix D)."""
+    """gate_in(u) plus the scalar biases of the two gates, the input half of the gates (Appendix D)."""
 
 
 class STMCell(nn.Module):
@@ -163,51 +164,65 @@ class STMCell(nn.Module):
     def project_input(self, x: Tensor) -> "InputProjection":
         """Everything a step computes from x alone (spec step 1 and the input half of the gates).
 
-        Works on any leading dimensions, so :class:`STM` projects a whole sequence at once.
+        Works on any leading dimensions, so :class:`STM` projects a whole sequence at once. The gates'
+        scalar biases (``input_bias``, ``forget_bias``) are added here, to the ``[..., 2d]`` vector,
+        rather than to the ``d x 2d`` gate pre-activations of every step (same sum, far fewer adds).
         """
         u = self.f1(x)
         w = self.f2(x) if self.uses_relational_read else None
         slot_logits = self.f3(x) if self.uses_relational_read else None
-        gate_from_input = self.gate_in(u) if self.gated else None
+        gate_from_input = None
+        if self.gated:  # gate_in(u) + [input_bias] * d ++ [forget_bias] * d
+            biases = torch.stack((self.input_bias, self.forget_bias)).unsqueeze(-1)  # [2, 1]
+            gate_from_input = (self.gate_in(u).unflatten(-1, (2, self.d)) + biases).flatten(-2)
         return InputProjection(u, w, slot_logits, gate_from_input)
 
     def update_memory_projected(self, projected: "InputProjection", state: Optional[STMState] = None) -> STMState:
-        """Spec steps 2-7 for one step whose input is already projected (``[B, ...]`` fields)."""
+        """Spec steps 2-7 for one step whose input is already projected (``[B, ...]`` fields).
+
+        Arranged so that few ``[B, d, d]`` and ``[B, N, d, d]`` tensors are created or saved for the
+        backward pass (the step is memory-bound at large batches and overhead-bound at batch 1):
+        rank-1 and rank-N updates of a memory are single ``baddbmm`` calls, which save only their
+        small factors where ``M + alpha * (a (x) b)`` would save the ``d x d`` product for alpha's
+        gradient.
+        """
         u, w, slot_logits, gate_from_input = projected
         if state is None:
             state = self.initial_state(u.shape[0])
         item_prev, rel_prev = state
+        batch, n, d = u.shape[0], self.num_slots, self.d
 
-        if self.gated:  # 2-4. eq. 10 with the gates of Appendix D
-            written = torch.tanh(u.unsqueeze(2) * u.unsqueeze(1))
-            gates = self.gate_mem(torch.tanh(item_prev)) + gate_from_input.unsqueeze(1)
+        if self.gated:  # 2-4. eq. 10 with the gates of Appendix D (biases already in gate_from_input)
+            written = torch.tanh(u.unsqueeze(2) * u.unsqueeze(1))  # X = tanh(u (x) u)
+            gates = torch.sigmoid(self.gate_mem(torch.tanh(item_prev)) + gate_from_input.unsqueeze(1))
             input_gate, forget_gate = gates.chunk(2, dim=-1)
-            item = (torch.sigmoid(input_gate + self.input_bias) * written
-                    + torch.sigmoid(forget_gate + self.forget_bias) * item_prev)
-        else:  # eq. 9, the "w/o gates" ablation
-            item = item_prev + u.unsqueeze(2) * u.unsqueeze(1)
+            item = torch.addcmul(input_gate * written, forget_gate, item_prev)  # M'
+        else:  # eq. 9, the "w/o gates" ablation: M' = M_i + u (x) u
+            item = torch.baddbmm(item_prev, u.unsqueeze(2), u.unsqueeze(1))
 
         sam_input = item
         if self.uses_relational_read:  # 5. eq. 11
             slot_weights = torch.softmax(slot_logits, dim=-1)  # p over the N slots
-            per_slot = (w[:, None, None, :] @ rel_prev).squeeze(2)  # [B, N, d]: sum_e w_e M_r[n, e, :]
-            read = (slot_weights.unsqueeze(2) * per_slot).sum(1)  # v_r
-            sam_input = item + self.alpha2 * (read.unsqueeze(2) * w.unsqueeze(1))  # + alpha2 v_r (x) w
+            # Mix the slots first: sum_n p_n M_r[n] is one [1, N] x [N, d*d] product per sample.
+            mixed = (slot_weights.unsqueeze(1) @ rel_prev.flatten(2)).view(batch, d, d)
+            read = w.unsqueeze(1) @ mixed  # v_r[f] = sum_e w_e mixed[e, f]: [B, 1, d]
+            # M' + alpha2 * v_r (x) w as one rank-1 update; alpha2 scales the small factor w.
+            sam_input = torch.baddbmm(item, read.transpose(1, 2), (self.alpha2 * w).unsqueeze(1))
 
         q, k, v = self.sam.queries_keys_values(sam_input)  # 6. eq. 12
-        scores = outer_product_scores(q, k)  # [B, N(query), N(key), d]
-        # A = SAM(...)[n, a, c] = sum_j scores[n, j, a] v[j, c]: one [N*d, N] x [N, d] product per sample.
-        batch, n, d = q.shape
-        fresh = (scores.permute(0, 1, 3, 2).reshape(batch, n * d, n) @ v).view(batch, n, d, d)
-        if self.uses_old_relational:
-            relational = torch.addcmul(fresh, self.alpha1, rel_prev)  # alpha1 * M_r_prev + A, one pass
+        # scores[j, n, a] = tanh(q_n[a] * k_j[a]), key-major so that both products below read it as is.
+        scores = outer_product_scores(k, q).view(batch, n, n * d)  # [B, N(key), N(query)*d]
+        # A[n, a, c] = sum_j scores[j, n, a] v[j, c]: one [N*d, N] x [N, d] product per sample.
+        if self.uses_old_relational:  # M_r = alpha1 * M_r_prev + A, accumulated into one new tensor
+            relational = torch.baddbmm(scale(rel_prev, self.alpha1).view(batch, n * d, d),
+                                       scores.transpose(1, 2), v).view(batch, n, d, d)
         else:
-            relational = fresh
+            relational = (scores.transpose(1, 2) @ v).view(batch, n, d, d)
 
         if self.uses_transfer:  # 7. eq. 13: T[c, e] = sum_{n,a} W_G1[e, n*d + a] A[n, a, c] + b_G1[e]
-            per_key = scores.transpose(1, 2).flatten(2) @ self.G1.weight.t()  # H: [B, N(key), d]
-            transfer = v.transpose(1, 2) @ per_key + self.G1.bias  # sum_j v_j (x) H_j: [B, d, d]
-            item = item + self.alpha3 * transfer
+            # Factored: T = sum_j v_j (x) H_j + b with H_j[e] = sum_{n,a} W_G1[e, n*d + a] scores[j, n, a].
+            per_key = scores @ self.G1.weight.t()  # H: [B, N(key), d]
+            item = torch.baddbmm(item + self.alpha3 * self.G1.bias, v.transpose(1, 2), self.alpha3 * per_key)
         return STMState(item, relational)
 
     def readout(self, relational: Tensor) -> Tensor:
@@ -232,6 +247,9 @@ class STM(nn.Module):
         super().__init__()
         self.cell = STMCell(input_size, output_size, **cell_kwargs)
 
+    READOUT_ROWS = 256
+    """Rows (batch x steps x slots) below which the readout GEMM of eq. 14 batches several steps."""
+
     def initial_state(self, batch_size: int) -> STMState:
         return self.cell.initial_state(batch_size)
 
@@ -242,13 +260,24 @@ class STM(nn.Module):
             raise ValueError("STM got an empty sequence (T = 0)")
         # Everything that depends on the input alone, once for the whole sequence.
         projected = self.cell.project_input(x)
-        relational = []
-        for t in range(x.shape[1]):
+        batch, steps = x.shape[:2]
+        # eq. 14 over chunks of consecutive steps: one [B*chunk*N, d*d] x [d*d, n_r] product per chunk.
+        # The chunk is as short as keeps that product's row count near READOUT_ROWS: at batch 1 all
+        # steps go at once (T small products would cost more in overhead than the work), at large
+        # batches every step is read out alone, so no copy of the T relational memories is made (at
+        # batch 128 a stack of 20 of them is a 755 MB copy, saved for G2's backward next to the
+        # per-step memories, which are saved anyway).
+        chunk = max(1, -(-self.READOUT_ROWS // (batch * self.cell.num_slots)))
+        outputs, pending = [], []
+        for t in range(steps):
             step_input = InputProjection(*(None if p is None else p[:, t] for p in projected))
             state = self.cell.update_memory_projected(step_input, state)
-            relational.append(state.relational)
-        # eq. 14 once for all steps: one [B*T*N, d*d] x [d*d, n_r] product instead of T small ones.
-        return self.cell.readout(torch.stack(relational, dim=1)), state
+            pending.append(state.relational)
+            if len(pending) == chunk or t == steps - 1:
+                stacked = pending[0].unsqueeze(1) if len(pending) == 1 else torch.stack(pending, dim=1)
+                outputs.append(self.cell.readout(stacked))
+                pending = []
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1), state
 
 
 def _validate_alphas(alphas: Sequence[AlphaSetting]) -> tuple[AlphaSetting, AlphaSetting, AlphaSetting]:
