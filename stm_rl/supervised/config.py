@@ -98,7 +98,7 @@ TASK_OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
     "copy": {"smoke": {"bits": 4, "max_length": 3}, "small": {"bits": 8, "max_length": 10}},
     "priority-sort": {"smoke": {"bits": 4, "num_items": 4, "num_outputs": 3},
                       "small": {"bits": 8, "num_items": 10, "num_outputs": 8}},
-    "rar": {"smoke": {"bits": 4, "max_items": 3, "max_item_length": 2}, "small": _SMALL_BITS},
+    "rar": {"smoke": {"bits": 4, "max_items": 3, "min_item_length": 2, "max_item_length": 2}, "small": _SMALL_BITS},
     "rar-as-run": {"smoke": {"bits": 4, "max_item_length": 3}, "small": _SMALL_BITS},
     "nth-farthest": {"smoke": {"num_vectors": 4, "dim": 4}},
     "associative-retrieval-30": {"smoke": {"num_pairs": 3, "embedding_size": 8}},

@@ -182,17 +182,17 @@ def train(config: SupervisedConfig, resume_from: Optional[dict[str, Any]] = None
             optimizer.step()
             state.iteration += 1
             state.elapsed_s = time.monotonic() - started
-            if not math.isfinite(float(loss)):
+            if not math.isfinite(loss.item()):
                 raise StmRlError(f"the loss became {float(loss)} at iteration {state.iteration}; lower --lr")
 
             if state.iteration % TRAIN_LOG_EVERY == 0 or state.iteration == 1:
                 with torch.no_grad():
                     totals = task.metrics(outputs.detach(), batch)
                 metric = task.summarize({k: t / c if c else float("nan") for k, (t, c) in totals.items()})
-                writer.add_scalar("train/loss", float(loss), state.iteration)
+                writer.add_scalar("train/loss", loss.item(), state.iteration)
                 if task.main_metric in metric:
                     writer.add_scalar(f"train/{task.main_metric}", metric[task.main_metric], state.iteration)
-                    bar.set_postfix(loss=f"{float(loss):.4f}", **{task.main_metric: f"{metric[task.main_metric]:.3g}"})
+                    bar.set_postfix(loss=f"{loss.item():.4f}", **{task.main_metric: f"{metric[task.main_metric]:.3g}"})
             bar.update(1)
             out_of_time = (config.time_limit_minutes > 0
                            and time.monotonic() - session_start >= 60 * config.time_limit_minutes)

@@ -29,7 +29,6 @@ from stm_rl.supervised.tasks.base import (
     Batch, ClassOutputTask, MetricTotals, Sample, SentenceInput, collate, split_rng,
 )
 
-ALL_TASKS = tuple(range(1, 21))
 SOLVED_ERROR = 5.0  # percent, the usual "task solved" threshold
 MISSING_CHOICES = ("error", "skip", "use-1k")
 _TOKEN = re.compile(r"[A-Za-z0-9,']+")
@@ -100,6 +99,14 @@ def find_task_file(directory: Path, task: int, split: str) -> Optional[Path]:
     return matches[0] if matches else None
 
 
+def tasks_in(directory: Path) -> list[int]:
+    """The task numbers that have any file (train, valid or test) in ``directory``."""
+    found = {int(m.group(1)) for p in directory.glob("qa*_*.txt") if (m := re.match(r"qa(\d+)_", p.name))}
+    if not found:
+        raise StmRlError(f"{directory} holds no bAbI files (qa<N>_..._train.txt / _test.txt)")
+    return sorted(found)
+
+
 class BabiTask(ClassOutputTask):
     name = "babi"
     description = "bAbI 20 QA tasks jointly (--data-dir: en-valid-10k, en-10k or en layout)"
@@ -107,7 +114,7 @@ class BabiTask(ClassOutputTask):
     main_metric = "mean_error"
     higher_is_better = False
 
-    def __init__(self, data_dir: str = "", tasks: Sequence[int] = ALL_TASKS, missing: str = "error",
+    def __init__(self, data_dir: str = "", tasks: Optional[Sequence[int]] = None, missing: str = "error",
                  fallback_dir: str = "", max_sentences: int = 50, embedding_size: int = 90) -> None:
         if missing not in MISSING_CHOICES:
             raise StmRlError(f"babi missing-file policy must be one of {', '.join(MISSING_CHOICES)}, got {missing!r}")
@@ -120,7 +127,7 @@ class BabiTask(ClassOutputTask):
         self.splits: dict[str, list[BabiQuestion]] = {"train": [], "valid": [], "test": []}
         self.tasks: list[int] = []
         self.notes: list[str] = []
-        for task in tasks:
+        for task in tasks if tasks is not None else tasks_in(directory):
             files = {split: find_task_file(directory, task, split) for split in ("train", "valid", "test")}
             if files["train"] is None:
                 if missing == "error":

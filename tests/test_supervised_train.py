@@ -1,0 +1,171 @@
+"""Training loop and command line of ``python -m stm_rl.supervised``: every task with every model for a few
+smoke iterations, learning on copy, checkpoints, resume, eval-only, Ctrl-C, and one-line user errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from stm_rl.run_dir import load_checkpoint, read_jsonl
+from stm_rl.supervised.__main__ import main
+from stm_rl.supervised.config import resolve_config
+from stm_rl.supervised.models import MODELS, build_model, model_options
+from stm_rl.supervised.tasks import TASKS, make_task
+from stm_rl.supervised.train import CHECKPOINT_KIND, TrainingInterrupted, train
+
+from test_supervised_tasks import write_babi
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture
+def babi_dir(tmp_path):
+    return str(write_babi(tmp_path / "babi"))
+
+
+def smoke_task(name, babi_dir):
+    config = resolve_config(name, "lstm", "smoke", task_options={"data_dir": babi_dir} if name == "babi" else {})
+    return make_task(name, **config.task_options)
+
+
+@pytest.mark.parametrize("task_name", list(TASKS))
+def test_every_model_trains_on_every_task(task_name, babi_dir):
+    task = smoke_task(task_name, babi_dir)
+    rng = np.random.default_rng(0)
+    for model_name in MODELS:
+        torch.manual_seed(0)
+        model = build_model(model_name, task, model_options(model_name, task_name, "smoke"))
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        for _ in range(2):
+            batch = task.sample(3, rng)
+            outputs = model(batch.inputs)
+            assert outputs.shape == (*batch.mask.shape, task.output_size)
+            loss = task.loss(outputs, batch)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        assert torch.isfinite(loss)
+        values = task.summarize({k: t / c for k, (t, c) in task.metrics(outputs.detach(), batch).items() if c})
+        assert task.main_metric in values
+
+
+@pytest.mark.parametrize("model_name", ["stm", "lstm"])
+def test_loss_goes_down_on_copy(model_name):
+    task = make_task("copy", bits=4, max_length=3)
+    torch.manual_seed(0)
+    model = build_model(model_name, task, model_options(model_name, "copy", "smoke"))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    batch = task.sample(16, np.random.default_rng(0))
+    losses = []
+    for _ in range(40):
+        loss = task.loss(model(batch.inputs), batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-5:]) < 0.8 * np.mean(losses[:5])
+
+
+def test_train_writes_logs_checkpoints_and_resumes(tmp_path):
+    run_dir = tmp_path / "run"
+    config = resolve_config("copy", "stm", "smoke", run_dir=str(run_dir), iterations=4, eval_every=2)
+    summary = train(config, progress=False)
+    assert summary["iterations"] == 4 and "bit_error" in summary["test"]
+    records = list(read_jsonl(run_dir / "evaluations.jsonl"))
+    assert [(r["split"], r["iteration"]) for r in records] == [("valid", 2), ("valid", 4), ("test", 4)]
+    latest = load_checkpoint(run_dir / "checkpoints" / "latest.pt", CHECKPOINT_KIND)
+    assert latest["train_state"]["iteration"] == 4 and latest["config"]["task"] == "copy"
+    assert {"model", "optimizer", "rng"} <= set(latest)
+    assert (run_dir / "checkpoints" / "best.pt").exists() and any((run_dir / "tb").iterdir())
+    assert json.loads((run_dir / "config.json").read_text())["config"]["preset"] == "smoke"
+
+    assert main(["--resume", str(run_dir), "--iterations", "6", "--no-progress"]) == 0
+    assert load_checkpoint(run_dir / "checkpoints" / "latest.pt", CHECKPOINT_KIND)["train_state"]["iteration"] == 6
+    assert main(["--eval-only", str(run_dir / "checkpoints" / "best.pt")]) == 0
+
+
+def test_resume_continues_like_an_uninterrupted_run(tmp_path):
+    whole = resolve_config("nth-farthest", "lstm", "smoke", run_dir=str(tmp_path / "a"), iterations=4, eval_every=2)
+    train(whole, progress=False)
+    half = resolve_config("nth-farthest", "lstm", "smoke", run_dir=str(tmp_path / "b"), iterations=2, eval_every=2)
+    train(half, progress=False)
+    assert main(["--resume", str(tmp_path / "b"), "--iterations", "4", "--no-progress"]) == 0
+    a = load_checkpoint(tmp_path / "a" / "checkpoints" / "latest.pt", CHECKPOINT_KIND)["model"]
+    b = load_checkpoint(tmp_path / "b" / "checkpoints" / "latest.pt", CHECKPOINT_KIND)["model"]
+    assert all(torch.allclose(a[k], b[k]) for k in a)
+
+
+def test_ctrl_c_saves_latest_checkpoint(tmp_path, monkeypatch):
+    from stm_rl.supervised.tasks.copy import CopyTask
+
+    calls = {"n": 0}
+    original = CopyTask.sample
+
+    def interrupted(self, batch_size, rng):
+        calls["n"] += 1
+        if calls["n"] == 4:  # the first call builds the validation set
+            raise KeyboardInterrupt
+        return original(self, batch_size, rng)
+
+    monkeypatch.setattr(CopyTask, "sample", interrupted)
+    config = resolve_config("copy", "lstm", "smoke", run_dir=str(tmp_path / "run"), iterations=10, eval_every=100)
+    with pytest.raises(TrainingInterrupted):
+        train(config, progress=False)
+    latest = load_checkpoint(tmp_path / "run" / "checkpoints" / "latest.pt", CHECKPOINT_KIND)
+    assert latest["train_state"]["iteration"] == 2
+
+
+def test_babi_trains_from_a_fixture(tmp_path, babi_dir):
+    args = ["--task", "babi", "--model", "stm", "--preset", "smoke", "--data-dir", babi_dir,
+            "--run-dir", str(tmp_path / "run"), "--no-progress"]
+    assert main(args) == 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--task", "nope", "--model", "stm"], "unknown task"),
+    (["--task", "copy", "--model", "nope"], "unknown model"),
+    (["--task", "copy", "--model", "stm", "--preset", "huge"], "unknown preset"),
+    (["--task", "copy", "--model", "stm", "--iterations", "0"], "--iterations must be > 0"),
+    (["--task", "copy", "--model", "stm", "--task-option", "bits=0"], "bits must be"),
+    (["--task", "babi", "--model", "stm", "--data-dir", "/nonexistent/babi"], "does not exist"),
+    (["--task", "copy"], "--task and --model are required"),
+    (["--eval-only", "/nonexistent/best.pt"], "no checkpoint file"),
+])
+def test_cli_errors_are_one_line(args, message, capsys, tmp_path):
+    assert main([*args, "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_cli_malformed_babi_file_names_file_and_line(tmp_path, capsys):
+    folder = write_babi(tmp_path / "babi", tasks=(1,))
+    (folder / "qa1_valid.txt").write_text("1 Mary moved.\nnot a line\n")
+    assert main(["--task", "babi", "--model", "lstm", "--preset", "smoke", "--data-dir", str(folder),
+                 "--run-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert "qa1_valid.txt, line 2" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_resume_rejects_a_different_task_and_existing_run(tmp_path, capsys):
+    run_dir = str(tmp_path / "run")
+    assert main(["--task", "copy", "--model", "lstm", "--preset", "smoke", "--run-dir", run_dir, "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["--resume", run_dir, "--task", "rar", "--iterations", "9"]) == 2
+    assert "task='copy'" in capsys.readouterr().err
+    assert main(["--task", "copy", "--model", "lstm", "--preset", "smoke", "--run-dir", run_dir]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["--resume", run_dir]) == 2
+    assert "larger --iterations" in capsys.readouterr().err
+
+
+def test_cli_subprocess_list_and_exit_code():
+    listed = subprocess.run([sys.executable, "-m", "stm_rl.supervised", "--list"], capture_output=True, text=True)
+    assert listed.returncode == 0 and "associative-retrieval-30" in listed.stdout and "attn-lstm" in listed.stdout
+    bad = subprocess.run([sys.executable, "-m", "stm_rl.supervised", "--task", "x", "--model", "stm"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.startswith("error: unknown task") and "Traceback" not in bad.stderr
