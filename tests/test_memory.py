@@ -276,3 +276,17 @@ def test_scale_gradcheck():
     assert torch.autograd.gradcheck(lambda b, a: scale(b.expand(2, 3, 4, 4), a), (base, alpha))
     with pytest.raises(ValueError, match="0-dimensional"):
         scale(x, torch.ones(1))
+
+
+def test_relational_read_gradcheck():
+    """The custom autograd function of the relational read (eq. 11), in float64, against its definition."""
+    from stm_rl.memory.relational_read import relational_read
+
+    memory = torch.randn(2, 3, 4, 4, requires_grad=True)
+    p = torch.softmax(torch.randn(2, 3), -1).requires_grad_()
+    w = torch.randn(2, 4, requires_grad=True)
+    expected = torch.einsum("bn,be,bnef->bf", p, w, memory)
+    torch.testing.assert_close(relational_read(memory, p, w), expected)
+    assert torch.autograd.gradcheck(relational_read, (memory, p, w))
+    base = torch.randn(3, 4, 4, requires_grad=True)  # the initial memory, expanded over the batch
+    assert torch.autograd.gradcheck(lambda m, p, w: relational_read(m.expand(2, 3, 4, 4), p, w), (base, p, w))

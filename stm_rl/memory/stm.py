@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from stm_rl.memory.attention import SAM, _check_positive, outer_product_scores
+from stm_rl.memory.relational_read import relational_read
 from stm_rl.memory.scale import scale
 
 AlphaSetting = Optional[float]
@@ -203,11 +204,9 @@ class STMCell(nn.Module):
         sam_input = item
         if self.uses_relational_read:  # 5. eq. 11
             slot_weights = torch.softmax(slot_logits, dim=-1)  # p over the N slots
-            # Mix the slots first: sum_n p_n M_r[n] is one [1, N] x [N, d*d] product per sample.
-            mixed = (slot_weights.unsqueeze(1) @ rel_prev.flatten(2)).view(batch, d, d)
-            read = w.unsqueeze(1) @ mixed  # v_r[f] = sum_e w_e mixed[e, f]: [B, 1, d]
+            read = relational_read(rel_prev, slot_weights, w)  # v_r: [B, d], slots mixed first
             # M' + alpha2 * v_r (x) w as one rank-1 update; alpha2 scales the small factor w.
-            sam_input = torch.baddbmm(item, read.transpose(1, 2), (self.alpha2 * w).unsqueeze(1))
+            sam_input = torch.baddbmm(item, read.unsqueeze(2), (self.alpha2 * w).unsqueeze(1))
 
         q, k, v = self.sam.queries_keys_values(sam_input)  # 6. eq. 12
         # scores[j, n, a] = tanh(q_n[a] * k_j[a]), key-major so that both products below read it as is.
@@ -268,9 +267,12 @@ class STM(nn.Module):
         # batch 128 a stack of 20 of them is a 755 MB copy, saved for G2's backward next to the
         # per-step memories, which are saved anyway).
         chunk = max(1, -(-self.READOUT_ROWS // (batch * self.cell.num_slots)))
+        # unbind, not p[:, t]: the backward of T selects would build T zero-filled [B, T, ...] gradients
+        # and add them up; unbind's backward stacks the T step gradients once.
+        per_step = [[None] * steps if p is None else p.unbind(1) for p in projected]
         outputs, pending = [], []
         for t in range(steps):
-            step_input = InputProjection(*(None if p is None else p[:, t] for p in projected))
+            step_input = InputProjection(*(p[t] for p in per_step))
             state = self.cell.update_memory_projected(step_input, state)
             pending.append(state.relational)
             if len(pending) == chunk or t == steps - 1:
