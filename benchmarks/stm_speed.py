@@ -8,7 +8,11 @@ of the training step at batch 1 (the RL case) and batch 128 (the supervised case
   materialised B x N x N x d x d tensor, G1 applied to the materialised SAM output, G2/G3 every step.
 
 Each measurement runs in a fresh subprocess; peak memory is the growth of the process's maximum
-resident set size over its size after building the model and inputs.
+resident set size over its size after building the model and inputs (so it includes the backward
+pass's temporaries and the allocator's slack). "saved MB" is the volume of distinct tensors autograd
+saves for the backward pass (parameters excluded), measured by hooks in one more forward pass: a
+lower bound that the peak should exceed by the backward's working set, a sanity check of the peak.
+Times are medians over repeated training steps after a warm-up one.
 
     python benchmarks/stm_speed.py            # both batch sizes, ~2-4 minutes on 2 cores
     python benchmarks/stm_speed.py --quick    # batch 1 and batch 32 only
@@ -61,7 +65,7 @@ def measure(impl: str, batch: int, repeats: int) -> dict:
             getattr(model.cell, f"alpha{i}").fill_(0.1)
     x = torch.randn(batch, STEPS, INPUT)
 
-    def train_step():
+    def forward():
         if impl == "stm_rl":
             y, _ = model(x)
         else:
@@ -70,7 +74,10 @@ def measure(impl: str, batch: int, repeats: int) -> dict:
                 y_t, state = straightforward_step(model.cell, x[:, t], state)
                 ys.append(y_t)
             y = torch.stack(ys, 1)
-        y.square().mean().backward()
+        return y.square().mean()
+
+    def train_step():
+        forward().backward()
         model.zero_grad(set_to_none=True)
 
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -82,7 +89,27 @@ def measure(impl: str, batch: int, repeats: int) -> dict:
         times.append(time.perf_counter() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before  # kB on Linux
     return {"impl": impl, "batch": batch, "ms_per_step": 1000 * sorted(times)[len(times) // 2] / STEPS,
-            "peak_mb": max(peak, 0) / 1024}
+            "peak_mb": max(peak, 0) / 1024, "saved_mb": saved_for_backward_mb(forward) / 2**20}
+
+
+def saved_for_backward_mb(forward) -> int:
+    """Bytes of the distinct non-parameter tensors autograd saves for the backward pass of ``forward()``.
+
+    A lower bound and sanity check for the peak: the peak adds the backward's temporaries and the
+    allocator's slack to this. Run after the timed steps, so it does not move the measured peak
+    (the graph is dropped unbackpropagated).
+    """
+    storages: dict[int, int] = {}
+
+    def pack(tensor):
+        if not isinstance(tensor, torch.nn.Parameter):
+            storage = tensor.untyped_storage()
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        forward()
+    return sum(storages.values())
 
 
 def run_in_subprocess(impl: str, batch: int, repeats: int) -> dict:
@@ -103,12 +130,12 @@ def main() -> None:
 
     batches = (1, 32) if args.quick else (1, 128)
     print(f"STM cell d={D} N={N} n_r={NR}, input {INPUT}, {STEPS} steps, forward+backward, 1 thread")
-    print(f"{'batch':>5}  {'implementation':<16} {'ms/step':>9} {'peak MB':>9}")
+    print(f"{'batch':>5}  {'implementation':<16} {'ms/step':>9} {'peak MB':>9} {'saved MB':>9}")
     for batch in batches:
         repeats = 10 if batch == 1 else 3
         rows = {impl: run_in_subprocess(impl, batch, repeats) for impl in ("straightforward", "stm_rl")}
         for impl, row in rows.items():
-            print(f"{batch:>5}  {impl:<16} {row['ms_per_step']:>9.2f} {row['peak_mb']:>9.0f}")
+            print(f"{batch:>5}  {impl:<16} {row['ms_per_step']:>9.2f} {row['peak_mb']:>9.0f} {row['saved_mb']:>9.0f}")
         speedup = rows["straightforward"]["ms_per_step"] / rows["stm_rl"]["ms_per_step"]
         memory = rows["stm_rl"]["peak_mb"] / max(rows["straightforward"]["peak_mb"], 1e-9)
         print(f"{batch:>5}  speed-up x{speedup:.2f}, peak memory {100 * memory:.0f}% of the straightforward version")

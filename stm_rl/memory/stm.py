@@ -8,13 +8,19 @@ follows the implementation (alpha1 on the old relational memory, all alphas lear
 SAM output transferred to the item memory) and carries both memories across steps, which the
 original RL agent did not.
 
-Two computations are arranged for speed without changing the result:
+Computations arranged for speed and memory without changing the result (``benchmarks/stm_speed.py``
+measures them; at batch 128 the step is memory-bound on ``B x N x d x d`` tensors, at batch 1 it is
+bound by G2's products and the per-op overhead):
 - The transfer to item memory (eq. 13) is computed from SAM's queries, keys and values directly,
   ``T = V^T H`` with ``H[j] = sum_{n,a} W_G1[:, n, a] tanh(q_n * k_j)[a]``: N^2 d^2 multiply-adds per
   sample instead of the N d^3 of applying G1 to the materialised SAM output.
-- :class:`STM` computes everything that depends on the input alone (f1, f2, f3, the input gate) and the
-  output distillation G2/G3 (eq. 14) once over all time steps, which turns T small matrix products
-  into one large one (G2's weight gradient dominates the backward pass).
+- Rank-1 and rank-N updates of a memory (eqs. 9, 11-13) are single ``baddbmm`` calls, which save only
+  their small factors for the backward pass; ``alpha1 * M_r_prev`` (:mod:`stm_rl.memory.scale`) and the
+  relational read (:mod:`stm_rl.memory.relational_read`) are autograd functions whose backward passes
+  avoid a full-size temporary and an inner-size-1 batched product respectively.
+- :class:`STM` computes everything that depends on the input alone (f1, f2, f3, the input gate) once
+  over all time steps, and the output distillation G2/G3 (eq. 14) over chunks of steps sized to keep
+  its matrix product large without copying the relational memories at large batches.
 """
 
 from __future__ import annotations
