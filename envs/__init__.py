@@ -5,6 +5,6 @@ float32 observations (1, S, S) in [0, 1], the 6-action minimal set, rewards summ
 ``info`` carrying ``frames``, ``raw_reward`` and, at game end, ``episode``. See ``envs.atari`` for details.
 """
 
-from envs.atari import DEFAULT_MAX_EPISODE_FRAMES, AtariEnv, EnvConfig, make_pong
+from envs.atari import DEFAULT_MAX_EPISODE_FRAMES, AtariEnv, EnvConfig, make_env, make_pong
 
-__all__ = ["AtariEnv", "DEFAULT_MAX_EPISODE_FRAMES", "EnvConfig", "make_pong"]
+__all__ = ["AtariEnv", "DEFAULT_MAX_EPISODE_FRAMES", "EnvConfig", "make_env", "make_pong"]

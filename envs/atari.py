@@ -37,7 +37,7 @@ import gymnasium as gym
 import numpy as np
 from ale_py import ALEInterface, LoggerMode, roms
 
-__all__ = ["EnvConfig", "AtariEnv", "make_pong", "DEFAULT_MAX_EPISODE_FRAMES"]
+__all__ = ["EnvConfig", "AtariEnv", "make_env", "make_pong", "DEFAULT_MAX_EPISODE_FRAMES"]
 
 DEFAULT_MAX_EPISODE_FRAMES = 108_000
 """The ALE/Machado et al. cap: 30 minutes of play at 60 frames/s."""
@@ -46,6 +46,7 @@ _CROP_TOP, _CROP_BOTTOM = 34, 194  # rows 34..193 inclusive: the 160x160 Pong pl
 _PLAYFIELD = _CROP_BOTTOM - _CROP_TOP
 _FIRE = 1  # ale_py.Action.FIRE
 _EMULATOR_FPS = 60
+CUE_MEMORY = "cue-memory"  # the toy task of envs.cue_memory, for learning checks
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class EnvConfig:
     seed: int | None = None
     """Seed used by the first ``reset()`` that is not given one; None draws fresh entropy."""
     game: str = "pong"
-    """ALE ROM id (``ale_py.roms.get_all_rom_ids()``); only Pong is tested."""
+    """ALE ROM id (``ale_py.roms.get_all_rom_ids()``; only Pong is tested), or "cue-memory", the toy memory task of ``envs.cue_memory``."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.frame_skip, (int, np.integer)) or self.frame_skip < 0:
@@ -85,8 +86,9 @@ class EnvConfig:
             raise ValueError(f"noop_max must be an integer >= 0, got {self.noop_max!r}")
         if not isinstance(self.max_episode_frames, (int, np.integer)) or self.max_episode_frames < 1:
             raise ValueError(f"max_episode_frames must be a positive integer, got {self.max_episode_frames!r}")
-        if self.game not in roms.get_all_rom_ids():
-            raise ValueError(f"unknown game {self.game!r}: not an ale_py ROM id (see ale_py.roms.get_all_rom_ids())")
+        if self.game != CUE_MEMORY and self.game not in roms.get_all_rom_ids():
+            raise ValueError(f"unknown game {self.game!r}: not an ale_py ROM id (see ale_py.roms.get_all_rom_ids()) "
+                             f"nor {CUE_MEMORY!r}")
 
     @property
     def action_repeat(self) -> int:
@@ -228,4 +230,13 @@ def make_pong(config: EnvConfig | None = None, *, render_mode: str | None = None
     an unknown field raises ``TypeError``, an invalid value ``ValueError``.
     """
     config = dataclasses.replace(config or EnvConfig(), **overrides)
+    return AtariEnv(config, render_mode=render_mode)
+
+
+def make_env(config: EnvConfig, *, render_mode: str | None = None) -> gym.Env:
+    """The environment named by ``config.game``: an Atari game (:class:`AtariEnv`) or the toy "cue-memory"."""
+    if config.game == CUE_MEMORY:
+        from envs.cue_memory import CueMemoryEnv
+
+        return CueMemoryEnv(obs_size=config.obs_size, seed=config.seed)
     return AtariEnv(config, render_mode=render_mode)

@@ -14,7 +14,7 @@ from stm_rl.a3c.trainer import Trainer, checkpoint_paths, load_training_checkpoi
 from stm_rl.config_cli import add_dataclass_flags, dataclass_from_flags, given_flags
 from stm_rl.run_dir import StmRlError
 
-ENV_FLAGS_HIDDEN = ("seed", "obs_size", "clip_reward", "game")  # derived from the run seed / the encoder
+ENV_FLAGS_HIDDEN = ("seed", "obs_size", "clip_reward")  # derived from the run seed / the encoder
 RESUMABLE_RUN_FLAGS = ("frames", "workers", "checkpoint_interval", "progress")
 
 

@@ -33,6 +33,8 @@ from stm_rl.run_dir import (CheckpointError, JsonlWriter, StmRlError, load_check
 
 CHECKPOINT_KIND = "a3c"
 NUM_ACTIONS = 6  # Pong's minimal action set
+BEST_CHECKPOINT_INTERVAL = 30.0
+"""Seconds between two 'best' checkpoints: a new best average is saved at most this often (and at the end)."""
 
 
 @dataclass
@@ -129,6 +131,7 @@ class Trainer:
         self.shared_model.share_memory()
         self.counters.segments += 1
         self._stop_requested: Optional[str] = None
+        self._best_pending, self._last_best_save = False, -math.inf
 
     # ------------------------------------------------------------------ the run
     def run(self) -> TrainResult:
@@ -191,6 +194,8 @@ class Trainer:
             if status != "nan":  # never overwrite the last good checkpoints with weights a NaN touched
                 self._save("latest")
                 self._save("final")
+                if self._best_pending:
+                    self._save("best")
             log.close(self.counters, self.scores)
         result = TrainResult("failed" if status == "nan" else status, self.counters, self.scores.average,
                              self.scores.best_average, message)
@@ -225,6 +230,8 @@ class Trainer:
                 log.game(self.counters, rank, payload, average)
                 if len(self.scores.recent) >= min(10, self.scores.window) and average > self.scores.best_average:
                     self.scores.best_average = average
+                    self._best_pending = True
+                if self._best_pending and time.monotonic() - self._last_best_save >= BEST_CHECKPOINT_INTERVAL:
                     self._save("best")
             elif kind == "update":
                 log.update(self.counters, payload)
@@ -256,6 +263,8 @@ class Trainer:
         events.cancel_join_thread()
 
     def _save(self, name: str) -> None:
+        if name == "best":
+            self._best_pending, self._last_best_save = False, time.monotonic()
         model_state = {k: v.clone() for k, v in self.shared_model.state_dict().items()}
         save_checkpoint(self.paths[name], CHECKPOINT_KIND, {
             "model": model_state,

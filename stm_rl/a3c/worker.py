@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from agents import ActorCritic, build_agent
-from envs import make_pong
+from envs import make_env
 from stm_rl.a3c.config import TrainConfig
 from stm_rl.process import setup_compute_process
 
@@ -74,7 +74,7 @@ def train_worker(rank: int, ctx: WorkerContext) -> None:
     seed = config.run.seed + ctx.seed_offset + rank
     torch.manual_seed(seed)
     num_envs, steps = a3c.envs_per_worker, a3c.rollout_steps
-    envs = [make_pong(config.worker_env(ctx.seed_offset + rank * num_envs + i)) for i in range(num_envs)]
+    envs = [make_env(config.worker_env(ctx.seed_offset + rank * num_envs + i)) for i in range(num_envs)]
     model = build_agent(config.agent, envs[0].action_space.n)
     parent = os.getppid()
 

@@ -1,0 +1,261 @@
+"""The A3C trainer end to end (real Pong), its learning on a toy memory task, and its failure handling."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from stm_rl.a3c import SharedAdam, TrainConfig, load_agent_from_checkpoint
+from stm_rl.a3c.worker import WorkerContext, advantages_and_returns, train_worker
+from stm_rl.cli import main as cli_main
+from stm_rl.run_dir import read_jsonl
+
+FAST = ["--encoder", "small", "--workers", "2", "--no-progress"]
+
+
+def games_of(run_dir: Path) -> list[dict]:
+    return list(read_jsonl(run_dir / "games.jsonl"))
+
+
+def summary_of(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+# ---------------------------------------------------------------- end to end on Pong
+@pytest.mark.parametrize("agent, skip, frames", [("lstm", 0, 400), ("stm", 0, 300), ("lstm", 32, 8000),
+                                                 ("stm", 32, 8000)])
+def test_short_pong_run_writes_everything(tmp_path, agent, skip, frames):
+    run_dir = tmp_path / "run"
+    code = cli_main(["train", "--agent", agent, "--frame-skip", str(skip), "--frames", str(frames),
+                     "--run-dir", str(run_dir), *FAST])
+    assert code == 0
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["config"]["agent"]["agent"] == agent and config["config"]["env"]["frame_skip"] == skip
+    assert "torch" in config["versions"]
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    assert (run_dir / "games.jsonl").exists()
+    summary = summary_of(run_dir)
+    assert summary["status"] == "completed"
+    assert summary["counters"]["frames"] >= frames
+    assert summary["counters"]["agent_steps"] * max(skip, 1) >= summary["counters"]["frames"] - 2000  # resets
+    model, loaded, record = load_agent_from_checkpoint(run_dir / "checkpoints" / "final.pt")
+    assert loaded.agent.agent == agent and (model.stm is not None) == (agent == "stm")
+    assert record["counters"]["frames"] == summary["counters"]["frames"]
+    assert record["optimizer"]["state"], "the checkpoint carries the optimizer's moments"
+
+
+def test_resume_continues_the_counters(tmp_path):
+    run_dir = tmp_path / "run"
+    assert cli_main(["train", "--agent", "lstm", "--frame-skip", "32", "--frames", "6000",
+                     "--run-dir", str(run_dir), *FAST]) == 0
+    first = summary_of(run_dir)["counters"]
+    games_before = games_of(run_dir)
+    assert cli_main(["train", "--resume", str(run_dir), "--frames", "14000", "--no-progress"]) == 0
+    second = summary_of(run_dir)["counters"]
+    assert second["segments"] == 2
+    assert second["frames"] >= 14000 > first["frames"]
+    assert second["updates"] > first["updates"] and second["agent_steps"] > first["agent_steps"]
+    assert second["wall_time"] > first["wall_time"]
+    games = games_of(run_dir)
+    assert [g["game"] for g in games] == list(range(1, len(games) + 1)), "game indices continue"
+    assert len(games) > len(games_before)
+    # resuming a run whose budget is spent says so
+    assert cli_main(["train", "--resume", str(run_dir), "--no-progress"]) == 2
+
+
+# ---------------------------------------------------------------- it learns
+@pytest.mark.parametrize("agent", ["lstm", "stm"])
+def test_a3c_learns_a_memory_task(tmp_path, agent):
+    """Cue-memory: remember a cue over 2 blank frames. Without memory the mean score is 0, perfect is +1."""
+    run_dir = tmp_path / "run"
+    code = cli_main(["train", "--agent", agent, "--game", "cue-memory", "--frames", "9000", "--lr", "1e-3",
+                     "--envs-per-worker", "4", "--run-dir", str(run_dir), *FAST])
+    assert code == 0
+    scores = np.array([g["score"] for g in games_of(run_dir)])
+    assert len(scores) >= 2500
+    assert abs(scores[:300].mean()) < 0.35, "starts near chance"
+    assert scores[-300:].mean() > 0.6, f"{agent} did not learn: last 300 games average {scores[-300:].mean():.2f}"
+
+
+# ---------------------------------------------------------------- pieces of the algorithm
+def test_advantages_and_returns_by_hand():
+    rewards = torch.tensor([[1.0, 0.0, 2.0]])
+    values = torch.tensor([[0.5, 0.2, 0.1]])
+    last_value = torch.tensor([10.0])
+    dones = torch.tensor([[False, True, False]])  # the game ends at step 1; step 2 starts a new one
+    gamma, lam = 0.9, 0.5
+    adv, ret = advantages_and_returns(rewards, values, last_value, dones, gamma, lam)
+    d2 = 2.0 + gamma * 10.0 - 0.1
+    d1 = 0.0 - 0.2  # terminal: no bootstrap from the next game
+    d0 = 1.0 + gamma * 0.2 - 0.5
+    torch.testing.assert_close(adv, torch.tensor([[d0 + gamma * lam * d1, d1, d2]]))
+    torch.testing.assert_close(ret, torch.tensor([[1.0 + gamma * 0.0, 0.0, 2.0 + gamma * 10.0]]))
+
+
+def _step_shared_adam(optimizer: SharedAdam, model: torch.nn.Linear, seed: int) -> None:
+    torch.manual_seed(seed)
+    model.weight.grad = torch.randn_like(model.weight)
+    model.bias.grad = torch.randn_like(model.bias)
+    optimizer.step()
+
+
+def test_shared_adam_is_shared_between_processes():
+    model = torch.nn.Linear(4, 3)
+    model.share_memory()
+    optimizer = SharedAdam(model.parameters(), lr=0.1)
+    before = model.weight.detach().clone()
+    ctx = mp.get_context("spawn")
+    for seed in (1, 2):
+        process = ctx.Process(target=_step_shared_adam, args=(optimizer, model, seed))
+        process.start()
+        process.join(timeout=60)
+        assert process.exitcode == 0
+    state = optimizer.state[model.weight]
+    assert state["step"].item() == 2, "both processes stepped the same shared step counter"
+    assert state["exp_avg"].abs().sum() > 0 and state["max_exp_avg_sq"].abs().sum() > 0
+    assert not torch.equal(model.weight, before), "the parameters in shared memory moved"
+
+
+def test_nan_loss_stops_the_worker_without_touching_the_shared_model(monkeypatch):
+    config = TrainConfig.from_dict(json.loads(json.dumps(_config_dict(frames=10_000))))
+    from agents import build_agent
+    shared = build_agent(config.agent)
+    shared.share_memory()
+    optimizer = SharedAdam(shared.parameters())
+    before = {k: v.clone() for k, v in shared.state_dict().items()}
+    events, stop = queue.Queue(), threading.Event()
+    ctx = WorkerContext(config, shared, optimizer, torch.zeros(1, 3, dtype=torch.int64), 0, 0, stop, events)
+
+    def nan_advantages(rewards, *args):
+        return torch.full_like(rewards, float("nan")), torch.zeros_like(rewards)
+
+    monkeypatch.setattr("stm_rl.a3c.worker.advantages_and_returns", nan_advantages)
+    train_worker(0, ctx)
+    messages = [events.get_nowait() for _ in range(events.qsize())]
+    assert any(kind == "nan" and "non-finite loss" in text for kind, _, text in messages)
+    assert stop.is_set()
+    for key, value in shared.state_dict().items():
+        torch.testing.assert_close(value, before[key])
+
+
+def _config_dict(frames: int) -> dict:
+    from stm_rl.run_dir import to_jsonable
+
+    config = TrainConfig()
+    data = to_jsonable(config)
+    data["agent"].update(agent="lstm", encoder="small")
+    data["env"].update(frame_skip=4, obs_size=42)
+    data["run"].update(frames=frames, workers=1)
+    return data
+
+
+# ---------------------------------------------------------------- faults
+def _worker_pids(parent: int) -> list[int]:
+    children = Path(f"/proc/{parent}/task/{parent}/children").read_text().split()
+    pids = []
+    for pid in children:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except FileNotFoundError:
+            continue
+        if b"spawn_main" in cmdline and b"resource_tracker" not in cmdline:
+            pids.append(int(pid))
+    return pids
+
+
+def _start_cli(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "stm_rl.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_updates(run_dir: Path, process: subprocess.Popen, timeout: float = 120.0) -> None:
+    """Wait until the run has written its first 'latest' checkpoint (workers are running by then)."""
+    deadline = time.monotonic() + timeout
+    while not (run_dir / "checkpoints" / "latest.pt").exists():
+        assert process.poll() is None, process.stdout.read()
+        assert time.monotonic() < deadline, "the run did not start"
+        time.sleep(0.5)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_killed_worker_ends_the_run_cleanly(tmp_path):
+    run_dir = tmp_path / "run"
+    process = _start_cli(["train", "--agent", "lstm", "--frames", "100M", "--checkpoint-interval", "1",
+                          "--run-dir", str(run_dir), *FAST])
+    _wait_for_updates(run_dir, process)
+    workers = _worker_pids(process.pid)
+    assert len(workers) == 2
+    os.kill(workers[0], signal.SIGKILL)
+    output, _ = process.communicate(timeout=90)
+    assert process.returncode == 1
+    assert "died (killed by SIGKILL)" in output
+    assert summary_of(run_dir)["status"] == "failed"
+    for pid in workers[1:]:
+        assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2], \
+            "no orphan worker is left running"
+    load_agent_from_checkpoint(run_dir / "checkpoints" / "latest.pt")  # still a good checkpoint
+
+
+def test_ctrl_c_stops_cleanly_with_a_final_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    process = _start_cli(["train", "--agent", "lstm", "--frames", "100M", "--checkpoint-interval", "1",
+                          "--run-dir", str(run_dir), *FAST])
+    _wait_for_updates(run_dir, process)
+    workers = _worker_pids(process.pid)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=90)
+    assert process.returncode == 0, output
+    assert "interrupted" in output and "Traceback" not in output
+    assert summary_of(run_dir)["status"] == "interrupted"
+    assert (run_dir / "checkpoints" / "final.pt").exists()
+    time.sleep(0.5)
+    assert not any(Path(f"/proc/{pid}").exists() for pid in workers), "workers are gone"
+
+
+def test_corrupt_checkpoint_gives_a_clear_error_on_resume(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "latest.pt").write_bytes(b"\x80\x02not really a checkpoint")
+    assert cli_main(["train", "--resume", str(run_dir)]) == 2
+    assert "corrupt or not a checkpoint" in capsys.readouterr().err
+    assert cli_main(["train", "--resume", str(tmp_path / "nowhere")]) == 2
+    assert "no run directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--agent", "gru"], "invalid choice: 'gru'"),
+    (["--frame-skip", "-1"], "frame_skip must be an integer >= 0"),
+    (["--workers", "0"], "workers must be >= 1"),
+    (["--frames", "lots"], "not a count: 'lots'"),
+    (["--lr", "0"], "lr must be > 0"),
+])
+def test_bad_flags_give_clear_errors(tmp_path, capsys, argv, message):
+    try:
+        code = cli_main(["train", *argv, "--run-dir", str(tmp_path / "run")])
+    except SystemExit as exit_:  # argparse rejects choices and types itself
+        code = exit_.code
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_changing_settings_on_resume_is_refused(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert cli_main(["train", "--agent", "lstm", "--frame-skip", "32", "--frames", "2000",
+                     "--run-dir", str(run_dir), *FAST]) == 0
+    assert cli_main(["train", "--resume", str(run_dir), "--agent", "stm"]) == 2
+    assert "cannot change --agent when resuming" in capsys.readouterr().err
+    assert cli_main(["train", "--agent", "lstm", "--run-dir", str(run_dir)]) == 2
+    assert "already holds a run" in capsys.readouterr().err

@@ -1,0 +1,89 @@
+"""The LSTM and STM actor-critic agents."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from agents import ActorCritic, AgentConfig, build_agent
+
+
+def _with_nonzero_alphas(model: ActorCritic) -> ActorCritic:
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "alpha" in name:
+                param.fill_(0.3)  # at 0 the STM's relational paths would be invisible
+    return model
+
+
+@pytest.mark.parametrize("agent", ["lstm", "stm"])
+@pytest.mark.parametrize("encoder", ["small", "paper"])
+def test_unroll_replays_acting_exactly(agent, encoder):
+    torch.manual_seed(0)
+    config = AgentConfig(agent=agent, encoder=encoder)
+    model = _with_nonzero_alphas(build_agent(config))
+    B, T, S = 3, 6, config.obs_size
+    obs = torch.rand(B, T, 1, S, S)
+    episode_start = torch.zeros(B, T, dtype=torch.bool)
+    episode_start[0, 0] = episode_start[1, 3] = episode_start[2, 5] = True
+    with torch.no_grad():
+        state = model.initial_state(B)
+        for _ in range(2):  # a state that is not the initial one
+            _, _, state = model.act(torch.rand(B, 1, S, S), state)
+        start_state, logits, values = state, [], []
+        for t in range(T):
+            state = model.reset_state(state, episode_start[:, t])
+            step_logits, step_values, state = model.act(obs[:, t], state)
+            logits.append(step_logits)
+            values.append(step_values)
+        replay_logits, replay_values, replay_state = model.unroll(obs, start_state, episode_start)
+    assert replay_logits.shape == (B, T, 6) and replay_values.shape == (B, T)
+    torch.testing.assert_close(replay_logits, torch.stack(logits, 1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(replay_values, torch.stack(values, 1), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(replay_state.lstm[0], state.lstm[0], atol=1e-5, rtol=1e-5)
+    if agent == "stm":
+        torch.testing.assert_close(replay_state.stm.relational, state.stm.relational, atol=1e-5, rtol=1e-5)
+
+
+def test_stm_agent_carries_both_memories_and_resets_to_learned_initial_state():
+    torch.manual_seed(0)
+    model = _with_nonzero_alphas(build_agent(AgentConfig(agent="stm", encoder="small")))
+    state = model.initial_state(2)
+    with torch.no_grad():
+        _, _, state = model.act(torch.rand(2, 1, 42, 42), state)
+        _, _, after = model.act(torch.rand(2, 1, 42, 42), state)
+    # the relational memory is carried: the second step starts from the first step's, not from scratch
+    assert not torch.allclose(after.stm.relational, state.stm.relational)
+    reset = model.reset_state(after, torch.tensor([True, False]))
+    torch.testing.assert_close(reset.stm.item[0], model.stm.initial_item)
+    torch.testing.assert_close(reset.stm.relational[0], model.stm.initial_relational)
+    torch.testing.assert_close(reset.stm.relational[1], after.stm.relational[1])
+    assert reset.lstm[0][0].abs().sum() == 0 and reset.lstm[0][1].abs().sum() > 0
+
+
+def test_gradients_reach_the_learned_initial_memories_at_episode_start():
+    model = build_agent(AgentConfig(agent="stm", encoder="small"))
+    state = model.initial_state(1)
+    start = torch.tensor([[True, False, False]])
+    logits, values, _ = model.unroll(torch.rand(1, 3, 1, 42, 42), state, start)
+    (logits.sum() + values.sum()).backward()
+    assert model.stm.initial_item.grad is not None and model.stm.initial_item.grad.abs().sum() > 0
+
+
+def test_heads_are_initialised_as_specified():
+    model = build_agent(AgentConfig(agent="lstm", encoder="small"))
+    torch.testing.assert_close(model.actor.weight.norm(dim=1), torch.full((6,), 0.01))
+    torch.testing.assert_close(model.critic.weight.norm(dim=1), torch.ones(1))
+    assert model.actor.bias.abs().sum() == 0 and model.lstm.bias_ih.abs().sum() == 0
+    stm = build_agent(AgentConfig(agent="stm", encoder="small"))
+    assert stm.actor.in_features == 512 and model.actor.in_features == 256
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(agent="gru"), "unknown agent 'gru'"),
+    (dict(encoder="resnet"), "unknown encoder 'resnet'"),
+    (dict(hidden_size=0), "hidden_size must be a positive integer"),
+])
+def test_bad_agent_config(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        AgentConfig(**kwargs)
