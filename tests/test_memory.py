@@ -290,3 +290,22 @@ def test_relational_read_gradcheck():
     assert torch.autograd.gradcheck(relational_read, (memory, p, w))
     base = torch.randn(3, 4, 4, requires_grad=True)  # the initial memory, expanded over the batch
     assert torch.autograd.gradcheck(lambda m, p, w: relational_read(m.expand(2, 3, 4, 4), p, w), (base, p, w))
+
+
+@pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
+def test_sequence_gradients_match_finite_differences(config):
+    """Backward of the whole sequence module (custom autograd functions in context) by gradcheck."""
+    from torch.func import functional_call
+
+    torch.manual_seed(4)
+    model = STM(5, 2, **SIZES, **config)
+    model.cell = make_cell(config)
+    names = [n for n, _ in model.named_parameters()
+             if n.split(".")[-1] in ("alpha1", "alpha2", "alpha3", "initial_relational", "initial_item")]
+    values = tuple(dict(model.named_parameters())[n].detach().clone().requires_grad_() for n in names)
+
+    def run(x, *params):
+        return functional_call(model, dict(zip(names, params)), (x,))[0]
+
+    x = torch.randn(2, 3, 5, requires_grad=True)
+    assert torch.autograd.gradcheck(run, (x, *values), fast_mode=True)
