@@ -24,8 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from agents.encoders import ENCODERS, encode_frames, make_encoder
-from stm_rl.memory import STMCell, STMState
-from stm_rl.memory.stm import InputProjection
+from stm_rl.memory import STM, STMState
 
 AgentKind = Literal["lstm", "stm"]
 EncoderName = Literal["paper", "small"]
@@ -91,10 +90,10 @@ class ActorCritic(nn.Module):
         self.config, self.num_actions = config, num_actions
         self.encoder = make_encoder(config.encoder)
         self.lstm = nn.LSTMCell(ENCODERS[config.encoder].output_size, config.hidden_size)
-        self.stm: Optional[STMCell] = None
+        self.stm: Optional[STM] = None
         features = config.hidden_size
         if config.agent == "stm":
-            self.stm = STMCell(config.hidden_size, config.hidden_size, d=config.stm_item_size,
+            self.stm = STM(config.hidden_size, config.hidden_size, d=config.stm_item_size,
                                num_slots=config.stm_slots, rel_size=config.stm_rel_size, out_layernorm=True)
             features += config.hidden_size
         self.actor = nn.Linear(features, num_actions)
@@ -123,11 +122,11 @@ class ActorCritic(nn.Module):
 
     def reset_state(self, state: AgentState, episode_start: Tensor) -> AgentState:
         """Reset the environments flagged in ``episode_start`` ([B] bool) to :meth:`initial_state`."""
+        if not episode_start.any():
+            return state
         initial = self.initial_state(episode_start.shape[0])
         h, c = (_reset_where(episode_start, i, s) for i, s in zip(initial.lstm, state.lstm))
-        stm = None
-        if self.stm is not None:
-            stm = STMState(*(_reset_where(episode_start, i, s) for i, s in zip(initial.stm, state.stm)))
+        stm = None if self.stm is None else self.stm.cell.reset_state(state.stm, episode_start)
         return AgentState((h, c), stm)
 
     # ------------------------------------------------------------------ acting: one step
@@ -136,7 +135,7 @@ class ActorCritic(nn.Module):
         h, c = self.lstm(encode_frames(self.encoder, obs), state.lstm)
         features, stm_state = h, None
         if self.stm is not None:
-            y, stm_state = self.stm(h, state.stm)
+            y, stm_state = self.stm.cell(h, state.stm)
             features = torch.cat([y, h], dim=-1)
         return self.actor(features), self.critic(features).squeeze(-1), AgentState((h, c), stm_state)
 
@@ -151,30 +150,19 @@ class ActorCritic(nn.Module):
         encoded = encode_frames(self.encoder, obs)  # all B*T frames in one call
         initial = self.initial_state(obs.shape[0])
         hidden, (h, c) = [], state.lstm
+        resets = episode_start.any(0).tolist()  # which steps reset at least one environment
         for t in range(steps):
-            start = episode_start[:, t]
-            h, c = self.lstm(encoded[:, t], (_reset_where(start, initial.lstm[0], h),
-                                             _reset_where(start, initial.lstm[1], c)))
+            if resets[t]:
+                start = episode_start[:, t]
+                h, c = _reset_where(start, initial.lstm[0], h), _reset_where(start, initial.lstm[1], c)
+            h, c = self.lstm(encoded[:, t], (h, c))
             hidden.append(h)
         hidden_seq = torch.stack(hidden, dim=1)  # [B, T, hidden]
         features, stm_state = hidden_seq, None
         if self.stm is not None:
-            stm_out, stm_state = self._unroll_stm(hidden_seq, state.stm, initial.stm, episode_start)
+            stm_out, stm_state = self.stm(hidden_seq, state.stm, episode_start)
             features = torch.cat([stm_out, hidden_seq], dim=-1)
         return self.actor(features), self.critic(features).squeeze(-1), AgentState((h, c), stm_state)
-
-    def _unroll_stm(self, inputs: Tensor, state: STMState, initial: STMState,
-                    episode_start: Tensor) -> tuple[Tensor, STMState]:
-        """The STM over ``[B, T, hidden]`` with resets: projections and readout batched over time."""
-        projected = self.stm.project_input(inputs)
-        relational = []
-        for t in range(inputs.shape[1]):
-            start = episode_start[:, t]
-            state = STMState(*(_reset_where(start, i, s) for i, s in zip(initial, state)))
-            step_input = InputProjection(*(None if p is None else p[:, t] for p in projected))
-            state = self.stm.update_memory_projected(step_input, state)
-            relational.append(state.relational)
-        return self.stm.readout(torch.stack(relational, dim=1)), state
 
 
 def build_agent(config: AgentConfig, num_actions: int = 6) -> ActorCritic:

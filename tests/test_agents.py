@@ -55,8 +55,8 @@ def test_stm_agent_carries_both_memories_and_resets_to_learned_initial_state():
     # the relational memory is carried: the second step starts from the first step's, not from scratch
     assert not torch.allclose(after.stm.relational, state.stm.relational)
     reset = model.reset_state(after, torch.tensor([True, False]))
-    torch.testing.assert_close(reset.stm.item[0], model.stm.initial_item)
-    torch.testing.assert_close(reset.stm.relational[0], model.stm.initial_relational)
+    torch.testing.assert_close(reset.stm.item[0], model.stm.cell.initial_item)
+    torch.testing.assert_close(reset.stm.relational[0], model.stm.cell.initial_relational)
     torch.testing.assert_close(reset.stm.relational[1], after.stm.relational[1])
     assert reset.lstm[0][0].abs().sum() == 0 and reset.lstm[0][1].abs().sum() > 0
 
@@ -67,7 +67,7 @@ def test_gradients_reach_the_learned_initial_memories_at_episode_start():
     start = torch.tensor([[True, False, False]])
     logits, values, _ = model.unroll(torch.rand(1, 3, 1, 42, 42), state, start)
     (logits.sum() + values.sum()).backward()
-    assert model.stm.initial_item.grad is not None and model.stm.initial_item.grad.abs().sum() > 0
+    assert model.stm.cell.initial_item.grad is not None and model.stm.cell.initial_item.grad.abs().sum() > 0
 
 
 def test_heads_are_initialised_as_specified():

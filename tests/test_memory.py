@@ -309,3 +309,23 @@ def test_sequence_gradients_match_finite_differences(config):
 
     x = torch.randn(2, 3, 5, requires_grad=True)
     assert torch.autograd.gradcheck(run, (x, *values), fast_mode=True)
+
+
+def test_episode_start_resets_inside_a_sequence():
+    torch.manual_seed(4)
+    model = STM(5, 2, **SIZES)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "alpha" in name:
+                param.fill_(0.3)
+    x = torch.randn(2, 5, 5)
+    start = torch.zeros(2, 5, dtype=torch.bool)
+    start[1, 3] = True  # sample 1 starts a new episode at step 3
+    y, _ = model(x, None, start)
+    y_whole, _ = model(x)
+    torch.testing.assert_close(y[0], y_whole[0])  # sample 0 is untouched
+    y_fresh, _ = model(x[1:, 3:])  # sample 1 from step 3 on = a fresh sequence
+    torch.testing.assert_close(y[1, 3:], y_fresh[0])
+    assert not torch.allclose(y[1, 3:], y_whole[1, 3:])
+    with pytest.raises(ValueError, match="episode_start must have shape"):
+        model(x, None, start[:, :2])

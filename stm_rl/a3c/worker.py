@@ -103,7 +103,7 @@ def train_worker(rank: int, ctx: WorkerContext) -> None:
                 state = model.reset_state(state, episode_start)
                 obs_buf[:, t], start_buf[:, t] = obs, episode_start
                 logits, _, state = model.act(obs, state)
-                actions[:, t] = torch.distributions.Categorical(logits=logits).sample()
+                actions[:, t] = torch.multinomial(F.softmax(logits, dim=-1), 1).squeeze(1)
                 next_obs = []
                 for i, env in enumerate(envs):
                     o, reward, terminated, truncated, info = env.step(int(actions[i, t]))

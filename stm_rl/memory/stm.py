@@ -157,6 +157,13 @@ class STMCell(nn.Module):
             self.initial_relational.expand(batch_size, self.num_slots, self.d, self.d),
         )
 
+    def reset_state(self, state: Optional[STMState], mask: Tensor) -> STMState:
+        """The learned initial memories for the samples where ``mask`` ([B] bool) is set, ``state`` elsewhere."""
+        initial = self.initial_state(mask.shape[0])
+        if state is None:
+            return initial
+        return STMState(*(torch.where(mask.view(-1, *([1] * (s.dim() - 1))), i, s) for i, s in zip(initial, state)))
+
     def forward(self, x: Tensor, state: Optional[STMState] = None) -> tuple[Tensor, STMState]:
         """One step: ``x`` is ``[B, input_size]``; returns ``y`` (``[B, output_width]``) and the new state."""
         state = self.update_memory(x, state)
@@ -258,7 +265,10 @@ class STM(nn.Module):
     def initial_state(self, batch_size: int) -> STMState:
         return self.cell.initial_state(batch_size)
 
-    def forward(self, x: Tensor, state: Optional[STMState] = None) -> tuple[Tensor, STMState]:
+    def forward(self, x: Tensor, state: Optional[STMState] = None,
+                episode_start: Optional[Tensor] = None) -> tuple[Tensor, STMState]:
+        """Run over ``x [B, T, I]``; ``episode_start [B, T]`` (bool, optional) resets sample b to the
+        learned initial memories before step t (an RL rollout that crosses an episode boundary)."""
         if x.dim() != 3 or x.shape[2] != self.cell.input_size:
             raise ValueError(f"STM expects input of shape [B, T, {self.cell.input_size}], got {list(x.shape)}")
         if x.shape[1] == 0:
@@ -276,8 +286,13 @@ class STM(nn.Module):
         # unbind, not p[:, t]: the backward of T selects would build T zero-filled [B, T, ...] gradients
         # and add them up; unbind's backward stacks the T step gradients once.
         per_step = [[None] * steps if p is None else p.unbind(1) for p in projected]
+        if episode_start is not None and episode_start.shape != (batch, steps):
+            raise ValueError(f"episode_start must have shape [{batch}, {steps}], got {list(episode_start.shape)}")
+        resets = [False] * steps if episode_start is None else episode_start.any(0).tolist()
         outputs, pending = [], []
         for t in range(steps):
+            if resets[t]:
+                state = self.cell.reset_state(state, episode_start[:, t])
             step_input = InputProjection(*(p[t] for p in per_step))
             state = self.cell.update_memory_projected(step_input, state)
             pending.append(state.relational)

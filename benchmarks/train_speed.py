@@ -1,0 +1,142 @@
+"""Throughput of the A3C trainer next to the emulator limit, measured in the same run.
+
+For each configuration, ``--workers`` A3C worker processes (the real :func:`stm_rl.a3c.worker.worker_main`
+with a shared model and shared Adam) train on Pong at frame skip 4 for ``--seconds`` after a warm-up;
+the emulator limit is the same number of processes stepping the same env with random actions and no
+model at all. Prints emulator frames/s, agent steps/s, and the ratios the targets are stated in.
+
+    python benchmarks/train_speed.py                     # all agents x encoders, ~4 minutes
+    python benchmarks/train_speed.py --configs stm-small lstm-small --envs-per-worker 1 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+
+import numpy as np
+import torch
+import torch.multiprocessing as mp
+
+from agents import AgentConfig, build_agent
+from envs import EnvConfig, make_env
+from stm_rl.a3c import A3CConfig, RunConfig, SharedAdam, TrainConfig
+from stm_rl.a3c.worker import FRAMES, AGENT_STEPS, WorkerContext, worker_main
+
+
+def random_actions(rank: int, env_config: EnvConfig, counters: torch.Tensor, stop) -> None:
+    """The emulator limit: step the env with random actions, no model, no learning."""
+    torch.set_num_threads(1)
+    env = make_env(dataclasses.replace(env_config, seed=rank))
+    env.reset()
+    rng = np.random.default_rng(rank)
+    while not stop.is_set():
+        frames = 0
+        for action in rng.integers(0, env.action_space.n, size=100):
+            _, _, terminated, truncated, info = env.step(int(action))
+            frames += info["frames"]
+            if terminated or truncated:
+                frames += env.reset()[1]["frames"]
+        counters[rank] += torch.tensor([100, frames, 0])
+
+
+def measure(target, make_args, workers: int, warmup: float, seconds: float) -> tuple[float, float]:
+    """Start ``workers`` processes, wait for all to be producing, return (frames/s, steps/s) over ``seconds``."""
+    ctx = mp.get_context("spawn")
+    counters = torch.zeros(workers, 3, dtype=torch.int64).share_memory_()
+    stop, events = ctx.Event(), ctx.Queue()
+    processes = [ctx.Process(target=target, args=make_args(rank, counters, stop, events), daemon=True)
+                 for rank in range(workers)]
+    for p in processes:
+        p.start()
+    deadline = time.monotonic() + 300
+    while (counters[:, FRAMES] == 0).any():  # all workers past start-up and their first update
+        assert time.monotonic() < deadline and all(p.is_alive() for p in processes), "workers did not start"
+        _drain(events)
+        time.sleep(0.1)
+    _sleep_draining(events, warmup)
+    start_counts, start = counters.clone(), time.monotonic()
+    _sleep_draining(events, seconds)
+    counts, elapsed = counters.clone() - start_counts, time.monotonic() - start
+    stop.set()
+    _sleep_draining(events, 1.0)
+    for p in processes:
+        p.join(timeout=30)
+        if p.is_alive():
+            p.terminate()
+    totals = counts.sum(0)
+    return totals[FRAMES].item() / elapsed, totals[AGENT_STEPS].item() / elapsed
+
+
+def _drain(events) -> None:
+    try:
+        while True:
+            events.get_nowait()
+    except Exception:  # noqa: BLE001 - Empty
+        pass
+
+
+def _sleep_draining(events, seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        _drain(events)
+        time.sleep(0.05)
+
+
+def trainer_args(config: TrainConfig):
+    shared = build_agent(config.agent)
+    shared.share_memory()
+    optimizer = SharedAdam(shared.parameters(), lr=config.a3c.lr, eps=config.a3c.adam_eps)
+
+    def make(rank, counters, stop, events):
+        return rank, WorkerContext(config, shared, optimizer, counters, 0, 0, stop, events)
+
+    return make
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--configs", nargs="+", default=["lstm-small", "stm-small", "lstm-paper", "stm-paper"],
+                        help="agent-encoder pairs to measure")
+    parser.add_argument("--envs-per-worker", nargs="+", type=int, default=[1, 4])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--frame-skip", type=int, default=4)
+    parser.add_argument("--seconds", type=float, default=20.0, help="measured time per configuration")
+    parser.add_argument("--warmup", type=float, default=5.0, help="seconds after start-up before measuring")
+    args = parser.parse_args()
+
+    print(f"A3C throughput, {args.workers} workers, frame skip {args.frame_skip}, {args.seconds:.0f} s each "
+          f"(torch {torch.__version__}, 1 thread per worker)")
+    print(f"{'configuration':<28} {'frames/s':>9} {'steps/s':>9} {'/ emulator':>11}")
+    limits = {}
+    for size in sorted({AgentConfig(encoder=c.split('-')[1]).obs_size for c in args.configs}):
+        env = EnvConfig(frame_skip=args.frame_skip, obs_size=size)
+        frames, steps = measure(random_actions, lambda r, c, s, e, env=env: (r, env, c, s), args.workers,
+                                args.warmup, args.seconds)
+        limits[size] = frames
+        print(f"{f'emulator limit {size}x{size}':<28} {frames:>9.0f} {steps:>9.0f} {1.0:>11.2f}")
+
+    results = {}
+    for name in args.configs:
+        agent_kind, encoder = name.split("-")
+        for envs_per_worker in args.envs_per_worker:
+            agent = AgentConfig(agent=agent_kind, encoder=encoder)
+            config = TrainConfig(env=EnvConfig(frame_skip=args.frame_skip, obs_size=agent.obs_size), agent=agent,
+                                 a3c=A3CConfig(envs_per_worker=envs_per_worker),
+                                 run=RunConfig(workers=args.workers, frames=10**12))
+            frames, steps = measure(worker_main, trainer_args(config), args.workers, args.warmup, args.seconds)
+            results[(name, envs_per_worker)] = frames
+            label = f"{name} x{envs_per_worker} env"
+            print(f"{label:<28} {frames:>9.0f} {steps:>9.0f} {frames / limits[agent.obs_size]:>11.2f}")
+
+    print("targets: lstm-small >= 0.20 and stm-small >= 0.10 of the emulator limit; stm >= 0.5 x lstm")
+    for encoder in ("small", "paper"):
+        for envs_per_worker in args.envs_per_worker:
+            lstm, stm = results.get((f"lstm-{encoder}", envs_per_worker)), results.get((f"stm-{encoder}", envs_per_worker))
+            if lstm and stm:
+                print(f"  stm / lstm ({encoder}, {envs_per_worker} env per worker): {stm / lstm:.2f}")
+
+
+if __name__ == "__main__":
+    main()
