@@ -1,0 +1,209 @@
+"""``stm-rl evaluate``: play games with a saved agent and report its raw Pong scores.
+
+Given a run directory, the checkpoint is ``--checkpoint latest|best|final`` (default: best if present, else
+final, else latest); a ``.pt`` path is used as is. The environment is the one the agent was trained with
+(frame skip, preprocessing, sticky actions), unclipped, unless ``--frame-skip`` overrides the skip to test
+transfer. Scores go to the terminal and to a JSON file; ``--video DIR`` records the games as MP4 files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import gymnasium as gym
+import torch
+from tqdm import tqdm
+
+from agents import ActorCritic
+from envs import EnvConfig, make_env
+from stm_rl.a3c.trainer import checkpoint_paths, load_agent_from_checkpoint
+from stm_rl.config_cli import parse_count
+from stm_rl.run_dir import StmRlError, write_json_atomic
+
+CHECKPOINT_PREFERENCE = ("best", "final", "latest")
+
+
+@dataclass(frozen=True)
+class EvalOptions:
+    """How to evaluate a saved agent."""
+
+    target: Path
+    """A run directory or a checkpoint file."""
+    checkpoint: Optional[str] = None
+    """latest, best or final (run directories only); None picks the first of best, final, latest."""
+    episodes: int = 10
+    sample: bool = False
+    """Sample actions from the policy instead of taking the most likely one."""
+    frame_skip: Optional[int] = None
+    """Override the trained frame skip (transfer test)."""
+    seed: int = 0
+    max_frames: Optional[int] = None
+    """Truncate each game after this many emulator frames."""
+    output: Optional[Path] = None
+    video: Optional[Path] = None
+    """Folder for one MP4 per recorded game."""
+    video_episodes: Optional[int] = None
+    """Record only the first N games (None: all)."""
+    progress: bool = True
+
+
+@dataclass(frozen=True)
+class GameResult:
+    score: float
+    length: int
+    """Agent steps."""
+    frames: int
+    """Emulator frames."""
+    truncated: bool
+
+
+# ---------------------------------------------------------------- command line
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "evaluate", help="play games with a saved agent and report its scores",
+        description="Load a saved agent from a run directory or a checkpoint file and play Pong with it.")
+    parser.add_argument("target", type=Path, metavar="RUN_DIR_OR_CHECKPOINT")
+    parser.add_argument("--checkpoint", choices=CHECKPOINT_PREFERENCE,
+                        help="which checkpoint of a run directory (default: best, else final, else latest)")
+    parser.add_argument("--episodes", type=int, default=10, help="games to play (default: 10)")
+    parser.add_argument("--sample", action="store_true", help="sample actions from the policy (default: greedy)")
+    parser.add_argument("--frame-skip", type=int, help="play at this frame skip instead of the trained one")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the environment and of sampling (default: 0)")
+    parser.add_argument("--max-frames", type=parse_count, metavar="FRAMES",
+                        help="truncate each game after this many emulator frames (default: the ALE cap)")
+    parser.add_argument("--output", type=Path,
+                        help="JSON file of the scores (default: <run_dir>/eval-<checkpoint>-skip<N>.json)")
+    parser.add_argument("--video", type=Path, metavar="DIR", help="record the games as MP4 files in DIR")
+    parser.add_argument("--video-episodes", type=int, metavar="N", help="record only the first N games")
+    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                        help="show a progress bar over the games (default: on)")
+    parser.set_defaults(run=run)
+
+
+def options_from_args(args: argparse.Namespace) -> EvalOptions:
+    if args.episodes < 1:
+        raise StmRlError("--episodes must be >= 1")
+    return EvalOptions(target=args.target, checkpoint=args.checkpoint, episodes=args.episodes, sample=args.sample,
+                       frame_skip=args.frame_skip, seed=args.seed, max_frames=args.max_frames, output=args.output,
+                       video=args.video, video_episodes=args.video_episodes, progress=args.progress)
+
+
+def run(args: argparse.Namespace) -> int:
+    options = options_from_args(args)
+    report = evaluate(options)
+    scores = report["scores"]
+    for index, game in enumerate(report["games"], start=1):
+        print(f"game {index}: score {game['score']:+.0f} ({game['length']} steps, {game['frames']} frames"
+              + (", truncated)" if game["truncated"] else ")"))
+    print(f"{report['agent']} agent, {report['checkpoint_name']} checkpoint, frame skip {report['frame_skip']} "
+          f"(trained at {report['trained_frame_skip']}), {'sampled' if options.sample else 'greedy'}: "
+          f"mean score {report['mean']:+.2f} +- {report['std']:.2f} (std) over {len(scores)} games")
+    print(f"scores written to {report['output']}" + (f"; videos in {options.video}" if options.video else ""))
+    return 0
+
+
+# ---------------------------------------------------------------- evaluation
+def resolve_checkpoint(target: Path, name: Optional[str]) -> Path:
+    """The checkpoint file that ``target`` (run directory or file) and ``--checkpoint`` designate."""
+    target = Path(target)
+    if target.is_file():
+        if name is not None:
+            raise StmRlError("--checkpoint applies to a run directory; a checkpoint file was given")
+        return target
+    if not target.is_dir():
+        raise StmRlError(f"no run directory or checkpoint file at {target}")
+    paths = checkpoint_paths(target)
+    if name is not None:
+        if not paths[name].is_file():
+            raise StmRlError(f"{target} has no {name} checkpoint ({paths[name]})")
+        return paths[name]
+    for candidate in CHECKPOINT_PREFERENCE:
+        if paths[candidate].is_file():
+            return paths[candidate]
+    raise StmRlError(f"{target} has no checkpoints (looked for {', '.join(CHECKPOINT_PREFERENCE)} "
+                     f"in {target / 'checkpoints'}); is it a training run directory?")
+
+
+def evaluation_env_config(trained: EnvConfig, options: EvalOptions) -> EnvConfig:
+    """The trained environment, with raw rewards and the evaluation's seed, skip and frame cap."""
+    changes: dict[str, Any] = {"seed": options.seed, "clip_reward": False}
+    if options.frame_skip is not None:
+        changes["frame_skip"] = options.frame_skip
+    if options.max_frames is not None:
+        changes["max_episode_frames"] = min(options.max_frames, trained.max_episode_frames)
+    return dataclasses.replace(trained, **changes)
+
+
+def default_output(checkpoint: Path, frame_skip: int) -> Path:
+    """``<run_dir>/eval-<checkpoint>-skip<N>.json`` (the run directory holds ``checkpoints/``)."""
+    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    return run_dir / f"eval-{checkpoint.stem}-skip{frame_skip}.json"
+
+
+def evaluate(options: EvalOptions) -> dict[str, Any]:
+    """Play the games and write the JSON report; returns the report."""
+    torch.set_num_threads(1)
+    checkpoint = resolve_checkpoint(options.target, options.checkpoint)
+    model, config, record = load_agent_from_checkpoint(checkpoint)
+    model.eval()
+    env_config = evaluation_env_config(config.env, options)
+    env = make_recording_env(env_config, options) if options.video else make_env(env_config)
+    generator = torch.Generator().manual_seed(options.seed)
+    games: list[GameResult] = []
+    try:
+        bar = tqdm(range(options.episodes), unit="game", desc=f"evaluate {checkpoint.stem}",
+                   disable=not options.progress)
+        for index in bar:
+            games.append(play_game(model, env, options.sample, generator,
+                                   seed=options.seed if index == 0 else None))
+            bar.set_postfix_str(f"last {games[-1].score:+.0f} | mean {_mean(games):+.2f}")
+        bar.close()
+    finally:
+        env.close()
+    output = options.output or default_output(checkpoint, env_config.frame_skip)
+    scores = [game.score for game in games]
+    report = {"checkpoint": str(checkpoint), "checkpoint_name": checkpoint.stem, "agent": config.agent.agent,
+              "encoder": config.agent.encoder, "trained_frame_skip": config.env.frame_skip,
+              "frame_skip": env_config.frame_skip, "greedy": not options.sample, "seed": options.seed,
+              "max_frames": options.max_frames, "trained_frames": record["counters"]["frames"],
+              "trained_games": record["counters"]["games"], "scores": scores, "mean": _mean(games),
+              "std": statistics.pstdev(scores) if scores else math.nan,
+              "games": [dataclasses.asdict(game) for game in games], "output": str(output)}
+    write_json_atomic(output, report)
+    return report
+
+
+def make_recording_env(env_config: EnvConfig, options: EvalOptions) -> gym.Env:
+    """The environment wrapped in gymnasium's RecordVideo: ``<video>/eval-episode-<i>.mp4`` per game."""
+    env = make_env(env_config, render_mode="rgb_array")
+    limit = options.video_episodes
+    return gym.wrappers.RecordVideo(env, video_folder=str(options.video), name_prefix="eval",
+                                    episode_trigger=lambda episode: limit is None or episode < limit,
+                                    disable_logger=True)
+
+
+@torch.no_grad()
+def play_game(model: ActorCritic, env: gym.Env, sample: bool, generator: torch.Generator,
+              seed: Optional[int] = None) -> GameResult:
+    """One game from reset to its end (terminated or truncated), the recurrent state starting fresh."""
+    obs, _ = env.reset(seed=seed)
+    state = model.initial_state(1)
+    while True:
+        logits, _, state = model.act(torch.as_tensor(obs).unsqueeze(0), state)
+        action = (torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).item() if sample
+                  else int(logits.argmax(-1).item()))
+        obs, _, terminated, truncated, info = env.step(action)
+        if terminated or truncated:
+            episode = info["episode"]
+            return GameResult(score=float(episode["score"]), length=int(episode["length"]),
+                              frames=int(episode["frames"]), truncated=bool(truncated and not terminated))
+
+
+def _mean(games: list[GameResult]) -> float:
+    return sum(game.score for game in games) / len(games) if games else math.nan
