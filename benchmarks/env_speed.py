@@ -10,7 +10,7 @@ reports agent steps/s and emulator frames/s. Baselines, measured in the same run
   * ``AtariPreprocessing(gym.make("ALE/Pong-v5", frameskip=1), frame_skip=4, scale_obs=True)`` at the
     same observation sizes, the usual wrapper-chain alternative;
   * optionally ``ale_py.AtariVectorEnv`` with one env (C++ preprocessing, frameskip 4, 84x84).
-Targets (spec /work/shared/spec/A3C_PONG.md, "Performance facts"): >= 80% of the raw ALE frame rate at
+Targets (spec ../shared/spec/A3C_PONG.md, "Performance facts"): >= 80% of the raw ALE frame rate at
 skips 4, 16 and 32, and >= 1.3x the AtariPreprocessing step rate at skip 4.
 """
 

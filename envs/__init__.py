@@ -1,4 +1,4 @@
-"""Atari environments for the A3C Pong experiments (spec: /work/shared/spec/A3C_PONG.md, "Environment").
+"""Atari environments for the A3C Pong experiments (spec: ../shared/spec/A3C_PONG.md, "Environment").
 
 ``make_pong(frame_skip=4, obs_size=80, ...)`` or ``make_pong(EnvConfig(...))`` returns a gymnasium env with
 float32 observations (1, S, S) in [0, 1], the 6-action minimal set, rewards summed over skipped frames and

@@ -1,6 +1,6 @@
 """A lean Atari (Pong) environment written directly on ``ale_py.ALEInterface``.
 
-Specification: ``/work/shared/spec/A3C_PONG.md``, section "Environment" (and "Performance facts" for why
+Specification: ``../shared/spec/A3C_PONG.md``, section "Environment" (and "Performance facts" for why
 this is not a chain of gymnasium wrappers: ``AtariPreprocessing`` is ~1.45x slower per step).
 
 Frame-skip semantics (the paper's frame skips 0, 4, 16 and 32)

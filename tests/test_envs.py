@@ -1,4 +1,4 @@
-"""Tests of envs/ on the real ALE Pong ROM (spec: /work/shared/spec/A3C_PONG.md, "Environment")."""
+"""Tests of envs/ on the real ALE Pong ROM (spec: ../shared/spec/A3C_PONG.md, "Environment")."""
 
 import numpy as np
 import pytest
