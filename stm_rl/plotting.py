@@ -1,0 +1,339 @@
+"""``stm-rl plot``: the paper's Figure 3 from the runs' game logs, and a table per configuration.
+
+Runs are found under the given directories (any folder holding a ``config.json`` and a ``games.jsonl``)
+and grouped by (agent, frame skip) as read from their config.json. For each run the moving average of the
+raw score over the last ``--window`` games (the first games average what there is, as in training) is
+taken against games, frames or wall time; each group shows the mean over its runs and a band of one
+standard deviation (``--band std``, default) or one standard error of the mean (``--band sem``). Runs of a
+group are compared over the range all of them reached (the shortest run sets the end of the curve).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional, Sequence
+
+import numpy as np
+
+from stm_rl.a3c.config import TrainConfig
+from stm_rl.run_dir import StmRlError, read_json, read_jsonl
+
+XAxis = Literal["games", "frames", "time"]
+Band = Literal["std", "sem"]
+X_LABELS = {"games": "training games", "frames": "emulator frames", "time": "wall time (hours)"}
+AGENT_COLORS = {"lstm": "tab:blue", "stm": "tab:red"}
+GRID_POINTS = 400
+"""Points of the common x grid on which runs are averaged for --x frames|time."""
+
+
+@dataclass(frozen=True)
+class RunLog:
+    """The game log of one training run, with what identifies its configuration."""
+
+    run_dir: Path
+    agent: str
+    encoder: str
+    frame_skip: int
+    seed: int
+    frames: np.ndarray
+    """Emulator frames of the run when each game ended."""
+    wall_time: np.ndarray
+    """Seconds of training when each game ended."""
+    scores: np.ndarray
+
+    @property
+    def games(self) -> int:
+        return len(self.scores)
+
+    def x(self, axis: XAxis) -> np.ndarray:
+        """Position of each game on the x axis."""
+        if axis == "games":
+            return np.arange(1, self.games + 1, dtype=float)
+        return self.frames.astype(float) if axis == "frames" else self.wall_time / 3600.0
+
+
+@dataclass(frozen=True)
+class Curve:
+    """Mean over runs of the moving average, with its band, on a common x grid."""
+
+    x: np.ndarray
+    mean: np.ndarray
+    band: np.ndarray
+    runs: int
+
+
+@dataclass(frozen=True)
+class ConfigSummary:
+    """A row of the table: one (agent, frame skip) over its runs."""
+
+    agent: str
+    frame_skip: int
+    seeds: tuple[int, ...]
+    games: tuple[int, ...]
+    frames: tuple[int, ...]
+    final_average: tuple[float, ...]
+    best_average: tuple[float, ...]
+    frames_to_threshold: dict[float, tuple[Optional[int], ...]]
+    """Per threshold, per run: frames when the moving average first reached it (None: never)."""
+
+
+@dataclass(frozen=True)
+class PlotOptions:
+    paths: tuple[Path, ...]
+    output: Path
+    x_axis: XAxis = "games"
+    band: Band = "std"
+    window: int = 100
+    thresholds: tuple[float, ...] = (0.0, 18.0)
+    table_csv: Optional[Path] = None
+    skip_empty: bool = False
+    """Leave out runs that have no finished game yet instead of failing."""
+
+
+# ---------------------------------------------------------------- finding and reading runs
+def find_run_dirs(paths: Sequence[Path]) -> list[Path]:
+    """Run directories (holding config.json) given directly or found below the given directories."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise StmRlError(f"no such directory: {path}")
+        if (path / "config.json").is_file():
+            found.append(path)
+        else:
+            found += sorted(config.parent for config in path.rglob("config.json"))
+    if not found:
+        raise StmRlError(f"no runs found under {', '.join(map(str, paths))} (a run directory holds config.json)")
+    return list(dict.fromkeys(found))
+
+
+def read_run_config(run_dir: Path) -> TrainConfig:
+    """The TrainConfig recorded in a run's config.json (StmRlError if missing or unreadable)."""
+    data = read_json(Path(run_dir) / "config.json")
+    try:
+        return TrainConfig.from_dict(data["config"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise StmRlError(f"{run_dir}/config.json is not a training config ({type(error).__name__}: {error})") from None
+
+
+def load_run(run_dir: Path) -> RunLog:
+    """A run's configuration and game log (StmRlError if it has no finished game)."""
+    config = read_run_config(run_dir)
+    games_path = Path(run_dir) / "games.jsonl"
+    records = list(read_jsonl(games_path)) if games_path.exists() else []
+    if not records:
+        raise StmRlError(f"{run_dir} has no finished training game yet ({games_path} is missing or empty)")
+    try:
+        columns = {key: np.array([record[key] for record in records], dtype=float)
+                   for key in ("frames", "wall_time", "score")}
+    except KeyError as error:
+        raise StmRlError(f"{games_path}: a record lacks {error}") from None
+    return RunLog(Path(run_dir), config.agent.agent, config.agent.encoder, config.env.frame_skip,
+                  config.run.seed, columns["frames"], columns["wall_time"], columns["score"])
+
+
+def load_runs(paths: Sequence[Path], skip_empty: bool = False) -> list[RunLog]:
+    runs = []
+    for run_dir in find_run_dirs(paths):
+        try:
+            runs.append(load_run(run_dir))
+        except StmRlError as error:
+            if not (skip_empty and "no finished training game" in str(error)):
+                raise
+            print(f"skipping {run_dir}: no games yet")
+    if not runs:
+        raise StmRlError("none of the runs has a finished game yet")
+    return runs
+
+
+def group_runs(runs: Sequence[RunLog]) -> dict[tuple[str, int], list[RunLog]]:
+    """Runs by (agent, frame skip), sorted by skip then agent, each group sorted by seed."""
+    groups: dict[tuple[str, int], list[RunLog]] = {}
+    for run in runs:
+        groups.setdefault((run.agent, run.frame_skip), []).append(run)
+    return {key: sorted(groups[key], key=lambda r: (r.seed, str(r.run_dir)))
+            for key in sorted(groups, key=lambda k: (k[1], k[0]))}
+
+
+# ---------------------------------------------------------------- numbers
+def moving_average(scores: np.ndarray, window: int) -> np.ndarray:
+    """Trailing mean over the last ``window`` scores (fewer at the start), as the trainer logs it."""
+    sums = np.cumsum(np.concatenate([[0.0], np.asarray(scores, dtype=float)]))
+    ends = np.arange(1, len(scores) + 1)
+    starts = np.maximum(ends - window, 0)
+    return (sums[ends] - sums[starts]) / (ends - starts)
+
+
+def aggregate(runs: Sequence[RunLog], axis: XAxis, window: int, band: Band) -> Curve:
+    """Mean and band of the runs' moving averages over the x range every run covers."""
+    averages = [moving_average(run.scores, window) for run in runs]
+    if axis == "games":
+        length = min(run.games for run in runs)
+        x = np.arange(1, length + 1, dtype=float)
+        values = np.stack([average[:length] for average in averages])
+    else:
+        xs = [run.x(axis) for run in runs]
+        start, end = max(x[0] for x in xs), min(x[-1] for x in xs)
+        x = np.linspace(start, end, GRID_POINTS) if end > start else np.array([end])
+        values = np.stack([np.interp(x, run_x, average) for run_x, average in zip(xs, averages)])
+    std = values.std(axis=0, ddof=1) if len(runs) > 1 else np.zeros(values.shape[1])
+    spread = std / math.sqrt(len(runs)) if band == "sem" else std
+    return Curve(x=x, mean=values.mean(axis=0), band=spread, runs=len(runs))
+
+
+def frames_to_reach(run: RunLog, threshold: float, window: int) -> Optional[int]:
+    """Frames at the first game whose moving average is >= threshold, None if it never is."""
+    reached = np.nonzero(moving_average(run.scores, window) >= threshold)[0]
+    return int(run.frames[reached[0]]) if len(reached) else None
+
+
+def summarize(key: tuple[str, int], runs: Sequence[RunLog], window: int,
+              thresholds: Sequence[float]) -> ConfigSummary:
+    averages = [moving_average(run.scores, window) for run in runs]
+    return ConfigSummary(
+        agent=key[0], frame_skip=key[1], seeds=tuple(run.seed for run in runs),
+        games=tuple(run.games for run in runs), frames=tuple(int(run.frames[-1]) for run in runs),
+        final_average=tuple(float(a[-1]) for a in averages), best_average=tuple(float(a.max()) for a in averages),
+        frames_to_threshold={t: tuple(frames_to_reach(run, t, window) for run in runs) for t in thresholds})
+
+
+# ---------------------------------------------------------------- output
+def plot_figure(groups: dict[tuple[str, int], list[RunLog]], options: PlotOptions) -> Path:
+    """One panel per frame skip, one curve per agent; saved in the format of the output's extension."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    skips = sorted({skip for _, skip in groups})
+    fig, axes = plt.subplots(1, len(skips), figsize=(4.2 * len(skips), 3.6), sharey=True, squeeze=False)
+    for ax, skip in zip(axes[0], skips):
+        for (agent, group_skip), runs in groups.items():
+            if group_skip != skip:
+                continue
+            curve = aggregate(runs, options.x_axis, options.window, options.band)
+            color = AGENT_COLORS.get(agent)
+            ax.plot(curve.x, curve.mean, color=color, label=f"{agent.upper()} ({curve.runs} runs)")
+            ax.fill_between(curve.x, curve.mean - curve.band, curve.mean + curve.band, color=color, alpha=0.25,
+                            linewidth=0)
+        ax.set_title(f"frame skip {skip}")
+        ax.set_xlabel(X_LABELS[options.x_axis])
+        ax.grid(alpha=0.3)
+        ax.legend(loc="lower right", fontsize="small")
+    axes[0][0].set_ylabel(f"score, moving average of {options.window} games")
+    band = "standard deviation" if options.band == "std" else "standard error"
+    fig.suptitle(f"Pong: mean over runs, band = 1 {band}", fontsize="medium")
+    fig.tight_layout()
+    options.output.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(options.output, dpi=120)
+    plt.close(fig)
+    return options.output
+
+
+def table_rows(summaries: Sequence[ConfigSummary], band: Band) -> list[dict[str, object]]:
+    """Flat rows (one per configuration) for the terminal table and the CSV."""
+    rows = []
+    for s in summaries:
+        row: dict[str, object] = {
+            "agent": s.agent, "frame_skip": s.frame_skip, "runs": len(s.seeds),
+            "seeds": " ".join(map(str, s.seeds)), "games_mean": _mean(s.games), "frames_mean": _mean(s.frames),
+            "final_average_mean": _mean(s.final_average), f"final_average_{band}": _spread(s.final_average, band),
+            "best_average_mean": _mean(s.best_average), f"best_average_{band}": _spread(s.best_average, band)}
+        for threshold, frames in s.frames_to_threshold.items():
+            reached = [f for f in frames if f is not None]
+            row[f"frames_to_{threshold:g}_mean"] = _mean(reached) if reached else None
+            row[f"reached_{threshold:g}"] = f"{len(reached)}/{len(frames)}"
+        rows.append(row)
+    return rows
+
+
+def format_table(rows: Sequence[dict[str, object]], band: Band, thresholds: Sequence[float]) -> str:
+    header = ["agent", "skip", "runs", "games/run", "frames/run", f"final avg (+-{band})", f"best avg (+-{band})"]
+    header += [f"frames to {t:g} (runs)" for t in thresholds]
+    lines = [header]
+    for row in rows:
+        line = [str(row["agent"]), str(row["frame_skip"]), f"{row['runs']} (seeds {row['seeds']})",
+                f"{row['games_mean']:.0f}", _count(row["frames_mean"]),
+                f"{row['final_average_mean']:+.2f} +- {row[f'final_average_{band}']:.2f}",
+                f"{row['best_average_mean']:+.2f} +- {row[f'best_average_{band}']:.2f}"]
+        line += [f"{_count(row[f'frames_to_{t:g}_mean'])} ({row[f'reached_{t:g}']})" for t in thresholds]
+        lines.append(line)
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)
+
+
+def write_table_csv(path: Path, rows: Sequence[dict[str, object]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _mean(values: Sequence[float]) -> float:
+    return float(np.mean(values))
+
+
+def _spread(values: Sequence[float], band: Band) -> float:
+    if len(values) < 2:
+        return 0.0
+    std = float(np.std(values, ddof=1))
+    return std / math.sqrt(len(values)) if band == "sem" else std
+
+
+def _count(value: object) -> str:
+    if value is None:
+        return "-"
+    value = float(value)  # type: ignore[arg-type]
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= size:
+            return f"{value / size:.2f}{unit}"
+    return f"{value:.0f}"
+
+
+# ---------------------------------------------------------------- command line
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "plot", help="Figure 3: moving-average score of LSTM vs STM, one panel per frame skip",
+        description="Plot the paper's Figure 3 from the runs' games.jsonl and print a table per (agent, frame "
+                    "skip). Runs are grouped by their config.json; the band is 1 std (or standard error) over "
+                    "runs.")
+    parser.add_argument("paths", nargs="+", type=Path, metavar="SWEEP_DIR_OR_RUN",
+                        help="run directories, or directories searched for runs (e.g. a sweep's --out)")
+    parser.add_argument("--output", type=Path,
+                        help="figure file; .png, .svg or .pdf (default: figure3.png in the first directory given)")
+    parser.add_argument("--x", dest="x_axis", choices=list(X_LABELS), default="games",
+                        help="x axis: training games (the paper), emulator frames or wall time (default: games)")
+    parser.add_argument("--band", choices=["std", "sem"], default="std",
+                        help="error band: standard deviation over runs or standard error of the mean (default: std)")
+    parser.add_argument("--window", type=int, default=100, help="games in the moving average (default: 100)")
+    parser.add_argument("--thresholds", nargs="*", type=float, default=[0.0, 18.0], metavar="SCORE",
+                        help="report frames until the moving average reaches these scores (default: 0 18)")
+    parser.add_argument("--table-csv", type=Path, metavar="PATH", help="also write the table as CSV")
+    parser.add_argument("--skip-empty", action="store_true", help="leave out runs without a finished game")
+    parser.set_defaults(run=run)
+
+
+def options_from_args(args: argparse.Namespace) -> PlotOptions:
+    if args.window < 1:
+        raise StmRlError("--window must be >= 1")
+    output = args.output or Path(args.paths[0]) / "figure3.png"
+    return PlotOptions(paths=tuple(args.paths), output=output, x_axis=args.x_axis, band=args.band,
+                       window=args.window, thresholds=tuple(args.thresholds), table_csv=args.table_csv,
+                       skip_empty=args.skip_empty)
+
+
+def run(args: argparse.Namespace) -> int:
+    options = options_from_args(args)
+    groups = group_runs(load_runs(options.paths, options.skip_empty))
+    summaries = [summarize(key, runs, options.window, options.thresholds) for key, runs in groups.items()]
+    rows = table_rows(summaries, options.band)
+    print(format_table(rows, options.band, options.thresholds))
+    if options.table_csv:
+        write_table_csv(options.table_csv, rows)
+        print(f"table written to {options.table_csv}")
+    print(f"figure written to {plot_figure(groups, options)}")
+    return 0
