@@ -1,0 +1,214 @@
+"""``stm-rl sweep``, ``evaluate`` and ``plot``: a tiny real sweep, evaluation of its checkpoints, plots of
+synthetic game logs checked against hand-computed numbers, and the clear errors for bad inputs."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from stm_rl import plotting, sweep
+from stm_rl.a3c import TrainConfig
+from stm_rl.cli import main as cli_main
+from stm_rl.run_dir import to_jsonable
+
+SWEEP = ["sweep", "--agents", "lstm", "--frame-skips", "32", "--seeds", "0", "1", "--frames", "3000",
+         "--workers-per-run", "1", "--max-parallel", "1", "--encoder", "small", "--no-progress",
+         "--poll-interval", "0.2"]
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory) -> Path:
+    """Two real training runs (lstm, skip 32, seeds 0 and 1, 3000 frames each), shared by the tests below."""
+    out = tmp_path_factory.mktemp("sweep") / "fig3"
+    assert cli_main([*SWEEP, "--out", str(out)]) == 0
+    return out
+
+
+# ---------------------------------------------------------------- sweep
+def test_sweep_runs_every_configuration_and_writes_its_manifest(tiny_sweep):
+    manifest = json.loads((tiny_sweep / "sweep.json").read_text())
+    runs = {run["name"]: run for run in manifest["runs"]}
+    assert set(runs) == {"lstm-skip32-seed0", "lstm-skip32-seed1"}
+    for name, run in runs.items():
+        assert run["state"] == "done" and run["exit_code"] == 0
+        assert Path(run["log"]).is_file() and "completed" in Path(run["log"]).read_text()
+        summary = json.loads((tiny_sweep / name / "summary.json").read_text())
+        assert summary["status"] == "completed" and summary["counters"]["frames"] >= 3000
+        assert run["frames_done"] == summary["counters"]["frames"]
+        config = json.loads((tiny_sweep / name / "config.json").read_text())["config"]
+        assert config["agent"]["encoder"] == "small", "training flags pass through to every run"
+        assert config["run"]["seed"] == run["seed"] and config["run"]["workers"] == 1
+
+
+def test_rerunning_a_finished_sweep_starts_no_training(tiny_sweep, monkeypatch, capsys):
+    def no_training(*args, **kwargs):
+        raise AssertionError("a completed run was started again")
+
+    monkeypatch.setattr(sweep.subprocess, "Popen", no_training)
+    start = time.monotonic()
+    assert cli_main([*SWEEP, "--out", str(tiny_sweep)]) == 0
+    assert time.monotonic() - start < 10
+    assert "2 already completed" in capsys.readouterr().out
+
+
+def test_sweep_resumes_interrupted_runs_and_starts_new_ones(tmp_path):
+    """Which command each run gets, from what is on disk (no training here)."""
+    options = sweep.SweepOptions(agents=("lstm",), frame_skips=(32,), seeds=(0,), out=tmp_path, frames=5000,
+                                 workers_per_run=1, max_parallel=1, train_flags=("--encoder", "small"))
+    spec = options.runs()[0]
+    fresh = sweep.train_command(spec, options)
+    assert fresh[1:4] == ["-m", "stm_rl.cli", "train"] and "--resume" not in fresh
+    assert fresh[4:14] == ["--agent", "lstm", "--frame-skip", "32", "--seed", "0", "--run-dir", str(spec.run_dir),
+                           "--encoder", "small"]
+    assert fresh[14:] == ["--frames", "5000", "--workers", "1", "--no-progress"]
+    (spec.run_dir / "checkpoints").mkdir(parents=True)
+    (spec.run_dir / "checkpoints" / "latest.pt").write_bytes(b"")
+    (spec.run_dir / "summary.json").write_text(json.dumps({"status": "interrupted", "counters": {"frames": 900}}))
+    resumed = sweep.train_command(spec, options)
+    assert resumed[4:6] == ["--resume", str(spec.run_dir)] and "--agent" not in resumed
+    assert not sweep.is_finished(spec, options.frames)
+
+
+def test_sweep_reports_a_failed_run_and_goes_on(tmp_path, monkeypatch, capsys):
+    """A child that exits with an error is marked failed, the others still run, the sweep exits 1."""
+    def fake_command(spec, options):
+        code = 3 if spec.seed == 0 else 0
+        write_summary = (f"import json,pathlib; pathlib.Path({str(spec.run_dir)!r}, 'summary.json').write_text("
+                         f"json.dumps({{'status': 'completed', 'counters': {{'frames': 99999}}}}))")
+        return ["python", "-c", f"import sys; {write_summary if code == 0 else 'pass'}; sys.exit({code})"]
+
+    monkeypatch.setattr(sweep, "train_command", fake_command)
+    assert cli_main([*SWEEP, "--out", str(tmp_path)]) == 1
+    runs = {r["seed"]: r for r in json.loads((tmp_path / "sweep.json").read_text())["runs"]}
+    assert runs[0]["state"] == "failed" and runs[0]["exit_code"] == 3
+    assert runs[1]["state"] == "done"
+    assert "failed: lstm-skip32-seed0" in capsys.readouterr().out
+
+
+def test_sweep_rejects_an_unknown_agent(tmp_path, capsys):
+    assert cli_main(["sweep", "--agents", "lstm", "gru", "--out", str(tmp_path / "s"), "--no-progress"]) == 2
+    assert "unknown agent 'gru'" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists(), "nothing starts when a configuration is invalid"
+
+
+# ---------------------------------------------------------------- evaluate
+def test_evaluate_plays_games_writes_scores_and_a_video(tiny_sweep, tmp_path, capsys):
+    run_dir = tiny_sweep / "lstm-skip32-seed0"
+    videos = tmp_path / "videos"
+    code = cli_main(["evaluate", str(run_dir), "--episodes", "1", "--max-frames", "2000", "--video", str(videos),
+                     "--no-progress"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "game 1: score" in out and "mean score" in out
+    checkpoint = "best" if (run_dir / "checkpoints" / "best.pt").exists() else "final"
+    report = json.loads((run_dir / f"eval-{checkpoint}-skip32.json").read_text())
+    assert len(report["scores"]) == 1 and report["games"][0]["frames"] <= 2000 + 32
+    assert report["agent"] == "lstm" and report["frame_skip"] == 32 and report["greedy"]
+    assert [p.stat().st_size > 0 for p in videos.glob("*.mp4")] == [True]
+
+
+def test_evaluate_a_checkpoint_file_at_another_frame_skip(tiny_sweep, tmp_path):
+    output = tmp_path / "eval.json"
+    code = cli_main(["evaluate", str(tiny_sweep / "lstm-skip32-seed1" / "checkpoints" / "latest.pt"),
+                     "--frame-skip", "16", "--sample", "--episodes", "1", "--max-frames", "500",
+                     "--output", str(output), "--no-progress"])
+    assert code == 0
+    report = json.loads(output.read_text())
+    assert report["frame_skip"] == 16 and report["trained_frame_skip"] == 32 and not report["greedy"]
+
+
+def test_evaluate_errors(tiny_sweep, tmp_path, capsys):
+    def error_of(target: Path, *flags: str) -> str:
+        assert cli_main(["evaluate", str(target), "--no-progress", *flags]) == 2
+        return capsys.readouterr().err
+
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    assert "corrupt or not a checkpoint" in error_of(corrupt)
+    (tmp_path / "empty_run").mkdir()
+    assert "has no checkpoints" in error_of(tmp_path / "empty_run")
+    assert "no run directory or checkpoint file" in error_of(tmp_path / "missing")
+    assert "has no best checkpoint" in error_of(tmp_path / "empty_run", "--checkpoint", "best")
+    # an lstm state dict under an stm config
+    record = torch.load(tiny_sweep / "lstm-skip32-seed0" / "checkpoints" / "final.pt", weights_only=False)
+    record["config"]["agent"]["agent"] = "stm"
+    mismatched = tmp_path / "mismatched.pt"
+    torch.save(record, mismatched)
+    assert "do not match a 'stm' agent" in error_of(mismatched)
+
+
+# ---------------------------------------------------------------- plot
+def write_run(run_dir: Path, agent: str, frame_skip: int, seed: int, scores, frames_per_game: int = 1000) -> Path:
+    """A synthetic run: config.json and one games.jsonl line per score."""
+    config = TrainConfig.from_dict(to_jsonable(TrainConfig()))
+    data = to_jsonable(config)
+    data["agent"]["agent"], data["env"]["frame_skip"], data["run"]["seed"] = agent, frame_skip, seed
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.json").write_text(json.dumps({"config": data}))
+    with open(run_dir / "games.jsonl", "w") as f:
+        for game, score in enumerate(scores, start=1):
+            f.write(json.dumps({"game": game, "frames": game * frames_per_game, "wall_time": game * 2.0,
+                                "score": score}) + "\n")
+    return run_dir
+
+
+def test_moving_average_mean_band_and_thresholds_by_hand(tmp_path):
+    # directory names lie on purpose: grouping must come from config.json
+    a = plotting.load_run(write_run(tmp_path / "x", "stm", 4, 0, [-3, -1, 1, 3, 5]))
+    b = plotting.load_run(write_run(tmp_path / "y", "stm", 4, 1, [-1, -1, 1, 1]))
+    np.testing.assert_allclose(plotting.moving_average(a.scores, 2), [-3, -2, 0, 2, 4])
+    curve = plotting.aggregate([a, b], "games", window=2, band="std")
+    np.testing.assert_allclose(curve.x, [1, 2, 3, 4])  # the range both runs cover
+    # b's moving average: [-1, -1, 0, 1]
+    np.testing.assert_allclose(curve.mean, [-2, -1.5, 0, 1.5])
+    np.testing.assert_allclose(curve.band, np.std([[-3, -2, 0, 2], [-1, -1, 0, 1]], axis=0, ddof=1))
+    sem = plotting.aggregate([a, b], "games", window=2, band="sem")
+    np.testing.assert_allclose(sem.band, curve.band / np.sqrt(2))
+    by_frames = plotting.aggregate([a, b], "frames", window=2, band="std")
+    assert by_frames.x[0] == 1000 and by_frames.x[-1] == 4000
+    assert plotting.frames_to_reach(a, 0, window=2) == 3000 and plotting.frames_to_reach(b, 2, window=2) is None
+    summary = plotting.summarize(("stm", 4), [a, b], window=2, thresholds=(0, 2))
+    assert summary.final_average == (4.0, 1.0) and summary.best_average == (4.0, 1.0)
+    assert summary.frames_to_threshold == {0: (3000, 3000), 2: (4000, None)}
+
+
+def test_plot_writes_the_figure_and_the_table(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for agent in ("lstm", "stm"):
+        for skip in (4, 32):
+            for seed in (0, 1):
+                scores = np.clip(np.linspace(-21, 21 if agent == "stm" else 10, 150) + rng.normal(0, 2, 150), -21, 21)
+                write_run(tmp_path / "sweep" / f"run{agent}{skip}{seed}", agent, skip, seed, scores.tolist())
+    csv_path = tmp_path / "table.csv"
+    assert cli_main(["plot", str(tmp_path / "sweep"), "--table-csv", str(csv_path)]) == 0
+    figure = tmp_path / "sweep" / "figure3.png"
+    assert figure.stat().st_size > 10_000 and figure.read_bytes()[:4] == b"\x89PNG"
+    out = capsys.readouterr().out
+    assert "frames to 18" in out and "stm" in out
+    lines = csv_path.read_text().splitlines()
+    assert len(lines) == 5 and lines[0].startswith("agent,frame_skip,runs")
+    assert cli_main(["plot", str(tmp_path / "sweep"), "--x", "frames", "--band", "sem",
+                     "--output", str(tmp_path / "f.svg")]) == 0
+    assert (tmp_path / "f.svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_plot_errors(tmp_path, capsys):
+    def error_of(*paths: Path) -> str:
+        assert cli_main(["plot", *map(str, paths)]) == 2
+        return capsys.readouterr().err
+
+    (tmp_path / "nothing").mkdir()
+    assert "no runs found" in error_of(tmp_path / "nothing")
+    empty = write_run(tmp_path / "empty", "lstm", 4, 0, [])
+    assert "no finished training game" in error_of(empty)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    assert "not valid JSON" in error_of(broken)
+    (broken / "config.json").write_text(json.dumps({"config": {"agent": {"agent": "gru"}}}))
+    assert "is not a training config" in error_of(broken)
