@@ -147,7 +147,7 @@ def passthrough_flags(args: argparse.Namespace) -> list[str]:
     for cls, owned in _SWEEP_OWNED.items():
         for f in dataclasses.fields(cls):
             value = getattr(args, f"{cls.__name__}.{f.name}", None)
-            if f.name in owned or value is None:
+            if f.name in owned or value is None or (cls is RunConfig and f.name == "frames"):  # frames: per run
                 continue
             if isinstance(value, bool):
                 argv.append(flag_name(f.name) if value else "--no-" + flag_name(f.name)[2:])
