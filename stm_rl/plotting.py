@@ -30,6 +30,10 @@ GRID_POINTS = 400
 """Points of the common x grid on which runs are averaged for --x frames|time."""
 
 
+class NoGamesError(StmRlError):
+    """A run has not finished any training game yet."""
+
+
 @dataclass(frozen=True)
 class RunLog:
     """The game log of one training run, with what identifies its configuration."""
@@ -125,7 +129,7 @@ def load_run(run_dir: Path) -> RunLog:
     games_path = Path(run_dir) / "games.jsonl"
     records = list(read_jsonl(games_path)) if games_path.exists() else []
     if not records:
-        raise StmRlError(f"{run_dir} has no finished training game yet ({games_path} is missing or empty)")
+        raise NoGamesError(f"{run_dir} has no finished training game yet ({games_path} is missing or empty)")
     try:
         columns = {key: np.array([record[key] for record in records], dtype=float)
                    for key in ("frames", "wall_time", "score")}
@@ -140,8 +144,8 @@ def load_runs(paths: Sequence[Path], skip_empty: bool = False) -> list[RunLog]:
     for run_dir in find_run_dirs(paths):
         try:
             runs.append(load_run(run_dir))
-        except StmRlError as error:
-            if not (skip_empty and "no finished training game" in str(error)):
+        except NoGamesError:
+            if not skip_empty:
                 raise
             print(f"skipping {run_dir}: no games yet")
     if not runs:

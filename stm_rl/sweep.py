@@ -328,7 +328,7 @@ class Sweep:
             try:
                 process.wait(timeout=max(0.0, deadline - time.monotonic()))
             except (subprocess.TimeoutExpired, KeyboardInterrupt):  # second Ctrl-C or too slow
-                _signal(process, signal.SIGKILL)
+                _kill_process_group(process)
                 process.wait()
             entry = next(e for e in self.entries if e.spec.name == name)
             entry.state, entry.exit_code = "interrupted", process.returncode
@@ -372,6 +372,14 @@ def _signal(process: subprocess.Popen, signum: int) -> None:
             process.send_signal(signum)
         except ProcessLookupError:
             pass
+
+
+def _kill_process_group(process: subprocess.Popen) -> None:
+    """SIGKILL a child and its worker processes (the child leads its own session and process group)."""
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
 
 
 def _raise_keyboard_interrupt(signum: int, _frame: Any) -> None:

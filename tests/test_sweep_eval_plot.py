@@ -36,7 +36,8 @@ def test_sweep_runs_every_configuration_and_writes_its_manifest(tiny_sweep):
     assert set(runs) == {"lstm-skip32-seed0", "lstm-skip32-seed1"}
     for name, run in runs.items():
         assert run["state"] == "done" and run["exit_code"] == 0
-        assert Path(run["log"]).is_file() and "completed" in Path(run["log"]).read_text()
+        log = Path(run["log"]).read_text()
+        assert "completed" in log and log.count("--frames") == 1
         summary = json.loads((tiny_sweep / name / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["counters"]["frames"] >= 3000
         assert run["frames_done"] == summary["counters"]["frames"]
@@ -212,3 +213,5 @@ def test_plot_errors(tmp_path, capsys):
     assert "not valid JSON" in error_of(broken)
     (broken / "config.json").write_text(json.dumps({"config": {"agent": {"agent": "gru"}}}))
     assert "is not a training config" in error_of(broken)
+    good = write_run(tmp_path / "good", "lstm", 4, 0, [-21, -20])
+    assert cli_main(["plot", str(good), str(empty), "--skip-empty", "--output", str(tmp_path / "f.png")]) == 0
