@@ -1,0 +1,50 @@
+"""Flags generated from config dataclasses."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Literal
+
+import pytest
+
+from stm_rl.config_cli import add_dataclass_flags, dataclass_from_flags, field_docs, given_flags, parse_count
+
+
+@pytest.mark.parametrize("text, value", [("10M", 10_000_000), ("2.5e6", 2_500_000), ("500k", 500_000),
+                                         ("1_000", 1000), ("7", 7), ("1,000,000", 1_000_000)])
+def test_parse_count(text, value):
+    assert parse_count(text) == value
+
+
+@pytest.mark.parametrize("text", ["lots", "1.5", "10Q", ""])
+def test_parse_count_rejects(text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        parse_count(text)
+
+
+@dataclass(frozen=True)
+class Example:
+    """An example config."""
+
+    frames: int = 100
+    """How many frames."""
+    kind: Literal["a", "b"] = "a"
+    """Which kind."""
+    verbose: bool = False
+    """Talk more."""
+
+
+def test_flags_carry_docstrings_defaults_and_types():
+    assert field_docs(Example) == {"frames": "How many frames.", "kind": "Which kind.", "verbose": "Talk more."}
+    parser = argparse.ArgumentParser()
+    add_dataclass_flags(parser, Example)
+    help_text = parser.format_help()
+    assert "--frames FRAMES" in help_text and "How many frames. (default: 100)" in help_text
+    args = parser.parse_args(["--frames", "2k", "--kind", "b", "--verbose"])
+    assert dataclass_from_flags(Example, args) == Example(frames=2000, kind="b", verbose=True)
+    assert given_flags(Example, args) == ["--frames", "--kind", "--verbose"]
+    untouched = parser.parse_args([])
+    assert dataclass_from_flags(Example, untouched, base=Example(frames=5)) == Example(frames=5)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--kind", "c"])
