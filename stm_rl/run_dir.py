@@ -121,6 +121,23 @@ def read_jsonl(path: Path) -> Iterator[dict]:
             raise StmRlError(f"{path}, line {number}: not valid JSON") from None
 
 
+def truncate_jsonl(path: Path, keep: int) -> int:
+    """Keep only the first ``keep`` records of a JSONL file (atomically); returns how many were dropped.
+
+    A run resumed from a checkpoint drops the lines written after that checkpoint, so that its log
+    describes exactly the history of the weights it continues from.
+    """
+    path = Path(path)
+    if not path.exists():
+        return 0
+    records = list(read_jsonl(path))
+    if len(records) <= keep:
+        return 0
+    lines = "".join(json.dumps(r) + "\n" for r in records[:keep]).encode()
+    _atomic_write(path, lambda f: f.write(lines))
+    return len(records) - keep
+
+
 def save_checkpoint(path: Path, kind: str, payload: Mapping[str, Any]) -> Path:
     """Atomically save a checkpoint of the given kind (e.g. "a3c", "supervised").
 

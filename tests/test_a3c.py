@@ -62,6 +62,8 @@ def test_resume_continues_the_counters(tmp_path):
                      "--run-dir", str(run_dir), *FAST]) == 0
     first = summary_of(run_dir)["counters"]
     games_before = games_of(run_dir)
+    with open(run_dir / "games.jsonl", "a") as f:  # as if the run had gone on past its checkpoint, then died
+        f.write(json.dumps({**games_before[-1], "game": len(games_before) + 1}) + "\n")
     assert cli_main(["train", "--resume", str(run_dir), "--frames", "14000", "--no-progress"]) == 0
     second = summary_of(run_dir)["counters"]
     assert second["segments"] == 2
@@ -70,6 +72,7 @@ def test_resume_continues_the_counters(tmp_path):
     assert second["wall_time"] > first["wall_time"]
     games = games_of(run_dir)
     assert [g["game"] for g in games] == list(range(1, len(games) + 1)), "game indices continue"
+    assert games[:len(games_before)] == games_before, "games after the checkpoint were dropped, the rest kept"
     assert len(games) > len(games_before)
     # resuming a run whose budget is spent says so
     assert cli_main(["train", "--resume", str(run_dir), "--no-progress"]) == 2
@@ -259,3 +262,4 @@ def test_changing_settings_on_resume_is_refused(tmp_path, capsys):
     assert "cannot change --agent when resuming" in capsys.readouterr().err
     assert cli_main(["train", "--agent", "lstm", "--run-dir", str(run_dir)]) == 2
     assert "already holds a run" in capsys.readouterr().err
+

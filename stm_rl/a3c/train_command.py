@@ -10,7 +10,7 @@ from pathlib import Path
 from agents import AgentConfig, count_parameters
 from envs import EnvConfig
 from stm_rl.a3c.config import A3CConfig, RunConfig, TrainConfig
-from stm_rl.a3c.trainer import Trainer, checkpoint_paths, load_training_checkpoint
+from stm_rl.a3c.trainer import GAME_LOG, Trainer, checkpoint_paths, load_training_checkpoint
 from stm_rl.config_cli import add_dataclass_flags, dataclass_from_flags, given_flags
 from stm_rl.run_dir import StmRlError
 
@@ -56,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
         if checkpoint_paths(config.run.run_dir)["latest"].exists():
             raise StmRlError(f"{config.run.run_dir} already holds a run; continue it with "
                              f"`stm-rl train --resume {config.run.run_dir}` or choose another --run-dir")
+        if (config.run.run_dir / GAME_LOG).exists():
+            raise StmRlError(f"{config.run.run_dir} holds the game log of a run that stopped before its first "
+                             "checkpoint; remove the directory or choose another --run-dir")
         trainer = Trainer(config)
     config = trainer.config
     print(f"run {config.run.run_dir}: {config.agent.agent} agent ({config.agent.encoder} encoder, "

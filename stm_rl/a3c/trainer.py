@@ -29,10 +29,11 @@ from stm_rl.a3c.config import TrainConfig
 from stm_rl.a3c.shared_adam import SharedAdam
 from stm_rl.a3c.worker import AGENT_STEPS, FRAMES, UPDATES, WorkerContext, worker_main
 from stm_rl.run_dir import (CheckpointError, JsonlWriter, StmRlError, load_checkpoint, save_checkpoint,
-                            to_jsonable, write_config, write_json_atomic)
+                            to_jsonable, truncate_jsonl, write_config, write_json_atomic)
 
 CHECKPOINT_KIND = "a3c"
 NUM_ACTIONS = 6  # Pong's minimal action set
+GAME_LOG = "games.jsonl"
 BEST_CHECKPOINT_INTERVAL = 30.0
 """Seconds between two 'best' checkpoints: a new best average is saved at most this often (and at the end)."""
 
@@ -128,6 +129,11 @@ class Trainer:
             self.counters = Counters(**resume_from["counters"])
             self.scores.recent.extend(resume_from["scores"]["recent"][-self.scores.window:])
             self.scores.best_average = resume_from["scores"]["best_average"]
+            # Games logged after the checkpoint (a killed run) belong to weights that were lost.
+            dropped = truncate_jsonl(self.run_dir / GAME_LOG, self.counters.games)
+            if dropped:
+                print(f"resuming from the checkpoint at game {self.counters.games}: "
+                      f"dropped {dropped} later game(s) from {GAME_LOG}", file=sys.stderr)
         self.shared_model.share_memory()
         self.counters.segments += 1
         self._stop_requested: Optional[str] = None
@@ -281,7 +287,7 @@ class _RunLog:
     """Game log (JSONL), tensorboard scalars and the terminal progress display of one run."""
 
     def __init__(self, run_dir: Path, config: TrainConfig, counters: Counters, progress: bool) -> None:
-        self.games = JsonlWriter(run_dir / "games.jsonl")
+        self.games = JsonlWriter(run_dir / GAME_LOG)
         self.tb = SummaryWriter(str(run_dir / "tb"))
         self.tb_updates: list[dict[str, float]] = []
         self.last_tb_flush = time.monotonic()
