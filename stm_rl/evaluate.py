@@ -20,8 +20,8 @@ import gymnasium as gym
 import torch
 from tqdm import tqdm
 
-from agents import ActorCritic
 from envs import EnvConfig, make_env
+from stm_rl.a3c.play import GameResult, play_game
 from stm_rl.a3c.trainer import checkpoint_paths, load_agent_from_checkpoint
 from stm_rl.config_cli import parse_count
 from stm_rl.run_dir import StmRlError, write_json_atomic
@@ -51,16 +51,6 @@ class EvalOptions:
     video_episodes: Optional[int] = None
     """Record only the first N games (None: all)."""
     progress: bool = True
-
-
-@dataclass(frozen=True)
-class GameResult:
-    score: float
-    length: int
-    """Agent steps."""
-    frames: int
-    """Emulator frames."""
-    truncated: bool
 
 
 # ---------------------------------------------------------------- command line
@@ -186,23 +176,6 @@ def make_recording_env(env_config: EnvConfig, options: EvalOptions) -> gym.Env:
     return gym.wrappers.RecordVideo(env, video_folder=str(options.video), name_prefix="eval",
                                     episode_trigger=lambda episode: limit is None or episode < limit,
                                     disable_logger=True)
-
-
-@torch.no_grad()
-def play_game(model: ActorCritic, env: gym.Env, sample: bool, generator: torch.Generator,
-              seed: Optional[int] = None) -> GameResult:
-    """One game from reset to its end (terminated or truncated), the recurrent state starting fresh."""
-    obs, _ = env.reset(seed=seed)
-    state = model.initial_state(1)
-    while True:
-        logits, _, state = model.act(torch.as_tensor(obs).unsqueeze(0), state)
-        action = (torch.multinomial(torch.softmax(logits, -1), 1, generator=generator).item() if sample
-                  else int(logits.argmax(-1).item()))
-        obs, _, terminated, truncated, info = env.step(action)
-        if terminated or truncated:
-            episode = info["episode"]
-            return GameResult(score=float(episode["score"]), length=int(episode["length"]),
-                              frames=int(episode["frames"]), truncated=bool(truncated and not terminated))
 
 
 def _mean(games: list[GameResult]) -> float:

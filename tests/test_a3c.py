@@ -263,3 +263,15 @@ def test_changing_settings_on_resume_is_refused(tmp_path, capsys):
     assert cli_main(["train", "--agent", "lstm", "--run-dir", str(run_dir)]) == 2
     assert "already holds a run" in capsys.readouterr().err
 
+
+
+def test_evaluator_plays_greedy_games_at_fixed_update_counts(tmp_path):
+    run_dir = tmp_path / "run"
+    assert cli_main(["train", "--agent", "lstm", "--encoder", "small", "--game", "cue-memory", "--workers", "1",
+                     "--frames", "1200", "--eval-every-updates", "15", "--eval-games", "4",
+                     "--run-dir", str(run_dir), "--no-progress"]) == 0
+    evaluations = list(read_jsonl(run_dir / "evaluations.jsonl"))
+    assert evaluations, "no evaluation was recorded"
+    assert all(e["updates"] >= 15 * (i + 1) for i, e in enumerate(evaluations))  # one per multiple of 15, in order
+    assert [e["updates"] // 15 for e in evaluations] == sorted({e["updates"] // 15 for e in evaluations})
+    assert all(len(e["scores"]) == 4 and set(e["scores"]) <= {-1.0, 1.0} for e in evaluations)

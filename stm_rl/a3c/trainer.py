@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from agents import ActorCritic, build_agent
 from stm_rl.a3c.config import TrainConfig
+from stm_rl.a3c.evaluator import evaluator_main
 from stm_rl.a3c.shared_adam import SharedAdam
 from stm_rl.a3c.worker import AGENT_STEPS, FRAMES, UPDATES, WorkerContext, worker_main
 from stm_rl.run_dir import (CheckpointError, JsonlWriter, StmRlError, load_checkpoint, save_checkpoint,
@@ -34,6 +35,7 @@ from stm_rl.run_dir import (CheckpointError, JsonlWriter, StmRlError, load_check
 CHECKPOINT_KIND = "a3c"
 NUM_ACTIONS = 6  # Pong's minimal action set
 GAME_LOG = "games.jsonl"
+EVAL_LOG = "evaluations.jsonl"
 BEST_CHECKPOINT_INTERVAL = 30.0
 """Seconds between two 'best' checkpoints: a new best average is saved at most this often (and at the end)."""
 
@@ -158,6 +160,9 @@ class Trainer:
         previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
         processes = [ctx.Process(target=worker_main, args=(rank, worker_ctx), name=f"a3c-worker-{rank}",
                                  daemon=True) for rank in range(config.run.workers)]
+        if config.run.eval_every_updates:
+            processes.append(ctx.Process(target=evaluator_main, args=(worker_ctx, self.counters.updates),
+                                         name="a3c-evaluator", daemon=True))
         for process in processes:
             process.start()
         previous_term = signal.getsignal(signal.SIGTERM)
@@ -183,7 +188,7 @@ class Trainer:
                     reason = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
                     status, message = "failed", f"{name} died ({reason})"
                     break
-                if all(p.exitcode == 0 for p in processes):
+                if all(p.exitcode == 0 for p in processes if p.name != "a3c-evaluator"):
                     status = "completed"
                     break
                 if time.monotonic() - last_checkpoint >= config.run.checkpoint_interval:
@@ -241,8 +246,11 @@ class Trainer:
                     self._save("best")
             elif kind == "update":
                 log.update(self.counters, payload)
+            elif kind == "eval":
+                log.evaluation(self.counters, payload)
             elif kind == "error":
-                return "failed", f"worker {rank} failed:\n{payload}"
+                who = rank if isinstance(rank, str) else f"worker {rank}"
+                return "failed", f"{who} failed:\n{payload}"
             elif kind == "nan":
                 return "nan", f"worker {rank}: {payload}; the shared model was not updated with it"
 
@@ -288,6 +296,7 @@ class _RunLog:
 
     def __init__(self, run_dir: Path, config: TrainConfig, counters: Counters, progress: bool) -> None:
         self.games = JsonlWriter(run_dir / GAME_LOG)
+        self.evaluations = JsonlWriter(run_dir / EVAL_LOG)
         self.tb = SummaryWriter(str(run_dir / "tb"))
         self.tb_updates: list[dict[str, float]] = []
         self.last_tb_flush = time.monotonic()
@@ -311,6 +320,12 @@ class _RunLog:
         self.tb.add_scalar("charts/episodic_return_avg100", average, counters.frames)
         self.tb.add_scalar("charts/episodic_length", episode["length"], counters.frames)
         self.tb.add_scalar("charts/games", counters.games, counters.frames)
+
+    def evaluation(self, counters: Counters, result: dict[str, Any]) -> None:
+        self.evaluations.write({**result, "agent_steps": counters.agent_steps,
+                                "wall_time": round(counters.wall_time, 3)})
+        self.tb.add_scalar("eval/mean_score", result["mean_score"], result["frames"])
+        self.tb.add_scalar("eval/mean_score_by_update", result["mean_score"], result["updates"])
 
     def update(self, counters: Counters, losses: dict[str, float]) -> None:
         self.tb_updates.append(losses)
@@ -339,6 +354,7 @@ class _RunLog:
         self.refresh(counters, scores)
         self.bar.close()
         self.games.close()
+        self.evaluations.close()
         self.tb.close()
 
 
