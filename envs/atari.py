@@ -67,6 +67,8 @@ class EnvConfig:
     """Return ``sign(reward)`` as the step reward (for learning); ``info`` and episode scores stay raw."""
     max_episode_frames: int = DEFAULT_MAX_EPISODE_FRAMES
     """Emulator frames after which the episode is truncated (ALE ``max_num_frames_per_episode``)."""
+    normalize_obs: bool = False
+    """Standardise each observation with running averages of the frames' mean and std (decay 0.9999, bias-corrected), as the classic PyTorch A3C does; the output is then no longer in [0, 1]."""
     seed: int | None = None
     """Seed used by the first ``reset()`` that is not given one; None draws fresh entropy."""
     game: str = "pong"
@@ -141,6 +143,7 @@ class AtariEnv(gym.Env):
         self._running = False
         self._score = 0.0
         self._length = 0
+        self._normalizer = RunningFrameNormalizer() if config.normalize_obs else None
 
     # --- gymnasium API -------------------------------------------------------------------------------
 
@@ -220,7 +223,29 @@ class AtariEnv(gym.Env):
         small = cv2.resize(current, (size, size), interpolation=cv2.INTER_AREA)
         obs = small.astype(np.float32)
         obs *= 1.0 / 255.0
+        if self._normalizer is not None:
+            obs = self._normalizer(obs)
         return obs.reshape(1, size, size)
+
+
+class RunningFrameNormalizer:
+    """``(obs - mean) / (std + 1e-8)`` with exponential running averages of each frame's mean and std.
+
+    The averages decay by ``alpha`` per observation and are bias-corrected (divided by ``1 - alpha^n``),
+    so the first frames are not scaled by a near-zero estimate. Each environment keeps its own.
+    """
+
+    def __init__(self, alpha: float = 0.9999) -> None:
+        self.alpha, self.mean, self.std, self.count = alpha, 0.0, 0.0, 0
+
+    def __call__(self, obs: np.ndarray) -> np.ndarray:
+        self.count += 1
+        self.mean = self.alpha * self.mean + (1 - self.alpha) * float(obs.mean())
+        self.std = self.alpha * self.std + (1 - self.alpha) * float(obs.std())
+        correction = 1 - self.alpha ** self.count
+        obs -= self.mean / correction
+        obs /= self.std / correction + 1e-8
+        return obs
 
 
 def make_pong(config: EnvConfig | None = None, *, render_mode: str | None = None, **overrides: Any) -> AtariEnv:

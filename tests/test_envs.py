@@ -170,3 +170,17 @@ def test_rgb_array_render_for_video():
     assert frame.shape == (210, 160, 3) and frame.dtype == np.uint8
     assert env.metadata["render_fps"] == 15.0
     assert make_pong().render() is None
+
+
+def test_normalized_observations_are_standardised_by_running_statistics():
+    env = make_pong(obs_size=42, frame_skip=4, normalize_obs=True, seed=0)
+    obs, _ = env.reset()
+    frames = [obs]
+    for _ in range(30):
+        obs, *_ = env.step(env.action_space.sample())
+        frames.append(obs)
+    stacked = np.stack(frames)
+    assert stacked.dtype == np.float32 and np.isfinite(stacked).all()
+    assert abs(float(stacked.mean())) < 0.5 and 0.5 < float(stacked.std()) < 2.0  # roughly standardised
+    raw, _ = make_pong(obs_size=42, frame_skip=4, seed=0).reset()
+    assert raw.min() >= 0.0 and not np.allclose(raw, frames[0])
