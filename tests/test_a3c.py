@@ -192,13 +192,18 @@ def _wait_for_updates(run_dir: Path, process: subprocess.Popen, timeout: float =
         time.sleep(0.5)
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
-def test_killed_worker_ends_the_run_cleanly(tmp_path):
-    run_dir = tmp_path / "run"
+def _start_long_run(run_dir: Path) -> tuple[subprocess.Popen, list[int]]:
+    """A run with a large budget, once its workers are training; returns the trainer and the worker pids."""
     process = _start_cli(["train", "--agent", "lstm", "--frames", "100M", "--checkpoint-interval", "1",
                           "--run-dir", str(run_dir), *FAST])
     _wait_for_updates(run_dir, process)
-    workers = _worker_pids(process.pid)
+    return process, _worker_pids(process.pid)
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
+def test_killed_worker_ends_the_run_cleanly(tmp_path):
+    run_dir = tmp_path / "run"
+    process, workers = _start_long_run(run_dir)
     assert len(workers) == 2
     os.kill(workers[0], signal.SIGKILL)
     output, _ = process.communicate(timeout=90)
@@ -213,10 +218,7 @@ def test_killed_worker_ends_the_run_cleanly(tmp_path):
 
 def test_ctrl_c_stops_cleanly_with_a_final_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
-    process = _start_cli(["train", "--agent", "lstm", "--frames", "100M", "--checkpoint-interval", "1",
-                          "--run-dir", str(run_dir), *FAST])
-    _wait_for_updates(run_dir, process)
-    workers = _worker_pids(process.pid)
+    process, workers = _start_long_run(run_dir)
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=90)
     assert process.returncode == 0, output

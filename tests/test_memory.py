@@ -94,6 +94,14 @@ CONFIGS = {
 }
 
 
+def set_learned_alphas(module, value):
+    """Learned alphas start at 0, which hides the relational paths; give them a visible value."""
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if "alpha" in name:
+                param.fill_(value)
+
+
 def make_cell(config, output_size=2, seed=0):
     torch.manual_seed(seed)
     cell = STMCell(5, output_size, **SIZES, **config)
@@ -203,10 +211,7 @@ def test_initial_state_is_learned_and_resets():
 def test_carrying_state_equals_whole_sequence():
     torch.manual_seed(3)
     model = STM(5, 2, **SIZES)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "alpha" in name:
-                param.fill_(0.3)
+    set_learned_alphas(model, 0.3)
     x = torch.randn(2, 7, 5)
     y_whole, state_whole = model(x)
     y_a, state = model(x[:, :3])
@@ -314,10 +319,7 @@ def test_sequence_gradients_match_finite_differences(config):
 def test_episode_start_resets_inside_a_sequence():
     torch.manual_seed(4)
     model = STM(5, 2, **SIZES)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "alpha" in name:
-                param.fill_(0.3)
+    set_learned_alphas(model, 0.3)
     x = torch.randn(2, 5, 5)
     start = torch.zeros(2, 5, dtype=torch.bool)
     start[1, 3] = True  # sample 1 starts a new episode at step 3
