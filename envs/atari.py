@@ -149,8 +149,9 @@ class AtariEnv(gym.Env):
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         """Start a game: seed if asked, ``reset_game``, random no-ops, FIRE (see module doc)."""
-        if seed is None:
-            seed, self._pending_seed = self._pending_seed, None
+        if seed is None:  # the configured seed applies to the first reset only, explicit seed or not
+            seed = self._pending_seed
+        self._pending_seed = None
         super().reset(seed=seed)
         if seed is not None:
             # ALE reads random_seed when the ROM is loaded, hence the reload.

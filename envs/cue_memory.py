@@ -40,8 +40,9 @@ class CueMemoryEnv(gym.Env):
         self._t = 0
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
-        if seed is None:
-            seed, self._pending_seed = self._pending_seed, None
+        if seed is None:  # the configured seed applies to the first reset only, explicit seed or not
+            seed = self._pending_seed
+        self._pending_seed = None
         super().reset(seed=seed)
         self._cue, self._t = int(self.np_random.integers(2)), 0
         return self._cues[self._cue].copy(), {"frames": 0}

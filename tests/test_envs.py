@@ -184,3 +184,11 @@ def test_normalized_observations_are_standardised_by_running_statistics():
     assert abs(float(stacked.mean())) < 0.5 and 0.5 < float(stacked.std()) < 2.0  # roughly standardised
     raw, _ = make_pong(obs_size=42, frame_skip=4, seed=0).reset()
     assert raw.min() >= 0.0 and not np.allclose(raw, frames[0])
+
+
+def test_configured_seed_applies_to_the_first_reset_only():
+    """Games after the first are new games, whether the first reset was given a seed or not."""
+    for first_seed in (None, 5):
+        env = make_pong(obs_size=42, frame_skip=4, seed=5)
+        noops = [env.reset(seed=first_seed)[1]["noops"]] + [env.reset()[1]["noops"] for _ in range(6)]
+        assert len(set(noops)) > 1, f"every reset replayed the same start: {noops}"
