@@ -277,3 +277,13 @@ def test_evaluator_plays_greedy_games_at_fixed_update_counts(tmp_path):
     assert all(e["updates"] >= 15 * (i + 1) for i, e in enumerate(evaluations))  # one per multiple of 15, in order
     assert [e["updates"] // 15 for e in evaluations] == sorted({e["updates"] // 15 for e in evaluations})
     assert all(len(e["scores"]) == 4 and set(e["scores"]) <= {-1.0, 1.0} for e in evaluations)
+
+
+def test_copy_weights_syncs_parameters_and_buffers():
+    from agents import AgentConfig, build_agent
+    from stm_rl.a3c.worker import copy_weights
+
+    source, target = (build_agent(AgentConfig(agent="stm", encoder="small")) for _ in range(2))
+    copy_weights(source, target)
+    for (name, a), b in zip(source.state_dict().items(), target.state_dict().values()):
+        assert torch.equal(a, b), name
