@@ -25,6 +25,7 @@ def linear(layer, x):
     return layer.weight @ x + layer.bias
 
 
+@torch.no_grad()
 def ref_sam(sam: SAM, S):
     d, N = sam.d, sam.num_slots
     P = torch.stack([linear(sam.qkv_proj, S[r]) for r in range(d)])  # row r of S -> row r of P, d x 3N
@@ -40,6 +41,7 @@ def ref_sam(sam: SAM, S):
     return out
 
 
+@torch.no_grad()
 def ref_step(cell: STMCell, x, Mi, Mr):
     """One STM step for ONE sample, spec section 3 steps 1-9."""
     d, N = cell.d, cell.num_slots
