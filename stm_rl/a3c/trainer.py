@@ -225,9 +225,10 @@ class Trainer:
 
     def _drain_events(self, events, log: "_RunLog", base: Counters, worker_counters, start: float,
                       timeout: float = 0.25) -> tuple[str, str]:
-        """Handle every message waiting (waiting up to ``timeout`` for the first)."""
+        """Handle the messages waiting (waiting up to ``timeout`` for the first; at most a few thousand,
+        so that a flood of short games cannot keep the trainer from its other duties)."""
         deadline = time.monotonic() + timeout
-        while True:
+        for _ in range(5000):
             try:
                 kind, rank, payload = events.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
@@ -253,6 +254,7 @@ class Trainer:
                 return "failed", f"{who} failed:\n{payload}"
             elif kind == "nan":
                 return "nan", f"worker {rank}: {payload}; the shared model was not updated with it"
+        return "running", ""
 
     def _update_totals(self, base: Counters, worker_counters: torch.Tensor, start: float) -> None:
         totals = worker_counters.sum(0).tolist()
