@@ -158,11 +158,11 @@ class Trainer:
 
         # Workers start with SIGINT ignored, so that Ctrl-C reaches only this process.
         previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
-        processes = [ctx.Process(target=worker_main, args=(rank, worker_ctx), name=f"a3c-worker-{rank}",
-                                 daemon=True) for rank in range(config.run.workers)]
-        if config.run.eval_every_updates:
-            processes.append(ctx.Process(target=evaluator_main, args=(worker_ctx, self.counters.updates),
-                                         name="a3c-evaluator", daemon=True))
+        workers = [ctx.Process(target=worker_main, args=(rank, worker_ctx), name=f"a3c-worker-{rank}",
+                               daemon=True) for rank in range(config.run.workers)]
+        evaluators = [ctx.Process(target=evaluator_main, args=(worker_ctx, self.counters.updates),
+                                  name="a3c-evaluator", daemon=True)] if config.run.eval_every_updates else []
+        processes = workers + evaluators  # the run ends when the workers are done; the evaluator follows
         for process in processes:
             process.start()
         previous_term = signal.getsignal(signal.SIGTERM)
@@ -188,7 +188,7 @@ class Trainer:
                     reason = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
                     status, message = "failed", f"{name} died ({reason})"
                     break
-                if all(p.exitcode == 0 for p in processes if p.name != "a3c-evaluator"):
+                if all(p.exitcode == 0 for p in workers):
                     status = "completed"
                     break
                 if time.monotonic() - last_checkpoint >= config.run.checkpoint_interval:
