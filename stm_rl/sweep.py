@@ -1,11 +1,17 @@
-"""``stm-rl sweep``: many training runs (agents x frame skips x seeds), each in its own child process.
+"""``stm-rl sweep``: many training runs (agents x frame skips x seeds), on this machine or on a Ray cluster.
 
-A queue keeps at most ``--max-parallel`` runs alive. Each run is ``python -m stm_rl.cli train ...`` (or
-``train --resume``) with its output in ``<run_dir>/train.log``, so one crashing run cannot take the sweep
-down. ``<out>/sweep.json`` records every run's state (pending / running / done / failed / interrupted),
-exit code and log file. Re-running the same command picks up where the sweep stopped: completed runs are
-skipped, runs with a checkpoint resume from it, the others start. Ctrl-C is forwarded to the children,
-which write their final checkpoints; the sweep waits for them and marks them interrupted.
+Each run gets its whole config in ``<run_dir>/sweep-run.json`` and is trained by ``python -m stm_rl.sweep_run``
+(:mod:`stm_rl.sweep_run`) with its output in ``<run_dir>/train.log``, so one crashing run cannot take the
+sweep down. Where that process runs is the backend's business: ``local`` (default) keeps at most
+``--max-parallel`` child processes alive on this machine, ``ray`` (:mod:`stm_rl.sweep_ray`) runs each as a
+Ray task on the cluster's nodes. Both share everything else here: ``<out>/sweep.json`` records every run's
+state (pending / running / done / failed / interrupted), exit code, attempts and log file; re-running the
+same command skips completed runs and resumes the others from their checkpoints (after checking that the
+flags still match the settings the runs were trained with); a failed run is retried from its latest
+checkpoint up to ``--retries`` times; Ctrl-C stops the runs, which write their final checkpoints.
+
+Exit status: 0 every run completed, 1 some run failed or was stopped from outside, 2 bad input (nothing
+started), 130 interrupted by Ctrl-C / SIGTERM.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import signal
 import subprocess
@@ -20,23 +27,26 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional, Protocol
 
 from tqdm import tqdm
 
 from agents import AgentConfig
 from envs import EnvConfig
+from stm_rl import sweep_run
 from stm_rl.a3c.config import A3CConfig, RunConfig, TrainConfig
 from stm_rl.a3c.trainer import checkpoint_paths
-from stm_rl.config_cli import add_dataclass_flags, dataclass_from_flags, flag_name
+from stm_rl.config_cli import add_dataclass_flags, flag_name
 from stm_rl.run_dir import StmRlError, read_json, write_json_atomic
 
 MANIFEST_NAME = "sweep.json"
 LOG_NAME = "train.log"
 SHUTDOWN_GRACE_S = 300.0
-"""Seconds a child gets to write its final checkpoint after Ctrl-C before it is killed."""
+"""Seconds a run gets to write its final checkpoint after Ctrl-C before it is killed."""
+EXIT_INTERRUPTED = 130
+BACKENDS = ("local", "ray")
 
-# Flags the sweep sets itself for each run, so they are not passed through from the command line.
+# Settings the sweep sets itself for each run, so they are not flags of the sweep.
 _SWEEP_OWNED = {AgentConfig: ("agent",), EnvConfig: ("frame_skip", "seed", "obs_size", "clip_reward"),
                 A3CConfig: (), RunConfig: ("run_dir", "workers", "seed", "progress")}
 
@@ -86,10 +96,16 @@ class SweepOptions:
     seeds: tuple[int, ...]
     out: Path
     frames: int
+    """Budget of each run in emulator frames."""
     workers_per_run: int
-    max_parallel: int
-    train_flags: tuple[str, ...] = ()
-    """Training flags passed unchanged to every new run (encoder, lr, ...)."""
+    max_parallel: Optional[int] = None
+    """Runs alive at the same time; None: 1 on the local backend, as many as the Ray cluster's CPUs hold."""
+    settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """Training settings given on the command line, by config class (``{"AgentConfig": {"encoder": "small"}}``)."""
+    retries: int = 2
+    """Times a failed run is started again from its latest checkpoint before it is reported failed."""
+    backend: str = "local"
+    ray_address: str = "auto"
     poll_interval: float = 1.0
     progress: bool = True
 
@@ -97,24 +113,41 @@ class SweepOptions:
         return [RunSpec(agent, skip, seed, self.out / f"{agent}-skip{skip}-seed{seed}")
                 for agent in self.agents for skip in self.frame_skips for seed in self.seeds]
 
+    def settings_as_flags(self) -> dict[str, Any]:
+        return {flag_name(name): value for values in self.settings.values() for name, value in values.items()}
+
 
 # ---------------------------------------------------------------- command line
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "sweep", help="train many runs: agents x frame skips x seeds",
-        description="Train one run per (agent, frame skip, seed), at most --max-parallel at a time, each in "
-                    "its own process with its log in <run_dir>/train.log. Re-running the same command skips "
-                    "completed runs and resumes interrupted ones. Other training flags apply to every run.")
+        "sweep", help="train many runs: agents x frame skips x seeds, here or on a Ray cluster",
+        description="Train one run per (agent, frame skip, seed), each in its own process with its log in "
+                    "<run_dir>/train.log, on this machine (--backend local, at most --max-parallel at a time) "
+                    "or on a Ray cluster (--backend ray, see docs/cluster.md). Re-running the same command "
+                    "skips completed runs and resumes interrupted ones. Other training flags apply to every "
+                    "run. Exit status: 0 all runs completed, 1 some run failed, 2 bad input, 130 interrupted.")
     parser.add_argument("--agents", nargs="+", default=["lstm", "stm"], metavar="AGENT",
                         help="agents to train: lstm, stm (default: lstm stm)")
     parser.add_argument("--frame-skips", nargs="+", type=int, default=[0, 4, 16, 32], metavar="N",
                         help="frame skips (default: 0 4 16 32, the paper's Figure 3)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4], metavar="SEED",
-                        help="seeds (default: 0 1 2 3 4)")
+                        help="seeds, >= 0 (default: 0 1 2 3 4)")
     parser.add_argument("--out", type=Path, default=Path("runs/sweep"),
-                        help="directory of the sweep: one run directory per configuration and sweep.json")
+                        help="directory of the sweep: one run directory per configuration and sweep.json; "
+                             "with --backend ray a folder every node sees at the same path (default: runs/sweep)")
     parser.add_argument("--workers-per-run", type=int, default=2, help="worker processes of each run (default: 2)")
-    parser.add_argument("--max-parallel", type=int, default=1, help="runs alive at the same time (default: 1)")
+    parser.add_argument("--max-parallel", type=int, default=None,
+                        help="runs alive at the same time (default: 1 locally; with --backend ray as many as "
+                             "the cluster's CPUs hold, each run taking workers-per-run + 1 CPUs)")
+    parser.add_argument("--retries", type=int, default=2,
+                        help="times a failed run is restarted from its latest checkpoint (default: 2)")
+    parser.add_argument("--backend", choices=BACKENDS, default="local",
+                        help="where runs train: local child processes or tasks on a Ray cluster (default: local)")
+    parser.add_argument("--ray-address", default="auto", metavar="auto|HOST:PORT",
+                        help="the Ray cluster to use with --backend ray: the address `ray start --head` printed, "
+                             "or auto for the cluster this machine belongs to (default: auto)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="list every run with its state and frames done, and start nothing")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                         help="show the sweep's progress bar (default: on)")
     parser.add_argument("--poll-interval", type=float, default=1.0, help=argparse.SUPPRESS)
@@ -124,72 +157,78 @@ def add_parser(subparsers) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> SweepOptions:
-    """Validate the command line into :class:`SweepOptions` (a bad agent or setting raises ValueError)."""
-    if args.workers_per_run < 1 or args.max_parallel < 1:
-        raise StmRlError("--workers-per-run and --max-parallel must be >= 1")
+    """Validate the command line into :class:`SweepOptions`; a bad value raises before anything starts."""
+    for flag, value in (("--workers-per-run", args.workers_per_run), ("--max-parallel", args.max_parallel or 1)):
+        if value < 1:
+            raise StmRlError(f"{flag} must be >= 1, got {value}")
+    if args.retries < 0:
+        raise StmRlError(f"--retries must be >= 0, got {args.retries}")
+    negative = [seed for seed in args.seeds if seed < 0]
+    if negative:
+        raise StmRlError(f"--seeds must be >= 0, got {negative[0]}")
     for agent in args.agents:
         AgentConfig(agent=agent)  # "unknown agent 'x'; choose 'lstm' or 'stm'"
+    settings = {cls.__name__: {f.name: getattr(args, f"{cls.__name__}.{f.name}") for f in dataclasses.fields(cls)
+                               if f.name not in owned and not (cls is RunConfig and f.name == "frames")
+                               and getattr(args, f"{cls.__name__}.{f.name}", None) is not None}
+                for cls, owned in _SWEEP_OWNED.items()}
+    out = args.out.expanduser()
     options = SweepOptions(
         agents=tuple(dict.fromkeys(args.agents)), frame_skips=tuple(dict.fromkeys(args.frame_skips)),
-        seeds=tuple(dict.fromkeys(args.seeds)), out=args.out,
+        seeds=tuple(dict.fromkeys(args.seeds)), out=out.absolute() if args.backend == "ray" else out,
         frames=getattr(args, "RunConfig.frames") or RunConfig.frames,
         workers_per_run=args.workers_per_run, max_parallel=args.max_parallel,
-        train_flags=tuple(passthrough_flags(args)), poll_interval=args.poll_interval,
+        settings={name: values for name, values in settings.items() if values}, retries=args.retries,
+        backend=args.backend, ray_address=args.ray_address, poll_interval=args.poll_interval,
         progress=args.progress)
     for spec in options.runs():  # every configuration must be valid before anything starts
-        train_config(spec, options, args)
+        run_config(spec, options)
     return options
 
 
-def passthrough_flags(args: argparse.Namespace) -> list[str]:
-    """The training flags given on the sweep's command line, as ``train`` arguments."""
-    argv: list[str] = []
-    for cls, owned in _SWEEP_OWNED.items():
-        for f in dataclasses.fields(cls):
-            value = getattr(args, f"{cls.__name__}.{f.name}", None)
-            if f.name in owned or value is None or (cls is RunConfig and f.name == "frames"):  # frames: per run
-                continue
-            if isinstance(value, bool):
-                argv.append(flag_name(f.name) if value else "--no-" + flag_name(f.name)[2:])
-            else:
-                argv += [flag_name(f.name), str(value)]
-    return argv
-
-
-def train_config(spec: RunSpec, options: SweepOptions, args: argparse.Namespace) -> TrainConfig:
-    """The config ``train`` will build for ``spec`` (used to reject bad settings before starting)."""
-    agent = dataclass_from_flags(AgentConfig, args, agent=spec.agent)
-    env = dataclass_from_flags(EnvConfig, args, frame_skip=spec.frame_skip, obs_size=agent.obs_size)
-    run_config = dataclass_from_flags(RunConfig, args, run_dir=spec.run_dir, workers=options.workers_per_run,
-                                      seed=spec.seed)
-    return TrainConfig(env=env, agent=agent, a3c=dataclass_from_flags(A3CConfig, args), run=run_config)
+def run_config(spec: RunSpec, options: SweepOptions) -> TrainConfig:
+    """The complete config of one run (as ``stm-rl train`` would build it from the same flags)."""
+    given = options.settings
+    agent = AgentConfig(**{**given.get("AgentConfig", {}), "agent": spec.agent})
+    env = EnvConfig(**{**given.get("EnvConfig", {}), "frame_skip": spec.frame_skip, "obs_size": agent.obs_size})
+    run_settings = RunConfig(**{**given.get("RunConfig", {}), "run_dir": spec.run_dir, "frames": options.frames,
+                                "workers": options.workers_per_run, "seed": spec.seed, "progress": False})
+    return TrainConfig(env=env, agent=agent, a3c=A3CConfig(**given.get("A3CConfig", {})), run=run_settings)
 
 
 def run(args: argparse.Namespace) -> int:
-    return Sweep(options_from_args(args)).run()
+    options = options_from_args(args)
+    sweep = Sweep(options)
+    if args.dry_run:
+        return sweep.dry_run()
+    return sweep.run()
 
 
 # ---------------------------------------------------------------- a run's state on disk
-def run_status(run_dir: Path) -> Optional[str]:
-    """The status in the run's summary.json (completed / interrupted / failed), None if it has none."""
+def run_summary(run_dir: Path) -> dict[str, Any]:
+    """The run's summary.json ({} if it has none or it cannot be read)."""
     path = Path(run_dir) / "summary.json"
     if not path.exists():
-        return None
+        return {}
     try:
-        return read_json(path).get("status")
+        summary = read_json(path)
     except StmRlError:
-        return None
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def run_status(run_dir: Path) -> Optional[str]:
+    """The status in the run's summary.json (completed / interrupted / failed), None if it has none."""
+    return run_summary(run_dir).get("status")
 
 
 def frames_done(run_dir: Path) -> int:
     """Emulator frames a run has trained: from its summary, or the last line of its game log if newer."""
     run_dir = Path(run_dir)
-    frames = 0
-    if (run_dir / "summary.json").exists():
-        try:
-            frames = int(read_json(run_dir / "summary.json")["counters"]["frames"])
-        except (StmRlError, KeyError, TypeError, ValueError):
-            pass
+    try:
+        frames = int(run_summary(run_dir)["counters"]["frames"])
+    except (KeyError, TypeError, ValueError):
+        frames = 0
     last = _last_jsonl_record(run_dir / "games.jsonl")
     return max(frames, int(last.get("frames", 0))) if last else frames
 
@@ -212,13 +251,8 @@ def _last_jsonl_record(path: Path, tail_bytes: int = 4096) -> Optional[dict]:
 
 
 def train_command(spec: RunSpec, options: SweepOptions) -> list[str]:
-    """The child command line: resume from the latest checkpoint if there is one, else a new run."""
-    base = [sys.executable, "-m", "stm_rl.cli", "train"]
-    common = ["--frames", str(options.frames), "--workers", str(options.workers_per_run), "--no-progress"]
-    if checkpoint_paths(spec.run_dir)["latest"].exists():
-        return base + ["--resume", str(spec.run_dir), *common]
-    return base + ["--agent", spec.agent, "--frame-skip", str(spec.frame_skip), "--seed", str(spec.seed),
-                   "--run-dir", str(spec.run_dir), *options.train_flags, *common]
+    """The command that trains ``spec`` from its run file (it resumes from the latest checkpoint if there is one)."""
+    return sweep_run.command(sweep_run.run_file(spec.run_dir))
 
 
 def is_finished(spec: RunSpec, frames_budget: int) -> bool:
@@ -226,125 +260,265 @@ def is_finished(spec: RunSpec, frames_budget: int) -> bool:
     return run_status(spec.run_dir) == "completed" and frames_done(spec.run_dir) >= frames_budget
 
 
-# ---------------------------------------------------------------- the queue
+def disk_state(spec: RunSpec, frames_budget: int) -> str:
+    """What a sweep would do with the run now: done, running (host pid), resume (last status) or start."""
+    holder = sweep_run.lock_holder(spec.run_dir)
+    if holder:
+        return f"running ({holder})"
+    if is_finished(spec, frames_budget):
+        return "done"
+    if checkpoint_paths(spec.run_dir)["latest"].exists():
+        return f"resume ({run_status(spec.run_dir) or 'killed'})"
+    return "start"
+
+
+def changed_settings(options: SweepOptions) -> dict[str, list[str]]:
+    """Runs already trained with settings other than this sweep's, with the settings that differ."""
+    changed = {}
+    for spec in options.runs():
+        config_file = spec.run_dir / "config.json"
+        if not (checkpoint_paths(spec.run_dir)["latest"].exists() and config_file.exists()):
+            continue  # nothing trained yet that a change could mix with
+        try:
+            saved = TrainConfig.from_dict(read_json(config_file)["config"])
+        except (StmRlError, KeyError, TypeError, ValueError) as error:
+            raise StmRlError(f"cannot check the settings of {spec.run_dir}: {config_file} is unreadable "
+                             f"({error})") from None
+        differences = sweep_run.settings_differ(saved, run_config(spec, options))
+        if differences:
+            changed[spec.name] = differences
+    return changed
+
+
+def check_settings_unchanged(options: SweepOptions) -> None:
+    """Refuse to continue runs with flags other than those they were trained with (the results would mix)."""
+    changed = changed_settings(options)
+    if changed:
+        first, differences = next(iter(changed.items()))
+        more = f" (and {len(changed) - 1} more run(s))" if len(changed) > 1 else ""
+        raise StmRlError(f"{first}{more} in {options.out} was trained with other settings: "
+                         f"{'; '.join(differences)}; repeat the original flags, or choose another --out")
+
+
+def check_out_writable(out: Path) -> None:
+    """Create ``out`` and write a file there, or raise a one-line error naming the path."""
+    probe = out / f".sweep-probe-{os.getpid()}"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe.write_text("probe\n")
+        probe.unlink()
+    except OSError as error:
+        raise StmRlError(f"--out {out}: cannot write there ({error.strerror or error})") from None
+
+
+# ---------------------------------------------------------------- backends
+class Backend(Protocol):
+    """Where the runs' processes live: :class:`LocalBackend` or :class:`stm_rl.sweep_ray.RayBackend`."""
+
+    def capacity(self, runs: int) -> int:
+        """How many runs may be started at once."""
+
+    def start(self, entry: RunEntry) -> None:
+        """Start training the run (its run file is written)."""
+
+    def wait(self, timeout: float) -> list[tuple[str, Optional[int], str]]:
+        """Wait up to ``timeout`` seconds; the runs that ended: (name, exit code or None, error message)."""
+
+    def running(self) -> list[str]:
+        """Names of the runs started and not yet ended."""
+
+    def stop(self, grace: float) -> dict[str, Optional[int]]:
+        """Ask every running run to stop (final checkpoint), wait up to ``grace`` s, kill the rest."""
+
+    def close(self) -> None:
+        """Release what the backend holds (a cluster connection)."""
+
+
 @dataclass
-class Sweep:
-    """Runs the configurations of ``options`` through a bounded queue of child processes."""
+class LocalBackend:
+    """Runs as child processes of this one, each in a session of its own: a terminal's Ctrl-C reaches only
+    the sweep, which forwards it once; if the sweep is killed, its children get SIGTERM (see sweep_run)."""
 
     options: SweepOptions
-    entries: list[RunEntry] = field(init=False)
-    running: dict[str, subprocess.Popen] = field(init=False, default_factory=dict)
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        self.entries = [RunEntry(spec) for spec in self.options.runs()]
-        self.manifest_path = self.options.out / MANIFEST_NAME
+    def capacity(self, runs: int) -> int:
+        return self.options.max_parallel or 1
 
-    def run(self) -> int:
-        self.options.out.mkdir(parents=True, exist_ok=True)
-        for entry in self.entries:
-            if is_finished(entry.spec, self.options.frames):
-                entry.state, entry.message = "done", "completed earlier"
-        skipped = sum(entry.state == "done" for entry in self.entries)
-        print(f"sweep {self.options.out}: {len(self.entries)} runs ({skipped} already completed), "
-              f"{self.options.frames:,} frames each, at most {self.options.max_parallel} at a time")
-        self._write_manifest()
-        bar = tqdm(total=len(self.entries), initial=skipped, unit="run", desc="sweep", dynamic_ncols=True,
-                   disable=not self.options.progress, mininterval=0.5 if sys.stderr.isatty() else 30.0)
-        previous_term = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-        try:
-            self._loop(bar)
-        except KeyboardInterrupt:
-            tqdm.write("sweep: interrupted; stopping the running trainings (they write final checkpoints)...",
-                       file=sys.stderr)
-            self._stop_children()
-            self._write_manifest()
-            bar.close()
-            return 130
-        finally:
-            signal.signal(signal.SIGTERM, previous_term)
-        bar.close()
-        return self._report()
-
-    def _loop(self, bar: tqdm) -> None:
-        while True:
-            self._reap(bar)
-            for entry in self._pending()[: self.options.max_parallel - len(self.running)]:
-                self._start(entry)
-            if not self.running:
-                return
-            bar.set_postfix_str(self._frames_postfix(), refresh=False)
-            bar.refresh() if sys.stderr.isatty() else None
-            time.sleep(self.options.poll_interval)
-
-    def _pending(self) -> list[RunEntry]:
-        return [entry for entry in self.entries if entry.state == "pending"]
-
-    def _start(self, entry: RunEntry) -> None:
-        spec = entry.spec
-        spec.run_dir.mkdir(parents=True, exist_ok=True)
-        _set_aside_orphan_logs(spec.run_dir)
-        command = train_command(spec, self.options)
+    def start(self, entry: RunEntry) -> None:
+        command = train_command(entry.spec, self.options)
         with open(entry.log_path, "a", encoding="utf-8") as log:
             log.write(f"\n$ {' '.join(command)}\n")
             log.flush()
-            # A session of its own: a terminal's Ctrl-C reaches only the sweep, which forwards it once.
-            process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       start_new_session=True)
-        self.running[spec.name] = process
-        entry.state, entry.exit_code, entry.message = "running", None, ""
-        entry.attempts += 1
-        tqdm.write(f"start {spec.name}" + (" (resume)" if "--resume" in command else ""))
-        self._write_manifest()
+            self.processes[entry.spec.name] = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=sweep_run.child_environment(), start_new_session=True)
 
-    def _reap(self, bar: tqdm) -> None:
-        for entry in self.entries:
-            process = self.running.get(entry.spec.name)
-            if process is None or process.poll() is None:
-                continue
-            del self.running[entry.spec.name]
-            self._finish(entry, process.returncode)
-            if entry.state in ("done", "failed"):
-                bar.update(1)
-            tqdm.write(f"{entry.state} {entry.spec.name} (exit code {entry.exit_code})"
-                       + (f": {entry.message}" if entry.message else ""))
-            self._write_manifest()
+    def wait(self, timeout: float) -> list[tuple[str, Optional[int], str]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            ended = [(name, p.returncode, "") for name, p in self.processes.items() if p.poll() is not None]
+            if ended or time.monotonic() >= deadline:
+                for name, _, _ in ended:
+                    del self.processes[name]
+                return ended
+            time.sleep(min(0.2, timeout))
 
-    def _finish(self, entry: RunEntry, exit_code: int) -> None:
-        entry.exit_code = exit_code
-        status = run_status(entry.spec.run_dir)
-        if exit_code == 0 and status == "completed":
-            entry.state = "done"
-        elif exit_code == 0 and status == "interrupted":
-            entry.state, entry.message = "interrupted", "stopped from outside; re-run the sweep to resume"
-        else:
-            entry.state = "failed"
-            entry.message = f"see {entry.log_path}" + (f" (summary status {status})" if status else "")
+    def running(self) -> list[str]:
+        return list(self.processes)
 
-    def _stop_children(self) -> None:
-        for process in self.running.values():
+    def stop(self, grace: float) -> dict[str, Optional[int]]:
+        for process in self.processes.values():
             _signal(process, signal.SIGINT)
-        deadline = time.monotonic() + SHUTDOWN_GRACE_S
-        for name, process in self.running.items():
+        deadline, codes = time.monotonic() + grace, {}
+        for name, process in self.processes.items():
             try:
                 process.wait(timeout=max(0.0, deadline - time.monotonic()))
             except (subprocess.TimeoutExpired, KeyboardInterrupt):  # second Ctrl-C or too slow
                 _kill_process_group(process)
                 process.wait()
-            entry = next(e for e in self.entries if e.spec.name == name)
-            entry.state, entry.exit_code = "interrupted", process.returncode
-            entry.message = "stopped by Ctrl-C; re-run the sweep to resume"
-        self.running.clear()
+            codes[name] = process.returncode
+        self.processes.clear()
+        return codes
 
-    def _frames_postfix(self) -> str:
+    def close(self) -> None:
+        pass
+
+
+def make_backend(options: SweepOptions) -> Backend:
+    if options.backend == "ray":
+        try:
+            from stm_rl.sweep_ray import RayBackend  # Ray is an optional dependency
+        except ModuleNotFoundError as error:
+            if error.name != "ray":
+                raise
+            raise StmRlError("--backend ray needs Ray: pip install 'stm-rl[ray]' (on every machine of the "
+                             "cluster)") from None
+        return RayBackend.connect(options)
+    return LocalBackend(options)
+
+
+# ---------------------------------------------------------------- the queue
+@dataclass
+class Sweep:
+    """Runs the configurations of ``options`` through a backend, keeping sweep.json up to date."""
+
+    options: SweepOptions
+    entries: list[RunEntry] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.entries = [RunEntry(spec) for spec in self.options.runs()]
+        self.by_name = {entry.spec.name: entry for entry in self.entries}
+        self.manifest_path = self.options.out / MANIFEST_NAME
+
+    def dry_run(self) -> int:
+        """Print every run with what a sweep would do with it; start nothing, write nothing."""
+        states = {entry.spec.name: disk_state(entry.spec, self.options.frames) for entry in self.entries}
+        changed = changed_settings(self.options) if self.options.out.is_dir() else {}
+        print(f"sweep {self.options.out} ({self.options.backend} backend): {len(self.entries)} runs, "
+              f"{self.options.frames:,} frames each; nothing started (--dry-run)")
+        print(results_table(self.entries, states))
+        for name, differences in changed.items():
+            print(f"  {name} was trained with other settings: {'; '.join(differences)}")
+        return 0
+
+    def run(self) -> int:
+        check_settings_unchanged(self.options)
+        backend = make_backend(self.options)  # with Ray: connects and checks --out from every node
+        try:
+            check_out_writable(self.options.out)
+            return self._run(backend)
+        finally:
+            backend.close()
+
+    def _run(self, backend: Backend) -> int:
+        for entry in self.entries:
+            if is_finished(entry.spec, self.options.frames):
+                entry.state, entry.message = "done", "completed earlier"
+        skipped = sum(entry.state == "done" for entry in self.entries)
+        capacity = backend.capacity(len(self.entries))
+        print(f"sweep {self.options.out}: {len(self.entries)} runs ({skipped} already completed), "
+              f"{self.options.frames:,} frames each, {self.options.backend} backend, at most {capacity} at a time",
+              flush=True)
+        self._write_manifest()
+        bar = tqdm(total=len(self.entries), initial=skipped, unit="run", desc="sweep", dynamic_ncols=True,
+                   disable=not self.options.progress, mininterval=0.5 if sys.stderr.isatty() else 30.0)
+        previous_term = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        try:
+            self._loop(backend, capacity, bar)
+        except KeyboardInterrupt:
+            tqdm.write("sweep: interrupted; stopping the running trainings (they write final checkpoints)...",
+                       file=sys.stderr)
+            for name, code in backend.stop(SHUTDOWN_GRACE_S).items():
+                entry = self.by_name[name]
+                entry.state, entry.exit_code = "interrupted", code
+                entry.message = "stopped by Ctrl-C; re-run the sweep to resume"
+            self._write_manifest()
+            bar.close()
+            print(results_table(self.entries))
+            return EXIT_INTERRUPTED
+        finally:
+            signal.signal(signal.SIGTERM, previous_term)
+        bar.close()
+        return self._report()
+
+    def _loop(self, backend: Backend, capacity: int, bar: tqdm) -> None:
+        while True:
+            free = capacity - len(backend.running())
+            for entry in [e for e in self.entries if e.state == "pending"][: max(0, free)]:
+                self._start(backend, entry)
+            if not backend.running():
+                return
+            for name, exit_code, error in backend.wait(self.options.poll_interval):
+                entry = self.by_name[name]
+                self._finish(entry, exit_code, error)
+                if entry.state in ("done", "failed"):
+                    bar.update(1)
+                tqdm.write(f"{entry.state} {name} (exit code {entry.exit_code})"
+                           + (f": {entry.message}" if entry.message else ""))
+                self._write_manifest()
+            bar.set_postfix_str(self._frames_postfix(backend), refresh=False)
+            bar.refresh() if sys.stderr.isatty() else None
+
+    def _start(self, backend: Backend, entry: RunEntry) -> None:
+        spec = entry.spec
+        spec.run_dir.mkdir(parents=True, exist_ok=True)
+        sweep_run.write_run_file(run_config(spec, self.options))
+        resume = checkpoint_paths(spec.run_dir)["latest"].exists()
+        backend.start(entry)
+        entry.state, entry.exit_code, entry.message = "running", None, ""
+        entry.attempts += 1
+        tqdm.write(f"start {spec.name}" + (" (resume)" if resume else "")
+                   + (f", attempt {entry.attempts}" if entry.attempts > 1 else ""))
+        self._write_manifest()
+
+    def _finish(self, entry: RunEntry, exit_code: Optional[int], error: str) -> None:
+        """Set the run's state from how its process ended and its summary.json; retry a failure."""
+        entry.exit_code = exit_code
+        status = run_status(entry.spec.run_dir)
+        if exit_code == 0 and status == "completed":
+            entry.state, entry.message = "done", ""
+            return
+        if exit_code in (0, EXIT_INTERRUPTED) and status == "interrupted":
+            entry.state, entry.message = "interrupted", "stopped from outside; re-run the sweep to resume"
+            return
+        reason = error or f"see {entry.log_path}" + (f" (summary status {status})" if status else "")
+        if entry.attempts <= self.options.retries and exit_code != 2:  # 2: bad input, a retry cannot help
+            entry.state = "pending"
+            entry.message = f"attempt {entry.attempts} failed ({reason}); retrying from the latest checkpoint"
+        else:
+            entry.state, entry.message = "failed", reason
+
+    def _frames_postfix(self, backend: Backend) -> str:
         done = sum(frames_done(entry.spec.run_dir) for entry in self.entries)
         total = self.options.frames * len(self.entries)
-        return f"running {', '.join(self.running)} | frames {_readable(done)}/{_readable(total)}"
+        return f"running {', '.join(backend.running())} | frames {_readable(done)}/{_readable(total)}"
 
     def _write_manifest(self) -> None:
         write_json_atomic(self.manifest_path, {
-            "out": str(self.options.out), "frames": self.options.frames,
+            "out": str(self.options.out), "frames": self.options.frames, "backend": self.options.backend,
             "workers_per_run": self.options.workers_per_run, "max_parallel": self.options.max_parallel,
-            "train_flags": list(self.options.train_flags), "argv": sys.argv,
+            "retries": self.options.retries, "settings": self.options.settings_as_flags(), "argv": sys.argv,
             "runs": [{**entry.to_json(), "frames_done": frames_done(entry.spec.run_dir)}
                      for entry in self.entries]})
 
@@ -354,16 +528,30 @@ class Sweep:
         done = sum(entry.state == "done" for entry in self.entries)
         print(f"sweep {self.options.out}: {done}/{len(self.entries)} runs completed"
               + (f", {len(held)} interrupted" if held else "") + (f", {len(failed)} failed" if failed else ""))
+        print(results_table(self.entries))
         for entry in failed:
             print(f"  failed: {entry.spec.name} (exit code {entry.exit_code}), log {entry.log_path}")
-        return 1 if failed else 0
+        return 1 if failed or held else 0
 
 
-def _set_aside_orphan_logs(run_dir: Path) -> None:
-    """A run that died before its first checkpoint starts over: keep its old game log under another name."""
-    games = run_dir / "games.jsonl"
-    if games.exists() and not checkpoint_paths(run_dir)["latest"].exists():
-        games.rename(run_dir / f"games.orphan-{int(time.time())}.jsonl")
+def results_table(entries: list[RunEntry], states: Optional[Mapping[str, str]] = None) -> str:
+    """One line per run: state, frames done, games, final and best moving average of the score (from
+    summary.json; the window is the runs' --moving-average-window, 100 games by default)."""
+    rows = [("run", "state", "frames", "games", "final avg", "best avg")]
+    for entry in entries:
+        summary = run_summary(entry.spec.run_dir)
+        games = (summary.get("counters") or {}).get("games")
+        rows.append((entry.spec.name, (states or {}).get(entry.spec.name, entry.state),
+                     _readable(frames_done(entry.spec.run_dir)), "-" if games is None else str(games),
+                     _average(summary.get("moving_average")), _average(summary.get("best_moving_average"))))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  " + "  ".join(cell.ljust(width) if i < 2 else cell.rjust(width)
+                                      for i, (cell, width) in enumerate(zip(row, widths))).rstrip()
+                     for row in rows)
+
+
+def _average(value: Any) -> str:
+    return f"{value:+.2f}" if isinstance(value, (int, float)) and math.isfinite(value) else "-"
 
 
 def _signal(process: subprocess.Popen, signum: int) -> None:
