@@ -1,0 +1,166 @@
+"""``stm-rl sweep --backend ray`` on a real local Ray cluster (2 CPUs, started once for this module).
+
+Each sweep is its own process that joins the cluster by address, as on a real cluster: tiny runs (lstm,
+small encoder, frame skip 32, one worker, a few thousand frames) that finish in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from stm_rl import sweep_ray, sweep_run  # noqa: E402  (after the skip: the module imports ray)
+from stm_rl.a3c.trainer import load_training_checkpoint  # noqa: E402
+from stm_rl.cli import main as cli_main  # noqa: E402
+
+TINY = ["--agents", "lstm", "--frame-skips", "32", "--workers-per-run", "1", "--encoder", "small",
+        "--no-progress", "--poll-interval", "0.2"]
+
+
+@pytest.fixture(scope="module")
+def cluster_address():
+    """A local Ray cluster owned by this test process (2 CPUs: one run of 1 worker + its trainer at a time)."""
+    context = ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    try:
+        yield context.address_info["gcs_address"]
+    finally:
+        ray.shutdown()
+
+
+def sweep_process(address: str, out: Path, *flags: str) -> subprocess.Popen:
+    command = [sys.executable, "-m", "stm_rl.cli", "sweep", "--backend", "ray", "--ray-address", address,
+               "--out", str(out), *TINY, *flags]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def run_sweep(address: str, out: Path, *flags: str, timeout: float = 240) -> tuple[int, str]:
+    process = sweep_process(address, out, *flags)
+    output, _ = process.communicate(timeout=timeout)
+    return process.returncode, output
+
+
+def trainer_pid_once_checkpointed(run_dir: Path, timeout: float = 120) -> int:
+    """The pid of the trainer of ``run_dir`` (from its lock), once its latest checkpoint holds trained frames."""
+    latest = run_dir / "checkpoints" / "latest.pt"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        holder = sweep_run.lock_holder(run_dir)
+        if holder and latest.exists() and load_training_checkpoint(latest)["counters"]["frames"] > 0:
+            host, pid = holder.split()
+            assert host == socket.gethostname()
+            return int(pid)
+        time.sleep(0.2)
+    raise AssertionError(f"no checkpointed trainer in {run_dir} after {timeout} s")
+
+
+def manifest_runs(out: Path) -> dict[str, dict]:
+    return {run["name"]: run for run in json.loads((out / "sweep.json").read_text())["runs"]}
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(cluster_address, tmp_path_factory):
+    """Two configurations (seeds 0 and 1) trained on the cluster; (out, exit code, output)."""
+    out = tmp_path_factory.mktemp("ray") / "fig3"
+    code, output = run_sweep(cluster_address, out, "--seeds", "0", "1", "--frames", "3000")
+    return out, code, output
+
+
+def test_tiny_sweep_completes_with_a_correct_manifest(tiny_sweep):
+    out, code, output = tiny_sweep
+    assert code == 0, output
+    manifest = json.loads((out / "sweep.json").read_text())
+    assert manifest["backend"] == "ray" and manifest["settings"] == {"--encoder": "small"}
+    runs = manifest_runs(out)
+    assert set(runs) == {"lstm-skip32-seed0", "lstm-skip32-seed1"}
+    for name, run in runs.items():
+        assert (run["state"], run["exit_code"], run["attempts"]) == ("done", 0, 1)
+        summary = json.loads((out / name / "summary.json").read_text())
+        assert summary["status"] == "completed" and run["frames_done"] == summary["counters"]["frames"] >= 3000
+        config = json.loads((out / name / "config.json").read_text())["config"]
+        assert config["agent"]["encoder"] == "small" and config["run"]["seed"] == run["seed"]
+        assert config["run"]["workers"] == 1 and config["env"]["frame_skip"] == 32
+        log = Path(run["log"]).read_text()
+        assert log.count(f"$ [{socket.gethostname()}]") == 1 and "completed:" in log
+        assert f"\n  {name}  done" in output, "the end-of-sweep table lists every run"
+
+
+def test_rerunning_the_sweep_starts_nothing(cluster_address, tiny_sweep):
+    out = tiny_sweep[0]
+    logs = {path: path.read_text() for path in out.glob("*/train.log")}
+    code, output = run_sweep(cluster_address, out, "--seeds", "0", "1", "--frames", "3000")
+    assert code == 0, output
+    assert "2 already completed" in output
+    assert {path: path.read_text() for path in logs} == logs, "no run was started again"
+    assert all(run["attempts"] == 0 and run["state"] == "done" for run in manifest_runs(out).values())
+
+
+def test_dry_run_lists_states_without_the_cluster(tiny_sweep, capsys):
+    out = tiny_sweep[0]
+    manifest = (out / "sweep.json").read_text()
+    assert cli_main(["sweep", "--backend", "ray", "--ray-address", "127.0.0.1:1", "--out", str(out), *TINY,
+                     "--seeds", "0", "1", "2", "--frames", "3000", "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    states = {line.split()[0]: line.split()[1:3] for line in lines if line.strip().startswith("lstm-")}
+    assert states["lstm-skip32-seed0"] == ["done", "3.2k"] and states["lstm-skip32-seed2"] == ["start", "0"]
+    assert (out / "sweep.json").read_text() == manifest and not (out / "lstm-skip32-seed2").exists()
+
+
+def test_a_killed_run_is_retried_from_its_checkpoint(cluster_address, tmp_path):
+    out = tmp_path / "sweep"
+    process = sweep_process(cluster_address, out, "--seeds", "5", "--frames", "15000", "--checkpoint-interval", "1")
+    run_dir = out / "lstm-skip32-seed5"
+    os.kill(trainer_pid_once_checkpointed(run_dir), signal.SIGKILL)
+    output, _ = process.communicate(timeout=240)
+    assert process.returncode == 0, output
+    run = manifest_runs(out)["lstm-skip32-seed5"]
+    assert (run["state"], run["attempts"]) == ("done", 2)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["counters"]["segments"] == 2
+    log = (run_dir / "train.log").read_text()
+    assert log.count("$ [") == 2 and "resuming at" in log
+    assert "retrying from the latest checkpoint" in output
+
+
+def test_ctrl_c_stops_the_runs_with_a_final_checkpoint(cluster_address, tmp_path):
+    out = tmp_path / "sweep"
+    process = sweep_process(cluster_address, out, "--seeds", "6", "--frames", "10M", "--checkpoint-interval", "1")
+    run_dir = out / "lstm-skip32-seed6"
+    trainer = trainer_pid_once_checkpointed(run_dir)
+    process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=120)
+    assert process.returncode == 130, output
+    assert manifest_runs(out)["lstm-skip32-seed6"]["state"] == "interrupted"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and (run_dir / "checkpoints" / "final.pt").exists()
+    with pytest.raises(ProcessLookupError):
+        os.kill(trainer, 0)  # the trainer is gone
+
+
+def test_an_unreachable_address_gives_a_clear_error(tmp_path, capsys):
+    with socket.socket() as unused:  # a port nothing listens on
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    out = tmp_path / "sweep"
+    assert cli_main(["sweep", "--backend", "ray", "--ray-address", f"127.0.0.1:{port}", "--out", str(out),
+                     *TINY, "--seeds", "0", "--frames", "3000"]) == 2
+    error = capsys.readouterr().err
+    assert f"--ray-address 127.0.0.1:{port}: no Ray cluster answers there" in error and error.count("\n") == 1
+    assert not out.exists()
+
+
+def test_a_node_that_does_not_see_the_sweep_folder_is_named(cluster_address, tmp_path):
+    """The per-node check of --out, run on the cluster's node (here a folder without the driver's marker)."""
+    host, problem = ray.get(sweep_ray.check_out_on_node.remote(str(tmp_path), ".sweep-marker-missing"))
+    assert host == socket.gethostname() and "does not see the sweep folder" in problem
+    (tmp_path / ".sweep-marker-present").write_text("")
+    assert ray.get(sweep_ray.check_out_on_node.remote(str(tmp_path), ".sweep-marker-present")) == (host, "")
