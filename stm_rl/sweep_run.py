@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
 from stm_rl.a3c.config import TrainConfig
-from stm_rl.a3c.train_command import RESUMABLE_RUN_FLAGS
+from stm_rl.a3c.train_command import ENV_FLAGS_HIDDEN, RESUMABLE_RUN_FLAGS
 from stm_rl.a3c.trainer import GAME_LOG, Trainer, checkpoint_paths, load_training_checkpoint
 from stm_rl.config_cli import flag_name
 from stm_rl.run_dir import StmRlError, read_json, to_jsonable, write_json_atomic
@@ -81,9 +81,11 @@ def settings_differ(saved: TrainConfig, wanted: TrainConfig) -> list[str]:
     """The settings in which ``wanted`` differs from the config a run was trained with, as ``--flag old -> new``.
 
     The budget, the workers, the checkpoint interval and the progress display may change between segments
-    of a run (as for ``stm-rl train --resume``); the run directory is where the run is found.
+    of a run (as for ``stm-rl train --resume``); the run directory is where the run is found; the environment
+    settings that are not flags follow from others (the observation size from the encoder).
     """
     may_change = {("run", name) for name in (*RESUMABLE_RUN_FLAGS, "run_dir")}
+    may_change |= {("env", name) for name in ENV_FLAGS_HIDDEN}
     old, new = to_jsonable(saved), to_jsonable(wanted)
     return [f"{flag_name(name)} {old[group][name]} -> {new[group][name]}"
             for group in old for name in old[group]

@@ -1,0 +1,177 @@
+"""``stm-rl sweep`` on the local backend: what each run is handed, what a re-run checks before starting, the
+run lock, a killed sweep, and bad input (the training itself is covered by test_sweep_eval_plot.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from stm_rl import sweep, sweep_run
+from stm_rl.a3c import TrainConfig
+from stm_rl.cli import main as cli_main
+from stm_rl.run_dir import StmRlError, to_jsonable
+
+FLAGS = ["--agents", "lstm", "--frame-skips", "32", "--workers-per-run", "1", "--encoder", "small",
+         "--no-progress", "--poll-interval", "0.2"]
+
+
+def options(out: Path, **changes) -> sweep.SweepOptions:
+    values = dict(agents=("lstm",), frame_skips=(32,), seeds=(0, 1), out=out, frames=5000, workers_per_run=1,
+                  settings={"AgentConfig": {"encoder": "small"}})
+    return sweep.SweepOptions(**{**values, **changes})
+
+
+def fake_trained_run(spec: sweep.RunSpec, config: TrainConfig, status: str, frames: int) -> None:
+    """A run directory as the trainer leaves it (config.json, summary.json, a latest checkpoint file)."""
+    (spec.run_dir / "checkpoints").mkdir(parents=True)
+    (spec.run_dir / "checkpoints" / "latest.pt").write_bytes(b"")
+    (spec.run_dir / "config.json").write_text(json.dumps({"config": to_jsonable(config)}))
+    (spec.run_dir / "summary.json").write_text(json.dumps({
+        "status": status, "counters": {"frames": frames, "games": 7}, "moving_average": -20.5,
+        "best_moving_average": -19.25}))
+
+
+def test_each_run_is_handed_its_whole_config(tmp_path):
+    sweep_options = options(tmp_path)
+    spec = sweep_options.runs()[1]
+    config = sweep.run_config(spec, sweep_options)
+    assert (config.agent.agent, config.agent.encoder, config.env.frame_skip) == ("lstm", "small", 32)
+    assert (config.run.seed, config.run.workers, config.run.frames, config.run.run_dir) == (1, 1, 5000, spec.run_dir)
+    assert config.env.obs_size == config.agent.obs_size and not config.run.progress
+    path = sweep_run.write_run_file(config)
+    assert sweep_run.read_run_file(path) == config
+    assert sweep.train_command(spec, sweep_options) == [sys.executable, "-m", "stm_rl.sweep_run", str(path)]
+
+
+def test_settings_that_may_change_between_segments(tmp_path):
+    sweep_options = options(tmp_path)
+    base = sweep.run_config(sweep_options.runs()[0], sweep_options)
+    longer = sweep.run_config(sweep_options.runs()[0], options(tmp_path, frames=10**6, workers_per_run=4))
+    assert sweep_run.settings_differ(base, longer) == []
+    faster = sweep.run_config(sweep_options.runs()[0], options(tmp_path, settings={
+        "AgentConfig": {"encoder": "small"}, "A3CConfig": {"lr": 3e-4}}))
+    assert sweep_run.settings_differ(base, faster) == ["--lr 0.0001 -> 0.0003"]
+
+
+def test_a_rerun_with_other_flags_is_refused_before_anything_starts(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "fig3"
+    sweep_options = options(out)
+    for spec in sweep_options.runs():
+        fake_trained_run(spec, sweep.run_config(spec, sweep_options), "interrupted", 900)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a run was started")
+
+    monkeypatch.setattr(sweep.subprocess, "Popen", no_training)
+    argv = ["sweep", *FLAGS, "--seeds", "0", "1", "--frames", "5000", "--out", str(out)]
+    assert cli_main([*argv, "--lr", "3e-4", "--entropy-coef", "0.02"]) == 2
+    error = capsys.readouterr().err
+    assert "lstm-skip32-seed0 (and 1 more run(s))" in error and "was trained with other settings" in error
+    assert "--lr 0.0001 -> 0.0003" in error and "--entropy-coef 0.01 -> 0.02" in error
+    assert not (out / "sweep.json").exists()
+    # the dry run names every run that differs, and starts nothing either
+    assert cli_main([*argv, "--encoder", "paper", "--dry-run"]) == 0
+    report = capsys.readouterr().out
+    assert report.count("was trained with other settings: --encoder small -> paper") == 2
+
+
+def test_dry_run_lists_what_a_sweep_would_do(tmp_path, capsys):
+    out = tmp_path / "fig3"
+    sweep_options = options(out, seeds=(0, 1, 2))
+    done, stopped, _ = sweep_options.runs()
+    fake_trained_run(done, sweep.run_config(done, sweep_options), "completed", 5120)
+    fake_trained_run(stopped, sweep.run_config(stopped, sweep_options), "interrupted", 2048)
+    assert cli_main(["sweep", *FLAGS, "--seeds", "0", "1", "2", "--frames", "5000", "--out", str(out),
+                     "--dry-run"]) == 0
+    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()
+            if line.strip().startswith("lstm-")}
+    assert rows["lstm-skip32-seed0"] == ["done", "5.1k", "7", "-20.50", "-19.25"]
+    assert rows["lstm-skip32-seed1"] == ["resume", "(interrupted)", "2.0k", "7", "-20.50", "-19.25"]
+    assert rows["lstm-skip32-seed2"] == ["start", "0", "-", "-", "-"]
+    assert sorted(p.name for p in out.iterdir()) == ["lstm-skip32-seed0", "lstm-skip32-seed1"], "nothing written"
+
+
+def test_the_run_lock_names_its_holder_and_keeps_a_second_trainer_out(tmp_path):
+    assert sweep_run.lock_holder(tmp_path) is None
+    with sweep_run.run_lock(tmp_path):
+        assert sweep_run.lock_holder(tmp_path) == f"{socket.gethostname()} {os.getpid()}"
+        start = time.monotonic()
+        with pytest.raises(StmRlError, match="still being trained by"):
+            with sweep_run.run_lock(tmp_path, wait_s=1.0):
+                pass
+        assert time.monotonic() - start >= 1.0
+    assert sweep_run.lock_holder(tmp_path) is None
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--seeds", "0", "-1"], "--seeds must be >= 0, got -1"),
+    (["--seeds", "0", "--workers-per-run", "0"], "--workers-per-run must be >= 1, got 0"),
+    (["--seeds", "0", "--retries", "-1"], "--retries must be >= 0, got -1"),
+    (["--seeds", "0", "--frame-skips", "-4"], "frame_skip must be an integer >= 0"),
+])
+def test_bad_values_are_rejected_before_anything_starts(tmp_path, capsys, flags, message):
+    out = tmp_path / "sweep"
+    assert cli_main(["sweep", *FLAGS, *flags, "--out", str(out)]) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1 and "Traceback" not in error
+    assert not out.exists()
+
+
+def test_an_unwritable_out_is_a_one_line_error(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert cli_main(["sweep", *FLAGS, "--seeds", "0", "--out", str(blocker / "sweep")]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"stm-rl sweep: error: --out {blocker / 'sweep'}: cannot write there")
+    assert error.count("\n") == 1
+
+
+def test_a_killed_sweep_stops_its_runs_with_a_final_checkpoint(tmp_path):
+    """SIGKILL the sweep: its training gets SIGTERM (it does not train on unseen) and stops cleanly."""
+    out = tmp_path / "sweep"
+    command = [sys.executable, "-m", "stm_rl.cli", "sweep", *FLAGS, "--seeds", "0", "--frames", "10M",
+               "--checkpoint-interval", "1", "--out", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = out / "lstm-skip32-seed0"
+    deadline = time.monotonic() + 120
+    while not ((run_dir / "games.jsonl").exists() and sweep_run.lock_holder(run_dir)):
+        assert time.monotonic() < deadline and process.poll() is None, "the run never started"
+        time.sleep(0.2)
+    trainer = int(sweep_run.lock_holder(run_dir).split()[1])
+    process.kill()
+    process.wait()
+    deadline = time.monotonic() + 60
+    while _alive(trainer):
+        assert time.monotonic() < deadline, "the run outlived its sweep by a minute"
+        time.sleep(0.2)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and "SIGTERM" in summary["message"]
+    assert (run_dir / "checkpoints" / "final.pt").exists() and sweep_run.lock_holder(run_dir) is None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie is dead: it only waits for its parent to read its exit status
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def test_exit_codes_are_documented_in_the_help(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["sweep", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "Exit status: 0 all runs completed, 1 some run failed, 2 bad input, 130 interrupted" in help_text
