@@ -114,9 +114,33 @@ class TrainConfig:
                    a3c=A3CConfig(**data["a3c"]), run=RunConfig(**run))
 
 
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "cpu": {},
+    "paper": {"agent": {"encoder": "paper"},
+              "a3c": {"lr": 1e-4, "adam_eps": 1e-3, "envs_per_worker": 1, "rollout_steps": 20}},
+}
+"""Named starting points for a run's settings (flags given on the command line override them).
+
+- ``cpu``: the defaults of these dataclasses, chosen by learning runs on a 2-core machine (README,
+  "Time to score"): small encoder, 16 environments per worker, Adam lr 5e-4 with eps 1e-5.
+- ``paper``: the paper's A3C-LSTM lineage as the authors ran it: 80x80 encoder, one environment per
+  worker, Adam lr 1e-4 with eps 1e-3 (AMSGrad), 20-step rollouts.
+"""
+
+
+def preset_config(name: str) -> TrainConfig:
+    """The :class:`TrainConfig` of preset ``name`` (see :data:`PRESETS`)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    base = TrainConfig()
+    changes = {section: dataclasses.replace(getattr(base, section), **values)
+               for section, values in PRESETS[name].items()}
+    return dataclasses.replace(base, **changes)
+
+
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
 
 
-__all__ = ["A3CConfig", "AgentConfig", "EnvConfig", "RunConfig", "TrainConfig"]
+__all__ = ["A3CConfig", "AgentConfig", "EnvConfig", "PRESETS", "RunConfig", "TrainConfig", "preset_config"]
