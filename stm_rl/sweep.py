@@ -360,7 +360,7 @@ class LocalBackend:
             ended = [(name, p.returncode, "") for name, p in self.processes.items() if p.poll() is not None]
             if ended or time.monotonic() >= deadline:
                 for name, _, _ in ended:
-                    del self.processes[name]
+                    _kill_process_group(self.processes.pop(name))  # workers a killed trainer left behind
                 return ended
             time.sleep(min(0.2, timeout))
 
@@ -563,7 +563,8 @@ def _signal(process: subprocess.Popen, signum: int) -> None:
 
 
 def _kill_process_group(process: subprocess.Popen) -> None:
-    """SIGKILL a child and its worker processes (the child leads its own session and process group)."""
+    """SIGKILL a child and its worker processes (the child leads its own session and process group); after
+    the child has ended, this removes what is left of its group (the workers of a trainer killed outright)."""
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:

@@ -12,8 +12,10 @@ so Ray packs runs onto nodes), and an error when its worker or node dies. Retrie
 The task starts the same process as the local backend, ``python -m stm_rl.sweep_run RUN_FILE``, and waits
 for it: the trainer keeps its main thread and signal handlers, spawns (never forks) its A3C workers with one
 torch thread each, and the whole run is one process group that can be stopped cleanly (Ctrl-C ->
-``ray.cancel`` -> SIGINT: final checkpoint) or killed. If the task's worker dies, the run gets SIGTERM and
-stops with a final checkpoint too; a retry waits for it through the run's lock.
+``ray.cancel`` -> SIGINT: final checkpoint) or killed. If the task's worker dies (its node, or the driver,
+died), Ray kills the run's process too (or, where Ray leaves it, the run gets SIGTERM and stops with a final
+checkpoint); a retry resumes from the latest checkpoint, after waiting for any trainer of the run still
+stopping (the run's lock).
 
 Every path must mean the same folder on every node: ``--out`` is a shared folder, checked from each node
 when the sweep starts.
@@ -59,14 +61,16 @@ def train_run(run_file: str, log_path: str) -> int:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    env=sweep_run.child_environment(), start_new_session=True)
     try:
-        return _wait(process)
-    except KeyboardInterrupt:
-        _signal(process, signal.SIGINT)
         try:
+            return _wait(process)
+        except KeyboardInterrupt:
+            _signal(process, signal.SIGINT)
             return _wait(process, SHUTDOWN_GRACE_S)
-        except (subprocess.TimeoutExpired, KeyboardInterrupt):
-            _kill_process_group(process)
-            return process.wait()
+    except (subprocess.TimeoutExpired, KeyboardInterrupt):
+        _kill_process_group(process)
+        return process.wait()
+    finally:
+        _kill_process_group(process)  # workers a killed trainer left behind
 
 
 def _wait(process: subprocess.Popen, timeout: Optional[float] = None) -> int:

@@ -207,10 +207,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print("stm-rl sweep run: interrupted", file=sys.stderr)
         return EXIT_CODES["interrupted"]
+    status = str(getattr(result.status, "value", result.status))  # a str or a str-valued enum
     average = "n/a" if math.isnan(result.moving_average) else f"{result.moving_average:+.2f}"
-    print(f"{result.status}: {result.counters.games} games, {result.counters.frames:,} frames; "
+    print(f"{status}: {result.counters.games} games, {result.counters.frames:,} frames; "
           f"moving average score {average}" + (f"; {result.message}" if result.message else ""), flush=True)
-    return EXIT_CODES.get(result.status, 1)
+    return EXIT_CODES.get(status, 1)
 
 
 if __name__ == "__main__":
