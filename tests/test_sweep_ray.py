@@ -63,6 +63,18 @@ def trainer_pid_once_checkpointed(run_dir: Path, timeout: float = 120) -> int:
     raise AssertionError(f"no checkpointed trainer in {run_dir} after {timeout} s")
 
 
+def assert_spawned_single_threaded(trainer: int) -> None:
+    """Inside the Ray task the trainer runs with one OpenMP thread and its workers are spawned (a fresh
+    interpreter: ``multiprocessing.spawn``), not forked (a fork would show the trainer's own command line)."""
+    environ = dict(item.split("=", 1) for item in Path(f"/proc/{trainer}/environ").read_bytes().decode().split("\0")
+                   if "=" in item)
+    assert environ["OMP_NUM_THREADS"] == "1" and environ[sweep_run.PARENT_ENV]
+    children = Path(f"/proc/{trainer}/task/{trainer}/children").read_text().split()
+    commands = [Path(f"/proc/{child}/cmdline").read_bytes().decode() for child in children]
+    assert any("spawn_main" in command for command in commands), commands
+    assert not any("stm_rl.sweep_run" in command for command in commands), commands
+
+
 def manifest_runs(out: Path) -> dict[str, dict]:
     return {run["name"]: run for run in json.loads((out / "sweep.json").read_text())["runs"]}
 
@@ -119,7 +131,9 @@ def test_a_killed_run_is_retried_from_its_checkpoint(cluster_address, tmp_path):
     out = tmp_path / "sweep"
     process = sweep_process(cluster_address, out, "--seeds", "5", "--frames", "15000", "--checkpoint-interval", "1")
     run_dir = out / "lstm-skip32-seed5"
-    os.kill(trainer_pid_once_checkpointed(run_dir), signal.SIGKILL)
+    trainer = trainer_pid_once_checkpointed(run_dir)
+    assert_spawned_single_threaded(trainer)
+    os.kill(trainer, signal.SIGKILL)
     output, _ = process.communicate(timeout=240)
     assert process.returncode == 0, output
     run = manifest_runs(out)["lstm-skip32-seed5"]
