@@ -212,7 +212,7 @@ class STMCell(nn.Module):
             input_gate, forget_gate = gates.chunk(2, dim=-1)
             item = torch.addcmul(input_gate * written, forget_gate, item_prev)  # M'
         else:  # eq. 9, the "w/o gates" ablation: M' = M_i + u (x) u
-            item = torch.baddbmm(item_prev, u.unsqueeze(2), u.unsqueeze(1))
+            item = low_rank_update(item_prev, u.unsqueeze(2), u.unsqueeze(1))
 
         sam_input = item
         if self.uses_relational_read:  # 5. eq. 11
@@ -226,15 +226,15 @@ class STMCell(nn.Module):
         scores = outer_product_scores(k, q).view(batch, n, n * d)  # [B, N(key), N(query)*d]
         # A[n, a, c] = sum_j scores[j, n, a] v[j, c]: one [N*d, N] x [N, d] product per sample.
         if self.uses_old_relational:  # M_r = alpha1 * M_r_prev + A, accumulated into one new tensor
-            relational = torch.baddbmm(scale(rel_prev, self.alpha1).view(batch, n * d, d),
-                                       scores.transpose(1, 2), v).view(batch, n, d, d)
+            relational = low_rank_update(scale(rel_prev, self.alpha1).view(batch, n * d, d),
+                                         scores.transpose(1, 2), v).view(batch, n, d, d)
         else:
-            relational = (scores.transpose(1, 2) @ v).view(batch, n, d, d)
+            relational = low_rank_update(None, scores.transpose(1, 2), v, like=rel_prev).view(batch, n, d, d)
 
         if self.uses_transfer:  # 7. eq. 13: T[c, e] = sum_{n,a} W_G1[e, n*d + a] A[n, a, c] + b_G1[e]
             # Factored: T = sum_j v_j (x) H_j + b with H_j[e] = sum_{n,a} W_G1[e, n*d + a] scores[j, n, a].
             per_key = scores @ self.G1.weight.t()  # H: [B, N(key), d]
-            item = torch.baddbmm(item + self.alpha3 * self.G1.bias, v.transpose(1, 2), self.alpha3 * per_key)
+            item = low_rank_update(item + self.alpha3 * self.G1.bias, v.transpose(1, 2), self.alpha3 * per_key)
         return STMState(item, relational)
 
     def readout(self, relational: Tensor) -> Tensor:
@@ -301,6 +301,22 @@ class STM(nn.Module):
                 outputs.append(self.cell.readout(stacked))
                 pending = []
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1), state
+
+
+def low_rank_update(memory: Optional[Tensor], left: Tensor, right: Tensor, like: Optional[Tensor] = None) -> Tensor:
+    """``memory + left @ right`` (batched; ``left @ right`` alone for ``memory=None``) in the memory's dtype.
+
+    The memories are the cell's state and keep the dtype they start in (fp32 from the learned initial
+    memories) under bf16 autocast too: a bf16 state would round every step's update into the memory that
+    carries it across an episode, and oneDNN's bf16 kernels for the memory-bound passes over the
+    relational memory (the slot mix, the dot products) are slower than its fp32 ones on CPUs. The small
+    factors are cast to the memory's dtype; products that only read a memory (G2, the gates, SAM's
+    projection) still run in bf16 under autocast. ``like`` gives the dtype when ``memory`` is None.
+    """
+    dtype = (memory if memory is not None else like).dtype
+    with torch.autocast(left.device.type, enabled=False):
+        left, right = left.to(dtype), right.to(dtype)
+        return torch.bmm(left, right) if memory is None else torch.baddbmm(memory, left, right)
 
 
 def _validate_alphas(alphas: Sequence[AlphaSetting]) -> tuple[AlphaSetting, AlphaSetting, AlphaSetting]:
