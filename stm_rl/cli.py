@@ -1,36 +1,32 @@
 """The ``stm-rl`` command: ``stm-rl train | sweep | evaluate | plot`` (``stm-rl COMMAND --help``).
 
-Each subcommand lives in its own module with ``add_parser(subparsers)`` and ``run(args) -> int``;
-this module only dispatches, and turns user errors into one-line messages (exit code 2).
+Each subcommand lives in its own module with ``add_parser(subparsers)`` and ``run(args) -> int``; this
+module only dispatches, and applies the conventions of :mod:`stm_rl.conventions`: a user error is one
+line and exit code 2, Ctrl-C is 130, an unexpected failure to read or write a file is one line and 1;
+``STM_RL_DEBUG=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
-import os
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from stm_rl.run_dir import StmRlError
+from stm_rl import evaluate, plotting, sweep
+from stm_rl.a3c import train_command
+from stm_rl.conventions import ExitCode, debugging
+from stm_rl.run_dir import StmRlError, describe_os_error
 
-COMMANDS = ("train", "sweep", "evaluate", "plot")
-_MODULES = {"train": "stm_rl.a3c.train_command", "sweep": "stm_rl.sweep", "evaluate": "stm_rl.evaluate",
-            "plot": "stm_rl.plotting"}
+COMMANDS = {"train": train_command, "sweep": sweep, "evaluate": evaluate, "plot": plotting}
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="stm-rl", description="A3C Pong with LSTM and STM (Self-Attentive Associative Memory) agents.")
+        prog="stm-rl", description="A3C Pong with LSTM and STM (Self-Attentive Associative Memory) agents. "
+                                   "Exit codes: 0 completed, 1 failed, 2 bad input, 130 interrupted.")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMANDS:
-        try:
-            module = importlib.import_module(_MODULES[name])
-        except ModuleNotFoundError as error:
-            if error.name != _MODULES[name]:
-                raise
-            continue  # a command that this installation does not have yet
+    for module in COMMANDS.values():
         module.add_parser(subparsers)
     return parser
 
@@ -41,13 +37,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return int(args.run(args) or 0)
     except (StmRlError, ValueError) as error:
-        if os.environ.get("STM_RL_DEBUG"):
+        if debugging():
             raise
         print(f"stm-rl {args.command}: error: {error}", file=sys.stderr)
-        return 2
+        return ExitCode.BAD_INPUT
+    except OSError as error:  # a file that could not be read or written, found only while working
+        if debugging():
+            raise
+        print(f"stm-rl {args.command}: error: {describe_os_error(error)} (STM_RL_DEBUG=1 shows where)",
+              file=sys.stderr)
+        return ExitCode.FAILED
     except KeyboardInterrupt:
         print(f"stm-rl {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return ExitCode.INTERRUPTED
 
 
 def existing_dir(text: str) -> Path:

@@ -3,7 +3,8 @@
 A field ``frame_skip: int = 4`` with a docstring under it becomes ``--frame-skip N`` with that docstring
 as help and the field's default. Integers accept readable counts (``10M``, ``2.5e6``, ``500k``), booleans
 get ``--flag/--no-flag``, ``Literal`` types become choices. Values are checked by the dataclasses
-themselves; their ``ValueError`` reaches the user as a one-line error naming the flag's field.
+themselves; their ``ValueError`` reaches the user as a one-line error naming the flag (``--max-frames``,
+not the field ``max_frames``): :func:`dataclass_from_flags` rewrites the field names in the message.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import textwrap
 import typing
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping, Sequence
 
 _COUNT_SUFFIXES = {"k": 10**3, "m": 10**6, "g": 10**9, "b": 10**9}
 
@@ -32,6 +33,14 @@ def parse_count(text: str) -> int:
     if value != int(value):
         raise argparse.ArgumentTypeError(f"not a whole number: {text!r}")
     return int(value)
+
+
+def format_count(value: float) -> str:
+    """The readable form of a count: ``1234567`` -> ``"1.23M"`` (the inverse of :func:`parse_count`, rounded)."""
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(value) >= size:
+            return f"{value / size:.2f}{unit}"
+    return f"{value:.0f}"
 
 
 @lru_cache(maxsize=None)
@@ -59,8 +68,13 @@ def flag_name(field_name: str) -> str:
 
 
 def add_dataclass_flags(parser: argparse.ArgumentParser | Any, cls: type, exclude: Iterable[str] = (),
-                        title: str | None = None) -> None:
-    """Add one flag per field of ``cls`` (defaults shown; the parsed value is None when not given)."""
+                        title: str | None = None, default_text: Mapping[str, str] | None = None) -> None:
+    """Add one flag per field of ``cls`` (defaults shown; the parsed value is None when not given).
+
+    ``default_text`` replaces the shown default of fields whose real default is computed elsewhere
+    (e.g. a run directory named after the agent).
+    """
+    default_text = default_text or {}
     group = parser.add_argument_group(title or cls.__name__)
     hints = typing.get_type_hints(cls)
     docs = field_docs(cls)
@@ -72,7 +86,8 @@ def add_dataclass_flags(parser: argparse.ArgumentParser | Any, cls: type, exclud
         if origin is typing.Union and type(None) in args:  # Optional[X]
             kind = next(a for a in args if a is not type(None))
             origin, args = typing.get_origin(kind), typing.get_args(kind)
-        help_text = docs.get(f.name, "") + (f" (default: {default})" if default is not None else "")
+        shown = default_text.get(f.name, default)
+        help_text = docs.get(f.name, "") + (f" (default: {shown})" if shown is not None else "")
         options: dict[str, Any] = dict(dest=f"{cls.__name__}.{f.name}", default=None, help=help_text)
         if kind is bool:
             group.add_argument(flag_name(f.name), action=argparse.BooleanOptionalAction, **options)
@@ -88,7 +103,44 @@ def dataclass_from_flags(cls: type, args: argparse.Namespace, base: Any = None, 
     given = {f.name: getattr(args, f"{cls.__name__}.{f.name}") for f in dataclasses.fields(cls)
              if getattr(args, f"{cls.__name__}.{f.name}", None) is not None}
     values = {**given, **fixed}
-    return dataclasses.replace(base, **values) if base is not None else cls(**values)
+    try:
+        return dataclasses.replace(base, **values) if base is not None else cls(**values)
+    except ValueError as error:
+        flagged = [f.name for f in dataclasses.fields(cls) if hasattr(args, f"{cls.__name__}.{f.name}")]
+        raise ValueError(with_flag_names(str(error), flagged)) from None
+
+
+def with_flag_names(message: str, field_names: Iterable[str]) -> str:
+    """``"max_episode_frames must be > 0"`` -> ``"--max-episode-frames must be > 0"``.
+
+    Names with an underscore are replaced wherever they appear; one-word names (``lr``, ``frames``) only at
+    the start of the message, where the config's validation puts the field it complains about.
+    """
+    for name in sorted(field_names, key=len, reverse=True):
+        if "_" in name:
+            message = re.sub(rf"(?<![\w-]){re.escape(name)}(?!\w)", flag_name(name), message)
+        elif re.match(rf"{re.escape(name)}(?!\w)", message):
+            message = flag_name(name) + message[len(name):]
+    return message
+
+
+def differing_settings(configs: Sequence[Mapping[str, Mapping[str, Any]]],
+                       ignore: Iterable[tuple[str, str]] = ()) -> dict[str, list[Any]]:
+    """The settings in which nested configs (``{group: {field: value}}``, the JSON form of a config of
+    dataclasses) differ: ``{"--encoder": ["small", "paper", ...]}``, one value per config (None where absent).
+
+    ``ignore`` holds ``(group, field)`` pairs that may differ (e.g. ``("run", "seed")``).
+    """
+    skip = set(ignore)
+    keys = list(dict.fromkeys((group, name) for config in configs for group in config for name in config[group]))
+    differences: dict[str, list[Any]] = {}
+    for group, name in keys:
+        if (group, name) in skip:
+            continue
+        values = [config.get(group, {}).get(name) for config in configs]
+        if any(value != values[0] for value in values[1:]):
+            differences[flag_name(name)] = values
+    return differences
 
 
 def given_flags(cls: type, args: argparse.Namespace) -> list[str]:

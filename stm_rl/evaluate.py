@@ -4,6 +4,7 @@ Given a run directory, the checkpoint is ``--checkpoint latest|best|final`` (def
 final, else latest); a ``.pt`` path is used as is. The environment is the one the agent was trained with
 (frame skip, preprocessing, sticky actions), unclipped, unless ``--frame-skip`` overrides the skip to test
 transfer. Scores go to the terminal and to a JSON file; ``--video DIR`` records the games as MP4 files.
+Every flag and both output paths are checked before a game is played (exit 2 with a one-line error).
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ import torch
 from tqdm import tqdm
 
 from envs import EnvConfig, make_env
+from stm_rl.a3c.checkpoint import checkpoint_paths, load_agent_from_checkpoint
+from stm_rl.a3c.limits import MAX_FRAME_SKIP, MAX_SEED
 from stm_rl.a3c.play import GameResult, play_game
-from stm_rl.a3c.trainer import checkpoint_paths, load_agent_from_checkpoint
 from stm_rl.config_cli import parse_count
-from stm_rl.run_dir import StmRlError, write_json_atomic
+from stm_rl.run_dir import StmRlError, check_can_write, describe_os_error, write_json_atomic
 
 CHECKPOINT_PREFERENCE = ("best", "final", "latest")
 
@@ -64,13 +66,15 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--episodes", type=int, default=10, help="games to play (default: 10)")
     parser.add_argument("--sample", action="store_true", help="sample actions from the policy (default: greedy)")
     parser.add_argument("--frame-skip", type=int, help="play at this frame skip instead of the trained one")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the environment and of sampling (default: 0)")
+    parser.add_argument("--seed", type=parse_count, default=0,
+                        help="seed of the environment and of sampling (default: 0)")
     parser.add_argument("--max-frames", type=parse_count, metavar="FRAMES",
                         help="truncate each game after this many emulator frames (default: the ALE cap)")
     parser.add_argument("--output", type=Path,
                         help="JSON file of the scores (default: <run_dir>/eval-<checkpoint>-skip<N>.json)")
     parser.add_argument("--video", type=Path, metavar="DIR", help="record the games as MP4 files in DIR")
-    parser.add_argument("--video-episodes", type=int, metavar="N", help="record only the first N games")
+    parser.add_argument("--video-episodes", type=int, metavar="N",
+                        help="with --video: record only the first N games (default: all)")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                         help="show a progress bar over the games (default: on)")
     parser.set_defaults(run=run)
@@ -78,7 +82,24 @@ def add_parser(subparsers) -> None:
 
 def options_from_args(args: argparse.Namespace) -> EvalOptions:
     if args.episodes < 1:
-        raise StmRlError("--episodes must be >= 1")
+        raise StmRlError(f"--episodes must be >= 1, got {args.episodes}")
+    if not 0 <= args.seed <= MAX_SEED:
+        raise StmRlError(f"--seed must be in 0..{MAX_SEED:,}, got {args.seed}")
+    if args.frame_skip is not None and not 0 <= args.frame_skip <= MAX_FRAME_SKIP:
+        raise StmRlError(f"--frame-skip must be in 0..{MAX_FRAME_SKIP} (the paper uses 0, 4, 16, 32), "
+                         f"got {args.frame_skip}")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise StmRlError(f"--max-frames must be >= 1, got {args.max_frames}")
+    if args.video_episodes is not None:
+        if args.video is None:
+            raise StmRlError("--video-episodes needs --video DIR")
+        if args.video_episodes < 1:
+            raise StmRlError(f"--video-episodes must be >= 1 (leave it out to record every game), "
+                             f"got {args.video_episodes}")
+    if args.output is not None:
+        check_can_write(args.output, "--output")
+    if args.video is not None:
+        check_can_write(args.video, "--video", directory=True)
     return EvalOptions(target=args.target, checkpoint=args.checkpoint, episodes=args.episodes, sample=args.sample,
                        frame_skip=args.frame_skip, seed=args.seed, max_frames=args.max_frames, output=args.output,
                        video=args.video, video_episodes=args.video_episodes, progress=args.progress)
@@ -143,6 +164,7 @@ def evaluate(options: EvalOptions) -> dict[str, Any]:
     model, config, record = load_agent_from_checkpoint(checkpoint)
     model.eval()
     env_config = evaluation_env_config(config.env, options)
+    output = check_can_write(options.output or default_output(checkpoint, env_config.frame_skip), "--output")
     env = make_recording_env(env_config, options) if options.video else make_env(env_config)
     generator = torch.Generator().manual_seed(options.seed)
     games: list[GameResult] = []
@@ -156,7 +178,6 @@ def evaluate(options: EvalOptions) -> dict[str, Any]:
         bar.close()
     finally:
         env.close()
-    output = options.output or default_output(checkpoint, env_config.frame_skip)
     scores = [game.score for game in games]
     report = {"checkpoint": str(checkpoint), "checkpoint_name": checkpoint.stem, "agent": config.agent.agent,
               "encoder": config.agent.encoder, "trained_frame_skip": config.env.frame_skip,
@@ -165,7 +186,11 @@ def evaluate(options: EvalOptions) -> dict[str, Any]:
               "trained_games": record["counters"]["games"], "scores": scores, "mean": _mean(games),
               "std": statistics.pstdev(scores) if scores else math.nan,
               "games": [dataclasses.asdict(game) for game in games], "output": str(output)}
-    write_json_atomic(output, report)
+    try:
+        write_json_atomic(output, report)
+    except OSError as error:
+        raise StmRlError(f"could not write --output {output} ({describe_os_error(error)}); "
+                         f"the scores were {scores}") from None
     return report
 
 

@@ -6,13 +6,19 @@ raw score over the last ``--window`` games (the first games average what there i
 taken against games, frames or wall time; each group shows the mean over its runs and a band of one
 standard deviation (``--band std``, default) or one standard error of the mean (``--band sem``). Runs of a
 group are compared over the range all of them reached (the shortest run sets the end of the curve).
+
+A group must hold repetitions of one configuration: runs that differ in any other setting (encoder,
+learning rate, workers...) or repeat a seed are refused, naming the settings and the runs, unless
+``--force`` (then it is a warning).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Optional, Sequence
@@ -20,7 +26,8 @@ from typing import Literal, Optional, Sequence
 import numpy as np
 
 from stm_rl.a3c.config import TrainConfig
-from stm_rl.run_dir import StmRlError, read_json, read_jsonl
+from stm_rl.config_cli import differing_settings, format_count
+from stm_rl.run_dir import RunDir, StmRlError, check_can_write, read_json, read_jsonl, to_jsonable
 
 XAxis = Literal["games", "frames", "time"]
 Band = Literal["std", "sem"]
@@ -28,6 +35,11 @@ X_LABELS = {"games": "training games", "frames": "emulator frames", "time": "wal
 AGENT_COLORS = {"lstm": "tab:blue", "stm": "tab:red"}
 GRID_POINTS = 400
 """Points of the common x grid on which runs are averaged for --x frames|time."""
+FIGURE_FORMATS = (".png", ".svg", ".pdf")
+MAY_DIFFER_IN_A_GROUP = {("env", "seed"), *(("run", name) for name in (
+    "seed", "run_dir", "frames", "progress", "progress_interval", "checkpoint_interval", "eval_every_updates",
+    "eval_games", "moving_average_window"))}
+"""Settings that runs averaged into one curve may differ in: the seed, and what does not change learning."""
 
 
 class NoGamesError(StmRlError):
@@ -48,6 +60,8 @@ class RunLog:
     wall_time: np.ndarray
     """Seconds of training when each game ended."""
     scores: np.ndarray
+    settings: dict = dataclasses.field(default_factory=dict, compare=False)
+    """The run's whole config in its JSON form (``{"agent": {...}, "env": {...}, ...}``)."""
 
     @property
     def games(self) -> int:
@@ -96,6 +110,8 @@ class PlotOptions:
     table_csv: Optional[Path] = None
     skip_empty: bool = False
     """Leave out runs that have no finished game yet instead of failing."""
+    force: bool = False
+    """Average runs into one curve even if they differ in more than the seed (a warning instead of an error)."""
 
 
 # ---------------------------------------------------------------- finding and reading runs
@@ -116,7 +132,7 @@ def find_run_dirs(paths: Sequence[Path]) -> list[Path]:
 
 def read_run_config(run_dir: Path) -> TrainConfig:
     """The TrainConfig recorded in a run's config.json (StmRlError if missing or unreadable)."""
-    data = read_json(Path(run_dir) / "config.json")
+    data = read_json(RunDir(run_dir).config)
     try:
         return TrainConfig.from_dict(data["config"])
     except (KeyError, TypeError, ValueError) as error:
@@ -126,7 +142,7 @@ def read_run_config(run_dir: Path) -> TrainConfig:
 def load_run(run_dir: Path) -> RunLog:
     """A run's configuration and game log (StmRlError if it has no finished game)."""
     config = read_run_config(run_dir)
-    games_path = Path(run_dir) / "games.jsonl"
+    games_path = RunDir(run_dir).games
     records = list(read_jsonl(games_path)) if games_path.exists() else []
     if not records:
         raise NoGamesError(f"{run_dir} has no finished training game yet ({games_path} is missing or empty)")
@@ -136,7 +152,7 @@ def load_run(run_dir: Path) -> RunLog:
     except KeyError as error:
         raise StmRlError(f"{games_path}: a record lacks {error}") from None
     return RunLog(Path(run_dir), config.agent.agent, config.agent.encoder, config.env.frame_skip,
-                  config.run.seed, columns["frames"], columns["wall_time"], columns["score"])
+                  config.run.seed, columns["frames"], columns["wall_time"], columns["score"], to_jsonable(config))
 
 
 def load_runs(paths: Sequence[Path], skip_empty: bool = False) -> list[RunLog]:
@@ -160,6 +176,46 @@ def group_runs(runs: Sequence[RunLog]) -> dict[tuple[str, int], list[RunLog]]:
         groups.setdefault((run.agent, run.frame_skip), []).append(run)
     return {key: sorted(groups[key], key=lambda r: (r.seed, str(r.run_dir)))
             for key in sorted(groups, key=lambda k: (k[1], k[0]))}
+
+
+def group_problems(runs: Sequence[RunLog]) -> list[str]:
+    """Why the runs of a group are not repetitions of one configuration (empty if they are)."""
+    problems = []
+    for flag, values in differing_settings([run.settings for run in runs], ignore=MAY_DIFFER_IN_A_GROUP).items():
+        by_value: dict[str, list[str]] = {}
+        for run, value in zip(runs, values):
+            by_value.setdefault(str(value), []).append(run.run_dir.name)
+        problems.append(f"{flag}: " + ", ".join(f"{value} ({' '.join(names)})" for value, names in by_value.items()))
+    seeds = [run.seed for run in runs]
+    repeated = sorted({seed for seed in seeds if seeds.count(seed) > 1})
+    if repeated:
+        names = [run.run_dir.name for run in runs if run.seed in repeated]
+        problems.append(f"seed {', '.join(map(str, repeated))} repeated ({' '.join(names)})")
+    return problems
+
+
+def check_groups(groups: dict[tuple[str, int], list[RunLog]], force: bool) -> None:
+    """Refuse (or with ``force`` warn about) groups whose runs differ in more than the seed."""
+    messages = [f"{agent} frame skip {skip}: {'; '.join(problems)}" for (agent, skip), runs in groups.items()
+                for problems in [group_problems(runs)] if problems]
+    if not messages:
+        return
+    text = "runs averaged into one curve differ in more than the seed: " + " | ".join(messages)
+    if not force:
+        raise StmRlError(text + "; plot them separately, or pass --force to average them anyway")
+    print(f"warning: {text}", file=sys.stderr)
+
+
+def figure_path(output: Path) -> Path:
+    """The file the figure is written to: ``.png`` is added to a name without a suffix; other suffixes
+    must be a format of :data:`FIGURE_FORMATS`."""
+    output = Path(output)
+    if not output.suffix:
+        return output.with_name(output.name + ".png")
+    if output.suffix.lower() not in FIGURE_FORMATS:
+        raise StmRlError(f"--output {output}: unknown figure format {output.suffix!r} "
+                         f"(use {', '.join(FIGURE_FORMATS)})")
+    return output
 
 
 # ---------------------------------------------------------------- numbers
@@ -289,13 +345,7 @@ def _spread(values: Sequence[float], band: Band) -> float:
 
 
 def _count(value: object) -> str:
-    if value is None:
-        return "-"
-    value = float(value)  # type: ignore[arg-type]
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(value) >= size:
-            return f"{value / size:.2f}{unit}"
-    return f"{value:.0f}"
+    return "-" if value is None else format_count(float(value))  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------- command line
@@ -308,7 +358,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("paths", nargs="+", type=Path, metavar="SWEEP_DIR_OR_RUN",
                         help="run directories, or directories searched for runs (e.g. a sweep's --out)")
     parser.add_argument("--output", type=Path,
-                        help="figure file; .png, .svg or .pdf (default: figure3.png in the first directory given)")
+                        help="figure file; .png, .svg or .pdf, .png added to a name without a suffix "
+                             "(default: figure3.png in the first directory given)")
     parser.add_argument("--x", dest="x_axis", choices=list(X_LABELS), default="games",
                         help="x axis: training games (the paper), emulator frames or wall time (default: games)")
     parser.add_argument("--band", choices=["std", "sem"], default="std",
@@ -318,21 +369,29 @@ def add_parser(subparsers) -> None:
                         help="report frames until the moving average reaches these scores (default: 0 18)")
     parser.add_argument("--table-csv", type=Path, metavar="PATH", help="also write the table as CSV")
     parser.add_argument("--skip-empty", action="store_true", help="leave out runs without a finished game")
+    parser.add_argument("--force", action="store_true",
+                        help="average runs of one (agent, frame skip) even if they differ in more than the seed "
+                             "(default: refuse, naming the settings that differ)")
     parser.set_defaults(run=run)
 
 
 def options_from_args(args: argparse.Namespace) -> PlotOptions:
     if args.window < 1:
-        raise StmRlError("--window must be >= 1")
-    output = args.output or Path(args.paths[0]) / "figure3.png"
+        raise StmRlError(f"--window must be >= 1, got {args.window}")
+    if not all(math.isfinite(t) for t in args.thresholds):
+        raise StmRlError(f"--thresholds must be finite scores, got {args.thresholds}")
+    output = check_can_write(figure_path(args.output or Path(args.paths[0]) / "figure3.png"), "--output")
+    if args.table_csv is not None:
+        check_can_write(args.table_csv, "--table-csv")
     return PlotOptions(paths=tuple(args.paths), output=output, x_axis=args.x_axis, band=args.band,
                        window=args.window, thresholds=tuple(args.thresholds), table_csv=args.table_csv,
-                       skip_empty=args.skip_empty)
+                       skip_empty=args.skip_empty, force=args.force)
 
 
 def run(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     groups = group_runs(load_runs(options.paths, options.skip_empty))
+    check_groups(groups, options.force)
     summaries = [summarize(key, runs, options.window, options.thresholds) for key, runs in groups.items()]
     rows = table_rows(summaries, options.band)
     print(format_table(rows, options.band, options.thresholds))

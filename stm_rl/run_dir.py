@@ -1,27 +1,37 @@
 """A run's directory on disk: resolved config, JSONL logs and atomic checkpoints.
 
-Shared by the A3C trainer and the supervised benchmarks, so both write the same layout::
+Shared by the A3C trainer and the supervised benchmarks, so both write the same layout
+(:class:`RunDir` spells every name once)::
 
     runs/<name>/config.json        every setting, the seed, package versions
-    runs/<name>/*.jsonl            one JSON object per line (games, evaluations)
+    runs/<name>/games.jsonl        one JSON object per line (also evaluations.jsonl)
+    runs/<name>/summary.json       how the last segment ended: status, counters, milestones
     runs/<name>/checkpoints/*.pt   latest / best / final: model, optimizer, counters, config
     runs/<name>/tb/                tensorboard events
+    runs/<name>/.lock              held (flock) by the process training the run; names its host and pid
 
 Checkpoints are written to a temporary file in the same directory, flushed to disk and renamed over
-the old one, so a crash or a kill at any moment leaves either the old or the new file, never half of one.
+the old one, so a crash or a kill at any moment leaves either the old or the new file, never half of one;
+temporary files left by a process killed mid-write are removed by the next trainer of the run
+(:meth:`RunDir.remove_stale_temp_files`, under the lock).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import errno
+import fcntl
 import json
 import os
 import platform
+import socket
 import sys
 import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Optional
 
 import torch
 
@@ -35,6 +45,156 @@ class StmRlError(Exception):
 
 class CheckpointError(StmRlError):
     """A checkpoint is missing, corrupt, or belongs to something else."""
+
+
+class RunDirBusyError(StmRlError):
+    """Another process is training in this run directory."""
+
+
+TEMP_SUFFIX = ".tmp"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    """The layout of one run's directory: every file name of a run is spelled here, once."""
+
+    path: Path
+
+    CONFIG = "config.json"
+    GAMES = "games.jsonl"
+    EVALUATIONS = "evaluations.jsonl"
+    SUMMARY = "summary.json"
+    TENSORBOARD = "tb"
+    CHECKPOINTS = "checkpoints"
+    LOCK = ".lock"
+    CHECKPOINT_NAMES = ("latest", "best", "final")
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "path", Path(self.path))
+
+    @property
+    def config(self) -> Path:
+        return self.path / self.CONFIG
+
+    @property
+    def games(self) -> Path:
+        return self.path / self.GAMES
+
+    @property
+    def evaluations(self) -> Path:
+        return self.path / self.EVALUATIONS
+
+    @property
+    def summary(self) -> Path:
+        return self.path / self.SUMMARY
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / self.TENSORBOARD
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / self.CHECKPOINTS
+
+    def checkpoint(self, name: str) -> Path:
+        """``checkpoints/<name>.pt`` (name: latest, best or final)."""
+        return self.checkpoints / f"{name}.pt"
+
+    # ---------------------------------------------------------------- lock
+    def lock_holder(self) -> Optional[str]:
+        """``"host pid"`` of the process holding the run's lock now; None when nobody does.
+
+        The lock is an ``flock`` on ``.lock``: the kernel releases it when its holder dies, however it dies,
+        so a lock file left by a killed process never blocks anyone.
+        """
+        try:
+            with open(self.path / self.LOCK, "r") as f:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    return f.read().strip() or "another process"
+                fcntl.flock(f, fcntl.LOCK_UN)
+                return None
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the run's lock (creating the directory), or raise :class:`RunDirBusyError` at once."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / self.LOCK, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                raise RunDirBusyError(busy_message(self.path, holder)) from None
+            f.seek(0)
+            f.truncate()
+            f.write(f"{socket.gethostname()} {os.getpid()}\n")
+            f.flush()
+            try:
+                yield
+            finally:
+                f.seek(0)
+                f.truncate()
+                f.flush()
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def refuse_if_busy(self) -> None:
+        """Raise :class:`RunDirBusyError` if a process is training in this directory now."""
+        holder = self.lock_holder()
+        if holder is not None:
+            raise RunDirBusyError(busy_message(self.path, holder))
+
+    def remove_stale_temp_files(self) -> list[Path]:
+        """Delete the temporary files of atomic writes that a killed process left behind (call under the lock)."""
+        removed = []
+        for folder in (self.path, self.checkpoints):
+            if folder.is_dir():
+                for tmp in folder.glob(f".*{TEMP_SUFFIX}"):
+                    tmp.unlink(missing_ok=True)
+                    removed.append(tmp)
+        return removed
+
+
+def busy_message(run_dir: Path, holder: str) -> str:
+    host, _, pid = holder.partition(" ")
+    who = f"process {pid} on {host}" if pid else holder
+    return f"{run_dir} is in use: {who} is training in it; stop that process first or choose another directory"
+
+
+def check_can_write(path: Path, what: str, directory: bool = False) -> Path:
+    """Raise a one-line :class:`StmRlError` naming ``what`` (e.g. ``--output``) unless ``path`` can be written.
+
+    Nothing is created: the path must be writable if it exists, otherwise the nearest existing folder above
+    it must be a writable directory. Returns ``path``.
+    """
+    path = Path(path)
+    if path.exists():
+        if directory and not path.is_dir():
+            raise StmRlError(f"{what} {path}: exists and is not a directory")
+        if not directory and path.is_dir():
+            raise StmRlError(f"{what} {path}: is a directory; give a file name")
+        if not os.access(path, os.W_OK | (os.X_OK if directory else 0)):
+            raise StmRlError(f"{what} {path}: not writable (permission denied)")
+        return path
+    parent = path.parent
+    while not parent.exists() and not parent.is_symlink() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise StmRlError(f"{what} {path}: cannot be created, {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise StmRlError(f"{what} {path}: cannot be created in {parent} (permission denied)")
+    return path
+
+
+def describe_os_error(error: OSError) -> str:
+    """``No space left on device`` / ``Permission denied: 'x'``: the cause of an OSError in one line."""
+    if error.errno == errno.ENOSPC:
+        return "no space left on device"
+    reason = error.strerror or str(error)
+    return f"{reason}: {error.filename}" if error.filename else reason
 
 
 def package_versions() -> dict[str, str]:
@@ -118,7 +278,30 @@ def read_jsonl(path: Path) -> Iterator[dict]:
         except json.JSONDecodeError:
             if number == len(lines):
                 return
-            raise StmRlError(f"{path}, line {number}: not valid JSON") from None
+            raise StmRlError(f"{path}, line {number}: not valid JSON (a line torn by a killed process? "
+                             "`stm-rl train --resume` repairs a run's own log; otherwise delete the line)") from None
+
+
+def repair_jsonl(path: Path) -> bool:
+    """Cut a torn last line (a process killed mid-write) off a JSONL file, so appends start on a fresh line.
+
+    Returns True if the file was changed. A last line that is complete JSON but lacks its newline keeps its
+    content and gets the newline.
+    """
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    data = path.read_bytes()
+    if data.endswith(b"\n"):
+        return False
+    head, _, tail = data.rpartition(b"\n")
+    try:
+        json.loads(tail)
+        repaired = data + b"\n"
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        repaired = head + b"\n" if head else b""
+    _atomic_write(path, lambda f: f.write(repaired))
+    return True
 
 
 def truncate_jsonl(path: Path, keep: int) -> int:
@@ -170,7 +353,7 @@ def load_checkpoint(path: Path, kind: str, map_location: str | torch.device = "c
 
 def _atomic_write(path: Path, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)

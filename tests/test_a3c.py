@@ -18,6 +18,8 @@ import torch
 import torch.multiprocessing as mp
 
 from stm_rl.a3c import SharedAdam, TrainConfig, load_agent_from_checkpoint
+from stm_rl.a3c import trainer as trainer_module
+from stm_rl.a3c.messages import NonFinite, as_message
 from stm_rl.a3c.worker import WorkerContext, advantages_and_returns, train_worker
 from stm_rl.cli import main as cli_main
 from stm_rl.run_dir import read_jsonl
@@ -25,18 +27,10 @@ from stm_rl.run_dir import read_jsonl
 FAST = ["--encoder", "small", "--workers", "2", "--no-progress"]
 
 
-def games_of(run_dir: Path) -> list[dict]:
-    return list(read_jsonl(run_dir / "games.jsonl"))
-
-
-def summary_of(run_dir: Path) -> dict:
-    return json.loads((run_dir / "summary.json").read_text())
-
-
 # ---------------------------------------------------------------- end to end on Pong
 @pytest.mark.parametrize("agent, skip, frames", [("lstm", 0, 400), ("stm", 0, 300), ("lstm", 32, 8000),
                                                  ("stm", 32, 8000)])
-def test_short_pong_run_writes_everything(tmp_path, agent, skip, frames):
+def test_short_pong_run_writes_everything(tmp_path, agent, skip, frames, summary_of):
     run_dir = tmp_path / "run"
     code = cli_main(["train", "--agent", agent, "--frame-skip", str(skip), "--frames", str(frames),
                      "--run-dir", str(run_dir), *FAST])
@@ -56,7 +50,7 @@ def test_short_pong_run_writes_everything(tmp_path, agent, skip, frames):
     assert record["optimizer"]["state"], "the checkpoint carries the optimizer's moments"
 
 
-def test_resume_continues_the_counters(tmp_path):
+def test_resume_continues_the_counters(tmp_path, games_of, summary_of):
     run_dir = tmp_path / "run"
     assert cli_main(["train", "--agent", "lstm", "--frame-skip", "32", "--frames", "6000",
                      "--run-dir", str(run_dir), *FAST]) == 0
@@ -80,16 +74,29 @@ def test_resume_continues_the_counters(tmp_path):
 
 # ---------------------------------------------------------------- it learns
 @pytest.mark.parametrize("agent", ["lstm", "stm"])
-def test_a3c_learns_a_memory_task(tmp_path, agent):
-    """Cue-memory: remember a cue over 2 blank frames. Without memory the mean score is 0, perfect is +1."""
+def test_a3c_learns_a_memory_task(tmp_path, agent, monkeypatch, capfd, games_of, summary_of):
+    """Cue-memory: remember a cue over 2 blank frames. Without memory the mean score is 0, perfect is +1.
+
+    Also the progress a user follows without a terminal: plain progress lines (interval shortened here)
+    and the milestone of the 100-game average reaching 0, announced, and recorded in summary.json."""
+    monkeypatch.setattr(trainer_module, "PLAIN_PROGRESS_INTERVAL", 1.0)
     run_dir = tmp_path / "run"
     code = cli_main(["train", "--agent", agent, "--game", "cue-memory", "--frames", "9000", "--lr", "1e-3",
                      "--envs-per-worker", "4", "--run-dir", str(run_dir), *FAST])
     assert code == 0
-    scores = np.array([g["score"] for g in games_of(run_dir)])
+    games = games_of(run_dir)
+    scores = np.array([g["score"] for g in games])
     assert len(scores) >= 2500
     assert abs(scores[:300].mean()) < 0.35, "starts near chance"
     assert scores[-300:].mean() > 0.6, f"{agent} did not learn: last 300 games average {scores[-300:].mean():.2f}"
+    err = capfd.readouterr().err
+    assert err.count("progress: ") >= 2 and "frames/s | ETA" in err and "avg100" in err
+    milestone = summary_of(run_dir)["milestones"]["+0"]
+    full_window_averages = np.convolve(scores, np.ones(100) / 100, mode="valid")  # game 100 onwards
+    first = int(np.nonzero(full_window_averages >= 0)[0][0]) + 100
+    assert milestone["games"] == first and milestone["frames"] == games[first - 1]["frames"]
+    assert "milestone: the 100-game average reached +0" in err and f"{first} games" in err
+    assert summary_of(run_dir)["milestones"]["-15"]["games"] == 100, "scores of -1..1 pass -15 at the first full window"
 
 
 # ---------------------------------------------------------------- pieces of the algorithm
@@ -146,8 +153,8 @@ def test_nan_loss_stops_the_worker_without_touching_the_shared_model(monkeypatch
 
     monkeypatch.setattr("stm_rl.a3c.worker.advantages_and_returns", nan_advantages)
     train_worker(0, ctx)
-    messages = [events.get_nowait() for _ in range(events.qsize())]
-    assert any(kind == "nan" and "non-finite loss" in text for kind, _, text in messages)
+    messages = [as_message(events.get_nowait()) for _ in range(events.qsize())]
+    assert any(isinstance(m, NonFinite) and "non-finite loss" in m.detail for m in messages)
     assert stop.is_set()
     for key, value in shared.state_dict().items():
         torch.testing.assert_close(value, before[key])
@@ -201,7 +208,7 @@ def _start_long_run(run_dir: Path) -> tuple[subprocess.Popen, list[int]]:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
-def test_killed_worker_ends_the_run_cleanly(tmp_path):
+def test_killed_worker_ends_the_run_cleanly(tmp_path, summary_of):
     run_dir = tmp_path / "run"
     process, workers = _start_long_run(run_dir)
     assert len(workers) == 2
@@ -216,13 +223,17 @@ def test_killed_worker_ends_the_run_cleanly(tmp_path):
     load_agent_from_checkpoint(run_dir / "checkpoints" / "latest.pt")  # still a good checkpoint
 
 
-def test_ctrl_c_stops_cleanly_with_a_final_checkpoint(tmp_path):
+def test_ctrl_c_stops_cleanly_with_a_final_checkpoint(tmp_path, summary_of):
     run_dir = tmp_path / "run"
     process, workers = _start_long_run(run_dir)
+    second = _start_cli(["train", "--resume", str(run_dir), "--no-progress"])  # a second trainer of the run
+    refusal, _ = second.communicate(timeout=90)
+    assert second.returncode == 2 and f"is in use: process {process.pid}" in refusal and "Traceback" not in refusal
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=90)
-    assert process.returncode == 0, output
+    assert process.returncode == 130, output
     assert "interrupted" in output and "Traceback" not in output
+    assert f"continue it with `stm-rl train --resume {run_dir}`" in output
     assert summary_of(run_dir)["status"] == "interrupted"
     assert (run_dir / "checkpoints" / "final.pt").exists()
     time.sleep(0.5)
@@ -241,10 +252,10 @@ def test_corrupt_checkpoint_gives_a_clear_error_on_resume(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["--agent", "gru"], "invalid choice: 'gru'"),
-    (["--frame-skip", "-1"], "frame_skip must be an integer >= 0"),
-    (["--workers", "0"], "workers must be >= 1"),
+    (["--frame-skip", "-1"], "--frame-skip must be an integer >= 0"),
+    (["--workers", "0"], "--workers must be >= 1"),
     (["--frames", "lots"], "not a count: 'lots'"),
-    (["--lr", "0"], "lr must be > 0"),
+    (["--lr", "0"], "--lr must be > 0"),
 ])
 def test_bad_flags_give_clear_errors(tmp_path, capsys, argv, message):
     try:

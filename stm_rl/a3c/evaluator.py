@@ -18,6 +18,7 @@ import torch
 
 from agents import build_agent
 from envs import make_env
+from stm_rl.a3c.messages import EvaluationDone, ProcessFailed
 from stm_rl.a3c.play import play_game
 from stm_rl.a3c.worker import FRAMES, UPDATES, WorkerContext
 from stm_rl.process import setup_compute_process
@@ -34,7 +35,7 @@ def evaluator_main(ctx: WorkerContext, updates_before: int) -> None:
     try:
         run_evaluations(ctx, updates_before)
     except Exception:  # noqa: BLE001 - reported to the trainer, which stops the run
-        ctx.events.put(("error", "evaluator", traceback.format_exc()))
+        ctx.events.put(ProcessFailed("evaluator", traceback.format_exc()))
         raise SystemExit(1)
 
 
@@ -61,7 +62,7 @@ def run_evaluations(ctx: WorkerContext, updates_before: int) -> None:
                 return
             results.append(play_game(model, env, sample=False, generator=generator))
         scores = [r.score for r in results]
-        ctx.events.put(("eval", "evaluator", {"updates": updates, "frames": frames, "scores": scores,
-                                              "mean_score": sum(scores) / len(scores),
-                                              "lengths": [r.length for r in results]}))
+        ctx.events.put(EvaluationDone("evaluator", {"updates": updates, "frames": frames, "scores": scores,
+                                                    "mean_score": sum(scores) / len(scores),
+                                                    "lengths": [r.length for r in results]}))
         next_at = (updates // every + 1) * every

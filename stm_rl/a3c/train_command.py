@@ -1,21 +1,34 @@
-"""``stm-rl train``: build the configs from flags, start or resume a run, report how it ended."""
+"""``stm-rl train``: build the configs from flags, start or resume a run, report how it ended.
+
+Exit codes (:mod:`stm_rl.conventions`): 0 the budget was reached, 130 stopped by Ctrl-C / SIGTERM (with a
+final checkpoint: resumable), 1 failed, 2 bad input (nothing was started or created).
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import math
+import sys
+import time
 from pathlib import Path
 
 from agents import AgentConfig, count_parameters
 from envs import EnvConfig
+from stm_rl.a3c.checkpoint import RESUMABLE_RUN_FLAGS, load_resume_checkpoint
 from stm_rl.a3c.config import A3CConfig, RunConfig, TrainConfig
-from stm_rl.a3c.trainer import GAME_LOG, Trainer, checkpoint_paths, load_training_checkpoint
-from stm_rl.config_cli import add_dataclass_flags, dataclass_from_flags, given_flags
-from stm_rl.run_dir import StmRlError
+from stm_rl.a3c.limits import validate_for_training
+from stm_rl.a3c.trainer import RunStatus, Trainer
+from stm_rl.config_cli import add_dataclass_flags, dataclass_from_flags, flag_name, given_flags
+from stm_rl.conventions import ExitCode, suggest
+from stm_rl.run_dir import RunDir, StmRlError, check_can_write, read_json
+
+__all__ = ["RESUMABLE_RUN_FLAGS", "add_parser", "config_from_args", "default_run_dir", "run"]
 
 ENV_FLAGS_HIDDEN = ("seed", "obs_size", "clip_reward")  # derived from the run seed / the encoder
-RESUMABLE_RUN_FLAGS = ("frames", "workers", "checkpoint_interval", "progress")
+DEFAULT_RUN_DIR_TEXT = "runs/<agent>-<encoder>-skip<frame skip>-seed<seed>"
+EXIT_CODES = {RunStatus.COMPLETED: ExitCode.COMPLETED, RunStatus.INTERRUPTED: ExitCode.INTERRUPTED,
+              RunStatus.FAILED: ExitCode.FAILED}
 
 
 def add_parser(subparsers) -> None:
@@ -23,14 +36,15 @@ def add_parser(subparsers) -> None:
         "train", help="train an LSTM or STM agent on Pong with A3C",
         description="Train an actor-critic agent on Pong with asynchronous advantage actor-critic (A3C). "
                     "Ctrl-C stops the workers cleanly and writes a final checkpoint; "
-                    "`stm-rl train --resume RUN_DIR` continues a run.")
+                    "`stm-rl train --resume RUN_DIR` continues a run. Exit codes: 0 completed, 1 failed, "
+                    "2 bad input, 130 interrupted (resumable).")
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR",
                         help="continue the run in RUN_DIR from its latest checkpoint (its settings are kept; "
-                             f"only {', '.join('--' + f.replace('_', '-') for f in RESUMABLE_RUN_FLAGS)} may change)")
+                             f"only {', '.join(flag_name(f) for f in RESUMABLE_RUN_FLAGS)} may change)")
     add_dataclass_flags(parser, AgentConfig, title="agent")
     add_dataclass_flags(parser, EnvConfig, exclude=ENV_FLAGS_HIDDEN, title="environment")
     add_dataclass_flags(parser, A3CConfig, title="A3C")
-    add_dataclass_flags(parser, RunConfig, title="run")
+    add_dataclass_flags(parser, RunConfig, title="run", default_text={"run_dir": DEFAULT_RUN_DIR_TEXT})
     parser.set_defaults(run=run)
 
 
@@ -49,47 +63,76 @@ def default_run_dir(agent: AgentConfig, env: EnvConfig, seed: int) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.resume is not None:
-        trainer = _resumed_trainer(args)
-    else:
-        config = config_from_args(args)
-        if checkpoint_paths(config.run.run_dir)["latest"].exists():
-            raise StmRlError(f"{config.run.run_dir} already holds a run; continue it with "
-                             f"`stm-rl train --resume {config.run.run_dir}` or choose another --run-dir")
-        if (config.run.run_dir / GAME_LOG).exists():
-            raise StmRlError(f"{config.run.run_dir} holds the game log of a run that stopped before its first "
-                             "checkpoint; remove the directory or choose another --run-dir")
-        trainer = Trainer(config)
+    trainer = _resumed_trainer(args) if args.resume is not None else _new_trainer(args)
     config = trainer.config
     print(f"run {config.run.run_dir}: {config.agent.agent} agent ({config.agent.encoder} encoder, "
           f"{count_parameters(trainer.shared_model):,} parameters), frame skip {config.env.frame_skip}, "
           f"{config.run.workers} workers x {config.a3c.envs_per_worker} env(s), "
           f"budget {config.run.frames:,} frames" + (f", resuming at {trainer.counters.frames:,}"
-                                                     if trainer.counters.frames else ""))
+                                                     if trainer.counters.frames else ""), flush=True)
     result = trainer.run()
     counters = result.counters
     average = "n/a" if math.isnan(result.moving_average) else f"{result.moving_average:+.2f}"
     print(f"{result.status}: {counters.games} games, {counters.agent_steps:,} agent steps, "
           f"{counters.frames:,} frames in {counters.wall_time / 60:.1f} min; "
-          f"moving average score {average}; checkpoints in {config.run.run_dir / 'checkpoints'}")
-    if result.message:
+          f"moving average score {average}; checkpoints in {RunDir(config.run.run_dir).checkpoints}")
+    if result.status == RunStatus.INTERRUPTED:
+        print(f"continue it with `{suggest('train', ['--resume', str(config.run.run_dir)])}`")
+    if result.message and result.status == RunStatus.FAILED:
+        print(f"stm-rl train: error: {result.message}", file=sys.stderr)
+    elif result.message:
         print(result.message)
-    return 1 if result.status == "failed" else 0
+    return EXIT_CODES[result.status]
+
+
+def _new_trainer(args: argparse.Namespace) -> Trainer:
+    config = config_from_args(args)
+    validate_for_training(config)
+    layout = RunDir(config.run.run_dir)
+    check_can_write(layout.path, "--run-dir", directory=True)
+    layout.refuse_if_busy()
+    resume = suggest("train", ["--resume", str(layout.path)])
+    if layout.checkpoint("latest").exists():
+        raise StmRlError(f"{layout.path} already holds a run; continue it with `{resume}` or choose another "
+                         "--run-dir")
+    if layout.games.exists():
+        raise StmRlError(f"{layout.path} holds the game log of a run that stopped before its first checkpoint; "
+                         f"`{resume}` starts it over with its recorded settings, or choose another --run-dir")
+    return Trainer(config)
 
 
 def _resumed_trainer(args: argparse.Namespace) -> Trainer:
-    run_dir: Path = args.resume
-    if not run_dir.is_dir():
-        raise StmRlError(f"cannot resume: no run directory at {run_dir}")
-    latest = checkpoint_paths(run_dir)["latest"]
-    if not latest.exists():
-        raise StmRlError(f"cannot resume: {run_dir} has no checkpoints/latest.pt")
-    record = load_training_checkpoint(latest)
+    layout = RunDir(args.resume)
+    if not layout.path.is_dir():
+        raise StmRlError(f"cannot resume: no run directory at {layout.path}")
     fixed = [flag for cls in (AgentConfig, EnvConfig, A3CConfig) for flag in given_flags(cls, args)]
     fixed += [flag for flag in given_flags(RunConfig, args)
               if flag.lstrip("-").replace("-", "_") not in RESUMABLE_RUN_FLAGS]
     if fixed:
         raise StmRlError(f"cannot change {', '.join(fixed)} when resuming; start a new run instead")
+    layout.refuse_if_busy()
+    if not any(layout.checkpoint(name).exists() for name in RunDir.CHECKPOINT_NAMES) and layout.config.is_file():
+        return _restarted_trainer(layout, args)
+    record = load_resume_checkpoint(layout.path)
     saved: TrainConfig = record["config"]
-    run_config = dataclass_from_flags(RunConfig, args, base=saved.run, run_dir=run_dir)
+    run_config = dataclass_from_flags(RunConfig, args, base=saved.run, run_dir=layout.path)
     return Trainer(dataclasses.replace(saved, run=run_config), resume_from=record)
+
+
+def _restarted_trainer(layout: RunDir, args: argparse.Namespace) -> Trainer:
+    """A run killed before it wrote any checkpoint starts over with the settings of its config.json; the game
+    log of the lost attempt is kept aside (``games.orphan-<time>.jsonl``)."""
+    try:
+        saved = TrainConfig.from_dict(read_json(layout.config)["config"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise StmRlError(f"cannot resume: {layout.path} has no checkpoint and its {RunDir.CONFIG} is not a "
+                         f"training config ({error})") from None
+    run_config = dataclass_from_flags(RunConfig, args, base=saved.run, run_dir=layout.path)
+    kept = ""
+    if layout.games.exists():
+        orphan = layout.games.with_name(f"games.orphan-{int(time.time())}.jsonl")
+        layout.games.rename(orphan)
+        kept = f"; its game log is kept as {orphan.name}"
+    print(f"{layout.path} has no checkpoint (stopped before its first one): starting it over with the settings "
+          f"of its {RunDir.CONFIG}{kept}", file=sys.stderr)
+    return Trainer(dataclasses.replace(saved, run=run_config))

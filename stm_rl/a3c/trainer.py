@@ -1,21 +1,26 @@
 """The A3C trainer: shared model and optimizer, worker processes, and the run's bookkeeping.
 
-The main process does no learning. It starts ``workers`` processes (see :mod:`stm_rl.a3c.worker`),
-then watches them: it turns their messages into the game log, tensorboard scalars and the progress
-bar, writes checkpoints (latest every ``checkpoint_interval`` seconds, best by moving average, final),
-and stops the run cleanly on Ctrl-C / SIGTERM, on a worker's error or death, or on a non-finite loss.
+The main process does no learning. It takes the run directory's lock (one trainer per run directory),
+starts ``workers`` processes (see :mod:`stm_rl.a3c.worker`), then watches them: it turns their messages
+(:mod:`stm_rl.a3c.messages`) into the game log, tensorboard scalars and the progress display (with the
+time-to-score milestones), writes checkpoints (:mod:`stm_rl.a3c.checkpoint`: latest at the start and every
+``checkpoint_interval`` seconds, best by moving average, final), reports a worker that stops making
+updates, and stops the run cleanly on Ctrl-C / SIGTERM, on a worker's error or death, on a non-finite
+loss or weights, or when a checkpoint cannot be written (the previous one is kept).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import queue
 import signal
 import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,20 +29,46 @@ import torch.multiprocessing as mp
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from agents import ActorCritic, build_agent
+from agents import build_agent
+from stm_rl.a3c.checkpoint import (CHECKPOINT_KIND, NUM_ACTIONS, NonFiniteWeightsError, check_checkpoint_belongs_to_run,
+                                   checkpoint_paths, finite_or_none, load_agent_from_checkpoint,
+                                   load_training_checkpoint, non_finite_tensors, save_training_checkpoint)
 from stm_rl.a3c.config import TrainConfig
 from stm_rl.a3c.evaluator import evaluator_main
+from stm_rl.a3c.limits import validate_for_training
+from stm_rl.a3c.messages import (EvaluationDone, GameFinished, NonFinite, ProcessFailed, UpdateDone, as_message,
+                                 source_name)
 from stm_rl.a3c.shared_adam import SharedAdam
 from stm_rl.a3c.worker import AGENT_STEPS, FRAMES, UPDATES, WorkerContext, worker_main
-from stm_rl.run_dir import (CheckpointError, JsonlWriter, StmRlError, load_checkpoint, save_checkpoint,
-                            to_jsonable, truncate_jsonl, write_config, write_json_atomic)
+from stm_rl.config_cli import format_count
+from stm_rl.run_dir import (JsonlWriter, RunDir, StmRlError, describe_os_error, read_jsonl, repair_jsonl,
+                            truncate_jsonl, write_config, write_json_atomic)
 
-CHECKPOINT_KIND = "a3c"
-NUM_ACTIONS = 6  # Pong's minimal action set
-GAME_LOG = "games.jsonl"
-EVAL_LOG = "evaluations.jsonl"
+__all__ = ["CHECKPOINT_KIND", "GAME_LOG", "EVAL_LOG", "NUM_ACTIONS", "Counters", "RunStatus", "Trainer", "TrainResult",
+           "checkpoint_paths", "load_agent_from_checkpoint", "load_training_checkpoint"]
+
+GAME_LOG = RunDir.GAMES
+EVAL_LOG = RunDir.EVALUATIONS
 BEST_CHECKPOINT_INTERVAL = 30.0
 """Seconds between two 'best' checkpoints: a new best average is saved at most this often (and at the end)."""
+MILESTONES = (-15.0, 0.0, 18.0)
+"""Moving-average scores whose first crossing is announced and recorded (Pong: learning, even, solved)."""
+PLAIN_PROGRESS_INTERVAL = 30.0
+"""Seconds between two plain progress lines when there is no live bar (no terminal, or --no-progress)."""
+STALL_SECONDS = 60.0
+"""A worker that has made no update for this long (while the run goes on) is reported as stalled."""
+class RunStatus(str, Enum):
+    """How a run (segment) stands; the value is what summary.json records."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    """The frame budget is spent."""
+    INTERRUPTED = "interrupted"
+    """Ctrl-C or SIGTERM: stopped cleanly with a final checkpoint."""
+    FAILED = "failed"
+
+    __str__ = str.__str__
+    __format__ = str.__format__
 
 
 @dataclass
@@ -71,128 +102,203 @@ class ScoreTracker:
     def average(self) -> float:
         return sum(self.recent) / len(self.recent) if self.recent else math.nan
 
+    @property
+    def full(self) -> bool:
+        """Whether the average covers a whole window (a 100-game average needs 100 games)."""
+        return len(self.recent) >= self.window
+
+
+@dataclass(frozen=True)
+class Milestone:
+    """Where the full-window moving average first reached a threshold."""
+
+    threshold: float
+    average: float
+    wall_time: float
+    frames: int
+    agent_steps: int
+    games: int
+
+
+@dataclass
+class Milestones:
+    """The thresholds of :data:`MILESTONES` reached so far (the same rule as benchmarks/time_to_score.py)."""
+
+    thresholds: tuple[float, ...] = MILESTONES
+    reached: dict[float, Milestone] = field(default_factory=dict)
+
+    def check(self, scores: ScoreTracker, counters: Counters) -> list[Milestone]:
+        """The milestones the latest game reached for the first time."""
+        if not scores.full:
+            return []
+        new = [Milestone(t, scores.average, counters.wall_time, counters.frames, counters.agent_steps, counters.games)
+               for t in self.thresholds if t not in self.reached and scores.average >= t]
+        self.reached.update((m.threshold, m) for m in new)
+        return new
+
+    @classmethod
+    def from_game_log(cls, records: list[dict], window: int) -> "Milestones":
+        """Milestones already reached by the games of earlier segments (a resumed run announces no old news)."""
+        milestones, scores = cls(), ScoreTracker(window)
+        for record in records:
+            scores.add(record["score"])
+            counters = Counters(agent_steps=record.get("agent_steps", 0), frames=record.get("frames", 0),
+                                games=record.get("game", 0), wall_time=record.get("wall_time", 0.0))
+            milestones.check(scores, counters)
+        return milestones
+
+    def to_json(self) -> dict[str, Any]:
+        return {f"{t:+g}": dataclasses.asdict(m) for t, m in sorted(self.reached.items())}
+
+
+@dataclass
+class StallWatch:
+    """Notices a worker whose update counter stands still (e.g. SIGSTOPped, or stuck) for ``seconds``."""
+
+    seconds: float
+    last_change: dict[int, tuple[int, float]] = field(default_factory=dict)
+    stalled: set = field(default_factory=set)
+
+    def check(self, updates: list[int], now: float) -> list[str]:
+        """One line per worker that just stalled or just came back."""
+        lines = []
+        for rank, count in enumerate(updates):
+            previous = self.last_change.get(rank)
+            if previous is None or previous[0] != count:
+                self.last_change[rank] = (count, now)
+                if rank in self.stalled:
+                    self.stalled.discard(rank)
+                    lines.append(f"worker {rank} is making updates again")
+            elif now - previous[1] >= self.seconds and rank not in self.stalled:
+                self.stalled.add(rank)
+                lines.append(f"worker {rank} has made no update for {now - previous[1]:.0f} s "
+                             "(stopped, e.g. by SIGSTOP, or stuck); the other workers go on")
+        return lines
+
 
 @dataclass
 class TrainResult:
-    status: str
-    """"completed" (budget reached), "interrupted" (Ctrl-C / SIGTERM), or "failed"."""
+    status: RunStatus
+    """completed (budget reached), interrupted (Ctrl-C / SIGTERM), or failed."""
     counters: Counters
     moving_average: float
     best_moving_average: float
     message: str = ""
-
-
-def checkpoint_paths(run_dir: Path) -> dict[str, Path]:
-    folder = Path(run_dir) / "checkpoints"
-    return {name: folder / f"{name}.pt" for name in ("latest", "best", "final")}
-
-
-def load_training_checkpoint(path: Path) -> dict[str, Any]:
-    """A trainer checkpoint with its config checked (clear :class:`CheckpointError` otherwise)."""
-    record = load_checkpoint(path, CHECKPOINT_KIND)
-    missing = {"model", "optimizer", "counters", "config", "scores"} - set(record)
-    if missing:
-        raise CheckpointError(f"{path} lacks {sorted(missing)}: not a complete training checkpoint")
-    try:
-        record["config"] = TrainConfig.from_dict(record["config"])
-    except (KeyError, TypeError, ValueError) as error:
-        raise CheckpointError(f"{path} holds an unreadable config: {error}") from None
-    return record
-
-
-def load_agent_from_checkpoint(path: Path) -> tuple[ActorCritic, TrainConfig, dict[str, Any]]:
-    """The agent saved in a trainer checkpoint, ready for evaluation, with its config and the record."""
-    record = load_training_checkpoint(path)
-    config: TrainConfig = record["config"]
-    model = build_agent(config.agent, NUM_ACTIONS)
-    try:
-        model.load_state_dict(record["model"])
-    except RuntimeError as error:
-        raise CheckpointError(f"{path}: the weights do not match a {config.agent.agent!r} agent with the "
-                              f"{config.agent.encoder!r} encoder ({str(error).splitlines()[0]})") from None
-    return model, config, record
+    milestones: dict[str, Any] = field(default_factory=dict)
 
 
 class Trainer:
-    """Runs (or resumes) one training run; :meth:`run` returns when it has stopped."""
+    """Runs (or resumes) one training run; :meth:`run` returns when it has stopped.
+
+    Building a trainer writes nothing; :meth:`run` takes the run directory's lock first, so a second trainer
+    of the same directory is refused before it touches a file.
+    """
 
     def __init__(self, config: TrainConfig, resume_from: Optional[dict[str, Any]] = None) -> None:
+        validate_for_training(config)
         self.config = config
         self.run_dir = Path(config.run.run_dir)
+        self.layout = RunDir(self.run_dir)
         self.paths = checkpoint_paths(self.run_dir)
         self.shared_model = build_agent(config.agent, NUM_ACTIONS)
         self.optimizer = SharedAdam(self.shared_model.parameters(), lr=config.a3c.lr, eps=config.a3c.adam_eps,
                                     amsgrad=config.a3c.amsgrad)
         self.counters = Counters()
         self.scores = ScoreTracker(config.run.moving_average_window)
+        self.milestones = Milestones()
+        self.resuming = resume_from is not None
         if resume_from is not None:
             self.shared_model.load_state_dict(resume_from["model"])
             self.optimizer.load_state_dict(resume_from["optimizer"])
             self.counters = Counters(**resume_from["counters"])
             self.scores.recent.extend(resume_from["scores"]["recent"][-self.scores.window:])
             self.scores.best_average = resume_from["scores"]["best_average"]
-            # Games logged after the checkpoint (a killed run) belong to weights that were lost.
-            dropped = truncate_jsonl(self.run_dir / GAME_LOG, self.counters.games)
-            if dropped:
-                print(f"resuming from the checkpoint at game {self.counters.games}: "
-                      f"dropped {dropped} later game(s) from {GAME_LOG}", file=sys.stderr)
         self.shared_model.share_memory()
         self.counters.segments += 1
+        self.stall_watch = StallWatch(seconds=STALL_SECONDS)
         self._stop_requested: Optional[str] = None
         self._best_pending, self._last_best_save = False, -math.inf
 
     # ------------------------------------------------------------------ the run
     def run(self) -> TrainResult:
-        config = self.config
-        if self.counters.frames >= config.run.frames:
-            raise StmRlError(f"{self.run_dir} already used its budget of {config.run.frames:,} frames "
+        if self.counters.frames >= self.config.run.frames:
+            raise StmRlError(f"{self.run_dir} already used its budget of {self.config.run.frames:,} frames "
                              f"({self.counters.frames:,} done); pass a larger --frames to continue it")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        write_config(self.run_dir, config, segment=self.counters.segments)
+        with self.layout.lock():
+            self._prepare_run_dir()
+            return self._run()
+
+    def _prepare_run_dir(self) -> None:
+        """Under the lock: tidy what a killed trainer left, align the game log with the weights, write the config."""
+        stale = self.layout.remove_stale_temp_files()
+        if stale:
+            _note(f"removed {len(stale)} temporary file(s) left by a trainer killed while writing")
+        if self.resuming:
+            check_checkpoint_belongs_to_run(self.run_dir, self.config)
+        if repair_jsonl(self.layout.games):
+            _note(f"{RunDir.GAMES} ended in a torn line (a killed run); it was cut off")
+        repair_jsonl(self.layout.evaluations)
+        if self.resuming:
+            # Games logged after the checkpoint (a killed run) belong to weights that were lost.
+            dropped = truncate_jsonl(self.layout.games, self.counters.games)
+            if dropped:
+                _note(f"resuming from the checkpoint at game {self.counters.games}: "
+                      f"dropped {dropped} later game(s) from {RunDir.GAMES}")
+            if self.layout.games.exists():
+                self.milestones = Milestones.from_game_log(list(read_jsonl(self.layout.games)), self.scores.window)
+        write_config(self.run_dir, self.config, segment=self.counters.segments)
+
+    def _run(self) -> TrainResult:
+        config = self.config
+        status, message = RunStatus.RUNNING, ""
+        if not self.resuming:  # a run killed before its first periodic checkpoint resumes from its start
+            failure = self._save("latest")
+            if failure:
+                return self._finish(RunStatus.FAILED, failure)
         ctx = mp.get_context("spawn")
         worker_counters = torch.zeros(config.run.workers, 3, dtype=torch.int64).share_memory_()
         stop, events = ctx.Event(), ctx.Queue()
         worker_ctx = WorkerContext(config, self.shared_model, self.optimizer, worker_counters,
                                    frames_done_before=self.counters.frames,
                                    seed_offset=10_000 * (self.counters.segments - 1), stop=stop, events=events)
-
-        # Workers start with SIGINT ignored, so that Ctrl-C reaches only this process.
-        previous_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
         workers = [ctx.Process(target=worker_main, args=(rank, worker_ctx), name=f"a3c-worker-{rank}",
                                daemon=True) for rank in range(config.run.workers)]
         evaluators = [ctx.Process(target=evaluator_main, args=(worker_ctx, self.counters.updates),
                                   name="a3c-evaluator", daemon=True)] if config.run.eval_every_updates else []
         processes = workers + evaluators  # the run ends when the workers are done; the evaluator follows
-        for process in processes:
-            process.start()
-        previous_term = signal.getsignal(signal.SIGTERM)
+        previous_int, previous_term = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
         signal.signal(signal.SIGINT, self._request_stop)
         signal.signal(signal.SIGTERM, self._request_stop)
-        log = _RunLog(self.run_dir, config, self.counters, progress=config.run.progress)
-        status, message = "completed", ""
+        log = _RunLog(self.layout, config, self.counters, progress=config.run.progress)
         base = dataclasses.replace(self.counters)
-        start, last_checkpoint = time.monotonic(), time.monotonic()
+        start = last_checkpoint = time.monotonic()
         try:
+            self._start_processes(processes)
             while True:
                 status, message = self._drain_events(events, log, base, worker_counters, start)
-                if status != "running":
+                if status != RunStatus.RUNNING:
                     break
                 self._update_totals(base, worker_counters, start)
                 log.refresh(self.counters, self.scores)
+                for line in self.stall_watch.check(worker_counters[:, UPDATES].tolist(), time.monotonic()):
+                    log.note(line)
                 if self._stop_requested:
-                    status, message = "interrupted", f"stopped by {self._stop_requested}"
+                    status, message = RunStatus.INTERRUPTED, f"stopped by {self._stop_requested}"
                     break
                 failed = [(p.name, p.exitcode) for p in processes if p.exitcode not in (None, 0)]
                 if failed:
                     name, code = failed[0]
                     reason = f"killed by {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
-                    status, message = "failed", f"{name} died ({reason})"
+                    status, message = RunStatus.FAILED, f"{name} died ({reason})"
                     break
                 if all(p.exitcode == 0 for p in workers):
-                    status = "completed"
+                    status = RunStatus.COMPLETED
                     break
                 if time.monotonic() - last_checkpoint >= config.run.checkpoint_interval:
-                    self._save("latest")
+                    failure = self._save("latest")
+                    if failure:
+                        status, message = RunStatus.FAILED, failure
+                        break
                     last_checkpoint = time.monotonic()
         finally:
             stop.set()
@@ -200,21 +306,45 @@ class Trainer:
             signal.signal(signal.SIGINT, previous_int)
             signal.signal(signal.SIGTERM, previous_term)
             self._update_totals(base, worker_counters, start)
-            if status == "running":  # an exception in the trainer itself
-                status, message = "failed", "trainer error"
-            if status != "nan":  # never overwrite the last good checkpoints with weights a NaN touched
-                self._save("latest")
-                self._save("final")
-                if self._best_pending:
-                    self._save("best")
+            if status == RunStatus.RUNNING:  # an exception in the trainer itself
+                status, message = RunStatus.FAILED, "trainer error"
             log.close(self.counters, self.scores)
-        result = TrainResult("failed" if status == "nan" else status, self.counters, self.scores.average,
-                             self.scores.best_average, message)
-        write_json_atomic(self.run_dir / "summary.json", {"status": result.status, "message": message,
-                                                          "counters": self.counters,
-                                                          "moving_average": _finite(result.moving_average),
-                                                          "best_moving_average": _finite(result.best_moving_average)})
+        return self._finish(status, message)
+
+    def _finish(self, status: RunStatus, message: str) -> TrainResult:
+        """Final checkpoints (unless a NaN was seen: the last good ones stay) and summary.json."""
+        problems = [message] if message else []
+        if not (status == RunStatus.FAILED and message.startswith(_NON_FINITE)):
+            names = ["latest", "final"] + (["best"] if self._best_pending else [])
+            for name in names:
+                failure = self._save(name)
+                if failure:
+                    status = RunStatus.FAILED
+                    problems.append(failure)
+                    break  # the next file would meet the same disk
+        result = TrainResult(status, self.counters, self.scores.average, self.scores.best_average,
+                             "; ".join(dict.fromkeys(problems)), self.milestones.to_json())
+        try:
+            write_json_atomic(self.layout.summary, {
+                "status": result.status, "message": result.message, "counters": self.counters,
+                "moving_average": finite_or_none(result.moving_average),
+                "best_moving_average": finite_or_none(result.best_moving_average),
+                "milestones": result.milestones})
+        except OSError as error:
+            result.message += f"; {RunDir.SUMMARY} could not be written ({describe_os_error(error)})"
         return result
+
+    def _start_processes(self, processes: list) -> None:
+        """Start the workers, SIGINT blocked around each start so that the child begins with it blocked (Ctrl-C
+        is the trainer's), while a Ctrl-C pressed meanwhile still reaches the trainer and stops the start-up."""
+        for process in processes:
+            if self._stop_requested:
+                return
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            try:
+                process.start()
+            finally:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
     def _request_stop(self, signum: int, _frame: Any) -> None:
         if self._stop_requested:  # a second Ctrl-C while shutting down: leave at once
@@ -224,37 +354,51 @@ class Trainer:
                    "and writing a final checkpoint (Ctrl-C again to abort)...", file=sys.stderr)
 
     def _drain_events(self, events, log: "_RunLog", base: Counters, worker_counters, start: float,
-                      timeout: float = 0.25) -> tuple[str, str]:
+                      timeout: float = 0.25) -> tuple[RunStatus, str]:
         """Handle the messages waiting (waiting up to ``timeout`` for the first; at most a few thousand,
         so that a flood of short games cannot keep the trainer from its other duties)."""
         deadline = time.monotonic() + timeout
         for _ in range(5000):
             try:
-                kind, rank, payload = events.get(timeout=max(0.0, deadline - time.monotonic()))
+                message = as_message(events.get(timeout=max(0.0, deadline - time.monotonic())))
             except queue.Empty:
-                return "running", ""
+                return RunStatus.RUNNING, ""
             except (EOFError, OSError):  # a worker died while writing to the queue
-                return "running", ""
-            if kind == "game":
-                self._update_totals(base, worker_counters, start)
-                self.counters.games += 1
-                average = self.scores.add(payload["score"])
-                log.game(self.counters, rank, payload, average)
-                if len(self.scores.recent) >= min(10, self.scores.window) and average > self.scores.best_average:
-                    self.scores.best_average = average
-                    self._best_pending = True
-                if self._best_pending and time.monotonic() - self._last_best_save >= BEST_CHECKPOINT_INTERVAL:
-                    self._save("best")
-            elif kind == "update":
-                log.update(self.counters, payload)
-            elif kind == "eval":
-                log.evaluation(self.counters, payload)
-            elif kind == "error":
-                who = rank if isinstance(rank, str) else f"worker {rank}"
-                return "failed", f"{who} failed:\n{payload}"
-            elif kind == "nan":
-                return "nan", f"worker {rank}: {payload}; the shared model was not updated with it"
-        return "running", ""
+                return RunStatus.RUNNING, ""
+            if isinstance(message, GameFinished):
+                self._game_finished(message, log, base, worker_counters, start)
+            elif isinstance(message, UpdateDone):
+                log.update(self.counters, message.losses)
+            elif isinstance(message, EvaluationDone):
+                log.evaluation(self.counters, message.result)
+            elif isinstance(message, ProcessFailed):
+                who = source_name(message.source)
+                bad = non_finite_tensors(self.shared_model.state_dict())
+                if bad:
+                    return RunStatus.FAILED, (f"{_NON_FINITE}: {who} failed after the shared weights became "
+                                              f"NaN/inf ({bad[0]}...); the last good checkpoints were kept")
+                return RunStatus.FAILED, f"{who} failed:\n{message.traceback}"
+            elif isinstance(message, NonFinite):
+                return RunStatus.FAILED, (f"{_NON_FINITE}: {source_name(message.source)}: {message.detail}; "
+                                          "the shared model was not updated with it, the last good checkpoints "
+                                          "were kept")
+        return RunStatus.RUNNING, ""
+
+    def _game_finished(self, message: GameFinished, log: "_RunLog", base: Counters, worker_counters,
+                       start: float) -> None:
+        self._update_totals(base, worker_counters, start)
+        self.counters.games += 1
+        average = self.scores.add(message.episode["score"])
+        log.game(self.counters, message.source, message.episode, average)
+        for milestone in self.milestones.check(self.scores, self.counters):
+            log.milestone(milestone, self.scores.window)
+        if len(self.scores.recent) >= min(10, self.scores.window) and average > self.scores.best_average:
+            self.scores.best_average = average
+            self._best_pending = True
+        if self._best_pending and time.monotonic() - self._last_best_save >= BEST_CHECKPOINT_INTERVAL:
+            failure = self._save("best")
+            if failure:
+                log.note(failure)
 
     def _update_totals(self, base: Counters, worker_counters: torch.Tensor, start: float) -> None:
         totals = worker_counters.sum(0).tolist()
@@ -265,10 +409,18 @@ class Trainer:
 
     def _shutdown(self, processes, events, log, base, worker_counters, start, grace: float = 30.0) -> None:
         """Let workers finish their update (draining their messages meanwhile), then make sure all are gone."""
+        for process in processes:  # a stopped (SIGSTOP) worker must run to see the stop event
+            if process.pid is not None and process.is_alive():
+                try:
+                    os.kill(process.pid, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
         deadline = time.monotonic() + grace
         while any(p.is_alive() for p in processes) and time.monotonic() < deadline:
             self._drain_events(events, log, base, worker_counters, start, timeout=0.1)
         for process in processes:
+            if process.pid is None:  # never started (Ctrl-C during the start-up)
+                continue
             if process.is_alive():
                 process.terminate()
             process.join(timeout=5)
@@ -278,38 +430,70 @@ class Trainer:
         events.close()
         events.cancel_join_thread()
 
-    def _save(self, name: str) -> None:
+    def _save(self, name: str) -> Optional[str]:
+        """Write a checkpoint; on failure the previous file stays and a one-line reason is returned."""
         if name == "best":
             self._best_pending, self._last_best_save = False, time.monotonic()
-        model_state = {k: v.clone() for k, v in self.shared_model.state_dict().items()}
-        save_checkpoint(self.paths[name], CHECKPOINT_KIND, {
-            "model": model_state,
-            "optimizer": self.optimizer.state_dict(),
-            "counters": dataclasses.asdict(self.counters),
-            "scores": {"recent": list(self.scores.recent), "best_average": self.scores.best_average},
-            "config": to_jsonable(self.config),
-            "seeds": {"seed": self.config.run.seed, "segment": self.counters.segments},
-            "rng": {"torch": torch.get_rng_state()},
-        })
+        scores = {"recent": list(self.scores.recent), "best_average": self.scores.best_average}
+        try:
+            save_training_checkpoint(self.paths[name], self.shared_model, self.optimizer,
+                                     dataclasses.asdict(self.counters), scores, self.config)
+        except NonFiniteWeightsError as error:
+            return f"{_NON_FINITE}: {error}"
+        except (OSError, RuntimeError) as error:
+            return f"could not write {self.paths[name]} ({_cause(error)}); the previous {name}.pt is kept"
+        return None
+
+
+_NON_FINITE = "non-finite"
+
+
+def _cause(error: BaseException) -> str:
+    """The OSError behind an error (torch wraps a failed write in its own RuntimeError), in one line."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return describe_os_error(seen)
+        seen = seen.__cause__ or seen.__context__
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def _note(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
 
 
 class _RunLog:
-    """Game log (JSONL), tensorboard scalars and the terminal progress display of one run."""
+    """Game log (JSONL), tensorboard scalars and the progress display of one run.
 
-    def __init__(self, run_dir: Path, config: TrainConfig, counters: Counters, progress: bool) -> None:
-        self.games = JsonlWriter(run_dir / GAME_LOG)
-        self.evaluations = JsonlWriter(run_dir / EVAL_LOG)
-        self.tb = SummaryWriter(str(run_dir / "tb"))
+    On a terminal (and with ``--progress``) a live bar; otherwise (``--no-progress``, a log file, nohup, CI)
+    one plain line every ``plain_interval`` seconds. Milestones and notes print as lines in both cases.
+    """
+
+    def __init__(self, layout: RunDir, config: TrainConfig, counters: Counters, progress: bool) -> None:
+        self.games = JsonlWriter(layout.games)
+        self.evaluations = JsonlWriter(layout.evaluations)
+        self.tb = SummaryWriter(str(layout.tensorboard))
         self.tb_updates: list[dict[str, float]] = []
         self.last_tb_flush = time.monotonic()
         self.last_score: Optional[float] = None
         self.rate_window: deque = deque(maxlen=40)  # (time, frames, steps) over the last ~10 s
         self.last_rate_log = time.monotonic()
-        interactive = sys.stderr.isatty()
+        self.budget = config.run.frames
+        self.live = progress and sys.stderr.isatty()
+        # RunConfig.progress_interval where the config has it; the module default otherwise.
+        self.plain_interval = float(getattr(config.run, "progress_interval", PLAIN_PROGRESS_INTERVAL))
+        self.last_plain = time.monotonic()
         agent = f"{config.agent.agent}-{config.agent.encoder}"
         self.bar = tqdm(total=config.run.frames, initial=counters.frames, unit="frame", unit_scale=True,
-                        dynamic_ncols=True, disable=not progress, mininterval=0.5 if interactive else 30.0,
+                        dynamic_ncols=True, disable=not self.live, mininterval=0.5,
                         desc=f"{agent} skip {config.env.frame_skip}", smoothing=0.05)
+
+    def note(self, line: str) -> None:
+        """A line for the user, above the live bar if there is one."""
+        if self.live:
+            tqdm.write(line, file=sys.stderr)
+        else:
+            _note(line)
 
     def game(self, counters: Counters, rank: int, episode: dict[str, Any], average: float) -> None:
         self.last_score = episode["score"]
@@ -322,6 +506,16 @@ class _RunLog:
         self.tb.add_scalar("charts/episodic_return_avg100", average, counters.frames)
         self.tb.add_scalar("charts/episodic_length", episode["length"], counters.frames)
         self.tb.add_scalar("charts/games", counters.games, counters.frames)
+
+    def milestone(self, milestone: Milestone, window: int) -> None:
+        """Announce and record that the moving average reached a threshold for the first time."""
+        self.note(f"milestone: the {window}-game average reached {milestone.threshold:+g} "
+                  f"({milestone.average:+.2f}) after {_clock(milestone.wall_time)} of training, "
+                  f"{milestone.frames:,} frames, {milestone.games} games")
+        tag = f"milestones/avg{window}_reached_{milestone.threshold:+g}"
+        self.tb.add_scalar(f"{tag}/wall_time_hours", milestone.wall_time / 3600.0, milestone.frames)
+        self.tb.add_scalar(f"{tag}/games", milestone.games, milestone.frames)
+        self.tb.flush()
 
     def evaluation(self, counters: Counters, result: dict[str, Any]) -> None:
         self.evaluations.write({**result, "agent_steps": counters.agent_steps,
@@ -348,9 +542,22 @@ class _RunLog:
             self.last_rate_log = now
         last = "-" if self.last_score is None else f"{self.last_score:+.0f}"
         average = "-" if not scores.recent else f"{scores.average:+.1f}"
-        self.bar.set_postfix_str(f"steps {counters.agent_steps:,} | games {counters.games} | "
-                                 f"last {last} | avg{scores.window} {average}", refresh=False)
-        self.bar.update(min(counters.frames, self.bar.total) - self.bar.n)  # rate and ETA come from tqdm
+        if self.live:
+            self.bar.set_postfix_str(f"steps {counters.agent_steps:,} | games {counters.games} | "
+                                     f"last {last} | avg{scores.window} {average}", refresh=False)
+            self.bar.update(min(counters.frames, self.bar.total) - self.bar.n)  # rate and ETA come from tqdm
+        elif now - self.last_plain >= self.plain_interval:
+            self.last_plain = now
+            _note(self.plain_line(counters, scores, (f1 - f0) / (t1 - t0) if t1 > t0 else math.nan))
+
+    def plain_line(self, counters: Counters, scores: ScoreTracker, rate: float) -> str:
+        """``progress: 1.20M/20.00M frames (6.0%) | 850 frames/s | ETA 6:08:00 | games 123 | avg100 -20.3``."""
+        remaining = max(self.budget - counters.frames, 0)
+        eta = _clock(remaining / rate) if rate > 0 else "-"
+        average = "-" if not scores.recent else f"{scores.average:+.1f}"
+        return (f"progress: {format_count(counters.frames)}/{format_count(self.budget)} frames "
+                f"({100.0 * counters.frames / self.budget:.1f}%) | {rate:,.0f} frames/s | ETA {eta} | "
+                f"elapsed {_clock(counters.wall_time)} | games {counters.games} | avg{scores.window} {average}")
 
     def close(self, counters: Counters, scores: ScoreTracker) -> None:
         self.refresh(counters, scores)
@@ -360,5 +567,8 @@ class _RunLog:
         self.tb.close()
 
 
-def _finite(value: float) -> Optional[float]:
-    return value if math.isfinite(value) else None
+def _clock(seconds: float) -> str:
+    """``1:02:03`` (hours:minutes:seconds)."""
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
