@@ -21,6 +21,15 @@ bound by G2's products and the per-op overhead):
 - :class:`STM` computes everything that depends on the input alone (f1, f2, f3, the input gate) once
   over all time steps, and the output distillation G2/G3 (eq. 14) over chunks of steps sized to keep
   its matrix product large without copying the relational memories at large batches.
+
+Mixed precision: under ``torch.autocast`` (bf16) the recurrence, eqs. 9-13, still runs in the
+parameters' dtype (fp32): autocast is switched off there and the input is cast. Only the readout of
+eq. 14 and the head follow autocast; G2's products over the relational memory are the bulk of the
+arithmetic (3 x N d^2 n_r multiply-adds per sample-step with the backward pass), and bf16 runs them
+several times faster on CPUs with native bf16. Rounding inside the recurrence would compound over an
+episode: with bf16 products there, the relational memory of the RL agent drifts from fp32 by about 4%
+within 5 steps; with the recurrence in fp32 by 0.04%, for about 15% more time per step at batch 16
+(``tests/test_precision.py``, issue 10). The memories stay fp32 state either way.
 """
 
 from __future__ import annotations
@@ -175,20 +184,27 @@ class STMCell(nn.Module):
             raise ValueError(f"STMCell expects input of shape [B, {self.input_size}], got {list(x.shape)}")
         return self.update_memory_projected(self.project_input(x), state)
 
+    def full_precision(self):
+        """The context of the recurrence: autocast off (see the module's docstring, "Mixed precision")."""
+        return torch.autocast(self.initial_item.device.type, enabled=False)
+
     def project_input(self, x: Tensor) -> "InputProjection":
         """Everything a step computes from x alone (spec step 1 and the input half of the gates).
 
         Works on any leading dimensions, so :class:`STM` projects a whole sequence at once. The gates'
         scalar biases (``input_bias``, ``forget_bias``) are added here, to the ``[..., 2d]`` vector,
         rather than to the ``d x 2d`` gate pre-activations of every step (same sum, far fewer adds).
+        Runs in the parameters' dtype, also under autocast.
         """
-        u = self.f1(x)
-        w = self.f2(x) if self.uses_relational_read else None
-        slot_logits = self.f3(x) if self.uses_relational_read else None
-        gate_from_input = None
-        if self.gated:  # gate_in(u) + [input_bias] * d ++ [forget_bias] * d
-            biases = torch.stack((self.input_bias, self.forget_bias)).unsqueeze(-1)  # [2, 1]
-            gate_from_input = (self.gate_in(u).unflatten(-1, (2, self.d)) + biases).flatten(-2)
+        with self.full_precision():
+            x = x.to(self.initial_item.dtype)
+            u = self.f1(x)
+            w = self.f2(x) if self.uses_relational_read else None
+            slot_logits = self.f3(x) if self.uses_relational_read else None
+            gate_from_input = None
+            if self.gated:  # gate_in(u) + [input_bias] * d ++ [forget_bias] * d
+                biases = torch.stack((self.input_bias, self.forget_bias)).unsqueeze(-1)  # [2, 1]
+                gate_from_input = (self.gate_in(u).unflatten(-1, (2, self.d)) + biases).flatten(-2)
         return InputProjection(u, w, slot_logits, gate_from_input)
 
     def update_memory_projected(self, projected: "InputProjection", state: Optional[STMState] = None) -> STMState:
@@ -198,8 +214,12 @@ class STMCell(nn.Module):
         backward pass (the step is memory-bound at large batches and overhead-bound at batch 1):
         rank-1 and rank-N updates of a memory are single ``baddbmm`` calls, which save only their
         small factors where ``M + alpha * (a (x) b)`` would save the ``d x d`` product for alpha's
-        gradient.
+        gradient. Runs in the parameters' dtype, also under autocast.
         """
+        with self.full_precision():
+            return self._update_memory_projected(projected, state)
+
+    def _update_memory_projected(self, projected: "InputProjection", state: Optional[STMState]) -> STMState:
         u, w, slot_logits, gate_from_input = projected
         if state is None:
             state = self.initial_state(u.shape[0])
@@ -212,7 +232,7 @@ class STMCell(nn.Module):
             input_gate, forget_gate = gates.chunk(2, dim=-1)
             item = torch.addcmul(input_gate * written, forget_gate, item_prev)  # M'
         else:  # eq. 9, the "w/o gates" ablation: M' = M_i + u (x) u
-            item = low_rank_update(item_prev, u.unsqueeze(2), u.unsqueeze(1))
+            item = torch.baddbmm(item_prev, u.unsqueeze(2), u.unsqueeze(1))
 
         sam_input = item
         if self.uses_relational_read:  # 5. eq. 11
@@ -226,15 +246,15 @@ class STMCell(nn.Module):
         scores = outer_product_scores(k, q).view(batch, n, n * d)  # [B, N(key), N(query)*d]
         # A[n, a, c] = sum_j scores[j, n, a] v[j, c]: one [N*d, N] x [N, d] product per sample.
         if self.uses_old_relational:  # M_r = alpha1 * M_r_prev + A, accumulated into one new tensor
-            relational = low_rank_update(scale(rel_prev, self.alpha1).view(batch, n * d, d),
-                                         scores.transpose(1, 2), v).view(batch, n, d, d)
+            relational = torch.baddbmm(scale(rel_prev, self.alpha1).view(batch, n * d, d),
+                                       scores.transpose(1, 2), v).view(batch, n, d, d)
         else:
-            relational = low_rank_update(None, scores.transpose(1, 2), v, like=rel_prev).view(batch, n, d, d)
+            relational = (scores.transpose(1, 2) @ v).view(batch, n, d, d)
 
         if self.uses_transfer:  # 7. eq. 13: T[c, e] = sum_{n,a} W_G1[e, n*d + a] A[n, a, c] + b_G1[e]
             # Factored: T = sum_j v_j (x) H_j + b with H_j[e] = sum_{n,a} W_G1[e, n*d + a] scores[j, n, a].
             per_key = scores @ self.G1.weight.t()  # H: [B, N(key), d]
-            item = low_rank_update(item + self.alpha3 * self.G1.bias, v.transpose(1, 2), self.alpha3 * per_key)
+            item = torch.baddbmm(item + self.alpha3 * self.G1.bias, v.transpose(1, 2), self.alpha3 * per_key)
         return STMState(item, relational)
 
     def readout(self, relational: Tensor) -> Tensor:
@@ -301,22 +321,6 @@ class STM(nn.Module):
                 outputs.append(self.cell.readout(stacked))
                 pending = []
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1), state
-
-
-def low_rank_update(memory: Optional[Tensor], left: Tensor, right: Tensor, like: Optional[Tensor] = None) -> Tensor:
-    """``memory + left @ right`` (batched; ``left @ right`` alone for ``memory=None``) in the memory's dtype.
-
-    The memories are the cell's state and keep the dtype they start in (fp32 from the learned initial
-    memories) under bf16 autocast too: a bf16 state would round every step's update into the memory that
-    carries it across an episode, and oneDNN's bf16 kernels for the memory-bound passes over the
-    relational memory (the slot mix, the dot products) are slower than its fp32 ones on CPUs. The small
-    factors are cast to the memory's dtype; products that only read a memory (G2, the gates, SAM's
-    projection) still run in bf16 under autocast. ``like`` gives the dtype when ``memory`` is None.
-    """
-    dtype = (memory if memory is not None else like).dtype
-    with torch.autocast(left.device.type, enabled=False):
-        left, right = left.to(dtype), right.to(dtype)
-        return torch.bmm(left, right) if memory is None else torch.baddbmm(memory, left, right)
 
 
 def _validate_alphas(alphas: Sequence[AlphaSetting]) -> tuple[AlphaSetting, AlphaSetting, AlphaSetting]:
