@@ -20,10 +20,12 @@ from envs import EnvConfig
 class A3CConfig:
     """The learning algorithm: asynchronous advantage actor-critic with a shared Adam."""
 
-    lr: float = 1e-4
-    """Adam learning rate (paper lineage: 1e-4)."""
-    adam_eps: float = 1e-3
-    """Adam epsilon (the authors' setting 1e-3; a large eps damps the first, noisy updates)."""
+    lr: float = 5e-4
+    """Adam learning rate. 5e-4 with 16 environments per worker (each update averages 16 rollouts, so
+    there are 16x fewer updates per frame than classic A3C's 1e-4 with one); the paper preset keeps 1e-4."""
+    adam_eps: float = 1e-5
+    """Adam epsilon. 1e-5: averaging 16 rollouts shrinks the gradients' RMS to the order of the authors'
+    1e-3, which then damps every step (no learning in 4.5M frames at 1e-3, learning from 5M at 1e-5)."""
     amsgrad: bool = True
     """Use AMSGrad in the shared Adam (the authors' A3C-LSTM setting)."""
     gamma: float = 0.99
@@ -38,8 +40,9 @@ class A3CConfig:
     """Clip the global gradient norm of each update to this (classic A3C: 50)."""
     rollout_steps: int = 20
     """n of the n-step rollout: agent steps per update (20)."""
-    envs_per_worker: int = 1
-    """Environments stepped by each worker with one batched forward (1 = classic A3C); more raises throughput on few cores."""
+    envs_per_worker: int = 16
+    """Environments stepped by each worker with one batched forward, each update averaging their rollouts
+    (1 = classic A3C). 16 gives about 2x the frames/s of 1 on two cores; the paper preset uses 1."""
 
     def __post_init__(self) -> None:
         _require(self.lr > 0, "lr must be > 0")
