@@ -35,15 +35,15 @@ from agents import AgentConfig
 from envs import EnvConfig
 from stm_rl import sweep_run
 from stm_rl.a3c.config import A3CConfig, RunConfig, TrainConfig
-from stm_rl.a3c.trainer import checkpoint_paths
-from stm_rl.config_cli import add_dataclass_flags, flag_name
-from stm_rl.run_dir import StmRlError, read_json, write_json_atomic
+from stm_rl.a3c.limits import validate_for_training
+from stm_rl.config_cli import add_dataclass_flags, flag_name, with_flag_names
+from stm_rl.conventions import ExitCode
+from stm_rl.run_dir import RunDir, StmRlError, check_can_write, read_json, write_json_atomic
 
 MANIFEST_NAME = "sweep.json"
 LOG_NAME = "train.log"
 SHUTDOWN_GRACE_S = 300.0
 """Seconds a run gets to write its final checkpoint after Ctrl-C before it is killed."""
-EXIT_INTERRUPTED = 130
 BACKENDS = ("local", "ray")
 
 # Settings the sweep sets itself for each run, so they are not flags of the sweep.
@@ -163,9 +163,10 @@ def options_from_args(args: argparse.Namespace) -> SweepOptions:
             raise StmRlError(f"{flag} must be >= 1, got {value}")
     if args.retries < 0:
         raise StmRlError(f"--retries must be >= 0, got {args.retries}")
-    negative = [seed for seed in args.seeds if seed < 0]
-    if negative:
-        raise StmRlError(f"--seeds must be >= 0, got {negative[0]}")
+    for flag, values in (("--seeds", args.seeds), ("--frame-skips", args.frame_skips)):
+        negative = [value for value in values if value < 0]
+        if negative:
+            raise StmRlError(f"{flag} must be >= 0, got {negative[0]}")
     for agent in args.agents:
         AgentConfig(agent=agent)  # "unknown agent 'x'; choose 'lstm' or 'stm'"
     settings = {cls.__name__: {f.name: getattr(args, f"{cls.__name__}.{f.name}") for f in dataclasses.fields(cls)
@@ -181,8 +182,12 @@ def options_from_args(args: argparse.Namespace) -> SweepOptions:
         settings={name: values for name, values in settings.items() if values}, retries=args.retries,
         backend=args.backend, ray_address=args.ray_address, poll_interval=args.poll_interval,
         progress=args.progress)
+    fields = [f.name for cls in _SWEEP_OWNED for f in dataclasses.fields(cls)]
     for spec in options.runs():  # every configuration must be valid before anything starts
-        run_config(spec, options)
+        try:
+            validate_for_training(run_config(spec, options))
+        except ValueError as error:  # a config's own check names the field: name the flag
+            raise StmRlError(with_flag_names(str(error), fields)) from None
     return options
 
 
@@ -207,7 +212,7 @@ def run(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- a run's state on disk
 def run_summary(run_dir: Path) -> dict[str, Any]:
     """The run's summary.json ({} if it has none or it cannot be read)."""
-    path = Path(run_dir) / "summary.json"
+    path = RunDir(run_dir).summary
     if not path.exists():
         return {}
     try:
@@ -224,12 +229,11 @@ def run_status(run_dir: Path) -> Optional[str]:
 
 def frames_done(run_dir: Path) -> int:
     """Emulator frames a run has trained: from its summary, or the last line of its game log if newer."""
-    run_dir = Path(run_dir)
     try:
         frames = int(run_summary(run_dir)["counters"]["frames"])
     except (KeyError, TypeError, ValueError):
         frames = 0
-    last = _last_jsonl_record(run_dir / "games.jsonl")
+    last = _last_jsonl_record(RunDir(run_dir).games)
     return max(frames, int(last.get("frames", 0))) if last else frames
 
 
@@ -262,12 +266,13 @@ def is_finished(spec: RunSpec, frames_budget: int) -> bool:
 
 def disk_state(spec: RunSpec, frames_budget: int) -> str:
     """What a sweep would do with the run now: done, running (host pid), resume (last status) or start."""
-    holder = sweep_run.lock_holder(spec.run_dir)
+    layout = RunDir(spec.run_dir)
+    holder = layout.lock_holder()
     if holder:
         return f"running ({holder})"
     if is_finished(spec, frames_budget):
         return "done"
-    if checkpoint_paths(spec.run_dir)["latest"].exists():
+    if layout.checkpoint("latest").exists():
         return f"resume ({run_status(spec.run_dir) or 'killed'})"
     return "start"
 
@@ -276,8 +281,9 @@ def changed_settings(options: SweepOptions) -> dict[str, list[str]]:
     """Runs already trained with settings other than this sweep's, with the settings that differ."""
     changed = {}
     for spec in options.runs():
-        config_file = spec.run_dir / "config.json"
-        if not (checkpoint_paths(spec.run_dir)["latest"].exists() and config_file.exists()):
+        layout = RunDir(spec.run_dir)
+        config_file = layout.config
+        if not (layout.checkpoint("latest").exists() and config_file.exists()):
             continue  # nothing trained yet that a change could mix with
         try:
             saved = TrainConfig.from_dict(read_json(config_file)["config"])
@@ -298,17 +304,6 @@ def check_settings_unchanged(options: SweepOptions) -> None:
         more = f" (and {len(changed) - 1} more run(s))" if len(changed) > 1 else ""
         raise StmRlError(f"{first}{more} in {options.out} was trained with other settings: "
                          f"{'; '.join(differences)}; repeat the original flags, or choose another --out")
-
-
-def check_out_writable(out: Path) -> None:
-    """Create ``out`` and write a file there, or raise a one-line error naming the path."""
-    probe = out / f".sweep-probe-{os.getpid()}"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe.write_text("probe\n")
-        probe.unlink()
-    except OSError as error:
-        raise StmRlError(f"--out {out}: cannot write there ({error.strerror or error})") from None
 
 
 # ---------------------------------------------------------------- backends
@@ -424,9 +419,9 @@ class Sweep:
 
     def run(self) -> int:
         check_settings_unchanged(self.options)
+        check_can_write(self.options.out, "--out", directory=True)
         backend = make_backend(self.options)  # with Ray: connects and checks --out from every node
         try:
-            check_out_writable(self.options.out)
             return self._run(backend)
         finally:
             backend.close()
@@ -456,7 +451,7 @@ class Sweep:
             self._write_manifest()
             bar.close()
             print(results_table(self.entries))
-            return EXIT_INTERRUPTED
+            return ExitCode.INTERRUPTED
         finally:
             signal.signal(signal.SIGTERM, previous_term)
         bar.close()
@@ -484,7 +479,7 @@ class Sweep:
         spec = entry.spec
         spec.run_dir.mkdir(parents=True, exist_ok=True)
         sweep_run.write_run_file(run_config(spec, self.options))
-        resume = checkpoint_paths(spec.run_dir)["latest"].exists()
+        resume = RunDir(spec.run_dir).checkpoint("latest").exists()
         backend.start(entry)
         entry.state, entry.exit_code, entry.message = "running", None, ""
         entry.attempts += 1
@@ -499,11 +494,11 @@ class Sweep:
         if exit_code == 0 and status == "completed":
             entry.state, entry.message = "done", ""
             return
-        if exit_code in (0, EXIT_INTERRUPTED) and status == "interrupted":
+        if exit_code in (ExitCode.COMPLETED, ExitCode.INTERRUPTED) and status == "interrupted":
             entry.state, entry.message = "interrupted", "stopped from outside; re-run the sweep to resume"
             return
         reason = error or f"see {entry.log_path}" + (f" (summary status {status})" if status else "")
-        if entry.attempts <= self.options.retries and exit_code != 2:  # 2: bad input, a retry cannot help
+        if entry.attempts <= self.options.retries and exit_code != ExitCode.BAD_INPUT:  # a retry cannot help
             entry.state = "pending"
             entry.message = f"attempt {entry.attempts} failed ({reason}); retrying from the latest checkpoint"
         else:
@@ -531,7 +526,7 @@ class Sweep:
         print(results_table(self.entries))
         for entry in failed:
             print(f"  failed: {entry.spec.name} (exit code {entry.exit_code}), log {entry.log_path}")
-        return 1 if failed or held else 0
+        return ExitCode.FAILED if failed or held else ExitCode.COMPLETED
 
 
 def results_table(entries: list[RunEntry], states: Optional[Mapping[str, str]] = None) -> str:

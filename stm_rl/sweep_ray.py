@@ -38,8 +38,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from stm_rl import sweep_run
 from stm_rl.run_dir import StmRlError
-from stm_rl.sweep import (SHUTDOWN_GRACE_S, RunEntry, SweepOptions, _kill_process_group, _signal,
-                          check_out_writable)
+from stm_rl.sweep import SHUTDOWN_GRACE_S, RunEntry, SweepOptions, _kill_process_group, _signal
 
 CONNECT_TIMEOUT_S = 5.0
 """Seconds to wait for the head node's port to answer before giving up on --ray-address."""
@@ -152,7 +151,7 @@ class RayBackend:
                              f"node (its workers and its trainer); the largest node of the cluster has {largest:g}")
         out = self.options.out
         created = not out.exists()
-        check_out_writable(out)
+        out.mkdir(parents=True, exist_ok=True)  # the driver may write there: Sweep.run checked
         marker = out / f".sweep-marker-{uuid.uuid4().hex}"
         marker.write_text("written by the sweep's driver\n")
         try:

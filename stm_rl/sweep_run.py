@@ -6,9 +6,9 @@ instead of rebuilding a ``train`` command line from parsed flags. This process, 
 
 - dies with its parent: if the sweep (or the Ray task) that started it is killed, it receives SIGTERM and
   stops like a Ctrl-C'd training, with a final checkpoint, instead of training on unseen;
-- holds a lock on the run directory (``.sweep-run.lock``, naming host and pid) while it trains, so that a
-  re-run of the sweep, or a retry on another node, waits for a previous trainer of the same run to stop
-  instead of training a second copy of it;
+- waits (up to :data:`LOCK_WAIT_S`) for a previous trainer of the same run to stop (one orphaned by a killed
+  sweep, or a retry landing while the old attempt still writes its final checkpoint), instead of failing on
+  the run directory's lock, which the trainer then takes itself (:meth:`stm_rl.run_dir.RunDir.lock`);
 - resumes from ``checkpoints/latest.pt`` when there is one (its architecture and learning settings must be
   those of the file; only the budget, the workers and the checkpoint interval may change), else starts the
   run, setting aside the game log of an attempt that died before its first checkpoint.
@@ -21,30 +21,28 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import dataclasses
-import fcntl
 import math
 import os
 import signal
 import socket
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
+from stm_rl.a3c.checkpoint import RESUMABLE_RUN_FLAGS, load_resume_checkpoint
 from stm_rl.a3c.config import TrainConfig
-from stm_rl.a3c.train_command import ENV_FLAGS_HIDDEN, RESUMABLE_RUN_FLAGS
-from stm_rl.a3c.trainer import GAME_LOG, Trainer, checkpoint_paths, load_training_checkpoint
-from stm_rl.config_cli import flag_name
-from stm_rl.run_dir import StmRlError, read_json, to_jsonable, write_json_atomic
+from stm_rl.a3c.train_command import ENV_FLAGS_HIDDEN, EXIT_CODES
+from stm_rl.a3c.trainer import Trainer
+from stm_rl.config_cli import differing_settings
+from stm_rl.conventions import ExitCode
+from stm_rl.run_dir import RunDir, StmRlError, read_json, to_jsonable, write_json_atomic
 
 RUN_FILE = "sweep-run.json"
-LOCK_FILE = ".sweep-run.lock"
 PARENT_ENV = "STM_RL_SWEEP_PARENT"
 """Environment variable holding the pid of the process that started the run (the sweep or a Ray task)."""
 LOCK_WAIT_S = 600.0
 """Seconds to wait for a previous trainer of the same run (e.g. one orphaned by a killed sweep) to stop."""
-EXIT_CODES = {"completed": 0, "failed": 1, "interrupted": 130}
 _PR_SET_PDEATHSIG = 1
 
 
@@ -86,20 +84,17 @@ def settings_differ(saved: TrainConfig, wanted: TrainConfig) -> list[str]:
     """
     may_change = {("run", name) for name in (*RESUMABLE_RUN_FLAGS, "run_dir")}
     may_change |= {("env", name) for name in ENV_FLAGS_HIDDEN}
-    old, new = to_jsonable(saved), to_jsonable(wanted)
-    return [f"{flag_name(name)} {old[group][name]} -> {new[group][name]}"
-            for group in old for name in old[group]
-            if (group, name) not in may_change and old[group][name] != new[group].get(name)]
+    differences = differing_settings([to_jsonable(saved), to_jsonable(wanted)], ignore=may_change)
+    return [f"{flag} {old} -> {new}" for flag, (old, new) in differences.items()]
 
 
 def start_or_resume(config: TrainConfig) -> Trainer:
     """A trainer for ``config``: resumed from the run's latest checkpoint if it has one, else a new run."""
     run_dir = Path(config.run.run_dir)
-    latest = checkpoint_paths(run_dir)["latest"]
-    if not latest.exists():
+    if not RunDir(run_dir).checkpoint("latest").exists():
         set_aside_orphan_log(run_dir)
         return Trainer(config)
-    record = load_training_checkpoint(latest)
+    record = load_resume_checkpoint(run_dir)
     saved: TrainConfig = record["config"]
     changed = settings_differ(saved, config)
     if changed:
@@ -112,8 +107,9 @@ def start_or_resume(config: TrainConfig) -> Trainer:
 
 def set_aside_orphan_log(run_dir: Path) -> Optional[Path]:
     """A run that died before its first checkpoint starts over: keep its old game log under another name."""
-    games = Path(run_dir) / GAME_LOG
-    if not games.exists() or checkpoint_paths(run_dir)["latest"].exists():
+    layout = RunDir(run_dir)
+    games = layout.games
+    if not games.exists() or layout.checkpoint("latest").exists():
         return None
     target = games.with_name(f"games.orphan-{int(time.time())}.jsonl")
     games.rename(target)
@@ -135,54 +131,18 @@ def die_with_parent() -> None:
         raise StmRlError(f"the process that started this run (pid {parent}) is gone")
 
 
-def lock_holder(run_dir: Path) -> Optional[str]:
-    """``"host pid"`` of the process training this run now, None when none is (or the run has no lock file)."""
-    path = Path(run_dir) / LOCK_FILE
-    try:
-        with open(path, "r+") as f:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return f.read().strip() or "another process"
-            fcntl.flock(f, fcntl.LOCK_UN)
-            return None
-    except FileNotFoundError:
-        return None
-
-
-@contextmanager
-def run_lock(run_dir: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
-    """Hold the run's lock while training; wait (up to ``wait_s``) for a previous holder to let go."""
-    path = Path(run_dir) / LOCK_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as f:
-        deadline, told = time.monotonic() + wait_s, False
-        while True:
-            try:
-                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    f.seek(0)
-                    raise StmRlError(f"{run_dir} is still being trained by {f.read().strip() or 'another process'} "
-                                     f"after {wait_s:.0f} s; stop that process first") from None
-                if not told:
-                    f.seek(0)
-                    print(f"waiting for the trainer already running in {run_dir} ({f.read().strip()}) to stop",
-                          flush=True)
-                    told = True
-                time.sleep(1.0)
-        f.seek(0)
-        f.truncate()
-        f.write(f"{socket.gethostname()} {os.getpid()}\n")
-        f.flush()
-        try:
-            yield
-        finally:
-            f.seek(0)
-            f.truncate()
-            f.flush()
-            fcntl.flock(f, fcntl.LOCK_UN)
+def wait_for_previous_trainer(run_dir: Path, wait_s: float = LOCK_WAIT_S) -> None:
+    """Return once no process holds the run directory's lock; raise after ``wait_s`` seconds."""
+    layout, told = RunDir(run_dir), False
+    deadline = time.monotonic() + wait_s
+    while (holder := layout.lock_holder()) is not None:
+        if time.monotonic() >= deadline:
+            raise StmRlError(f"{run_dir} is still being trained by {holder} after {wait_s:.0f} s; "
+                             "stop that process first")
+        if not told:
+            print(f"waiting for the trainer already running in {run_dir} ({holder}) to stop", flush=True)
+            told = True
+        time.sleep(1.0)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -193,25 +153,24 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         die_with_parent()
         config = read_run_file(Path(argv[0]))
-        with run_lock(config.run.run_dir):
-            trainer = start_or_resume(config)
-            config = trainer.config
-            print(f"run {config.run.run_dir} on {socket.gethostname()} (pid {os.getpid()}): {config.agent.agent} "
-                  f"agent, frame skip {config.env.frame_skip}, seed {config.run.seed}, {config.run.workers} "
-                  f"worker(s), budget {config.run.frames:,} frames"
-                  + (f", resuming at {trainer.counters.frames:,}" if trainer.counters.frames else ""), flush=True)
-            result = trainer.run()
-    except StmRlError as error:
+        wait_for_previous_trainer(config.run.run_dir)
+        trainer = start_or_resume(config)
+        config = trainer.config
+        print(f"run {config.run.run_dir} on {socket.gethostname()} (pid {os.getpid()}): {config.agent.agent} "
+              f"agent, frame skip {config.env.frame_skip}, seed {config.run.seed}, {config.run.workers} "
+              f"worker(s), budget {config.run.frames:,} frames"
+              + (f", resuming at {trainer.counters.frames:,}" if trainer.counters.frames else ""), flush=True)
+        result = trainer.run()
+    except (StmRlError, ValueError) as error:
         print(f"stm-rl sweep run: error: {error}", file=sys.stderr)
-        return 2
+        return ExitCode.BAD_INPUT
     except KeyboardInterrupt:
         print("stm-rl sweep run: interrupted", file=sys.stderr)
-        return EXIT_CODES["interrupted"]
-    status = str(getattr(result.status, "value", result.status))  # a str or a str-valued enum
+        return ExitCode.INTERRUPTED
     average = "n/a" if math.isnan(result.moving_average) else f"{result.moving_average:+.2f}"
-    print(f"{status}: {result.counters.games} games, {result.counters.frames:,} frames; "
+    print(f"{result.status.value}: {result.counters.games} games, {result.counters.frames:,} frames; "
           f"moving average score {average}" + (f"; {result.message}" if result.message else ""), flush=True)
-    return EXIT_CODES.get(status, 1)
+    return EXIT_CODES[result.status]
 
 
 if __name__ == "__main__":

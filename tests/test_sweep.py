@@ -16,7 +16,7 @@ import pytest
 from stm_rl import sweep, sweep_run
 from stm_rl.a3c import TrainConfig
 from stm_rl.cli import main as cli_main
-from stm_rl.run_dir import StmRlError, to_jsonable
+from stm_rl.run_dir import RunDir, StmRlError, to_jsonable
 
 FLAGS = ["--agents", "lstm", "--frame-skips", "32", "--workers-per-run", "1", "--encoder", "small",
          "--no-progress", "--poll-interval", "0.2"]
@@ -98,23 +98,24 @@ def test_dry_run_lists_what_a_sweep_would_do(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["lstm-skip32-seed0", "lstm-skip32-seed1"], "nothing written"
 
 
-def test_the_run_lock_names_its_holder_and_keeps_a_second_trainer_out(tmp_path):
-    assert sweep_run.lock_holder(tmp_path) is None
-    with sweep_run.run_lock(tmp_path):
-        assert sweep_run.lock_holder(tmp_path) == f"{socket.gethostname()} {os.getpid()}"
-        start = time.monotonic()
-        with pytest.raises(StmRlError, match="still being trained by"):
-            with sweep_run.run_lock(tmp_path, wait_s=1.0):
-                pass
+def test_a_run_waits_for_a_previous_trainer_of_its_directory(tmp_path):
+    """A retry or re-run waits while another process holds the run directory's lock, then gives up clearly."""
+    start = time.monotonic()
+    sweep_run.wait_for_previous_trainer(tmp_path, wait_s=5.0)
+    assert time.monotonic() - start < 1.0, "nobody holds the lock: no wait"
+    with RunDir(tmp_path).lock():
+        with pytest.raises(StmRlError, match=f"still being trained by {socket.gethostname()} {os.getpid()} after 1 s"):
+            sweep_run.wait_for_previous_trainer(tmp_path, wait_s=1.0)
         assert time.monotonic() - start >= 1.0
-    assert sweep_run.lock_holder(tmp_path) is None
 
 
 @pytest.mark.parametrize("flags, message", [
     (["--seeds", "0", "-1"], "--seeds must be >= 0, got -1"),
     (["--seeds", "0", "--workers-per-run", "0"], "--workers-per-run must be >= 1, got 0"),
     (["--seeds", "0", "--retries", "-1"], "--retries must be >= 0, got -1"),
-    (["--seeds", "0", "--frame-skips", "-4"], "frame_skip must be an integer >= 0"),
+    (["--seeds", "0", "--frame-skips", "-4"], "--frame-skips must be >= 0, got -4"),
+    (["--seeds", "0", "--lr", "-1"], "--lr must be > 0"),
+    (["--seeds", "0", "--max-episode-frames", "0"], "--max-episode-frames must be a positive integer"),
 ])
 def test_bad_values_are_rejected_before_anything_starts(tmp_path, capsys, flags, message):
     out = tmp_path / "sweep"
@@ -129,7 +130,7 @@ def test_an_unwritable_out_is_a_one_line_error(tmp_path, capsys):
     blocker.write_text("not a folder")
     assert cli_main(["sweep", *FLAGS, "--seeds", "0", "--out", str(blocker / "sweep")]) == 2
     error = capsys.readouterr().err
-    assert error.startswith(f"stm-rl sweep: error: --out {blocker / 'sweep'}: cannot write there")
+    assert error.startswith(f"stm-rl sweep: error: --out {blocker / 'sweep'}: cannot be created, {blocker} is not")
     assert error.count("\n") == 1
 
 
@@ -141,10 +142,10 @@ def test_a_killed_sweep_stops_its_runs_with_a_final_checkpoint(tmp_path):
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     run_dir = out / "lstm-skip32-seed0"
     deadline = time.monotonic() + 120
-    while not ((run_dir / "games.jsonl").exists() and sweep_run.lock_holder(run_dir)):
+    while not ((run_dir / "games.jsonl").exists() and RunDir(run_dir).lock_holder()):
         assert time.monotonic() < deadline and process.poll() is None, "the run never started"
         time.sleep(0.2)
-    trainer = int(sweep_run.lock_holder(run_dir).split()[1])
+    trainer = int(RunDir(run_dir).lock_holder().split()[1])
     process.kill()
     process.wait()
     deadline = time.monotonic() + 60
@@ -153,7 +154,7 @@ def test_a_killed_sweep_stops_its_runs_with_a_final_checkpoint(tmp_path):
         time.sleep(0.2)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted" and "SIGTERM" in summary["message"]
-    assert (run_dir / "checkpoints" / "final.pt").exists() and sweep_run.lock_holder(run_dir) is None
+    assert (run_dir / "checkpoints" / "final.pt").exists() and RunDir(run_dir).lock_holder() is None
 
 
 def _alive(pid: int) -> bool:

@@ -20,7 +20,8 @@ import pytest
 ray = pytest.importorskip("ray")
 
 from stm_rl import sweep_ray, sweep_run  # noqa: E402  (after the skip: the module imports ray)
-from stm_rl.a3c.trainer import load_training_checkpoint  # noqa: E402
+from stm_rl.a3c.checkpoint import load_training_checkpoint  # noqa: E402
+from stm_rl.run_dir import RunDir  # noqa: E402
 from stm_rl.cli import main as cli_main  # noqa: E402
 
 TINY = ["--agents", "lstm", "--frame-skips", "32", "--workers-per-run", "1", "--encoder", "small",
@@ -54,7 +55,7 @@ def trainer_pid_once_checkpointed(run_dir: Path, timeout: float = 120) -> int:
     latest = run_dir / "checkpoints" / "latest.pt"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        holder = sweep_run.lock_holder(run_dir)
+        holder = RunDir(run_dir).lock_holder()
         if holder and latest.exists() and load_training_checkpoint(latest)["counters"]["frames"] > 0:
             host, pid = holder.split()
             assert host == socket.gethostname()
