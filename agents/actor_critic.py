@@ -179,7 +179,7 @@ class ActorCritic(nn.Module):
     def _lstm_step(self, encoded: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         """One LSTM step, in fp32 whatever the precision (a small share of the work; fp32 keeps h and c exact)."""
         with torch.autocast(encoded.device.type, enabled=False):
-            return self.lstm(encoded.float(), state)
+            return self.lstm(encoded.to(self.lstm.weight_ih.dtype), state)
 
     def _lstm_sequence(self, encoded: Tensor, state: tuple[Tensor, Tensor],
                        episode_start: Tensor) -> tuple[Tensor, tuple[Tensor, Tensor]]:
@@ -192,17 +192,20 @@ class ActorCritic(nn.Module):
         steps = encoded.shape[1]
         resets = episode_start.any(0).tolist()  # which steps reset at least one environment
         bounds = [t for t in range(1, steps) if resets[t]] + [steps]
-        zeros = encoded.new_zeros(encoded.shape[0], self.config.hidden_size, dtype=torch.float32)
-        weights = [self.lstm.weight_ih, self.lstm.weight_hh, self.lstm.bias_ih, self.lstm.bias_hh]
+        cell = self.lstm
+        encoded = encoded.to(cell.weight_ih.dtype)
+        zeros = encoded.new_zeros(encoded.shape[0], cell.hidden_size)  # the initial state (initial_state)
+        weights = [cell.weight_ih, cell.weight_hh, cell.bias_ih, cell.bias_hh]  # nn.LSTM's single-layer layout
         (h, c), outputs, begin = state, [], 0
         with torch.autocast(encoded.device.type, enabled=False):
             for end in bounds:
                 if resets[begin]:
                     start = episode_start[:, begin]
                     h, c = _reset_where(start, zeros, h), _reset_where(start, zeros, c)
-                out, h_n, c_n = torch.lstm(encoded[:, begin:end].float(), (h.unsqueeze(0), c.unsqueeze(0)), weights,
-                                           True, 1, 0.0, self.training, False, True)  # biases, layers, dropout,
-                h, c = h_n.squeeze(0), c_n.squeeze(0)                                  # train, bidirectional, batch_first
+                out, h_n, c_n = torch.lstm(encoded[:, begin:end], (h.unsqueeze(0), c.unsqueeze(0)), weights,
+                                           has_biases=True, num_layers=1, dropout=0.0, train=self.training,
+                                           bidirectional=False, batch_first=True)
+                h, c = h_n.squeeze(0), c_n.squeeze(0)
                 outputs.append(out)
                 begin = end
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1), (h, c)

@@ -1,11 +1,17 @@
 """Speed and peak memory of the STM cell against a straightforward version, in the same run.
 
 For d=96, N=8, n_r=96 on one torch thread, prints forward+backward time per step and the peak memory
-of the training step at batch 1 (the RL case) and batch 128 (the supervised case), over 20 steps:
+of the training step at batch 1 (the RL case with one env per worker), batch 16 (the RL case with
+batched envs) and batch 128 (the supervised case), over 20 steps:
 
 - ``stm_rl``: :class:`stm_rl.STM` (factored transfer, readout batched over time).
+- ``stm_rl bf16``: the same under ``torch.autocast(bfloat16)`` (``--precision bf16`` of the agents:
+  the recurrence in fp32, the readout in bf16); only with ``--bf16`` (needs native bf16 for sense).
 - ``straightforward``: the same parameters computed the way the authors' code does: SAM through a
   materialised B x N x N x d x d tensor, G1 applied to the materialised SAM output, G2/G3 every step.
+
+"ms/sample" is the time per step divided by the batch: batching envs pays where it falls with batch
+(issue 10: at batch 16 at most half its batch-1 value).
 
 Each measurement runs in a fresh subprocess; peak memory is the growth of the process's maximum
 resident set size over its size after building the model and inputs (so it includes the backward
@@ -14,8 +20,9 @@ saves for the backward pass (parameters excluded), measured by hooks in one more
 lower bound that the peak should exceed by the backward's working set, a sanity check of the peak.
 Times are medians over repeated training steps after a warm-up one.
 
-    python benchmarks/stm_speed.py            # both batch sizes, ~2-4 minutes on 2 cores
-    python benchmarks/stm_speed.py --quick    # batch 1 and batch 32 only
+    python benchmarks/stm_speed.py            # batches 1, 16, 128, ~3-5 minutes on 2 cores
+    python benchmarks/stm_speed.py --quick    # batches 1 and 16 only
+    python benchmarks/stm_speed.py --bf16     # adds the bf16 autocast rows
 """
 
 from __future__ import annotations
@@ -56,6 +63,9 @@ def straightforward_step(cell: STMCell, x: torch.Tensor, state: STMState) -> tup
     return cell.readout(relational), STMState(item, relational)
 
 
+IMPLEMENTATIONS = ("straightforward", "stm_rl", "stm_rl bf16")
+
+
 def measure(impl: str, batch: int, repeats: int) -> dict:
     setup_compute_process(num_threads=1)  # both implementations get the same process set-up
     torch.manual_seed(0)
@@ -68,6 +78,10 @@ def measure(impl: str, batch: int, repeats: int) -> dict:
     def forward():
         if impl == "stm_rl":
             y, _ = model(x)
+        elif impl == "stm_rl bf16":
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                y, _ = model(x)
+            y = y.float()
         else:
             state, ys = model.initial_state(batch), []
             for t in range(STEPS):
@@ -89,6 +103,7 @@ def measure(impl: str, batch: int, repeats: int) -> dict:
         times.append(time.perf_counter() - start)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before  # kB on Linux
     return {"impl": impl, "batch": batch, "ms_per_step": 1000 * sorted(times)[len(times) // 2] / STEPS,
+            "ms_per_step_best": 1000 * min(times) / STEPS,
             "peak_mb": max(peak, 0) / 1024, "saved_mb": saved_for_backward_mb(forward) / 2**20}
 
 
@@ -120,7 +135,8 @@ def run_in_subprocess(impl: str, batch: int, repeats: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="batch 1 and 32 instead of 1 and 128")
+    parser.add_argument("--quick", action="store_true", help="batches 1 and 16 only")
+    parser.add_argument("--bf16", action="store_true", help="also measure the STM under bf16 autocast")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -128,19 +144,28 @@ def main() -> None:
         print(json.dumps(measure(impl, int(batch), int(repeats))))
         return
 
-    batches = (1, 32) if args.quick else (1, 128)
-    print(f"STM cell d={D} N={N} n_r={NR}, input {INPUT}, {STEPS} steps, forward+backward, 1 thread")
-    print(f"{'batch':>5}  {'implementation':<16} {'ms/step':>9} {'peak MB':>9} {'saved MB':>9}")
+    batches = (1, 16) if args.quick else (1, 16, 128)
+    impls = IMPLEMENTATIONS if args.bf16 else IMPLEMENTATIONS[:2]
+    print(f"STM cell d={D} N={N} n_r={NR}, input {INPUT}, {STEPS} steps, forward+backward, 1 thread "
+          f"(ms: median; best in brackets)")
+    print(f"{'batch':>5}  {'implementation':<16} {'ms/step':>16} {'ms/sample':>9} {'peak MB':>9} {'saved MB':>9}")
+    per_sample: dict[tuple[str, int], float] = {}
     for batch in batches:
-        repeats = 10 if batch == 1 else 3
-        rows = {impl: run_in_subprocess(impl, batch, repeats) for impl in ("straightforward", "stm_rl")}
+        repeats = {1: 10, 16: 5}.get(batch, 3)
+        rows = {impl: run_in_subprocess(impl, batch, repeats) for impl in impls}
         for impl, row in rows.items():
-            print(f"{batch:>5}  {impl:<16} {row['ms_per_step']:>9.2f} {row['peak_mb']:>9.0f} {row['saved_mb']:>9.0f}")
+            per_sample[impl, batch] = row["ms_per_step"] / batch
+            step = f"{row['ms_per_step']:.2f} ({row['ms_per_step_best']:.2f})"
+            print(f"{batch:>5}  {impl:<16} {step:>16} {per_sample[impl, batch]:>9.3f} {row['peak_mb']:>9.0f} "
+                  f"{row['saved_mb']:>9.0f}")
         speedup = rows["straightforward"]["ms_per_step"] / rows["stm_rl"]["ms_per_step"]
         memory = rows["stm_rl"]["peak_mb"] / max(rows["straightforward"]["peak_mb"], 1e-9)
         print(f"{batch:>5}  speed-up x{speedup:.2f}, peak memory {100 * memory:.0f}% of the straightforward version")
+    for impl in impls[1:]:
+        print(f"{impl}: per-sample cost at batch 16 / batch 1 = {per_sample[impl, 16] / per_sample[impl, 1]:.2f}")
     print("Targets (issue 2): >= 3x the authors' cell (6.1 ms/step at batch 1, 865 ms/step at batch 128 on this "
-          "machine kind) and <= 60% of its 4.3 GB peak at batch 128 x 20 steps.")
+          "machine kind) and <= 60% of its 4.3 GB peak at batch 128 x 20 steps. Issue 10: per-sample cost at "
+          "batch 16 <= 0.5 x batch 1.")
 
 
 if __name__ == "__main__":

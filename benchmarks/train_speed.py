@@ -3,10 +3,13 @@
 For each configuration, ``--workers`` A3C worker processes (the real :func:`stm_rl.a3c.worker.worker_main`
 with a shared model and shared Adam) train on Pong at frame skip 4 for ``--seconds`` after a warm-up;
 the emulator limit is the same number of processes stepping the same env with random actions and no
-model at all. Prints emulator frames/s, agent steps/s, and the ratios the targets are stated in.
+model at all. Prints emulator frames/s, agent steps/s, and the ratios the targets are stated in
+(issue 10: the best envs-per-worker setting of each configuration against the emulator limit, and the
+STM's rate over the LSTM's with the small encoder).
 
     python benchmarks/train_speed.py                     # all agents x encoders, ~4 minutes
     python benchmarks/train_speed.py --configs stm-small lstm-small --envs-per-worker 1 4
+    python benchmarks/train_speed.py --precision fp32 bf16   # both precisions in the same run
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch
 import torch.multiprocessing as mp
 
 from agents import AgentConfig, build_agent
+from agents.precision import PRECISIONS
 from envs import EnvConfig, make_env
 from stm_rl.a3c import A3CConfig, RunConfig, SharedAdam, TrainConfig
 from stm_rl.a3c.worker import FRAMES, AGENT_STEPS, WorkerContext, worker_main
@@ -104,7 +108,14 @@ def main() -> None:
     parser.add_argument("--frame-skip", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=20.0, help="measured time per configuration")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds after start-up before measuring")
+    parser.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["fp32"],
+                        help="model precisions to measure (bf16 needs a CPU with native bf16)")
     args = parser.parse_args()
+    for precision in args.precision:
+        try:  # refuse bf16 on a CPU without native bf16 before starting anything
+            build_agent(AgentConfig(precision=precision, encoder="small"))
+        except ValueError as error:
+            parser.error(str(error))
 
     print(f"A3C throughput, {args.workers} workers, frame skip {args.frame_skip}, {args.seconds:.0f} s each "
           f"(torch {torch.__version__}, 1 thread per worker)")
@@ -117,25 +128,33 @@ def main() -> None:
         limits[size] = frames
         print(f"{f'emulator limit {size}x{size}':<28} {frames:>9.0f} {steps:>9.0f} {1.0:>11.2f}")
 
-    results = {}
+    results = {}  # (configuration, precision, envs per worker) -> share of the emulator limit
     for name in args.configs:
         agent_kind, encoder = name.split("-")
-        for envs_per_worker in args.envs_per_worker:
-            agent = AgentConfig(agent=agent_kind, encoder=encoder)
-            config = TrainConfig(env=EnvConfig(frame_skip=args.frame_skip, obs_size=agent.obs_size), agent=agent,
-                                 a3c=A3CConfig(envs_per_worker=envs_per_worker),
-                                 run=RunConfig(workers=args.workers, frames=10**12))
-            frames, steps = measure(worker_main, trainer_args(config), args.workers, args.warmup, args.seconds)
-            results[(name, envs_per_worker)] = frames
-            label = f"{name} x{envs_per_worker} env"
-            print(f"{label:<28} {frames:>9.0f} {steps:>9.0f} {frames / limits[agent.obs_size]:>11.2f}")
+        for precision in args.precision:
+            for envs_per_worker in args.envs_per_worker:
+                agent = AgentConfig(agent=agent_kind, encoder=encoder, precision=precision)
+                config = TrainConfig(env=EnvConfig(frame_skip=args.frame_skip, obs_size=agent.obs_size), agent=agent,
+                                     a3c=A3CConfig(envs_per_worker=envs_per_worker),
+                                     run=RunConfig(workers=args.workers, frames=10**12))
+                frames, steps = measure(worker_main, trainer_args(config), args.workers, args.warmup, args.seconds)
+                results[(name, precision, envs_per_worker)] = frames / limits[agent.obs_size]
+                label = f"{name} {precision} x{envs_per_worker} env"
+                print(f"{label:<28} {frames:>9.0f} {steps:>9.0f} {frames / limits[agent.obs_size]:>11.2f}")
 
-    print("targets: lstm-small >= 0.20 and stm-small >= 0.10 of the emulator limit; stm >= 0.5 x lstm")
-    for encoder in ("small", "paper"):
-        for envs_per_worker in args.envs_per_worker:
-            lstm, stm = results.get((f"lstm-{encoder}", envs_per_worker)), results.get((f"stm-{encoder}", envs_per_worker))
+    print("best envs per worker, share of the emulator limit (issue 10 targets: lstm-small >= 0.45, "
+          "stm-small >= 0.20, lstm-paper >= 0.12, stm-paper >= 0.08; stm-small / lstm-small >= 0.5)")
+    best = {}
+    for name in args.configs:
+        for precision in args.precision:
+            share, envs = max((results[(name, precision, e)], e) for e in args.envs_per_worker)
+            best[(name, precision)] = share
+            print(f"  {name} {precision}: {share:.2f} (x{envs} env)")
+    for precision in args.precision:
+        for encoder in ("small", "paper"):
+            lstm, stm = best.get((f"lstm-{encoder}", precision)), best.get((f"stm-{encoder}", precision))
             if lstm and stm:
-                print(f"  stm / lstm ({encoder}, {envs_per_worker} env per worker): {stm / lstm:.2f}")
+                print(f"  stm / lstm ({encoder}, {precision}, best envs per worker): {stm / lstm:.2f}")
 
 
 if __name__ == "__main__":

@@ -271,18 +271,23 @@ def test_wrong_input_width_raises():
         SAM(4, 2)(torch.randn(1, 3, 4))
 
 
-def test_scale_gradcheck():
-    """The custom autograd function behind alpha1 * M_r_prev (stm_rl.memory.scale), in float64."""
-    from stm_rl.memory.scale import scale
+def test_relational_update_gradcheck():
+    """The custom autograd function of M_r = alpha1 * M_r_prev + scores^T V (eq. 12), in float64."""
+    from stm_rl.memory.relational_update import relational_update
 
     alpha = torch.tensor(0.7, requires_grad=True)
-    x = torch.randn(2, 3, 4, 4, requires_grad=True)
-    assert torch.autograd.gradcheck(scale, (x, alpha))
+    memory = torch.randn(2, 3, 4, 4, requires_grad=True)
+    scores = torch.randn(2, 3, 3 * 4, requires_grad=True)  # [B, N(key), N*d]
+    values = torch.randn(2, 3, 4, requires_grad=True)
+    expected = alpha * memory + torch.einsum("bjna,bjc->bnac", scores.view(2, 3, 3, 4), values)
+    torch.testing.assert_close(relational_update(memory, alpha, scores, values), expected)
+    assert torch.autograd.gradcheck(relational_update, (memory, alpha, scores, values))
     # an expanded batch (the learned initial memory broadcast over the batch) works too
     base = torch.randn(3, 4, 4, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda b, a: scale(b.expand(2, 3, 4, 4), a), (base, alpha))
+    assert torch.autograd.gradcheck(lambda b, *rest: relational_update(b.expand(2, 3, 4, 4), *rest),
+                                    (base, alpha, scores, values))
     with pytest.raises(ValueError, match="0-dimensional"):
-        scale(x, torch.ones(1))
+        relational_update(memory, torch.ones(1), scores, values)
 
 
 def test_relational_read_gradcheck():

@@ -12,7 +12,7 @@ from agents.encoders import encode_frames, make_encoder
 from stm_rl.cli import main as cli_main
 from stm_rl.memory import STM
 from stm_rl.memory.relational_read import relational_read
-from stm_rl.memory.scale import scale
+from stm_rl.memory.relational_update import relational_update
 
 
 @pytest.fixture
@@ -106,24 +106,26 @@ def test_stm_under_autocast_keeps_fp32_memories_and_tracks_fp32():
 
 @pytest.mark.parametrize("memory_dtype", [torch.float32, torch.bfloat16])
 def test_memory_functions_accept_mixed_dtypes(memory_dtype):
-    """relational_read and scale with a memory of one dtype and small inputs/gradients of another (autocast's
-    situation): results in the memory's dtype, each gradient in its input's dtype, close to fp32."""
+    """relational_read and relational_update with a memory of one dtype and small inputs/gradients of another
+    (autocast's situation): results in the memory's dtype, each gradient in its input's dtype, close to fp32."""
     torch.manual_seed(0)
     memory32 = torch.randn(2, 3, 8, 8)
     p32, w32, alpha32 = torch.softmax(torch.randn(2, 3), -1), torch.randn(2, 8), torch.tensor(0.7)
+    scores32, values32 = torch.randn(2, 3, 3 * 8), torch.randn(2, 3, 8)
     other = torch.bfloat16 if memory_dtype == torch.float32 else torch.float32
 
-    def run(memory, p, w, alpha):
-        leaves = [t.clone().requires_grad_() for t in (memory, p, w, alpha)]
+    def run(memory, p, w, alpha, scores, values):
+        leaves = [t.clone().requires_grad_() for t in (memory, p, w, alpha, scores, values)]
         with torch.autocast("cpu", dtype=torch.bfloat16):
             out = relational_read(leaves[0], leaves[1], leaves[2]).float().square().sum()
-            out = out + scale(leaves[0], leaves[3]).float().sum()
+            out = out + relational_update(leaves[0], *leaves[3:]).float().square().sum()
         out.backward()
         return out, [leaf.grad for leaf in leaves]
 
-    out, grads = run(memory32.to(memory_dtype), p32.to(other), w32.to(other), alpha32)
-    ref_out, ref_grads = run(memory32, p32, w32, alpha32)
-    assert [g.dtype for g in grads] == [memory_dtype, other, other, torch.float32]
+    out, grads = run(memory32.to(memory_dtype), p32.to(other), w32.to(other), alpha32, scores32.to(other),
+                     values32.to(other))
+    ref_out, ref_grads = run(memory32, p32, w32, alpha32, scores32, values32)
+    assert [g.dtype for g in grads] == [memory_dtype, other, other, torch.float32, other, other]
     assert abs(out.item() - ref_out.item()) < 0.02 * abs(ref_out.item())
     for grad, ref in zip(grads, ref_grads):
         assert _relative_error(grad.float(), ref) < 0.03

@@ -15,9 +15,11 @@ bound by G2's products and the per-op overhead):
   ``T = V^T H`` with ``H[j] = sum_{n,a} W_G1[:, n, a] tanh(q_n * k_j)[a]``: N^2 d^2 multiply-adds per
   sample instead of the N d^3 of applying G1 to the materialised SAM output.
 - Rank-1 and rank-N updates of a memory (eqs. 9, 11-13) are single ``baddbmm`` calls, which save only
-  their small factors for the backward pass; ``alpha1 * M_r_prev`` (:mod:`stm_rl.memory.scale`) and the
-  relational read (:mod:`stm_rl.memory.relational_read`) are autograd functions whose backward passes
-  avoid a full-size temporary and an inner-size-1 batched product respectively.
+  their small factors for the backward pass. The relational update ``alpha1 * M_r_prev + A``
+  (:mod:`stm_rl.memory.relational_update`) and the relational read (:mod:`stm_rl.memory.relational_read`)
+  are autograd functions whose backward passes avoid full-size temporaries, inner-size-1 batched
+  products, and batched products with one or N output columns (which run many times slower than their
+  transposes at batch > 1 on CPUs: issue 10).
 - :class:`STM` computes everything that depends on the input alone (f1, f2, f3, the input gate) once
   over all time steps, and the output distillation G2/G3 (eq. 14) over chunks of steps sized to keep
   its matrix product large without copying the relational memories at large batches.
@@ -41,7 +43,7 @@ from torch import Tensor, nn
 
 from stm_rl.memory.attention import SAM, _check_positive, outer_product_scores
 from stm_rl.memory.relational_read import relational_read
-from stm_rl.memory.scale import scale
+from stm_rl.memory.relational_update import relational_update
 
 AlphaSetting = Optional[float]
 
@@ -244,12 +246,9 @@ class STMCell(nn.Module):
         q, k, v = self.sam.queries_keys_values(sam_input)  # 6. eq. 12
         # scores[j, n, a] = tanh(q_n[a] * k_j[a]), key-major so that both products below read it as is.
         scores = outer_product_scores(k, q).view(batch, n, n * d)  # [B, N(key), N(query)*d]
-        # A[n, a, c] = sum_j scores[j, n, a] v[j, c]: one [N*d, N] x [N, d] product per sample.
-        if self.uses_old_relational:  # M_r = alpha1 * M_r_prev + A, accumulated into one new tensor
-            relational = torch.baddbmm(scale(rel_prev, self.alpha1).view(batch, n * d, d),
-                                       scores.transpose(1, 2), v).view(batch, n, d, d)
-        else:
-            relational = (scores.transpose(1, 2) @ v).view(batch, n, d, d)
+        # M_r = alpha1 * M_r_prev + A, A[n, a, c] = sum_j scores[j, n, a] v[j, c]: one [N*d, N] x [N, d]
+        # product per sample accumulated into one new tensor (alpha1 is a buffer at 0 where fixed so).
+        relational = relational_update(rel_prev, self.alpha1, scores, v)
 
         if self.uses_transfer:  # 7. eq. 13: T[c, e] = sum_{n,a} W_G1[e, n*d + a] A[n, a, c] + b_G1[e]
             # Factored: T = sum_j v_j (x) H_j + b with H_j[e] = sum_{n,a} W_G1[e, n*d + a] scores[j, n, a].
