@@ -507,7 +507,7 @@ class Sweep:
     def _frames_postfix(self, backend: Backend) -> str:
         done = sum(frames_done(entry.spec.run_dir) for entry in self.entries)
         total = self.options.frames * len(self.entries)
-        return f"running {', '.join(backend.running())} | frames {_readable(done)}/{_readable(total)}"
+        return f"running {', '.join(backend.running())} | frames {readable_frames(done)}/{readable_frames(total)}"
 
     def _write_manifest(self) -> None:
         write_json_atomic(self.manifest_path, {
@@ -537,7 +537,7 @@ def results_table(entries: list[RunEntry], states: Optional[Mapping[str, str]] =
         summary = run_summary(entry.spec.run_dir)
         games = (summary.get("counters") or {}).get("games")
         rows.append((entry.spec.name, (states or {}).get(entry.spec.name, entry.state),
-                     _readable(frames_done(entry.spec.run_dir)), "-" if games is None else str(games),
+                     readable_frames(frames_done(entry.spec.run_dir)), "-" if games is None else str(games),
                      _average(summary.get("moving_average")), _average(summary.get("best_moving_average"))))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  " + "  ".join(cell.ljust(width) if i < 2 else cell.rjust(width)
@@ -570,7 +570,7 @@ def _raise_keyboard_interrupt(signum: int, _frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _readable(frames: int) -> str:
+def readable_frames(frames: int) -> str:
     for unit, size in (("G", 10**9), ("M", 10**6), ("k", 10**3)):
         if frames >= size:
             return f"{frames / size:.1f}{unit}"

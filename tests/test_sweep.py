@@ -14,17 +14,22 @@ from pathlib import Path
 import pytest
 
 from stm_rl import sweep, sweep_run
-from stm_rl.a3c import TrainConfig
+from stm_rl.a3c import A3CConfig, TrainConfig
 from stm_rl.cli import main as cli_main
 from stm_rl.run_dir import RunDir, StmRlError, to_jsonable
 
 FLAGS = ["--agents", "lstm", "--frame-skips", "32", "--workers-per-run", "1", "--encoder", "small",
-         "--no-progress", "--poll-interval", "0.2"]
+         "--envs-per-worker", "1", "--no-progress", "--poll-interval", "0.2"]
+
+
+SETTINGS = {"AgentConfig": {"encoder": "small"}, "A3CConfig": {"envs_per_worker": 1}}
+"""What FLAGS set, as SweepOptions.settings."""
+DEFAULTS = A3CConfig()
 
 
 def options(out: Path, **changes) -> sweep.SweepOptions:
     values = dict(agents=("lstm",), frame_skips=(32,), seeds=(0, 1), out=out, frames=5000, workers_per_run=1,
-                  settings={"AgentConfig": {"encoder": "small"}})
+                  settings=SETTINGS)
     return sweep.SweepOptions(**{**values, **changes})
 
 
@@ -56,8 +61,8 @@ def test_settings_that_may_change_between_segments(tmp_path):
     longer = sweep.run_config(sweep_options.runs()[0], options(tmp_path, frames=10**6, workers_per_run=4))
     assert sweep_run.settings_differ(base, longer) == []
     faster = sweep.run_config(sweep_options.runs()[0], options(tmp_path, settings={
-        "AgentConfig": {"encoder": "small"}, "A3CConfig": {"lr": 3e-4}}))
-    assert sweep_run.settings_differ(base, faster) == ["--lr 0.0001 -> 0.0003"]
+        **SETTINGS, "A3CConfig": {"envs_per_worker": 1, "lr": DEFAULTS.lr * 2}}))
+    assert sweep_run.settings_differ(base, faster) == [f"--lr {DEFAULTS.lr} -> {DEFAULTS.lr * 2}"]
 
 
 def test_a_rerun_with_other_flags_is_refused_before_anything_starts(tmp_path, monkeypatch, capsys):
@@ -71,10 +76,11 @@ def test_a_rerun_with_other_flags_is_refused_before_anything_starts(tmp_path, mo
 
     monkeypatch.setattr(sweep.subprocess, "Popen", no_training)
     argv = ["sweep", *FLAGS, "--seeds", "0", "1", "--frames", "5000", "--out", str(out)]
-    assert cli_main([*argv, "--lr", "3e-4", "--entropy-coef", "0.02"]) == 2
+    assert cli_main([*argv, "--lr", str(DEFAULTS.lr * 2), "--entropy-coef", str(DEFAULTS.entropy_coef * 2)]) == 2
     error = capsys.readouterr().err
     assert "lstm-skip32-seed0 (and 1 more run(s))" in error and "was trained with other settings" in error
-    assert "--lr 0.0001 -> 0.0003" in error and "--entropy-coef 0.01 -> 0.02" in error
+    assert f"--lr {DEFAULTS.lr} -> {DEFAULTS.lr * 2}" in error
+    assert f"--entropy-coef {DEFAULTS.entropy_coef} -> {DEFAULTS.entropy_coef * 2}" in error
     assert not (out / "sweep.json").exists()
     # the dry run names every run that differs, and starts nothing either
     assert cli_main([*argv, "--encoder", "paper", "--dry-run"]) == 0

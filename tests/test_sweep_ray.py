@@ -19,13 +19,13 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from stm_rl import sweep_ray, sweep_run  # noqa: E402  (after the skip: the module imports ray)
+from stm_rl import sweep, sweep_ray, sweep_run  # noqa: E402  (after the skip: the module imports ray)
 from stm_rl.a3c.checkpoint import load_training_checkpoint  # noqa: E402
 from stm_rl.run_dir import RunDir  # noqa: E402
 from stm_rl.cli import main as cli_main  # noqa: E402
 
 TINY = ["--agents", "lstm", "--frame-skips", "32", "--workers-per-run", "1", "--encoder", "small",
-        "--no-progress", "--poll-interval", "0.2"]
+        "--envs-per-worker", "1", "--no-progress", "--poll-interval", "0.2"]
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +92,7 @@ def test_tiny_sweep_completes_with_a_correct_manifest(tiny_sweep):
     out, code, output = tiny_sweep
     assert code == 0, output
     manifest = json.loads((out / "sweep.json").read_text())
-    assert manifest["backend"] == "ray" and manifest["settings"] == {"--encoder": "small"}
+    assert manifest["backend"] == "ray" and manifest["settings"] == {"--encoder": "small", "--envs-per-worker": 1}
     runs = manifest_runs(out)
     assert set(runs) == {"lstm-skip32-seed0", "lstm-skip32-seed1"}
     for name, run in runs.items():
@@ -124,17 +124,23 @@ def test_dry_run_lists_states_without_the_cluster(tiny_sweep, capsys):
                      "--seeds", "0", "1", "2", "--frames", "3000", "--dry-run"]) == 0
     lines = capsys.readouterr().out.splitlines()
     states = {line.split()[0]: line.split()[1:3] for line in lines if line.strip().startswith("lstm-")}
-    assert states["lstm-skip32-seed0"] == ["done", "3.2k"] and states["lstm-skip32-seed2"] == ["start", "0"]
+    frames = manifest_runs(out)["lstm-skip32-seed0"]["frames_done"]
+    assert states["lstm-skip32-seed0"] == ["done", sweep.readable_frames(frames)]
+    assert states["lstm-skip32-seed2"] == ["start", "0"]
     assert (out / "sweep.json").read_text() == manifest and not (out / "lstm-skip32-seed2").exists()
 
 
-def test_a_killed_run_is_retried_from_its_checkpoint(cluster_address, tmp_path):
+@pytest.mark.parametrize("victim", ["trainer", "ray worker"])
+def test_a_killed_run_is_retried_from_its_checkpoint(cluster_address, tmp_path, victim):
+    """SIGKILL the run's trainer (the run fails), or the Ray worker process running its task (as when a node
+    dies: Ray reports the task lost): either way the run starts again and resumes from its checkpoint."""
     out = tmp_path / "sweep"
-    process = sweep_process(cluster_address, out, "--seeds", "5", "--frames", "15000", "--checkpoint-interval", "1")
+    process = sweep_process(cluster_address, out, "--seeds", "5", "--frames", "8000", "--checkpoint-interval", "1")
     run_dir = out / "lstm-skip32-seed5"
     trainer = trainer_pid_once_checkpointed(run_dir)
     assert_spawned_single_threaded(trainer)
-    os.kill(trainer, signal.SIGKILL)
+    ray_worker = int(Path(f"/proc/{trainer}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    os.kill(trainer if victim == "trainer" else ray_worker, signal.SIGKILL)
     output, _ = process.communicate(timeout=240)
     assert process.returncode == 0, output
     run = manifest_runs(out)["lstm-skip32-seed5"]
@@ -144,6 +150,7 @@ def test_a_killed_run_is_retried_from_its_checkpoint(cluster_address, tmp_path):
     log = (run_dir / "train.log").read_text()
     assert log.count("$ [") == 2 and "resuming at" in log
     assert "retrying from the latest checkpoint" in output
+    assert ("WorkerCrashedError" in output) == (victim == "ray worker")
 
 
 def test_ctrl_c_stops_the_runs_with_a_final_checkpoint(cluster_address, tmp_path):
