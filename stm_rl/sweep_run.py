@@ -149,7 +149,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if len(argv) != 1:
         print(f"usage: python -m stm_rl.sweep_run RUN_DIR/{RUN_FILE}", file=sys.stderr)
-        return 2
+        return ExitCode.BAD_INPUT
     try:
         die_with_parent()
         config = read_run_file(Path(argv[0]))
