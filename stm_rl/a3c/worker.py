@@ -32,6 +32,7 @@ from torch import Tensor
 from agents import ActorCritic, build_agent
 from envs import make_env
 from stm_rl.a3c.config import TrainConfig
+from stm_rl.a3c.messages import GameFinished, NonFinite, ProcessFailed, UpdateDone
 from stm_rl.process import setup_compute_process
 
 # Columns of the shared counter table, one row per worker (each row is written by its worker only).
@@ -54,7 +55,7 @@ class WorkerContext:
     stop: Any
     """multiprocessing Event: set by the trainer (or any worker) to end the run."""
     events: Any
-    """multiprocessing Queue of (kind, rank, payload) messages to the trainer."""
+    """multiprocessing Queue of :mod:`stm_rl.a3c.messages` to the trainer."""
 
 
 def worker_main(rank: int, ctx: WorkerContext) -> None:
@@ -65,7 +66,7 @@ def worker_main(rank: int, ctx: WorkerContext) -> None:
     try:
         train_worker(rank, ctx)
     except Exception:  # noqa: BLE001 - everything goes to the trainer, which stops the run
-        ctx.events.put(("error", rank, traceback.format_exc()))
+        ctx.events.put(ProcessFailed(rank, traceback.format_exc()))
         raise SystemExit(1)
 
 
@@ -110,7 +111,7 @@ def train_worker(rank: int, ctx: WorkerContext) -> None:
                     frames += info["frames"]
                     rewards[i, t], dones[i, t] = reward, terminated or truncated
                     if dones[i, t]:
-                        ctx.events.put(("game", rank, info["episode"]))
+                        ctx.events.put(GameFinished(rank, info["episode"]))
                         o, reset_info = env.reset()
                         frames += reset_info["frames"]
                     next_obs.append(o)
@@ -134,7 +135,7 @@ def train_worker(rank: int, ctx: WorkerContext) -> None:
         value_loss = 0.5 * (returns - values).pow(2).sum(1).mean()
         loss = policy_loss - a3c.entropy_coef * entropy_bonus + a3c.value_coef * value_loss
         if not torch.isfinite(loss):
-            ctx.events.put(("nan", rank, f"non-finite loss {loss.item()} (policy {policy_loss.item()}, "
+            ctx.events.put(NonFinite(rank, f"non-finite loss {loss.item()} (policy {policy_loss.item()}, "
                                          f"value {value_loss.item()}, entropy {entropy_bonus.item()})"))
             ctx.stop.set()
             return
@@ -143,12 +144,17 @@ def train_worker(rank: int, ctx: WorkerContext) -> None:
         model.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), a3c.max_grad_norm)
+        if not torch.isfinite(grad_norm):  # a finite loss can still have an infinite gradient
+            ctx.events.put(NonFinite(rank, f"non-finite gradient norm {grad_norm.item()} (loss {loss.item()}); "
+                                           "the update was not applied"))
+            ctx.stop.set()
+            return
         for shared, local in zip(ctx.shared_model.parameters(), model.parameters()):
             shared.grad = local.grad
         ctx.optimizer.step()
 
         ctx.counters[rank] += torch.tensor([num_envs * steps, frames, 1])
-        ctx.events.put(("update", rank, {
+        ctx.events.put(UpdateDone(rank, {
             "policy_loss": policy_loss.item(), "value_loss": value_loss.item(),
             "entropy": entropy_bonus.item() / steps, "grad_norm": grad_norm.item()}))
 
