@@ -17,7 +17,7 @@ from stm_rl.cli import main as cli_main
 from stm_rl.run_dir import to_jsonable
 
 SWEEP = ["sweep", "--agents", "lstm", "--frame-skips", "32", "--seeds", "0", "1", "--frames", "3000",
-         "--workers-per-run", "1", "--max-parallel", "1", "--encoder", "small", "--no-progress",
+         "--workers-per-run", "1", "--max-parallel", "1", "--encoder", "small", "--envs-per-worker", "1", "--no-progress",
          "--poll-interval", "0.2"]
 
 
@@ -37,7 +37,7 @@ def test_sweep_runs_every_configuration_and_writes_its_manifest(tiny_sweep):
     for name, run in runs.items():
         assert run["state"] == "done" and run["exit_code"] == 0
         log = Path(run["log"]).read_text()
-        assert "completed" in log and log.count("--frames") == 1
+        assert "completed:" in log and log.count("\n$ ") == 1, "each run started once, with its run file"
         summary = json.loads((tiny_sweep / name / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["counters"]["frames"] >= 3000
         assert run["frames_done"] == summary["counters"]["frames"]
@@ -58,20 +58,16 @@ def test_rerunning_a_finished_sweep_starts_no_training(tiny_sweep, monkeypatch, 
 
 
 def test_sweep_resumes_interrupted_runs_and_starts_new_ones(tmp_path):
-    """Which command each run gets, from what is on disk (no training here)."""
+    """What each run is handed and what the sweep would do with it, from what is on disk (no training here)."""
     options = sweep.SweepOptions(agents=("lstm",), frame_skips=(32,), seeds=(0,), out=tmp_path, frames=5000,
-                                 workers_per_run=1, max_parallel=1, train_flags=("--encoder", "small"))
+                                 workers_per_run=1, max_parallel=1, settings={"AgentConfig": {"encoder": "small"}})
     spec = options.runs()[0]
-    fresh = sweep.train_command(spec, options)
-    assert fresh[1:4] == ["-m", "stm_rl.cli", "train"] and "--resume" not in fresh
-    assert fresh[4:14] == ["--agent", "lstm", "--frame-skip", "32", "--seed", "0", "--run-dir", str(spec.run_dir),
-                           "--encoder", "small"]
-    assert fresh[14:] == ["--frames", "5000", "--workers", "1", "--no-progress"]
+    assert sweep.train_command(spec, options)[1:] == ["-m", "stm_rl.sweep_run", str(spec.run_dir / "sweep-run.json")]
+    assert sweep.disk_state(spec, options.frames) == "start"
     (spec.run_dir / "checkpoints").mkdir(parents=True)
     (spec.run_dir / "checkpoints" / "latest.pt").write_bytes(b"")
     (spec.run_dir / "summary.json").write_text(json.dumps({"status": "interrupted", "counters": {"frames": 900}}))
-    resumed = sweep.train_command(spec, options)
-    assert resumed[4:6] == ["--resume", str(spec.run_dir)] and "--agent" not in resumed
+    assert sweep.disk_state(spec, options.frames) == "resume (interrupted)"
     assert not sweep.is_finished(spec, options.frames)
 
 
@@ -84,9 +80,9 @@ def test_sweep_reports_a_failed_run_and_goes_on(tmp_path, monkeypatch, capsys):
         return ["python", "-c", f"import sys; {write_summary if code == 0 else 'pass'}; sys.exit({code})"]
 
     monkeypatch.setattr(sweep, "train_command", fake_command)
-    assert cli_main([*SWEEP, "--out", str(tmp_path)]) == 1
+    assert cli_main([*SWEEP, "--retries", "1", "--out", str(tmp_path)]) == 1
     runs = {r["seed"]: r for r in json.loads((tmp_path / "sweep.json").read_text())["runs"]}
-    assert runs[0]["state"] == "failed" and runs[0]["exit_code"] == 3
+    assert runs[0]["state"] == "failed" and runs[0]["exit_code"] == 3 and runs[0]["attempts"] == 2, "retried once"
     assert runs[1]["state"] == "done"
     assert "failed: lstm-skip32-seed0" in capsys.readouterr().out
 
