@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import signal
 import traceback
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +57,9 @@ class WorkerContext:
     """multiprocessing Event: set by the trainer (or any worker) to end the run."""
     events: Any
     """multiprocessing Queue of :mod:`stm_rl.a3c.messages` to the trainer."""
+    trainer_pid: int = dataclasses.field(default_factory=os.getpid)
+    """The trainer's process id (taken where the context is made): a worker whose parent is no longer
+    this process has been orphaned, even if the trainer died before the worker looked."""
 
 
 def worker_main(rank: int, ctx: WorkerContext) -> None:
@@ -68,6 +72,9 @@ def worker_main(rank: int, ctx: WorkerContext) -> None:
     except Exception:  # noqa: BLE001 - everything goes to the trainer, which stops the run
         ctx.events.put(ProcessFailed(rank, traceback.format_exc()))
         raise SystemExit(1)
+    finally:
+        if os.getppid() != ctx.trainer_pid:  # orphaned: nobody reads the queue, do not block on flushing it
+            ctx.events.cancel_join_thread()
 
 
 def train_worker(rank: int, ctx: WorkerContext) -> None:
@@ -77,7 +84,6 @@ def train_worker(rank: int, ctx: WorkerContext) -> None:
     num_envs, steps = a3c.envs_per_worker, a3c.rollout_steps
     envs = [make_env(config.worker_env(ctx.seed_offset + rank * num_envs + i)) for i in range(num_envs)]
     model = build_agent(config.agent, envs[0].action_space.n)
-    parent = os.getppid()
 
     obs = torch.from_numpy(np.stack([env.reset()[0] for env in envs]))  # [B, 1, S, S]
     with torch.no_grad():
@@ -89,7 +95,7 @@ def train_worker(rank: int, ctx: WorkerContext) -> None:
     rewards = torch.empty(num_envs, steps)
     dones = torch.empty(num_envs, steps, dtype=torch.bool)
 
-    while not ctx.stop.is_set() and os.getppid() == parent:
+    while not ctx.stop.is_set() and os.getppid() == ctx.trainer_pid:
         if ctx.frames_done_before + int(ctx.counters[:, FRAMES].sum()) >= config.run.frames:
             return
 
