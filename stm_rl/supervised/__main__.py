@@ -86,6 +86,8 @@ def list_everything() -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.threads is not None and args.threads < 1:
+        raise StmRlError(f"--threads must be >= 1, got {args.threads}")
     if args.threads is not None:
         import torch
 
@@ -108,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
         summary = resume(args.resume, {
             "task": args.task, "model": args.model, "preset": args.preset, "iterations": args.iterations,
             "batch_size": args.batch_size, "seed": args.seed, "device": args.device,
-            "time_limit_minutes": args.time_limit_minutes, "eval_every": args.eval_every,
+            "time_limit_minutes": args.time_limit_minutes, "eval_every": args.eval_every, "threads": args.threads,
         }, progress=not args.no_progress)
     else:
         if not args.task or not args.model:
@@ -116,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         config = resolve_config(
             args.task, args.model, args.preset or "small", iterations=args.iterations, batch_size=args.batch_size,
             eval_every=args.eval_every, seed=args.seed, device=args.device, run_dir=args.run_dir,
-            time_limit_minutes=args.time_limit_minutes, optimizer={"lr": args.lr},
+            time_limit_minutes=args.time_limit_minutes, threads=args.threads, optimizer={"lr": args.lr},
             task_options=task_overrides(args), model_options=parse_options(args.model_option, "--model-option"),
         )
         summary = train(config, progress=not args.no_progress)

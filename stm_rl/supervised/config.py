@@ -8,6 +8,7 @@ task in the ``paper`` preset (``PAPER_OPTIMIZERS``), then the command line's ove
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -41,7 +42,7 @@ class SupervisedConfig:
     task: str
     """Registered task name (``--list``)."""
     model: str
-    """Registered model name: stm, lstm, attn-lstm."""
+    """Registered model name: stm, lstm, attn-lstm, ntm, dnc, rmc, tpr."""
     preset: str = "small"
     """smoke (seconds, tests), small (minutes on 2 CPU cores), paper (paper sizes and settings)."""
     iterations: int = 2000
@@ -72,6 +73,8 @@ class SupervisedConfig:
     """Where config, logs, tensorboard events and checkpoints go."""
     time_limit_minutes: float = 0.0
     """Stop training (validate, save, test) after this much wall time; 0: no limit."""
+    threads: int = 0
+    """torch.set_num_threads for training and evaluation; 0: torch's default. Saved, so a resumed run keeps it."""
 
 
 @dataclass(frozen=True)
@@ -163,11 +166,15 @@ def validate_config(config: SupervisedConfig) -> None:
             raise StmRlError(f"--{name.replace('_', '-')} must be > 0, got {getattr(config, name)}")
     if config.optimizer.name not in ("adam", "rmsprop"):
         raise StmRlError(f"optimizer must be adam or rmsprop, got {config.optimizer.name!r}")
-    if config.optimizer.lr <= 0:
-        raise StmRlError(f"--lr must be > 0, got {config.optimizer.lr}")
+    if not math.isfinite(config.optimizer.lr) or config.optimizer.lr <= 0:
+        raise StmRlError(f"--lr must be a finite number > 0, got {config.optimizer.lr}")
+    if config.seed < 0:
+        raise StmRlError(f"--seed must be >= 0, got {config.seed}")
+    if config.threads < 0:
+        raise StmRlError(f"--threads must be >= 1, got {config.threads}")
     if config.device not in ("cpu", "cuda") and not config.device.startswith("cuda:"):
         raise StmRlError(f"--device must be cpu or cuda, got {config.device!r}")
-    if config.time_limit_minutes < 0:
+    if not math.isfinite(config.time_limit_minutes) or config.time_limit_minutes < 0:
         raise StmRlError(f"--time-limit-minutes must be >= 0, got {config.time_limit_minutes}")
 
 

@@ -105,6 +105,8 @@ def train(config: SupervisedConfig, resume_from: Optional[dict[str, Any]] = None
     and raises :class:`TrainingInterrupted`.
     """
     validate_config(config)
+    if config.threads > 0:
+        torch.set_num_threads(config.threads)
     if config.device.startswith("cuda") and not torch.cuda.is_available():
         raise StmRlError("--device cuda given but CUDA is not available")
     run_dir = Path(config.run_dir or default_run_dir(config))
@@ -221,7 +223,7 @@ def train(config: SupervisedConfig, resume_from: Optional[dict[str, Any]] = None
             "best_valid": state.best_metric, "test": test}
 
 
-RESUMABLE_CHANGES = ("iterations", "time_limit_minutes", "device", "eval_every")
+RESUMABLE_CHANGES = ("iterations", "time_limit_minutes", "device", "eval_every", "threads")
 
 
 def resume(run_dir: str, overrides: dict[str, Any], progress: bool = True) -> dict[str, Any]:

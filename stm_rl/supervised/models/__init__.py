@@ -1,9 +1,11 @@
 """Sequence models for the supervised tasks: ``[B, T, ...]`` inputs -> ``[B, T, output_size]`` logits.
 
 A model is a task's input encoder (:mod:`.encoders`) followed by a sequence *core* from the registry
-``MODELS``: ``stm`` (the paper's), ``lstm`` and ``attn-lstm`` (the paper's baselines). A core module
-defines ``build(input_size, output_size, task_name, preset, options) -> nn.Module`` mapping ``[B, T, I]``
-to ``[B, T, O]`` and a ``PRESETS`` table; adding RMC, NTM or DNC is one module and one line below.
+``MODELS``: ``stm`` (the paper's) and the paper's baselines ``lstm``, ``attn-lstm``, ``ntm`` (Graves et al.
+2014), ``dnc`` (Graves et al. 2016), ``rmc`` (Santoro et al. 2018) and ``tpr`` (Schlag & Schmidhuber 2018).
+A core module defines ``DESCRIPTION``, ``preset_options(task_name, preset)`` and ``build(input_size,
+output_size, **options) -> nn.Module`` mapping ``[B, T, I]`` to ``[B, T, O]``; adding a model is one module
+and one line below.
 """
 
 from __future__ import annotations
@@ -14,11 +16,13 @@ from typing import Any, Mapping
 from torch import Tensor, nn
 
 from stm_rl.run_dir import StmRlError
-from stm_rl.supervised.models import attention_lstm, lstm, stm
+from stm_rl.supervised.models import attention_lstm, dnc, lstm, ntm, rmc, stm, tpr
 from stm_rl.supervised.models.encoders import make_encoder
 from stm_rl.supervised.tasks.base import Task
 
-MODELS: dict[str, ModuleType] = {"stm": stm, "lstm": lstm, "attn-lstm": attention_lstm}
+MODELS: dict[str, ModuleType] = {
+    "stm": stm, "lstm": lstm, "attn-lstm": attention_lstm, "ntm": ntm, "dnc": dnc, "rmc": rmc, "tpr": tpr,
+}
 
 
 class SequenceModel(nn.Module):
