@@ -160,6 +160,36 @@ def test_tsp_targets_are_optimal_tours():
         assert tour_length(points, tour) == pytest.approx(best, rel=1e-5)
 
 
+@pytest.mark.parametrize("name", ["convex-hull", "tsp-5", "tsp-10"])
+def test_position_test_labels_name_points_by_input_position(name):
+    options = {"tsp-10": {"num_cities": 6}}.get(name, {})
+    task = make_task(name, test_labels="position", **options)
+    count = 0
+    for split in ("valid", "test"):
+        batch = task.dataset(split, 6, seed=3)
+        for b in range(batch.size):
+            points, features = decode_points(steps_of(batch, b))
+            assert list(features) == list(range(len(points)))  # the i-th point is labelled i
+            count += 1
+    train = task.dataset("train", 6, seed=3)
+    assert any(list(decode_points(steps_of(train, b))[1]) != list(range(len(decode_points(steps_of(train, b))[0])))
+               for b in range(train.size))  # training keeps random labels
+    random = make_task(name, **options).dataset("test", 6, seed=3)
+    assert any(list(decode_points(steps_of(random, b))[1]) != list(range(len(decode_points(steps_of(random, b))[0])))
+               for b in range(random.size))
+    assert count == 12
+
+
+def test_paper_preset_uses_position_test_labels_and_bad_labelling_is_one_line():
+    from stm_rl.supervised.config import resolve_config
+
+    for name in ("convex-hull", "tsp-5", "tsp-10"):
+        assert resolve_config(name, "stm", "paper").task_options["test_labels"] == "position"
+        assert "test_labels" not in resolve_config(name, "stm", "small").task_options
+    with pytest.raises(StmRlError, match="test_labels must be one of random, position"):
+        make_task("convex-hull", test_labels="sorted")
+
+
 # ---- graphs ------------------------------------------------------------------------------------------
 
 def decode_graph(steps: np.ndarray, n_max: int):

@@ -97,6 +97,7 @@ PRESETS: dict[str, PresetScale] = {
 
 _SMOKE_GRAPH = {"min_nodes": 3, "max_nodes": 4}
 _SMALL_BITS = {"bits": 8}
+_PAPER_TEST_LABELS = {"test_labels": "position"}  # the authors' hull/TSP test sets label points by input position
 TASK_OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
     "copy": {"smoke": {"bits": 4, "max_length": 3}, "small": {"bits": 8, "max_length": 10}},
     "priority-sort": {"smoke": {"bits": 4, "num_items": 4, "num_outputs": 3},
@@ -107,9 +108,9 @@ TASK_OPTIONS: dict[str, dict[str, dict[str, Any]]] = {
     "associative-retrieval-30": {"smoke": {"num_pairs": 3, "embedding_size": 8}},
     "associative-retrieval-50": {"smoke": {"num_pairs": 4, "embedding_size": 8}},
     "convex-hull": {"smoke": {"min_points": 3, "max_points": 5, "test_points": 4, "n_max": 5},
-                    "small": {"max_points": 10, "test_points": 5, "n_max": 10}},
-    "tsp-5": {"smoke": {"num_cities": 4, "n_max": 5}},
-    "tsp-10": {"smoke": {"num_cities": 5, "n_max": 6}},
+                    "small": {"max_points": 10, "test_points": 5, "n_max": 10}, "paper": _PAPER_TEST_LABELS},
+    "tsp-5": {"smoke": {"num_cities": 4, "n_max": 5}, "paper": _PAPER_TEST_LABELS},
+    "tsp-10": {"smoke": {"num_cities": 5, "n_max": 6}, "paper": _PAPER_TEST_LABELS},
     "shortest-path": {"smoke": _SMOKE_GRAPH},
     "mst": {"smoke": _SMOKE_GRAPH},
     "babi": {"smoke": {"embedding_size": 8, "max_sentences": 10}},

@@ -1,9 +1,11 @@
 """Planar point sets for the geometry tasks (convex hull, TSP; Vinyals et al. 2015 pointer-network data,
 SAM paper section 3.3): the input encoding they share and exact solvers for their targets.
 
-Every point is one input step ``[x, y, end-of-input flag, one-hot feature of n_max]``; the features
-are a random permutation of ``0 .. n_max - 1`` per sample, so answers name points by feature, not by
-position. After the points comes one step whose only non-zero entry is the end-of-input flag.
+Every point is one input step ``[x, y, end-of-input flag, one-hot feature of n_max]``; in training the
+features are a random permutation of ``0 .. n_max - 1`` per sample, so answers name points by feature, not
+by position. Validation and test sets can instead label the points by their input position (feature i for
+the i-th point; ``test_labels="position"``), as the SAM authors' test sets do. After the points comes one
+step whose only non-zero entry is the end-of-input flag.
 """
 
 from __future__ import annotations
@@ -11,6 +13,22 @@ from __future__ import annotations
 import itertools
 
 import numpy as np
+
+from stm_rl.supervised.tasks.base import random_features
+
+TEST_LABELINGS = ("random", "position")
+"""How validation/test points are labelled: "random" like training, or "position" (the authors' test sets)."""
+
+
+def check_test_labels(test_labels: str) -> None:
+    if test_labels not in TEST_LABELINGS:
+        raise ValueError(f"test_labels must be one of {', '.join(TEST_LABELINGS)}, got {test_labels!r}")
+
+
+def point_features(rng: np.random.Generator, count: int, n_max: int, by_position: bool) -> np.ndarray:
+    """The features of ``count`` points: ``0 .. count - 1`` in input order if ``by_position``, else random
+    distinct features of ``0 .. n_max - 1``."""
+    return np.arange(count) if by_position else random_features(rng, count, n_max)
 
 
 def encode_points(points: np.ndarray, features: np.ndarray, n_max: int) -> np.ndarray:
