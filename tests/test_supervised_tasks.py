@@ -373,8 +373,10 @@ def test_babi_missing_training_file_policies(tmp_path):
     write_babi(tmp_path / "en", layout="flat", tasks=(2,))
     task = make_task("babi", data_dir=str(folder), missing="use-1k")
     assert task.tasks == [1, 2] and "1k file" in task.notes[0]
-    with pytest.raises(StmRlError, match="does not exist"):
+    with pytest.raises(StmRlError, match="no such directory"):
         make_task("babi", data_dir=str(tmp_path / "nowhere"))
+    with pytest.raises(StmRlError, match="bAbI needs --data-dir"):
+        make_task("babi")
 
 
 def test_babi_metrics_per_task_error_and_mean(tmp_path):

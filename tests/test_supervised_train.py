@@ -132,14 +132,63 @@ def test_babi_trains_from_a_fixture(tmp_path, babi_dir):
     (["--task", "copy", "--model", "stm", "--preset", "huge"], "unknown preset"),
     (["--task", "copy", "--model", "stm", "--iterations", "0"], "--iterations must be > 0"),
     (["--task", "copy", "--model", "stm", "--task-option", "bits=0"], "bits must be"),
-    (["--task", "babi", "--model", "stm", "--data-dir", "/nonexistent/babi"], "does not exist"),
+    (["--task", "babi", "--model", "stm", "--data-dir", "/nonexistent/babi"], "--data-dir /nonexistent/babi: no such"),
+    (["--task", "babi", "--model", "stm"], "bAbI needs --data-dir"),
     (["--task", "copy"], "--task and --model are required"),
     (["--eval-only", "/nonexistent/best.pt"], "no checkpoint file"),
+    (["--task", "copy", "--model", "stm", "--lr", "nan"], "--lr must be a finite number > 0, got nan"),
+    (["--task", "copy", "--model", "stm", "--lr", "-1"], "--lr must be a finite number > 0"),
+    (["--task", "copy", "--model", "stm", "--threads", "0"], "--threads must be >= 1, got 0"),
+    (["--task", "copy", "--model", "stm", "--seed", "-3"], "--seed must be >= 0, got -3"),
+    (["--task", "copy", "--model", "stm", "--time-limit-minutes", "nan"], "--time-limit-minutes must be >= 0"),
+    (["--task", "copy", "--model", "stm", "--task-option", "bitz=3"],
+     "task copy has no option 'bitz'; its options: bits, min_length, max_length"),
+    (["--task", "copy", "--model", "ntm", "--model-option", "slots=3"], "model ntm has no option 'slots'; its options: "
+     "hidden_size, num_slots, slot_size, read_heads"),
+    (["--task", "copy", "--model", "stm", "--model-option", "dd=3"], "model stm has no option 'dd'; its options: "),
 ])
 def test_cli_errors_are_one_line(args, message, capsys, tmp_path):
     assert main([*args, "--run-dir", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "r").exists()  # nothing half-made
+
+
+def test_cli_unwritable_run_dir_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert main(["--task", "copy", "--model", "lstm", "--preset", "smoke", "--run-dir", str(blocker / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --run-dir {blocker / 'run'}: cannot be created") and "Traceback" not in err
+
+
+def test_threads_are_saved_and_kept_on_resume(tmp_path, monkeypatch):
+    run_dir = str(tmp_path / "run")
+    assert main(["--task", "copy", "--model", "lstm", "--preset", "smoke", "--threads", "1", "--run-dir", run_dir,
+                 "--no-progress"]) == 0
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["config"]["threads"] == 1
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", calls.append)
+    assert main(["--resume", run_dir, "--iterations", "5", "--no-progress"]) == 0
+    assert calls == [1]
+
+
+def test_sigterm_stops_with_a_checkpoint_and_exit_130(tmp_path):
+    run_dir = tmp_path / "run"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "stm_rl.supervised", "--task", "copy", "--model", "lstm", "--preset", "smoke",
+         "--iterations", "100000000", "--eval-every", "50", "--threads", "1", "--no-progress", "--run-dir", str(run_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    import time
+
+    deadline = time.monotonic() + 120
+    while not (run_dir / "checkpoints" / "latest.pt").exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.terminate()
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert "latest checkpoint saved" in err and "Traceback" not in err
+    assert load_checkpoint(run_dir / "checkpoints" / "latest.pt", CHECKPOINT_KIND)["train_state"]["iteration"] >= 50
 
 
 def test_cli_malformed_babi_file_names_file_and_line(tmp_path, capsys):

@@ -23,7 +23,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from stm_rl.run_dir import CheckpointError, JsonlWriter, StmRlError, load_checkpoint, save_checkpoint, to_jsonable, write_config
+from stm_rl.run_dir import (
+    CheckpointError, JsonlWriter, StmRlError, check_can_write, load_checkpoint, save_checkpoint, to_jsonable, write_config,
+)
 from stm_rl.supervised.config import OptimizerConfig, SupervisedConfig, config_from_dict, validate_config
 from stm_rl.supervised.models import SequenceModel, build_model
 from stm_rl.supervised.tasks import Batch, Task, make_task
@@ -112,6 +114,7 @@ def train(config: SupervisedConfig, resume_from: Optional[dict[str, Any]] = None
     run_dir = Path(config.run_dir or default_run_dir(config))
     config = dataclasses.replace(config, run_dir=str(run_dir))
     checkpoints = run_dir / "checkpoints"
+    check_can_write(run_dir, "--run-dir", directory=True)
     if resume_from is None and (checkpoints / "latest.pt").exists():
         raise StmRlError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --run-dir")
 

@@ -3,9 +3,9 @@
 A model is a task's input encoder (:mod:`.encoders`) followed by a sequence *core* from the registry
 ``MODELS``: ``stm`` (the paper's) and the paper's baselines ``lstm``, ``attn-lstm``, ``ntm`` (Graves et al.
 2014), ``dnc`` (Graves et al. 2016), ``rmc`` (Santoro et al. 2018) and ``tpr`` (Schlag & Schmidhuber 2018).
-A core module defines ``DESCRIPTION``, ``preset_options(task_name, preset)`` and ``build(input_size,
-output_size, **options) -> nn.Module`` mapping ``[B, T, I]`` to ``[B, T, O]``; adding a model is one module
-and one line below.
+A core module defines ``DESCRIPTION``, ``preset_options(task_name, preset)`` and ``CORE``, the class whose
+``CORE(input_size, output_size, **options)`` maps ``[B, T, I]`` to ``[B, T, O]`` (its keyword arguments are
+the ``--model-option`` names); adding a model is one module and one line below.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from stm_rl.run_dir import StmRlError
 from stm_rl.supervised.models import attention_lstm, dnc, lstm, ntm, rmc, stm, tpr
 from stm_rl.supervised.models.encoders import make_encoder
+from stm_rl.supervised.tasks import option_names, unknown_options
 from stm_rl.supervised.tasks.base import Task
 
 MODELS: dict[str, ModuleType] = {
@@ -47,8 +48,14 @@ def build_model(name: str, task: Task, options: Mapping[str, Any]) -> SequenceMo
     """The model ``name`` for ``task`` with the resolved ``options``."""
     if name not in MODELS:
         raise StmRlError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
+    module = MODELS[name]
+    constructor = getattr(module, "OPTIONS_FROM", module.CORE)
+    unknown = unknown_options(constructor, options)
+    if unknown:
+        raise StmRlError(f"model {name} has no option {', '.join(map(repr, unknown))}; "
+                         f"its options: {', '.join(option_names(constructor))}")
     try:
-        core = MODELS[name].build(task.input_size, task.output_size, **options)
+        core = module.CORE(task.input_size, task.output_size, **options)
     except (TypeError, ValueError) as error:
         raise StmRlError(f"model {name}: {error}") from None
     return SequenceModel(make_encoder(task.input_spec), core)

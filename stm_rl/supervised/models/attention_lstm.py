@@ -37,5 +37,5 @@ class AttentionLSTM(nn.Module):
         return self.readout(torch.cat([hidden, context], dim=-1))
 
 
-def build(input_size: int, output_size: int, **options: Any) -> nn.Module:
-    return AttentionLSTM(input_size, output_size, **options)
+CORE = AttentionLSTM
+"""The core: ``AttentionLSTM(input_size, output_size, **options)``."""

@@ -123,5 +123,5 @@ class DNC(RecurrentCore):
         return output, DNCState(h, c, memory, usage, links, precedence, write, read_weights, reads)
 
 
-def build(input_size: int, output_size: int, **options: Any) -> nn.Module:
-    return DNC(input_size, output_size, **options)
+CORE = DNC
+"""The core: ``DNC(input_size, output_size, **options)``."""

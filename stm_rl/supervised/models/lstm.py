@@ -29,5 +29,5 @@ class LSTMModel(nn.Module):
         return self.readout(hidden)
 
 
-def build(input_size: int, output_size: int, **options: Any) -> nn.Module:
-    return LSTMModel(input_size, output_size, **options)
+CORE = LSTMModel
+"""The core: ``LSTMModel(input_size, output_size, **options)``."""

@@ -101,5 +101,5 @@ class NTM(RecurrentCore):
         return output, NTMState(h, c, memory, weights, reads)
 
 
-def build(input_size: int, output_size: int, **options: Any) -> nn.Module:
-    return NTM(input_size, output_size, **options)
+CORE = NTM
+"""The core: ``NTM(input_size, output_size, **options)``."""

@@ -91,5 +91,5 @@ class RelationalMemoryCore(RecurrentCore):
         return self.readout(memory.flatten(1)), RMCState(memory, weights)
 
 
-def build(input_size: int, output_size: int, **options: Any) -> nn.Module:
-    return RelationalMemoryCore(input_size, output_size, **options)
+CORE = RelationalMemoryCore
+"""The core: ``RelationalMemoryCore(input_size, output_size, **options)``."""

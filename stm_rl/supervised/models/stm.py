@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from stm_rl.memory import STM
+from stm_rl.memory import STM, STMCell
 
 DESCRIPTION = "STM (Le et al. 2020): item memory + SAM relational memory, per-task presets from STM.md"
 
@@ -59,5 +59,7 @@ class STMSequenceModel(nn.Module):
         return self.stm(x)[0]
 
 
-def build(input_size: int, output_size: int, **options: Any) -> nn.Module:
-    return STMSequenceModel(input_size, output_size, **options)
+CORE = STMSequenceModel
+OPTIONS_FROM = STMCell
+"""The model options are the keyword arguments of ``stm_rl.memory.STMCell`` (which ``STM`` takes)."""
+"""The core: ``STMSequenceModel(input_size, output_size, **options)``."""

@@ -87,5 +87,5 @@ class TPRRNN(RecurrentCore):
         return self.readout(i1 + i2 + i3), f
 
 
-def build(input_size: int, output_size: int, **options: Any) -> nn.Module:
-    return TPRRNN(input_size, output_size, **options)
+CORE = TPRRNN
+"""The core: ``TPRRNN(input_size, output_size, **options)``."""

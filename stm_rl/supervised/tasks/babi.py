@@ -118,10 +118,13 @@ class BabiTask(ClassOutputTask):
                  fallback_dir: str = "", max_sentences: int = 50, embedding_size: int = 90) -> None:
         if missing not in MISSING_CHOICES:
             raise StmRlError(f"babi missing-file policy must be one of {', '.join(MISSING_CHOICES)}, got {missing!r}")
-        directory = Path(data_dir) if data_dir else None
-        if directory is None or not directory.is_dir():
-            raise StmRlError(f"bAbI data directory {data_dir!r} does not exist; pass --data-dir pointing at "
-                             "a folder of bAbI v1.2 files (en-valid-10k, en-10k or en)")
+        if not data_dir:
+            raise StmRlError("bAbI needs --data-dir: a folder of bAbI v1.2 files (en-valid-10k, en-10k or en); "
+                             "the project never downloads it")
+        directory = Path(data_dir)
+        if not directory.is_dir():
+            raise StmRlError(f"--data-dir {data_dir}: no such directory (expected a folder of bAbI v1.2 files: "
+                             "en-valid-10k, en-10k or en)")
         fallback = Path(fallback_dir) if fallback_dir else directory.parent / "en"
         self.max_sentences = max_sentences
         self.splits: dict[str, list[BabiQuestion]] = {"train": [], "valid": [], "test": []}
