@@ -1,11 +1,33 @@
 # Two commands for a newcomer:  `make train` (set up + default Pong run, Ctrl-C stops cleanly)
 #                               `make test`  (set up + the test suite)
+# Every other command has a target too, so nothing needs an activated venv (`make help` lists them);
+# flags go in ARGS, e.g.  make evaluate ARGS="runs/stm-small-skip4-seed0 --episodes 5"
+# Outside make, the same commands are .venv/bin/stm-rl and .venv/bin/python -m stm_rl.supervised.
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
+# Where torch comes from. Empty: the configured package index (here it serves a CPU wheel). On a machine
+# whose index would give the CUDA build (~20 NVIDIA packages), get the CPU build with
+#     make TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+TORCH_FROM  := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
+# `make bench` runs benchmarks/$(BENCH).py (env_speed, stm_speed, train_speed, time_to_score, ...).
+BENCH ?= train_speed
 
-.PHONY: setup train test bench clean
+.DEFAULT_GOAL := setup
+.PHONY: help setup train test sweep evaluate plot supervised bench clean
+
+help:
+	@echo "make setup                       create $(VENV) and install (TORCH_INDEX=<url> picks torch's index)"
+	@echo "make train      ARGS=...         stm-rl train (default run; ARGS=\"--resume RUN_DIR\" continues one)"
+	@echo "make sweep      ARGS=...         stm-rl sweep (the paper's Figure 3 runs)"
+	@echo "make evaluate   ARGS=RUN_DIR     stm-rl evaluate (play games with a saved agent)"
+	@echo "make plot       ARGS=DIR         stm-rl plot (Figure 3 and a table from game logs)"
+	@echo "make supervised ARGS=...         python -m stm_rl.supervised (copy, retrieval, bAbI...)"
+	@echo "make test       ARGS=...         the test suite (ARGS=\"-m slow\": the long fault tests)"
+	@echo "make bench      BENCH=name       benchmarks/<name>.py (default: $(BENCH))"
+	@echo "exit codes: 0 completed, 1 failed, 2 bad input, 130 interrupted; STM_RL_DEBUG=1 shows tracebacks"
 
 setup: $(STAMP)
 
@@ -13,15 +35,30 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet $(TORCH_FROM) torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[test]"
 	touch $(STAMP)
 
 train: $(STAMP)
 	$(VENV)/bin/stm-rl train $(ARGS)
 
+sweep: $(STAMP)
+	$(VENV)/bin/stm-rl sweep $(ARGS)
+
+evaluate: $(STAMP)
+	$(VENV)/bin/stm-rl evaluate $(ARGS)
+
+plot: $(STAMP)
+	$(VENV)/bin/stm-rl plot $(ARGS)
+
+supervised: $(STAMP)
+	$(PY) -m stm_rl.supervised $(ARGS)
+
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)
+
+bench: $(STAMP)
+	$(PY) benchmarks/$(BENCH).py $(ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info

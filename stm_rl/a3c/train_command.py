@@ -64,6 +64,7 @@ def default_run_dir(agent: AgentConfig, env: EnvConfig, seed: int) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     trainer = _resumed_trainer(args) if args.resume is not None else _new_trainer(args)
+    trainer.check_budget()
     config = trainer.config
     print(f"run {config.run.run_dir}: {config.agent.agent} agent ({config.agent.encoder} encoder, "
           f"{count_parameters(trainer.shared_model):,} parameters), frame skip {config.env.frame_skip}, "

@@ -36,7 +36,7 @@ from stm_rl.a3c.checkpoint import (CHECKPOINT_KIND, NUM_ACTIONS, NonFiniteWeight
 from stm_rl.a3c.config import TrainConfig
 from stm_rl.a3c.evaluator import evaluator_main
 from stm_rl.a3c.limits import validate_for_training
-from stm_rl.a3c.messages import (EvaluationDone, GameFinished, NonFinite, ProcessFailed, UpdateDone, as_message,
+from stm_rl.a3c.messages import (EvaluationDone, GameFinished, NonFinite, ProcessFailed, UpdateDone,
                                  source_name)
 from stm_rl.a3c.shared_adam import SharedAdam
 from stm_rl.a3c.worker import AGENT_STEPS, FRAMES, UPDATES, WorkerContext, worker_main
@@ -55,6 +55,8 @@ MILESTONES = (-15.0, 0.0, 18.0)
 """Moving-average scores whose first crossing is announced and recorded (Pong: learning, even, solved)."""
 PLAIN_PROGRESS_INTERVAL = 30.0
 """Seconds between two plain progress lines when there is no live bar (no terminal, or --no-progress)."""
+STARTUP_GRACE = 3.0
+"""Seconds a stopping run waits for workers that have not made an update yet (still starting up)."""
 STALL_SECONDS = 60.0
 """A worker that has made no update for this long (while the run goes on) is reported as stalled."""
 class RunStatus(str, Enum):
@@ -220,10 +222,14 @@ class Trainer:
         self._best_pending, self._last_best_save = False, -math.inf
 
     # ------------------------------------------------------------------ the run
-    def run(self) -> TrainResult:
+    def check_budget(self) -> None:
+        """Refuse to start a segment with nothing left to do."""
         if self.counters.frames >= self.config.run.frames:
             raise StmRlError(f"{self.run_dir} already used its budget of {self.config.run.frames:,} frames "
                              f"({self.counters.frames:,} done); pass a larger --frames to continue it")
+
+    def run(self) -> TrainResult:
+        self.check_budget()
         with self.layout.lock():
             self._prepare_run_dir()
             return self._run()
@@ -360,7 +366,7 @@ class Trainer:
         deadline = time.monotonic() + timeout
         for _ in range(5000):
             try:
-                message = as_message(events.get(timeout=max(0.0, deadline - time.monotonic())))
+                message = events.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 return RunStatus.RUNNING, ""
             except (EOFError, OSError):  # a worker died while writing to the queue
@@ -415,8 +421,15 @@ class Trainer:
                     os.kill(process.pid, signal.SIGCONT)
                 except ProcessLookupError:
                     pass
-        deadline = time.monotonic() + grace
-        while any(p.is_alive() for p in processes) and time.monotonic() < deadline:
+        # Workers that have made updates get ``grace`` to finish the current one; those still starting up
+        # (importing torch, building envs: nothing to finish) and the evaluator get a few seconds.
+        updates = worker_counters[:, UPDATES].tolist()
+        learning = [p for rank, p in enumerate(processes) if rank < len(updates) and updates[rank] > 0]
+        now = time.monotonic()
+        deadline, quick_deadline = now + grace, now + min(grace, STARTUP_GRACE)
+        while time.monotonic() < deadline and (
+                any(p.is_alive() for p in learning)
+                or (time.monotonic() < quick_deadline and any(p.is_alive() for p in processes))):
             self._drain_events(events, log, base, worker_counters, start, timeout=0.1)
         for process in processes:
             if process.pid is None:  # never started (Ctrl-C during the start-up)
