@@ -67,6 +67,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--out", default="runs/supervised_table", help="folder of the runs and the outputs")
     parser.add_argument("--report-only", action="store_true", help="only rebuild table and figure from OUT")
+    parser.add_argument("--babi-run", default=None, help="also report the per-task error of this bAbI run directory "
+                        "(its latest evaluation; test if it has one, else validation) in OUT/babi.md")
     args = parser.parse_args(argv)
     for name in args.tasks:
         if name not in TASKS:
@@ -183,10 +185,32 @@ def write_outputs(out: Path, rows: list[dict[str, str]], runs: dict, tasks: Sequ
         ax.set_title(task)
         ax.set_xlabel("iteration")
         ax.set_ylabel(f"valid {TASKS[task].main_metric}")
-        ax.legend(fontsize=7)
+        if ax.get_lines():
+            ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "curves.png", dpi=100)
     plt.close(fig)
+
+
+BABI_PAPER_MEAN_ERROR = "0.39 +- 0.18 (10 runs)"
+
+
+def babi_report(run_dir: Path) -> str:
+    """Markdown: the per-task error % of a bAbI run's latest evaluation (test if there is one) and the mean."""
+    records = list(read_jsonl(run_dir / "evaluations.jsonl"))
+    if not records:
+        raise StmRlError(f"--babi-run {run_dir}: no evaluations yet")
+    tests = [r for r in records if r["split"] == "test"]
+    latest = tests[-1] if tests else records[-1]
+    tasks = sorted(int(k[len("error_qa"):]) for k in latest if k.startswith("error_qa"))
+    lines = [f"bAbI run `{run_dir}`: {latest['split']} split at iteration {latest['iteration']} "
+             f"({latest['elapsed_s'] / 3600:.2f} h of training)", "",
+             "| task | error % here | solved (<= 5%) |", "|---|---|---|"]
+    lines += [f"| qa{t} | {latest[f'error_qa{t}']:.1f} | {'yes' if latest[f'error_qa{t}'] <= 5 else 'no'} |"
+              for t in tasks]
+    lines.append(f"| mean | {latest['mean_error']:.2f} (paper STM: {BABI_PAPER_MEAN_ERROR}) | "
+                 f"{int(latest['tasks_solved'])} of {len(tasks)} |")
+    return "\n".join(lines) + "\n"
 
 
 def raise_interrupt(signum, frame) -> None:  # SIGTERM behaves like Ctrl-C: save the latest checkpoint and stop
@@ -217,6 +241,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     rows = table_rows(runs, args.tasks, args.models)
     write_outputs(out, rows, runs, args.tasks, command)
     print((out / "table.md").read_text())
+    if args.babi_run:
+        try:
+            report = babi_report(Path(args.babi_run))
+        except (StmRlError, OSError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        (out / "babi.md").write_text(report, encoding="utf-8")
+        print(report)
     return 0
 
 

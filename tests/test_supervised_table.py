@@ -1,0 +1,81 @@
+"""benchmarks/supervised_table.py: runs every (task, model, seed), resumes and skips, writes the side-by-side
+table (CSV + Markdown, mean +- std over seeds, paper values), the curves figure and the bAbI report."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from stm_rl.supervised.config import resolve_config
+from stm_rl.supervised.train import train
+
+torch.set_num_threads(1)
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "supervised_table.py"
+
+
+@pytest.fixture(scope="module")
+def table():
+    spec = importlib.util.spec_from_file_location("supervised_table", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_table_trains_resumes_skips_and_reports(table, tmp_path, capsys):
+    out = tmp_path / "out"
+    # a run interrupted at iteration 1 of 3: the table must resume it, not start over
+    partial = resolve_config("nth-farthest", "lstm", "smoke", iterations=1, eval_every=1, seed=1,
+                             run_dir=str(out / "nth-farthest-lstm-seed1"))
+    train(partial, progress=False)
+    args = ["--tasks", "nth-farthest", "copy", "--models", "lstm", "rmc", "--seeds", "0", "1", "--preset", "smoke",
+            "--iterations", "3", "--eval-every", "1", "--out", str(out)]
+    assert table.main(args) == 0
+    resumed = [json.loads(line) for line in (out / "nth-farthest-lstm-seed1" / "evaluations.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in resumed if r["split"] == "valid"] == [1, 2, 3]
+    with open(out / "table.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["task"], r["model"]) for r in rows] == [("nth-farthest", "lstm"), ("nth-farthest", "rmc"),
+                                                        ("copy", "lstm"), ("copy", "rmc")]
+    assert all(r["seeds"] == "2" and r["iterations"] == "3" and "+-" in r["here (test, mean +- std)"] for r in rows)
+    tests = [json.loads((out / f"copy-rmc-seed{s}" / "summary.json").read_text())["test"]["bit_error"] for s in (0, 1)]
+    mean = sum(tests) / 2
+    assert rows[3]["here (test, mean +- std)"].startswith(f"{mean:.3g} +- ")
+    assert rows[1]["paper"] == "accuracy 0.91"  # RMC's Nth-farthest value from the spec
+    assert "| copy | rmc |" in (out / "table.md").read_text() and (out / "curves.png").stat().st_size > 0
+    stamp = (out / "copy-rmc-seed0" / "summary.json").stat().st_mtime_ns
+    capsys.readouterr()
+    assert table.main(args) == 0  # everything finished: nothing is trained again
+    assert (out / "copy-rmc-seed0" / "summary.json").stat().st_mtime_ns == stamp
+    assert "==" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tasks", "nope"], "--tasks: unknown task 'nope'"),
+    (["--models", "nope"], "--models: unknown model 'nope'"),
+    (["--seeds", "-1"], "--seeds must be >= 0"),
+    (["--iterations", "0"], "--iterations must be > 0"),
+    (["--minutes", "nan"], "--minutes must be > 0"),
+])
+def test_table_bad_input_exits_2(table, args, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as stop:
+        table.main([*args, "--out", str(tmp_path / "o")])
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_babi_report_lists_every_task_of_the_latest_evaluation(table, tmp_path):
+    run = tmp_path / "babi"
+    run.mkdir()
+    records = [{"iteration": 10, "split": "valid", "elapsed_s": 36.0, "error_qa1": 50.0, "error_qa2": 40.0,
+                "mean_error": 45.0, "tasks_solved": 0.0},
+               {"iteration": 20, "split": "valid", "elapsed_s": 72.0, "error_qa1": 4.0, "error_qa2": 30.0,
+                "mean_error": 17.0, "tasks_solved": 1.0}]
+    (run / "evaluations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    report = table.babi_report(run)
+    assert "valid split at iteration 20" in report
+    assert "| qa1 | 4.0 | yes |" in report and "| qa2 | 30.0 | no |" in report and "| mean | 17.00" in report
