@@ -64,7 +64,7 @@ def test_registered_and_learns_a_little_on_copy(name):
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     assert name in MODELS
     assert losses[-1] < 0.9 * losses[0]
 
