@@ -10,8 +10,8 @@ The memory is ``N`` slots of size ``d = heads * head_size``. At each step (secti
   ``i, f = sigma(W x + U tanh(M_{t-1}) + b)`` (forget bias +1), ``M_t = i * tanh(M') + f * M_{t-1}``.
 
 The output at each step is a linear map of the flattened ``M_t``. The initial memory is the identity
-(padded with zeros), as in the authors' release. Sizes: not listed for RMC by the SAM paper; ours in the
-presets (the ``paper`` preset is 8 slots, 8 heads of 16: the order of the RMC paper's Nth-farthest model).
+(padded with zeros), as in the authors' release. Sizes: our choice in every preset (the ``paper`` preset:
+8 slots, 8 heads of 16), not taken from the SAM or RMC papers.
 """
 
 from __future__ import annotations
