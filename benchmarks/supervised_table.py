@@ -6,7 +6,8 @@
 Every (task, model, seed) is one ordinary run of ``stm_rl.supervised`` (the task's ``--preset``, validation
 every ``--eval-every`` iterations, the final test on the best validation weights) in
 ``OUT/TASK-MODEL-seedS``. The budget is the same number of iterations for every model (``--iterations``),
-or a wall-time limit per run (``--minutes``). Re-running the command skips finished runs and resumes
+or a wall-time limit per run (``--minutes``; a resumed run gets the limit again for its new session, so
+prefer iterations for comparisons). Re-running the command skips finished runs and resumes
 interrupted ones from their latest checkpoint, so the whole table can be built over several sessions.
 ``--report-only`` rebuilds the outputs from the run directories without training.
 
