@@ -2,7 +2,7 @@
 
 The encoders run in the channels-last memory layout (weights and activations), where oneDNN's CPU
 convolutions are fastest: the paper encoder's forward+backward per frame is 2-3x faster than in the
-default layout, in fp32 and in bf16 alike (``benchmarks/train_speed.py``, issue 10). The layout changes
+default layout, in fp32 and in bf16 alike (issue 10: at batch 320, 4.4 -> 2.0 ms fp32). The layout changes
 no number: the flattened features keep the channel-major order of the default layout.
 """
 

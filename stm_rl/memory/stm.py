@@ -31,7 +31,7 @@ arithmetic (3 x N d^2 n_r multiply-adds per sample-step with the backward pass),
 several times faster on CPUs with native bf16. Rounding inside the recurrence would compound over an
 episode: with bf16 products there, the relational memory of the RL agent drifts from fp32 by about 4%
 within 5 steps; with the recurrence in fp32 by 0.04%, for about 15% more time per step at batch 16
-(``tests/test_precision.py``, issue 10). The memories stay fp32 state either way.
+(issue 10; ``tests/test_precision.py`` holds the fp32 recurrence to that). The memories stay fp32 state.
 """
 
 from __future__ import annotations
@@ -124,7 +124,6 @@ class STMCell(nn.Module):
                 self.register_parameter(f"alpha{i}", nn.Parameter(torch.zeros(())))
             else:
                 self.register_buffer(f"alpha{i}", torch.tensor(float(setting)))
-        self.uses_old_relational = self.fixed_alphas.get(1) != 0.0  # alpha1 * M_r_prev
         self.uses_relational_read = self.fixed_alphas.get(2) != 0.0  # eq. 11
         self.uses_transfer = self.fixed_alphas.get(3) != 0.0  # eq. 13
 
