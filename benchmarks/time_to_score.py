@@ -137,8 +137,10 @@ def score_run(run_dir: Path, window: int, thresholds: Sequence[float]) -> RunSco
     if np.isfinite(average).any():
         index = int(np.nanargmax(average))
         best = milestone(index, float(average[index]))
-    label = (f"{config.agent.agent}-{config.agent.encoder} skip {config.env.frame_skip} "
-             f"x{config.run.workers}w x{config.a3c.envs_per_worker}e seed {config.run.seed}")
+    a3c = config.a3c
+    label = (f"{config.agent.agent}-{config.agent.encoder} skip {config.env.frame_skip}, {config.run.workers} "
+             f"workers x {a3c.envs_per_worker} games, lr {a3c.lr:g}, eps {a3c.adam_eps:g}, "
+             f"{a3c.rollout_steps}-step rollouts, seed {config.run.seed}")
     return RunScore(Path(run_dir), label, training_command(config),
                     record.get("machine", f"{machine_description()} (this machine; the run did not record one)"),
                     record.get("versions", {}).get("torch", "?"), column["wall_time"], column["frames"], average,
@@ -175,7 +177,7 @@ def plot(scores: Sequence[RunScore], thresholds: Sequence[float], path: Path) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5 + 0.25 * len(scores)), sharey=True)
     for score in scores:
         line, = axes[0].plot(score.wall_time / 60, score.average, label=f"{score.run_dir.name}: {score.label}", linewidth=1.2)
         axes[1].plot(score.frames / 1e6, score.average, color=line.get_color(), linewidth=1.2)
@@ -185,9 +187,9 @@ def plot(scores: Sequence[RunScore], thresholds: Sequence[float], path: Path) ->
         axis.set_xlabel(xlabel)
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("100-game average score")
-    axes[0].legend(fontsize=8, loc="upper left")
     figure.suptitle(f"Time to score on Pong ({scores[0].machine.split(' (')[0]})", fontsize=10)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.04 * len(scores) + 0.04, 1, 1))
+    figure.legend(loc="lower center", fontsize=8, frameon=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     plt.close(figure)
