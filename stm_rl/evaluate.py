@@ -26,7 +26,7 @@ from stm_rl.a3c.checkpoint import checkpoint_paths, load_agent_from_checkpoint
 from stm_rl.a3c.limits import MAX_FRAME_SKIP, MAX_SEED
 from stm_rl.a3c.play import GameResult, play_game
 from stm_rl.config_cli import parse_count
-from stm_rl.run_dir import StmRlError, check_can_write, describe_os_error, write_json_atomic
+from stm_rl.run_dir import RunDir, StmRlError, check_can_write, describe_os_error, write_json_atomic
 
 CHECKPOINT_PREFERENCE = ("best", "final", "latest")
 
@@ -138,7 +138,7 @@ def resolve_checkpoint(target: Path, name: Optional[str]) -> Path:
         if paths[candidate].is_file():
             return paths[candidate]
     raise StmRlError(f"{target} has no checkpoints (looked for {', '.join(CHECKPOINT_PREFERENCE)} "
-                     f"in {target / 'checkpoints'}); is it a training run directory?")
+                     f"in {RunDir(target).checkpoints}); is it a training run directory?")
 
 
 def evaluation_env_config(trained: EnvConfig, options: EvalOptions) -> EnvConfig:
@@ -153,7 +153,7 @@ def evaluation_env_config(trained: EnvConfig, options: EvalOptions) -> EnvConfig
 
 def default_output(checkpoint: Path, frame_skip: int) -> Path:
     """``<run_dir>/eval-<checkpoint>-skip<N>.json`` (the run directory holds ``checkpoints/``)."""
-    run_dir = checkpoint.parent.parent if checkpoint.parent.name == "checkpoints" else checkpoint.parent
+    run_dir = checkpoint.parent.parent if checkpoint.parent.name == RunDir.CHECKPOINTS else checkpoint.parent
     return run_dir / f"eval-{checkpoint.stem}-skip{frame_skip}.json"
 
 
