@@ -160,7 +160,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f"agent, frame skip {config.env.frame_skip}, seed {config.run.seed}, {config.run.workers} "
               f"worker(s), budget {config.run.frames:,} frames"
               + (f", resuming at {trainer.counters.frames:,}" if trainer.counters.frames else ""), flush=True)
-        result = trainer.run()
+        # A run killed after its last update but before its summary has nothing left to train.
+        spent = trainer.counters.frames >= config.run.frames
+        result = trainer.finish_spent_run() if spent else trainer.run()
     except (StmRlError, ValueError) as error:
         print(f"stm-rl sweep run: error: {error}", file=sys.stderr)
         return ExitCode.BAD_INPUT

@@ -283,7 +283,7 @@ def test_changing_settings_on_resume_is_refused(tmp_path, capsys):
 def test_evaluator_plays_greedy_games_at_fixed_update_counts(tmp_path):
     run_dir = tmp_path / "run"
     assert cli_main(["train", "--agent", "lstm", "--encoder", "small", "--game", "cue-memory", "--workers", "1",
-                     "--frames", "1200", "--eval-every-updates", "15", "--eval-games", "4",
+                     "--frames", "1200", "--envs-per-worker", "1", "--eval-every-updates", "15", "--eval-games", "4",
                      "--run-dir", str(run_dir), "--no-progress"]) == 0
     evaluations = list(read_jsonl(run_dir / "evaluations.jsonl"))
     assert evaluations, "no evaluation was recorded"

@@ -228,6 +228,10 @@ class Trainer:
             raise StmRlError(f"{self.run_dir} already used its budget of {self.config.run.frames:,} frames "
                              f"({self.counters.frames:,} done); pass a larger --frames to continue it")
 
+    def finish_spent_run(self) -> TrainResult:
+        """Record as completed a resumed run that had used its budget when it was killed (before its summary)."""
+        return self._finish(RunStatus.COMPLETED, "")
+
     def run(self) -> TrainResult:
         self.check_budget()
         with self.layout.lock():
@@ -353,8 +357,10 @@ class Trainer:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
     def _request_stop(self, signum: int, _frame: Any) -> None:
-        if self._stop_requested:  # a second Ctrl-C while shutting down: leave at once
-            raise KeyboardInterrupt
+        if self._stop_requested:
+            if signum == signal.SIGINT:  # a second Ctrl-C while shutting down: leave at once
+                raise KeyboardInterrupt
+            return  # a repeated SIGTERM (a dying parent, a process-group signal) changes nothing
         self._stop_requested = signal.Signals(signum).name
         tqdm.write(f"{self._stop_requested}: stopping the workers after their current update "
                    "and writing a final checkpoint (Ctrl-C again to abort)...", file=sys.stderr)
