@@ -35,23 +35,12 @@ from typing import Optional, Sequence
 import numpy as np
 
 from stm_rl.a3c.config import TrainConfig
+from stm_rl.a3c.trainer import Milestone, Milestones
 from stm_rl.config_cli import flag_name
 from stm_rl.plotting import find_run_dirs, moving_average, read_run_config
 from stm_rl.run_dir import StmRlError, read_json, read_jsonl
 
 THRESHOLDS = (-15.0, 0.0, 18.0)
-
-
-@dataclass(frozen=True)
-class Milestone:
-    """Where a run's moving average first reached a threshold."""
-
-    threshold: float
-    wall_time: float
-    """Seconds of training."""
-    frames: int
-    agent_steps: int
-    games: int
 
 
 @dataclass(frozen=True)
@@ -69,7 +58,7 @@ class RunScore:
     """Moving average at each game (NaN before the window is full)."""
     milestones: dict[float, Optional[Milestone]]
     best: Optional[Milestone]
-    """Where the best full-window average was first reached (its threshold field holds the value)."""
+    """Where the best full-window average was first reached (threshold and average hold its value)."""
 
 
 def machine_description() -> str:
@@ -124,19 +113,14 @@ def score_run(run_dir: Path, window: int, thresholds: Sequence[float]) -> RunSco
     average = moving_average(column["score"], window)
     average[: window - 1] = np.nan  # a 100-game average needs 100 games
 
-    def milestone(index: int, threshold: float) -> Milestone:
-        return Milestone(threshold, float(column["wall_time"][index]), int(column["frames"][index]),
-                         int(column["agent_steps"][index]), index + 1)
-
-    milestones: dict[float, Optional[Milestone]] = {}
-    with np.errstate(invalid="ignore"):
-        for threshold in thresholds:
-            reached = np.nonzero(average >= threshold)[0]
-            milestones[threshold] = milestone(int(reached[0]), threshold) if len(reached) else None
+    # The rule the trainer announces milestones by, so that both agree to the game.
+    reached = Milestones.from_game_log(games, window, tuple(thresholds)).reached
+    milestones = {threshold: reached.get(threshold) for threshold in thresholds}
     best = None
     if np.isfinite(average).any():
-        index = int(np.nanargmax(average))
-        best = milestone(index, float(average[index]))
+        i = int(np.nanargmax(average))
+        best = Milestone(float(average[i]), float(average[i]), float(column["wall_time"][i]),
+                         int(column["frames"][i]), int(column["agent_steps"][i]), i + 1)
     a3c = config.a3c
     label = (f"{config.agent.agent}-{config.agent.encoder} skip {config.env.frame_skip}, {config.run.workers} "
              f"workers x {a3c.envs_per_worker} games, lr {a3c.lr:g}, eps {a3c.adam_eps:g}, "

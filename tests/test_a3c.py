@@ -18,7 +18,6 @@ import torch
 import torch.multiprocessing as mp
 
 from stm_rl.a3c import SharedAdam, TrainConfig, load_agent_from_checkpoint
-from stm_rl.a3c import trainer as trainer_module
 from stm_rl.a3c.messages import NonFinite
 from stm_rl.a3c.worker import WorkerContext, advantages_and_returns, train_worker
 from stm_rl.cli import main as cli_main
@@ -75,15 +74,14 @@ def test_resume_continues_the_counters(tmp_path, games_of, summary_of):
 
 # ---------------------------------------------------------------- it learns
 @pytest.mark.parametrize("agent", ["lstm", "stm"])
-def test_a3c_learns_a_memory_task(tmp_path, agent, monkeypatch, capfd, games_of, summary_of):
+def test_a3c_learns_a_memory_task(tmp_path, agent, capfd, games_of, summary_of):
     """Cue-memory: remember a cue over 2 blank frames. Without memory the mean score is 0, perfect is +1.
 
     Also the progress a user follows without a terminal: plain progress lines (interval shortened here)
     and the milestone of the 100-game average reaching 0, announced, and recorded in summary.json."""
-    monkeypatch.setattr(trainer_module, "PLAIN_PROGRESS_INTERVAL", 1.0)
     run_dir = tmp_path / "run"
     code = cli_main(["train", *FAST, "--agent", agent, "--game", "cue-memory", "--frames", "9000", "--lr", "1e-3",
-                     "--envs-per-worker", "4", "--run-dir", str(run_dir)])
+                     "--envs-per-worker", "4", "--progress-interval", "1", "--run-dir", str(run_dir)])
     assert code == 0
     games = games_of(run_dir)
     scores = np.array([g["score"] for g in games])

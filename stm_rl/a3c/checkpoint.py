@@ -25,7 +25,7 @@ from stm_rl.run_dir import CheckpointError, RunDir, load_checkpoint, read_json, 
 
 CHECKPOINT_KIND = "a3c"
 NUM_ACTIONS = 6  # Pong's minimal action set
-RESUMABLE_RUN_FLAGS = ("frames", "workers", "checkpoint_interval", "progress")
+RESUMABLE_RUN_FLAGS = ("frames", "workers", "checkpoint_interval", "progress", "progress_interval")
 """RunConfig fields that a resumed segment may change; every other setting comes from the checkpoint."""
 
 

@@ -76,6 +76,8 @@ class RunConfig:
     """Games in the moving average of the score (the paper's Figure 3 uses 100)."""
     progress: bool = True
     """Show a live progress bar in the terminal."""
+    progress_interval: float = 30.0
+    """Seconds between two plain progress lines, printed instead of the bar when stderr is not a terminal or with --no-progress."""
     eval_every_updates: int = 0
     """Every this many updates (all workers together), an extra process plays eval_games greedy games with the current weights (evaluations.jsonl, eval/* in tensorboard); 0 = off."""
     eval_games: int = 3
@@ -85,6 +87,7 @@ class RunConfig:
         _require(self.frames > 0, "frames must be > 0")
         _require(self.workers >= 1, "workers must be >= 1")
         _require(self.checkpoint_interval > 0, "checkpoint_interval must be > 0")
+        _require(self.progress_interval > 0, "progress_interval must be > 0")
         _require(self.moving_average_window >= 1, "moving_average_window must be >= 1")
         _require(self.eval_every_updates >= 0, "eval_every_updates must be >= 0 (0 = no evaluation)")
         _require(self.eval_games >= 1, "eval_games must be >= 1")

@@ -53,7 +53,6 @@ BEST_CHECKPOINT_INTERVAL = 30.0
 """Seconds between two 'best' checkpoints: a new best average is saved at most this often (and at the end)."""
 MILESTONES = (-15.0, 0.0, 18.0)
 """Moving-average scores whose first crossing is announced and recorded (Pong: learning, even, solved)."""
-PLAIN_PROGRESS_INTERVAL = 30.0
 """Seconds between two plain progress lines when there is no live bar (no terminal, or --no-progress)."""
 STARTUP_GRACE = 3.0
 """Seconds a stopping run waits for workers that have not made an update yet (still starting up)."""
@@ -139,9 +138,11 @@ class Milestones:
         return new
 
     @classmethod
-    def from_game_log(cls, records: list[dict], window: int) -> "Milestones":
-        """Milestones already reached by the games of earlier segments (a resumed run announces no old news)."""
-        milestones, scores = cls(), ScoreTracker(window)
+    def from_game_log(cls, records: list[dict], window: int,
+                      thresholds: tuple[float, ...] = MILESTONES) -> "Milestones":
+        """Milestones reached by the games of a game log (a resumed run announces no old news; the
+        time-to-score benchmark reads finished runs)."""
+        milestones, scores = cls(thresholds), ScoreTracker(window)
         for record in records:
             scores.add(record["score"])
             counters = Counters(agent_steps=record.get("agent_steps", 0), frames=record.get("frames", 0),
@@ -499,8 +500,7 @@ class _RunLog:
         self.last_rate_log = time.monotonic()
         self.budget = config.run.frames
         self.live = progress and sys.stderr.isatty()
-        # RunConfig.progress_interval where the config has it; the module default otherwise.
-        self.plain_interval = float(getattr(config.run, "progress_interval", PLAIN_PROGRESS_INTERVAL))
+        self.plain_interval = config.run.progress_interval
         self.last_plain = time.monotonic()
         agent = f"{config.agent.agent}-{config.agent.encoder}"
         self.bar = tqdm(total=config.run.frames, initial=counters.frames, unit="frame", unit_scale=True,
