@@ -72,7 +72,7 @@ def test_registered_and_learns_a_little_on_copy(name):
 @pytest.mark.parametrize("name", BASELINES)
 def test_outputs_do_not_see_the_future(name):
     torch.manual_seed(1)
-    core = MODELS[name].CORE(5, 3, **MODELS[name].preset_options("copy", "smoke"))
+    core = MODELS[name].CORE(5, 3, **model_options(name, "copy", "smoke"))
     x = torch.randn(2, 6, 5)
     changed = x.clone()
     changed[:, 4:] = torch.randn(2, 2, 5)

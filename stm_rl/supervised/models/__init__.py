@@ -3,7 +3,8 @@
 A model is a task's input encoder (:mod:`.encoders`) followed by a sequence *core* from the registry
 ``MODELS``: ``stm`` (the paper's) and the paper's baselines ``lstm``, ``attn-lstm``, ``ntm`` (Graves et al.
 2014), ``dnc`` (Graves et al. 2016), ``rmc`` (Santoro et al. 2018) and ``tpr`` (Schlag & Schmidhuber 2018).
-A core module defines ``DESCRIPTION``, ``preset_options(task_name, preset)`` and ``CORE``, the class whose
+A core module defines ``DESCRIPTION``, its sizes per preset (``PRESETS``, a dict per preset name, or a
+function ``preset_options(task_name, preset)`` where they depend on the task) and ``CORE``, the class whose
 ``CORE(input_size, output_size, **options)`` maps ``[B, T, I]`` to ``[B, T, O]`` (its keyword arguments are
 the ``--model-option`` names); adding a model is one module and one line below.
 """
@@ -41,7 +42,10 @@ def model_options(name: str, task_name: str, preset: str) -> dict[str, Any]:
     """The preset options of model ``name`` for a task (sizes, gates, ...), before command-line overrides."""
     if name not in MODELS:
         raise StmRlError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
-    return MODELS[name].preset_options(task_name, preset)
+    module = MODELS[name]
+    if hasattr(module, "preset_options"):  # sizes that depend on the task (the STM's)
+        return module.preset_options(task_name, preset)
+    return dict(module.PRESETS[preset])
 
 
 def build_model(name: str, task: Task, options: Mapping[str, Any]) -> SequenceModel:

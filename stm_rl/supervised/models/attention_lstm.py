@@ -17,10 +17,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def preset_options(task_name: str, preset: str) -> dict[str, Any]:
-    return dict(PRESETS[preset])
-
-
 class AttentionLSTM(nn.Module):
     def __init__(self, input_size: int, output_size: int, hidden_size: int) -> None:
         super().__init__()

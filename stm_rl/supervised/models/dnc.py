@@ -42,10 +42,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def preset_options(task_name: str, preset: str) -> dict[str, Any]:
-    return dict(PRESETS[preset])
-
-
 @dataclass
 class DNCState:
     """Controller (h, c); memory ``[B, N, W]``; usage ``[B, N]``; links ``[B, N, N]``; precedence ``[B, N]``;

@@ -38,10 +38,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 SHIFTS = 3  # shifts -1, 0, +1
 
 
-def preset_options(task_name: str, preset: str) -> dict[str, Any]:
-    return dict(PRESETS[preset])
-
-
 @dataclass
 class NTMState:
     """Controller (h, c), memory ``[B, N, W]``, head weights ``[B, R+1, N]`` (R read heads, then the write

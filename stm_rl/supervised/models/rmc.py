@@ -32,10 +32,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def preset_options(task_name: str, preset: str) -> dict[str, Any]:
-    return dict(PRESETS[preset])
-
-
 @dataclass
 class RMCState:
     """Memory ``[B, N, d]`` and the last attention weights ``[B, heads, N, N + 1]`` (for tests)."""

@@ -36,10 +36,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def preset_options(task_name: str, preset: str) -> dict[str, Any]:
-    return dict(PRESETS[preset])
-
-
 def bind(f: Tensor, entity: Tensor, relation: Tensor) -> Tensor:
     """``F . e . r``: contract ``F [B, E, R, E]`` with ``e [B, E]`` and ``r [B, R]`` -> ``[B, E]``."""
     pair = (entity.unsqueeze(2) * relation.unsqueeze(1)).flatten(1)  # [B, E*R]
