@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
-import platform
 import signal
 import subprocess
 import sys
@@ -38,7 +36,7 @@ from stm_rl.a3c.config import TrainConfig
 from stm_rl.a3c.trainer import Milestone, Milestones
 from stm_rl.config_cli import flag_name
 from stm_rl.plotting import find_run_dirs, moving_average, read_run_config
-from stm_rl.run_dir import StmRlError, read_json, read_jsonl
+from stm_rl.run_dir import StmRlError, machine_description, read_json, read_jsonl
 
 THRESHOLDS = (-15.0, 0.0, 18.0)
 
@@ -59,19 +57,6 @@ class RunScore:
     milestones: dict[float, Optional[Milestone]]
     best: Optional[Milestone]
     """Where the best full-window average was first reached (threshold and average hold its value)."""
-
-
-def machine_description() -> str:
-    """Cores and CPU model of this machine, e.g. ``2 cores, AMD EPYC 9R45``."""
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{os.cpu_count()} cores, {model}"
 
 
 def training_command(config: TrainConfig) -> str:

@@ -27,6 +27,7 @@ import platform
 import socket
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
@@ -95,6 +96,15 @@ class RunDir:
     @property
     def checkpoints(self) -> Path:
         return self.path / self.CHECKPOINTS
+
+    def set_aside_game_log(self) -> Optional[Path]:
+        """Rename the game log of an attempt that left no checkpoint to ``games.orphan-<time>.jsonl`` (so a
+        restarted run begins a fresh log without losing the old one); the new path, None if there was none."""
+        if not self.games.exists():
+            return None
+        target = self.games.with_name(f"games.orphan-{int(time.time())}.jsonl")
+        self.games.rename(target)
+        return target
 
     def checkpoint(self, name: str) -> Path:
         """``checkpoints/<name>.pt`` (name: latest, best or final)."""
@@ -227,10 +237,24 @@ def write_json_atomic(path: Path, data: Any) -> None:
     _atomic_write(path, lambda f: f.write(json.dumps(to_jsonable(data), indent=2, sort_keys=True).encode()))
 
 
+def machine_description() -> str:
+    """Cores and CPU model of this machine, e.g. ``2 cores, AMD EPYC 9R45`` (what timings were measured on)."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores, {model}"
+
+
 def write_config(run_dir: Path, config: Any, **extra: Any) -> Path:
-    """Record the resolved configuration of a run with the command line and package versions."""
+    """Record the resolved configuration of a run with the command line, package versions and machine."""
     path = Path(run_dir) / "config.json"
-    write_json_atomic(path, {"config": config, "versions": package_versions(), "argv": sys.argv, **extra})
+    write_json_atomic(path, {"config": config, "versions": package_versions(), "argv": sys.argv,
+                             "machine": machine_description(), **extra})
     return path
 
 

@@ -108,12 +108,7 @@ def start_or_resume(config: TrainConfig) -> Trainer:
 def set_aside_orphan_log(run_dir: Path) -> Optional[Path]:
     """A run that died before its first checkpoint starts over: keep its old game log under another name."""
     layout = RunDir(run_dir)
-    games = layout.games
-    if not games.exists() or layout.checkpoint("latest").exists():
-        return None
-    target = games.with_name(f"games.orphan-{int(time.time())}.jsonl")
-    games.rename(target)
-    return target
+    return None if layout.checkpoint("latest").exists() else layout.set_aside_game_log()
 
 
 # ---------------------------------------------------------------- process hygiene

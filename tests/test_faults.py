@@ -19,7 +19,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from stm_rl.a3c import checkpoint as checkpoint_module
 from stm_rl.a3c.checkpoint import NonFiniteWeightsError, load_training_checkpoint, save_training_checkpoint
 from stm_rl.a3c.messages import ProcessFailed
 from stm_rl.a3c.trainer import Counters, Milestones, RunStatus, ScoreTracker, StallWatch, Trainer

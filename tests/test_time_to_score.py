@@ -73,3 +73,13 @@ def test_bad_input_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and all(line.startswith("time_to_score.py: error:") for line in err)
     assert "--run-dir" in err[1]
+
+
+def test_a_run_records_the_machine_its_times_were_measured_on(tmp_path):
+    from stm_rl.run_dir import machine_description, read_json, write_config
+
+    write_config(tmp_path, TrainConfig())
+    machine = read_json(tmp_path / "config.json")["machine"]
+    assert machine == machine_description() and machine.split()[1] == "cores,"
+    _write_run(tmp_path / "old", [-21.0] * 3, TrainConfig())  # a config.json with a recorded machine
+    assert time_to_score.score_run(tmp_path / "old", window=2, thresholds=(0.0,)).machine == "2 cores, test CPU"

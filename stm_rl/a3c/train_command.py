@@ -10,7 +10,6 @@ import argparse
 import dataclasses
 import math
 import sys
-import time
 from pathlib import Path
 
 from agents import AgentConfig, count_parameters
@@ -129,11 +128,8 @@ def _restarted_trainer(layout: RunDir, args: argparse.Namespace) -> Trainer:
         raise StmRlError(f"cannot resume: {layout.path} has no checkpoint and its {RunDir.CONFIG} is not a "
                          f"training config ({error})") from None
     run_config = dataclass_from_flags(RunConfig, args, base=saved.run, run_dir=layout.path)
-    kept = ""
-    if layout.games.exists():
-        orphan = layout.games.with_name(f"games.orphan-{int(time.time())}.jsonl")
-        layout.games.rename(orphan)
-        kept = f"; its game log is kept as {orphan.name}"
+    orphan = layout.set_aside_game_log()
+    kept = f"; its game log is kept as {orphan.name}" if orphan else ""
     print(f"{layout.path} has no checkpoint (stopped before its first one): starting it over with the settings "
           f"of its {RunDir.CONFIG}{kept}", file=sys.stderr)
     return Trainer(dataclasses.replace(saved, run=run_config))
