@@ -298,3 +298,15 @@ def test_copy_weights_syncs_parameters_and_buffers():
     copy_weights(source, target)
     for (name, a), b in zip(source.state_dict().items(), target.state_dict().values()):
         assert torch.equal(a, b), name
+
+
+def test_a_worker_context_knows_when_its_trainer_is_gone():
+    """Workers and the evaluator stop when the process that made their context is no longer their parent
+    (also when the trainer died before they first looked); a loop run in the trainer's own process goes on."""
+    from stm_rl.a3c.worker import trainer_alive
+
+    config = TrainConfig.from_dict(json.loads(json.dumps(_config_dict(frames=1000))))
+    args = (config, None, None, torch.zeros(1, 3, dtype=torch.int64), 0, 0, threading.Event(), queue.Queue())
+    assert trainer_alive(WorkerContext(*args))  # made here, checked here
+    assert trainer_alive(WorkerContext(*args, trainer_pid=os.getppid()))  # checked in a child of the trainer
+    assert not trainer_alive(WorkerContext(*args, trainer_pid=2**22 + 1))  # the trainer is gone

@@ -10,7 +10,6 @@ shares the CPU with the workers: on a small machine keep K large or leave it off
 from __future__ import annotations
 
 import dataclasses
-import os
 import signal
 import traceback
 
@@ -20,7 +19,7 @@ from agents import build_agent
 from envs import make_env
 from stm_rl.a3c.messages import EvaluationDone, ProcessFailed
 from stm_rl.a3c.play import play_game
-from stm_rl.a3c.worker import FRAMES, UPDATES, WorkerContext
+from stm_rl.a3c.worker import FRAMES, UPDATES, WorkerContext, trainer_alive
 from stm_rl.process import setup_compute_process
 
 EVAL_SEED_OFFSET = 1_000_000
@@ -47,9 +46,8 @@ def run_evaluations(ctx: WorkerContext, updates_before: int) -> None:
     model = build_agent(config.agent, env.action_space.n)
     model.eval()
     generator = torch.Generator().manual_seed(seed)
-    parent = os.getppid()
     next_at = (updates_before // every + 1) * every
-    while not ctx.stop.is_set() and os.getppid() == parent:
+    while not ctx.stop.is_set() and trainer_alive(ctx):
         updates = updates_before + int(ctx.counters[:, UPDATES].sum())
         if updates < next_at:
             ctx.stop.wait(0.05)  # polls the update counter; the schedule itself is in updates

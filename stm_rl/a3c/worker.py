@@ -73,7 +73,7 @@ def worker_main(rank: int, ctx: WorkerContext) -> None:
         ctx.events.put(ProcessFailed(rank, traceback.format_exc()))
         raise SystemExit(1)
     finally:
-        if not _trainer_alive(ctx):  # orphaned: nobody reads the queue, do not block on flushing it
+        if not trainer_alive(ctx):  # orphaned: nobody reads the queue, do not block on flushing it
             ctx.events.cancel_join_thread()
 
 
@@ -95,7 +95,7 @@ def train_worker(rank: int, ctx: WorkerContext) -> None:
     rewards = torch.empty(num_envs, steps)
     dones = torch.empty(num_envs, steps, dtype=torch.bool)
 
-    while not ctx.stop.is_set() and _trainer_alive(ctx):
+    while not ctx.stop.is_set() and trainer_alive(ctx):
         if ctx.frames_done_before + int(ctx.counters[:, FRAMES].sum()) >= config.run.frames:
             return
 
@@ -165,7 +165,7 @@ def train_worker(rank: int, ctx: WorkerContext) -> None:
             "entropy": entropy_bonus.item() / steps, "grad_norm": grad_norm.item()}))
 
 
-def _trainer_alive(ctx: WorkerContext) -> bool:
+def trainer_alive(ctx: WorkerContext) -> bool:
     """Whether the trainer still owns this worker (it is the parent, or this very process when a test
     runs the worker loop in-process)."""
     return os.getpid() == ctx.trainer_pid or os.getppid() == ctx.trainer_pid
