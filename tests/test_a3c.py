@@ -310,3 +310,20 @@ def test_a_worker_context_knows_when_its_trainer_is_gone():
     assert trainer_alive(WorkerContext(*args))  # made here, checked here
     assert trainer_alive(WorkerContext(*args, trainer_pid=os.getppid()))  # checked in a child of the trainer
     assert not trainer_alive(WorkerContext(*args, trainer_pid=2**22 + 1))  # the trainer is gone
+
+
+def test_a_preset_is_the_base_that_given_flags_override(tmp_path, capsys):
+    from stm_rl.a3c.train_command import config_from_args
+    from stm_rl.cli import build_parser
+
+    parser = build_parser()
+    paper = config_from_args(parser.parse_args(["train", "--preset", "paper"]))
+    assert (paper.agent.encoder, paper.env.obs_size, paper.a3c.lr, paper.a3c.adam_eps, paper.a3c.envs_per_worker) \
+        == ("paper", 80, 1e-4, 1e-3, 1)
+    assert paper.run.run_dir.name == "stm-paper-skip4-seed0"
+    mixed = config_from_args(parser.parse_args(["train", "--preset", "paper", "--lr", "3e-4", "--encoder", "small"]))
+    assert (mixed.a3c.lr, mixed.agent.encoder, mixed.env.obs_size, mixed.a3c.envs_per_worker) == (3e-4, "small", 42, 1)
+    assert config_from_args(parser.parse_args(["train"])) == config_from_args(parser.parse_args(["train", "--preset", "cpu"]))
+    # A resumed run keeps its settings: a preset there is refused like any other setting.
+    assert cli_main(["train", "--resume", str(tmp_path), "--preset", "paper"]) == 2
+    assert "--preset" in capsys.readouterr().err

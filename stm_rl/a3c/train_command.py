@@ -15,7 +15,7 @@ from pathlib import Path
 from agents import AgentConfig, count_parameters
 from envs import EnvConfig
 from stm_rl.a3c.checkpoint import RESUMABLE_RUN_FLAGS, load_resume_checkpoint
-from stm_rl.a3c.config import A3CConfig, RunConfig, TrainConfig
+from stm_rl.a3c.config import PRESETS, A3CConfig, RunConfig, TrainConfig, preset_config
 from stm_rl.a3c.limits import validate_for_training
 from stm_rl.a3c.trainer import RunStatus, Trainer
 from stm_rl.config_cli import add_dataclass_flags, dataclass_from_flags, flag_name, given_flags
@@ -40,6 +40,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--resume", type=Path, metavar="RUN_DIR",
                         help="continue the run in RUN_DIR from its latest checkpoint (its settings are kept; "
                              f"only {', '.join(flag_name(f) for f in RESUMABLE_RUN_FLAGS)} may change)")
+    parser.add_argument("--preset", choices=sorted(PRESETS),
+                        help="starting point for every setting, overridden by the flags given: \"cpu\" (the defaults "
+                             "below, chosen for few CPU cores) or \"paper\" (the paper's 80x80 encoder, one game per "
+                             "worker, Adam lr 1e-4 with eps 1e-3) (default: cpu)")
     add_dataclass_flags(parser, AgentConfig, title="agent")
     add_dataclass_flags(parser, EnvConfig, exclude=ENV_FLAGS_HIDDEN, title="environment")
     add_dataclass_flags(parser, A3CConfig, title="A3C")
@@ -48,11 +52,13 @@ def add_parser(subparsers) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    agent = dataclass_from_flags(AgentConfig, args)
-    env = dataclass_from_flags(EnvConfig, args, obs_size=agent.obs_size)
-    a3c = dataclass_from_flags(A3CConfig, args)
+    """The flags given, over the chosen preset (:data:`stm_rl.a3c.config.PRESETS`)."""
+    base = preset_config(getattr(args, "preset", None) or "cpu")
+    agent = dataclass_from_flags(AgentConfig, args, base=base.agent)
+    env = dataclass_from_flags(EnvConfig, args, base=base.env, obs_size=agent.obs_size)
+    a3c = dataclass_from_flags(A3CConfig, args, base=base.a3c)
     run_dir = getattr(args, "RunConfig.run_dir") or default_run_dir(agent, env, getattr(args, "RunConfig.seed") or 0)
-    run = dataclass_from_flags(RunConfig, args, run_dir=run_dir)
+    run = dataclass_from_flags(RunConfig, args, base=base.run, run_dir=run_dir)
     return TrainConfig(env=env, agent=agent, a3c=a3c, run=run)
 
 
@@ -105,7 +111,8 @@ def _resumed_trainer(args: argparse.Namespace) -> Trainer:
     layout = RunDir(args.resume)
     if not layout.path.is_dir():
         raise StmRlError(f"cannot resume: no run directory at {layout.path}")
-    fixed = [flag for cls in (AgentConfig, EnvConfig, A3CConfig) for flag in given_flags(cls, args)]
+    fixed = ["--preset"] if args.preset else []
+    fixed += [flag for cls in (AgentConfig, EnvConfig, A3CConfig) for flag in given_flags(cls, args)]
     fixed += [flag for flag in given_flags(RunConfig, args)
               if flag.lstrip("-").replace("-", "_") not in RESUMABLE_RUN_FLAGS]
     if fixed:
