@@ -1,7 +1,7 @@
 """The LSTM and STM actor-critic agents (spec: ../shared/spec/A3C_PONG.md, "Agents"; paper section 3.4).
 
-Both agents share one code path, frames -> encoder -> recurrent core -> actor and critic heads; the
-recurrent core is the only difference:
+Both agents share one code path, frames -> (running standardisation, with ``normalize_obs``) -> encoder ->
+recurrent core -> actor and critic heads; the recurrent core is the only difference:
 
 - ``lstm``: ``LSTMCell(F, 256)``, features h (256).
 - ``stm``:  the LSTM, then an STM cell on h (I = O = 256, N = 8, d = 96, n_r = 96, layer norm on the
@@ -22,12 +22,13 @@ and the training, acting and evaluation code need not know.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, NamedTuple, Optional
+from typing import ContextManager, Literal, NamedTuple, Optional
 
 import torch
 from torch import Tensor, nn
 
 from agents.encoders import ENCODERS, encode_frames, make_encoder
+from agents.normalizer import FrameNormalizer
 from agents.precision import Precision, autocast, check_precision_supported
 from stm_rl.memory import STM, STMState
 
@@ -53,6 +54,8 @@ class AgentConfig:
     """STM per-slot readout width n_r (paper RL setting: 96)."""
     precision: Precision = "fp32"
     """Arithmetic of the model's passes: "fp32", or "bf16" (autocast mixed precision: products in bf16, parameters, losses and optimizer in fp32; needs native bf16, e.g. AVX512-BF16 CPUs)."""
+    normalize_obs: bool = False
+    """Standardise each frame with running averages of the frames' mean and std (decay 0.9999, bias-corrected), as the classic PyTorch A3C does; the statistics are part of the agent and its checkpoints (agents/normalizer.py)."""
 
     def __post_init__(self) -> None:
         if self.agent not in ("lstm", "stm"):
@@ -96,8 +99,11 @@ class ActorCritic(nn.Module):
 
     def __init__(self, config: AgentConfig, num_actions: int, device_type: str = "cpu") -> None:
         check_precision_supported(config.precision, device_type)
+        if not isinstance(num_actions, int) or num_actions < 1:
+            raise ValueError(f"num_actions must be a positive integer, got {num_actions!r}")
         super().__init__()
         self.config, self.num_actions = config, num_actions
+        self.normalizer: Optional[FrameNormalizer] = FrameNormalizer() if config.normalize_obs else None
         self.encoder = make_encoder(config.encoder)
         self.lstm = nn.LSTMCell(ENCODERS[config.encoder].output_size, config.hidden_size)
         self.stm: Optional[STM] = None
@@ -140,8 +146,13 @@ class ActorCritic(nn.Module):
         return AgentState((h, c), stm)
 
     # ------------------------------------------------------------------ acting: one step
-    def _autocast(self):
-        """The autocast region of the configured precision, on the device the parameters are on."""
+    def autocast(self) -> ContextManager:
+        """The autocast region of the configured precision, on the device the parameters are on.
+
+        :meth:`act` and :meth:`unroll` enter it themselves; a loop of many :meth:`act` calls (a rollout, a
+        game) runs faster inside one region of its own: the inner ones then cost nothing, and autocast
+        casts the weights to bf16 once for the whole region instead of once per step (it keeps the casts
+        until its outermost region ends)."""
         return autocast(self.config.precision, self.actor.weight.device.type)
 
     def _heads(self, features: Tensor) -> tuple[Tensor, Tensor]:
@@ -150,8 +161,8 @@ class ActorCritic(nn.Module):
 
     def act(self, obs: Tensor, state: AgentState) -> tuple[Tensor, Tensor, AgentState]:
         """One step for a batch of environments: ``obs [B, 1, S, S]`` -> logits ``[B, A]``, values ``[B]``."""
-        with self._autocast():
-            h, c = self._lstm_step(encode_frames(self.encoder, obs), state.lstm)
+        with self.autocast():
+            h, c = self._lstm_step(self._encode(obs), state.lstm)
             features, stm_state = h, None
             if self.stm is not None:
                 y, stm_state = self.stm.cell(h, state.stm)
@@ -166,8 +177,8 @@ class ActorCritic(nn.Module):
         Returns logits ``[B, T, A]``, values ``[B, T]`` and the state after the last step. Gives the same
         numbers as calling :meth:`act` T times with the same resets, with far fewer, larger operations.
         """
-        with self._autocast():
-            encoded = encode_frames(self.encoder, obs)  # all B*T frames in one call
+        with self.autocast():
+            encoded = self._encode(obs)  # all B*T frames in one call
             hidden_seq, (h, c) = self._lstm_sequence(encoded, state.lstm, episode_start)  # [B, T, hidden]
             features, stm_state = hidden_seq, None
             if self.stm is not None:
@@ -175,6 +186,20 @@ class ActorCritic(nn.Module):
                 features = torch.cat([stm_out, hidden_seq], dim=-1)
             logits, values = self._heads(features)
         return logits, values, AgentState((h, c), stm_state)
+
+    def _encode(self, frames: Tensor) -> Tensor:
+        """Frames ``[..., 1, S, S]`` (standardised first with ``normalize_obs``) -> features ``[..., F]``."""
+        if self.normalizer is not None:
+            frames = self.normalizer(frames)
+        return encode_frames(self.encoder, frames)
+
+    def observe_frames(self, frames: Tensor) -> None:
+        """Fold frames ``[..., 1, S, S]`` into the observation statistics (nothing without ``normalize_obs``).
+
+        Called by the workers on the shared model only; the passes never update the statistics (see
+        :mod:`agents.normalizer` for who updates what under Hogwild)."""
+        if self.normalizer is not None:
+            self.normalizer.update(frames)
 
     def _lstm_step(self, encoded: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         """One LSTM step, in fp32 whatever the precision (a small share of the work; fp32 keeps h and c exact)."""
@@ -211,7 +236,9 @@ class ActorCritic(nn.Module):
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1), (h, c)
 
 
-def build_agent(config: AgentConfig, num_actions: int = 6) -> ActorCritic:
+def build_agent(config: AgentConfig, num_actions: int) -> ActorCritic:
+    """The agent of ``config`` with an actor head over ``num_actions`` actions (a run probes the count from its
+    environment, :func:`envs.probe_action_count`, and saves it with its checkpoints)."""
     return ActorCritic(config, num_actions)
 
 

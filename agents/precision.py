@@ -11,7 +11,7 @@ native bf16 arithmetic: elsewhere bf16 products are emulated, often many times s
 from __future__ import annotations
 
 import contextlib
-from typing import ContextManager, Literal
+from typing import ContextManager, Literal, Optional
 
 import torch
 
@@ -28,21 +28,43 @@ def cpu_has_native_bf16() -> bool:
     return any(capabilities.get(feature, False) for feature in _NATIVE_BF16_CPU_FEATURES)
 
 
+def unsupported_reason(precision: str, device_type: str = "cpu") -> Optional[str]:
+    """Why ``precision`` cannot run fast on ``device_type`` (one line naming the flag), or None if it can."""
+    if precision not in PRECISIONS:
+        return f"unknown precision {precision!r}; choose one of {list(PRECISIONS)}"
+    if precision != "bf16":
+        return None
+    if device_type == "cpu" and not cpu_has_native_bf16():
+        return ("--precision bf16 needs a CPU with native bf16 arithmetic (AVX512-BF16, AMX or Arm BF16); "
+                "this CPU would emulate it, many times slower than fp32: use --precision fp32")
+    if device_type == "cuda" and not torch.cuda.is_bf16_supported():
+        return "--precision bf16 needs a GPU with bf16 support; use --precision fp32"
+    return None
+
+
 def check_precision_supported(precision: str, device_type: str = "cpu") -> None:
     """Raise ``ValueError`` (one line, naming the flag) if ``precision`` cannot run fast on ``device_type``."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; choose one of {list(PRECISIONS)}")
-    if precision != "bf16":
-        return
-    if device_type == "cpu" and not cpu_has_native_bf16():
-        raise ValueError("--precision bf16 needs a CPU with native bf16 arithmetic (AVX512-BF16, AMX or Arm BF16); "
-                         "this CPU would emulate it, many times slower than fp32: use --precision fp32")
-    if device_type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ValueError("--precision bf16 needs a GPU with bf16 support; use --precision fp32")
+    reason = unsupported_reason(precision, device_type)
+    if reason:
+        raise ValueError(reason)
+
+
+def playing_precision(precision: str, device_type: str = "cpu") -> tuple[str, Optional[str]]:
+    """The precision to play a saved agent in, and a one-line notice if it is not the trained one.
+
+    Training refuses a precision the hardware would emulate; playing falls back to fp32 instead, which is
+    always possible because the weights are fp32 in every precision (bf16 only changes the arithmetic).
+    """
+    if precision == "bf16" and unsupported_reason(precision, device_type):
+        return "fp32", (f"this {device_type.upper()} has no native bf16 arithmetic: the agent, trained with "
+                        "--precision bf16, plays in fp32 (the same weights; only the rounding differs)")
+    return precision, None
 
 
 def autocast(precision: str, device_type: str) -> ContextManager:
-    """The autocast region of ``precision`` on ``device_type`` (a no-op context for fp32)."""
-    if precision == "bf16":
+    """The autocast region of ``precision`` on ``device_type``: a no-op context for fp32, and inside a bf16
+    region already open (a rollout's region around its steps' own), so that nested regions cost nothing."""
+    if precision == "bf16" and not (torch.is_autocast_enabled(device_type)
+                                    and torch.get_autocast_dtype(device_type) == torch.bfloat16):
         return torch.autocast(device_type, dtype=torch.bfloat16)
     return contextlib.nullcontext()

@@ -33,7 +33,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from stm_rl.a3c.config import TrainConfig
-from stm_rl.a3c.trainer import Milestone, Milestones
+from stm_rl.a3c.scores import Milestone, Milestones
 from stm_rl.config_cli import flag_name
 from stm_rl.plotting import find_run_dirs, moving_average, read_run_config
 from stm_rl.run_dir import StmRlError, machine_description, read_json, read_jsonl

@@ -24,6 +24,8 @@ towards the episode (and the 108,000-frame cap) and are reported in the reset ``
 Preprocessing: grayscale screen read into a preallocated buffer, rows 34..193 (the 160x160 playfield),
 ``cv2.resize`` with ``INTER_AREA`` to ``obs_size x obs_size`` (for sizes below 80 that do not divide 160,
 such as 42, via an exact 2x2 average to 80x80 first, for speed), float32 in [0, 1], shape ``(1, S, S)``.
+The optional running standardisation of the frames (``--normalize-obs``) is part of the agent
+(:mod:`agents.normalizer`), so that its statistics are checkpointed with the weights.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import gymnasium as gym
 import numpy as np
 from ale_py import ALEInterface, LoggerMode, roms
 
-__all__ = ["EnvConfig", "AtariEnv", "make_env", "make_pong", "DEFAULT_MAX_EPISODE_FRAMES"]
+__all__ = ["EnvConfig", "AtariEnv", "make_env", "make_pong", "probe_action_count", "DEFAULT_MAX_EPISODE_FRAMES"]
 
 DEFAULT_MAX_EPISODE_FRAMES = 108_000
 """The ALE/Machado et al. cap: 30 minutes of play at 60 frames/s."""
@@ -67,8 +69,6 @@ class EnvConfig:
     """Return ``sign(reward)`` as the step reward (for learning); ``info`` and episode scores stay raw."""
     max_episode_frames: int = DEFAULT_MAX_EPISODE_FRAMES
     """Emulator frames after which the episode is truncated (ALE ``max_num_frames_per_episode``)."""
-    normalize_obs: bool = False
-    """Standardise each observation with running averages of the frames' mean and std (decay 0.9999, bias-corrected), as the classic PyTorch A3C does; the output is then no longer in [0, 1]."""
     seed: int | None = None
     """Seed used by the first ``reset()`` that is not given one; None draws fresh entropy."""
     game: str = "pong"
@@ -143,7 +143,6 @@ class AtariEnv(gym.Env):
         self._running = False
         self._score = 0.0
         self._length = 0
-        self._normalizer = RunningFrameNormalizer() if config.normalize_obs else None
 
     # --- gymnasium API -------------------------------------------------------------------------------
 
@@ -224,29 +223,7 @@ class AtariEnv(gym.Env):
         small = cv2.resize(current, (size, size), interpolation=cv2.INTER_AREA)
         obs = small.astype(np.float32)
         obs *= 1.0 / 255.0
-        if self._normalizer is not None:
-            obs = self._normalizer(obs)
         return obs.reshape(1, size, size)
-
-
-class RunningFrameNormalizer:
-    """``(obs - mean) / (std + 1e-8)`` with exponential running averages of each frame's mean and std.
-
-    The averages decay by ``alpha`` per observation and are bias-corrected (divided by ``1 - alpha^n``),
-    so the first frames are not scaled by a near-zero estimate. Each environment keeps its own.
-    """
-
-    def __init__(self, alpha: float = 0.9999) -> None:
-        self.alpha, self.mean, self.std, self.count = alpha, 0.0, 0.0, 0
-
-    def __call__(self, obs: np.ndarray) -> np.ndarray:
-        self.count += 1
-        self.mean = self.alpha * self.mean + (1 - self.alpha) * float(obs.mean())
-        self.std = self.alpha * self.std + (1 - self.alpha) * float(obs.std())
-        correction = 1 - self.alpha ** self.count
-        obs -= self.mean / correction
-        obs /= self.std / correction + 1e-8
-        return obs
 
 
 def make_pong(config: EnvConfig | None = None, *, render_mode: str | None = None, **overrides: Any) -> AtariEnv:
@@ -266,3 +243,17 @@ def make_env(config: EnvConfig, *, render_mode: str | None = None) -> gym.Env:
 
         return CueMemoryEnv(obs_size=config.obs_size, seed=config.seed)
     return AtariEnv(config, render_mode=render_mode)
+
+
+def probe_action_count(config: EnvConfig) -> int:
+    """The number of discrete actions of the environment ``config`` describes (the game's minimal action set:
+    6 for Pong, 4 for Breakout), read from an env built for the purpose and closed again.
+
+    The agent's actor head is sized from this when a run starts; the count is then saved with the run
+    (checkpoints, config.json), so that resuming and evaluating rebuild the same head without asking again.
+    """
+    env = make_env(config)
+    try:
+        return int(env.action_space.n)
+    finally:
+        env.close()

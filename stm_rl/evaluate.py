@@ -166,6 +166,10 @@ def evaluate(options: EvalOptions) -> dict[str, Any]:
     env_config = evaluation_env_config(config.env, options)
     output = check_can_write(options.output or default_output(checkpoint, env_config.frame_skip), "--output")
     env = make_recording_env(env_config, options) if options.video else make_env(env_config)
+    if env.action_space.n != model.num_actions:
+        env.close()
+        raise StmRlError(f"{checkpoint}: the agent has {model.num_actions} actions, its "
+                         f"{env_config.game!r} environment {env.action_space.n}")
     generator = torch.Generator().manual_seed(options.seed)
     games: list[GameResult] = []
     try:
@@ -180,7 +184,7 @@ def evaluate(options: EvalOptions) -> dict[str, Any]:
         env.close()
     scores = [game.score for game in games]
     report = {"checkpoint": str(checkpoint), "checkpoint_name": checkpoint.stem, "agent": config.agent.agent,
-              "encoder": config.agent.encoder, "trained_frame_skip": config.env.frame_skip,
+              "encoder": config.agent.encoder, "precision": config.agent.precision, "trained_frame_skip": config.env.frame_skip,
               "frame_skip": env_config.frame_skip, "greedy": not options.sample, "seed": options.seed,
               "max_frames": options.max_frames, "trained_frames": record["counters"]["frames"],
               "trained_games": record["counters"]["games"], "scores": scores, "mean": _mean(games),

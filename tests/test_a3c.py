@@ -21,6 +21,7 @@ from stm_rl.a3c import SharedAdam, TrainConfig, load_agent_from_checkpoint
 from stm_rl.a3c.messages import NonFinite
 from stm_rl.a3c.worker import WorkerContext, advantages_and_returns, train_worker
 from stm_rl.cli import main as cli_main
+from stm_rl.logger import METRICS_FILE, read_metrics
 from stm_rl.run_dir import read_jsonl
 
 FAST = ["--encoder", "small", "--workers", "2", "--envs-per-worker", "1", "--adam-eps", "1e-3", "--no-progress"]
@@ -40,6 +41,10 @@ def test_short_pong_run_writes_everything(tmp_path, agent, skip, frames, summary
     assert "torch" in config["versions"]
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     assert (run_dir / "games.jsonl").exists()
+    # every finished game is also a metric (metrics.jsonl and tensorboard), at the run's frame count
+    returns = [(r["step"], r["charts/episodic_return"]) for r in read_metrics(run_dir / METRICS_FILE)
+               if "charts/episodic_return" in r]
+    assert returns == [(g["frames"], g["score"]) for g in read_jsonl(run_dir / "games.jsonl")]
     summary = summary_of(run_dir)
     assert summary["status"] == "completed"
     assert summary["counters"]["frames"] >= frames
@@ -141,7 +146,7 @@ def test_shared_adam_is_shared_between_processes():
 def test_nan_loss_stops_the_worker_without_touching_the_shared_model(monkeypatch):
     config = TrainConfig.from_dict(json.loads(json.dumps(_config_dict(frames=10_000))))
     from agents import build_agent
-    shared = build_agent(config.agent)
+    shared = build_agent(config.agent, 6)
     shared.share_memory()
     optimizer = SharedAdam(shared.parameters())
     before = {k: v.clone() for k, v in shared.state_dict().items()}
@@ -294,7 +299,7 @@ def test_copy_weights_syncs_parameters_and_buffers():
     from agents import AgentConfig, build_agent
     from stm_rl.a3c.worker import copy_weights
 
-    source, target = (build_agent(AgentConfig(agent="stm", encoder="small")) for _ in range(2))
+    source, target = (build_agent(AgentConfig(agent="stm", encoder="small"), 6) for _ in range(2))
     copy_weights(source, target)
     for (name, a), b in zip(source.state_dict().items(), target.state_dict().values()):
         assert torch.equal(a, b), name

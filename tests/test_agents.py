@@ -21,7 +21,7 @@ def _with_nonzero_alphas(model: ActorCritic) -> ActorCritic:
 def test_unroll_replays_acting_exactly(agent, encoder):
     torch.manual_seed(0)
     config = AgentConfig(agent=agent, encoder=encoder)
-    model = _with_nonzero_alphas(build_agent(config))
+    model = _with_nonzero_alphas(build_agent(config, num_actions=4))
     B, T, S = 3, 6, config.obs_size
     obs = torch.rand(B, T, 1, S, S)
     episode_start = torch.zeros(B, T, dtype=torch.bool)
@@ -37,7 +37,7 @@ def test_unroll_replays_acting_exactly(agent, encoder):
             logits.append(step_logits)
             values.append(step_values)
         replay_logits, replay_values, replay_state = model.unroll(obs, start_state, episode_start)
-    assert replay_logits.shape == (B, T, 6) and replay_values.shape == (B, T)
+    assert replay_logits.shape == (B, T, 4) and replay_values.shape == (B, T)
     torch.testing.assert_close(replay_logits, torch.stack(logits, 1), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(replay_values, torch.stack(values, 1), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(replay_state.lstm[0], state.lstm[0], atol=1e-5, rtol=1e-5)
@@ -47,7 +47,7 @@ def test_unroll_replays_acting_exactly(agent, encoder):
 
 def test_stm_agent_carries_both_memories_and_resets_to_learned_initial_state():
     torch.manual_seed(0)
-    model = _with_nonzero_alphas(build_agent(AgentConfig(agent="stm", encoder="small")))
+    model = _with_nonzero_alphas(build_agent(AgentConfig(agent="stm", encoder="small"), 6))
     state = model.initial_state(2)
     with torch.no_grad():
         _, _, state = model.act(torch.rand(2, 1, 42, 42), state)
@@ -62,7 +62,7 @@ def test_stm_agent_carries_both_memories_and_resets_to_learned_initial_state():
 
 
 def test_gradients_reach_the_learned_initial_memories_at_episode_start():
-    model = build_agent(AgentConfig(agent="stm", encoder="small"))
+    model = build_agent(AgentConfig(agent="stm", encoder="small"), 6)
     state = model.initial_state(1)
     start = torch.tensor([[True, False, False]])
     logits, values, _ = model.unroll(torch.rand(1, 3, 1, 42, 42), state, start)
@@ -71,11 +71,11 @@ def test_gradients_reach_the_learned_initial_memories_at_episode_start():
 
 
 def test_heads_are_initialised_as_specified():
-    model = build_agent(AgentConfig(agent="lstm", encoder="small"))
+    model = build_agent(AgentConfig(agent="lstm", encoder="small"), 6)
     torch.testing.assert_close(model.actor.weight.norm(dim=1), torch.full((6,), 0.01))
     torch.testing.assert_close(model.critic.weight.norm(dim=1), torch.ones(1))
     assert model.actor.bias.abs().sum() == 0 and model.lstm.bias_ih.abs().sum() == 0
-    stm = build_agent(AgentConfig(agent="stm", encoder="small"))
+    stm = build_agent(AgentConfig(agent="stm", encoder="small"), 6)
     assert stm.actor.in_features == 512 and model.actor.in_features == 256
 
 

@@ -21,7 +21,8 @@ import torch
 
 from stm_rl.a3c.checkpoint import NonFiniteWeightsError, load_training_checkpoint, save_training_checkpoint
 from stm_rl.a3c.messages import ProcessFailed
-from stm_rl.a3c.trainer import Counters, Milestones, RunStatus, ScoreTracker, StallWatch, Trainer
+from stm_rl.a3c.scores import Counters, Milestones, ScoreTracker
+from stm_rl.a3c.trainer import RunStatus, StallWatch, Trainer
 from stm_rl.cli import main as cli_main
 from stm_rl.run_dir import RunDir, read_jsonl, repair_jsonl
 

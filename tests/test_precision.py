@@ -24,12 +24,12 @@ def native_bf16(monkeypatch):
 def _twin_agents(agent: str, encoder: str):
     """An fp32 and a bf16 agent with the same weights (alphas non-zero so the STM's paths all count)."""
     torch.manual_seed(0)
-    fp32 = build_agent(AgentConfig(agent=agent, encoder=encoder))
+    fp32 = build_agent(AgentConfig(agent=agent, encoder=encoder), 6)
     with torch.no_grad():
         for name, param in fp32.named_parameters():
             if "alpha" in name:
                 param.fill_(0.3)
-    bf16 = build_agent(AgentConfig(agent=agent, encoder=encoder, precision="bf16"))
+    bf16 = build_agent(AgentConfig(agent=agent, encoder=encoder, precision="bf16"), 6)
     bf16.load_state_dict(fp32.state_dict())
     return fp32, bf16
 
@@ -144,8 +144,8 @@ def test_channels_last_encoders_give_the_default_layout_numbers():
 def test_bf16_without_native_support_is_refused_in_one_line(monkeypatch, tmp_path, capsys):
     monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: False)
     with pytest.raises(ValueError, match="--precision bf16 needs a CPU with native bf16"):
-        build_agent(AgentConfig(precision="bf16"))
-    build_agent(AgentConfig(precision="fp32", encoder="small"))  # fp32 is never refused
+        build_agent(AgentConfig(precision="bf16"), 6)
+    build_agent(AgentConfig(precision="fp32", encoder="small"), 6)  # fp32 is never refused
     run_dir = tmp_path / "run"
     code = cli_main(["train", "--agent", "lstm", "--encoder", "small", "--game", "cue-memory", "--workers", "1",
                      "--frames", "1000", "--precision", "bf16", "--run-dir", str(run_dir), "--no-progress"])
@@ -158,3 +158,65 @@ def test_bf16_without_native_support_is_refused_in_one_line(monkeypatch, tmp_pat
 def test_unknown_precision_is_refused():
     with pytest.raises(ValueError, match="unknown precision 'fp8'"):
         AgentConfig(precision="fp8")
+
+
+class _CountingAutocast:
+    """``torch.autocast`` that counts the bf16 regions opened (not the fp32 islands inside them)."""
+
+    def __init__(self, real):
+        self.real, self.opened = real, 0
+
+    def __call__(self, *args, **kwargs):
+        self.opened += kwargs.get("dtype") == torch.bfloat16 and kwargs.get("enabled", True)
+        return self.real(*args, **kwargs)
+
+
+def test_a_rollout_acts_in_one_autocast_region_and_a_game_in_one(native_bf16, monkeypatch, tmp_path):
+    """Issue 10: one region around the acting loop (the weights are cast to bf16 once per rollout), not one per
+    step; the replay opens its own."""
+    import queue
+    import threading
+
+    from envs import EnvConfig, make_env
+    from stm_rl.a3c import A3CConfig, RunConfig, SharedAdam, TrainConfig
+    from stm_rl.a3c.play import play_game
+    from stm_rl.a3c.worker import WorkerContext, train_worker
+
+    counting = _CountingAutocast(torch.autocast)
+    monkeypatch.setattr(torch, "autocast", counting)
+    config = TrainConfig(env=EnvConfig(game="cue-memory"),
+                         agent=AgentConfig(agent="stm", encoder="small", precision="bf16"),
+                         a3c=A3CConfig(envs_per_worker=2, rollout_steps=6),
+                         run=RunConfig(run_dir=tmp_path, frames=36, workers=1))
+    shared = build_agent(config.agent, 6)
+    counters = torch.zeros(1, 3, dtype=torch.int64)
+    train_worker(0, WorkerContext(config, shared, SharedAdam(shared.parameters()), counters, 0, 0,
+                                  threading.Event(), queue.Queue()))
+    updates = int(counters[0, 2])
+    assert updates == 3 and counting.opened == 2 * updates, "acting: one region per rollout; replay: one"
+    counting.opened = 0
+    result = play_game(shared, make_env(config.env), sample=False, generator=torch.Generator())
+    assert result.length == 3 and counting.opened == 1, "one region per game"
+
+
+def test_evaluating_a_bf16_agent_without_native_bf16_plays_in_fp32(native_bf16, monkeypatch, tmp_path, capsys):
+    """Training refuses bf16 on such a CPU (test above); evaluating a bf16-trained agent falls back to fp32."""
+    from envs import EnvConfig
+    from stm_rl.a3c import A3CConfig, RunConfig, SharedAdam, TrainConfig
+    from stm_rl.a3c.checkpoint import save_training_checkpoint
+
+    config = TrainConfig(env=EnvConfig(game="cue-memory"),
+                         agent=AgentConfig(agent="lstm", encoder="small", precision="bf16"),
+                         a3c=A3CConfig(envs_per_worker=1), run=RunConfig(run_dir=tmp_path, workers=1))
+    model = build_agent(config.agent, 6)
+    path = save_training_checkpoint(tmp_path / "bf16.pt", model, SharedAdam(model.parameters()),
+                                    {"frames": 10, "games": 1}, {"recent": [], "best_average": 0.0}, config)
+    monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: False)
+    output = tmp_path / "eval.json"
+    assert cli_main(["evaluate", str(path), "--episodes", "2", "--output", str(output), "--no-progress"]) == 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "plays in fp32" in err[0] and "native bf16" in err[0], err
+    import json
+
+    report = json.loads(output.read_text())
+    assert report["precision"] == "fp32" and len(report["scores"]) == 2

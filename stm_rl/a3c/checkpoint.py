@@ -1,7 +1,8 @@
 """Checkpoints of A3C training runs: what they hold, how they are saved and loaded, and the resume rule.
 
 A checkpoint (``checkpoints/{latest,best,final}.pt``, written atomically by :func:`stm_rl.run_dir.save_checkpoint`)
-holds the shared model and optimizer states, the run's counters and recent scores, and its whole config.
+holds the shared model and optimizer states, the run's counters and recent scores, its whole config, and the
+action count of its environment (probed when the run started; the agent's actor head is rebuilt from it).
 Weights that are not finite are never saved: a run whose shared model a NaN reached keeps its last good
 checkpoints. Resuming continues from ``latest.pt`` with the config it holds; only the settings in
 :data:`RESUMABLE_RUN_FLAGS` may change, and the checkpoint must belong to the run directory it is in (its
@@ -12,21 +13,27 @@ This module imports no trainer and no tensorboard, so ``evaluate`` and ``sweep``
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
-from agents import ActorCritic, build_agent
+from agents import ActorCritic, FrameNormalizer, build_agent
+from agents.precision import playing_precision
 from stm_rl.a3c.config import TrainConfig
 from stm_rl.config_cli import differing_settings
 from stm_rl.run_dir import CheckpointError, RunDir, load_checkpoint, read_json, save_checkpoint, to_jsonable
 
 CHECKPOINT_KIND = "a3c"
-NUM_ACTIONS = 6  # Pong's minimal action set
+LEGACY_NUM_ACTIONS = 6
+"""The action count of checkpoints written before it was saved: those runs were all Pong (minimal action set)."""
 RESUMABLE_RUN_FLAGS = ("frames", "workers", "checkpoint_interval", "progress", "progress_interval")
 """RunConfig fields that a resumed segment may change; every other setting comes from the checkpoint."""
+NORMALIZER = "normalizer"
+"""Name of the agent's observation normaliser in its state dict (``normalizer.mean``...)."""
 
 
 class NonFiniteWeightsError(CheckpointError):
@@ -45,7 +52,12 @@ def non_finite_tensors(state: Mapping[str, torch.Tensor]) -> list[str]:
             if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
 
 
-def save_training_checkpoint(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+def saved_num_actions(record: Mapping[str, Any]) -> int:
+    """The action count a checkpoint's agent was built with (:data:`LEGACY_NUM_ACTIONS` for older checkpoints)."""
+    return int(record.get("num_actions", LEGACY_NUM_ACTIONS))
+
+
+def save_training_checkpoint(path: Path, model: ActorCritic, optimizer: torch.optim.Optimizer,
                              counters: Mapping[str, Any], scores: Mapping[str, Any], config: TrainConfig) -> Path:
     """Save a training checkpoint atomically; :class:`NonFiniteWeightsError` (nothing written) if the model's
     weights are not finite."""
@@ -56,6 +68,7 @@ def save_training_checkpoint(path: Path, model: torch.nn.Module, optimizer: torc
                                     f"{', ...' if len(bad) > 3 else ''}); {Path(path).name} was not overwritten")
     return save_checkpoint(path, CHECKPOINT_KIND, {
         "model": model_state,
+        "num_actions": model.num_actions,
         "optimizer": optimizer.state_dict(),
         "counters": dict(counters),
         "scores": dict(scores),
@@ -75,6 +88,10 @@ def load_training_checkpoint(path: Path) -> dict[str, Any]:
         record["config"] = TrainConfig.from_dict(record["config"])
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{path} holds an unreadable config: {error}") from None
+    if record["config"].agent.normalize_obs:
+        # Written when the observation statistics lived in the environments (never saved): they start afresh.
+        fresh = {f"{NORMALIZER}.{name}": value for name, value in FrameNormalizer().state_dict().items()}
+        record["model"] = {**fresh, **record["model"]}
     return record
 
 
@@ -113,8 +130,7 @@ def check_checkpoint_belongs_to_run(run_dir: Path, checkpoint_config: TrainConfi
     if not layout.config.is_file():
         return  # nothing to compare with; the checkpoint's config is rewritten into config.json
     try:
-        recorded = read_json(layout.config)["config"]
-        TrainConfig.from_dict(recorded)
+        recorded = to_jsonable(TrainConfig.from_dict(read_json(layout.config)["config"]))  # in today's form
     except (KeyError, TypeError, ValueError, CheckpointError) as error:
         raise CheckpointError(f"{layout.config} is not a training config ({error}); cannot check that "
                               f"{layout.checkpoint('latest')} belongs to this run") from None
@@ -127,16 +143,31 @@ def check_checkpoint_belongs_to_run(run_dir: Path, checkpoint_config: TrainConfi
                               "restore the run's own checkpoint or start a new run elsewhere")
 
 
-def load_agent_from_checkpoint(path: Path) -> tuple[ActorCritic, TrainConfig, dict[str, Any]]:
-    """The agent saved in a trainer checkpoint, ready for evaluation, with its config and the record."""
+def print_notice(line: str) -> None:
+    """A one-line notice to the user, on stderr."""
+    print(f"note: {line}", file=sys.stderr, flush=True)
+
+
+def load_agent_from_checkpoint(path: Path, notify: Callable[[str], None] = print_notice
+                               ) -> tuple[ActorCritic, TrainConfig, dict[str, Any]]:
+    """The agent saved in a trainer checkpoint, ready for evaluation, with the config it runs with and the record.
+
+    An agent trained in bf16 plays in fp32 where bf16 would be emulated (:func:`agents.precision.playing_precision`);
+    ``notify`` gets the one-line notice (the returned config then says fp32; ``record["config"]`` keeps bf16).
+    """
     record = load_training_checkpoint(path)
     config: TrainConfig = record["config"]
-    model = build_agent(config.agent, NUM_ACTIONS)
+    precision, notice = playing_precision(config.agent.precision)
+    if notice:
+        notify(notice)
+        config = dataclasses.replace(config, agent=dataclasses.replace(config.agent, precision=precision))
+    model = build_agent(config.agent, saved_num_actions(record))
     try:
         model.load_state_dict(record["model"])
     except RuntimeError as error:
         raise CheckpointError(f"{path}: the weights do not match a {config.agent.agent!r} agent with the "
-                              f"{config.agent.encoder!r} encoder ({str(error).splitlines()[0]})") from None
+                              f"{config.agent.encoder!r} encoder and {model.num_actions} actions "
+                              f"({str(error).splitlines()[0]})") from None
     bad = non_finite_tensors(record["model"])
     if bad:
         raise CheckpointError(f"{path}: the weights hold NaN/inf ({bad[0]}...); use another checkpoint")

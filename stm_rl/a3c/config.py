@@ -114,10 +114,11 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "TrainConfig":
         """Rebuild from the JSON form written into config.json and checkpoints."""
-        run = dict(data["run"])
+        env, agent, run = dict(data["env"]), dict(data["agent"]), dict(data["run"])
+        if "normalize_obs" in env:  # written before the normaliser moved from the env into the agent
+            agent.setdefault("normalize_obs", env.pop("normalize_obs"))
         run["run_dir"] = Path(run["run_dir"])
-        return cls(env=EnvConfig(**data["env"]), agent=AgentConfig(**data["agent"]),
-                   a3c=A3CConfig(**data["a3c"]), run=RunConfig(**run))
+        return cls(env=EnvConfig(**env), agent=AgentConfig(**agent), a3c=A3CConfig(**data["a3c"]), run=RunConfig(**run))
 
 
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {

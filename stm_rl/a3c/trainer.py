@@ -2,11 +2,12 @@
 
 The main process does no learning. It takes the run directory's lock (one trainer per run directory),
 starts ``workers`` processes (see :mod:`stm_rl.a3c.worker`), then watches them: it turns their messages
-(:mod:`stm_rl.a3c.messages`) into the game log, tensorboard scalars and the progress display (with the
-time-to-score milestones), writes checkpoints (:mod:`stm_rl.a3c.checkpoint`: latest at the start and every
-``checkpoint_interval`` seconds, best by moving average, final), reports a worker that stops making
-updates, and stops the run cleanly on Ctrl-C / SIGTERM, on a worker's error or death, on a non-finite
-loss or weights, or when a checkpoint cannot be written (the previous one is kept).
+(:mod:`stm_rl.a3c.messages`) into the game log, the metrics (:mod:`stm_rl.logger`: metrics.jsonl and
+tensorboard) and the progress display (with the time-to-score milestones), writes checkpoints
+(:mod:`stm_rl.a3c.checkpoint`: latest at the start and every ``checkpoint_interval`` seconds, best by moving
+average, final), reports a worker that stops making updates, and stops the run cleanly on Ctrl-C / SIGTERM,
+on a worker's error or death, on a non-finite loss or weights, or when a checkpoint cannot be written (the
+previous one is kept).
 """
 
 from __future__ import annotations
@@ -26,38 +27,40 @@ from typing import Any, Optional
 
 import torch
 import torch.multiprocessing as mp
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from agents import build_agent
-from stm_rl.a3c.checkpoint import (CHECKPOINT_KIND, NUM_ACTIONS, NonFiniteWeightsError, check_checkpoint_belongs_to_run,
+from envs import probe_action_count
+from stm_rl.a3c.checkpoint import (CHECKPOINT_KIND, NonFiniteWeightsError, check_checkpoint_belongs_to_run,
                                    checkpoint_paths, finite_or_none, load_agent_from_checkpoint,
-                                   load_training_checkpoint, non_finite_tensors, save_training_checkpoint)
+                                   load_training_checkpoint, non_finite_tensors, save_training_checkpoint,
+                                   saved_num_actions)
 from stm_rl.a3c.config import TrainConfig
 from stm_rl.a3c.evaluator import evaluator_main
 from stm_rl.a3c.limits import validate_for_training
 from stm_rl.a3c.messages import (EvaluationDone, GameFinished, NonFinite, ProcessFailed, UpdateDone,
                                  source_name)
+from stm_rl.a3c.scores import Counters, Milestone, Milestones, ScoreTracker
 from stm_rl.a3c.shared_adam import SharedAdam
 from stm_rl.a3c.worker import AGENT_STEPS, FRAMES, UPDATES, WorkerContext, worker_main
 from stm_rl.config_cli import format_count
-from stm_rl.run_dir import (JsonlWriter, RunDir, StmRlError, describe_os_error, read_jsonl, repair_jsonl,
-                            truncate_jsonl, write_config, write_json_atomic)
+from stm_rl.logger import MetricLogger
+from stm_rl.run_dir import (CheckpointError, JsonlWriter, RunDir, StmRlError, describe_os_error, read_jsonl,
+                            repair_jsonl, truncate_jsonl, write_config, write_json_atomic)
 
-__all__ = ["CHECKPOINT_KIND", "GAME_LOG", "EVAL_LOG", "NUM_ACTIONS", "Counters", "RunStatus", "Trainer", "TrainResult",
+__all__ = ["CHECKPOINT_KIND", "GAME_LOG", "EVAL_LOG", "Counters", "RunStatus", "Trainer", "TrainResult",
            "checkpoint_paths", "load_agent_from_checkpoint", "load_training_checkpoint"]
 
 GAME_LOG = RunDir.GAMES
 EVAL_LOG = RunDir.EVALUATIONS
 BEST_CHECKPOINT_INTERVAL = 30.0
 """Seconds between two 'best' checkpoints: a new best average is saved at most this often (and at the end)."""
-MILESTONES = (-15.0, 0.0, 18.0)
-"""Moving-average scores whose first crossing is announced and recorded (Pong: learning, even, solved)."""
-"""Seconds between two plain progress lines when there is no live bar (no terminal, or --no-progress)."""
 STARTUP_GRACE = 3.0
 """Seconds a stopping run waits for workers that have not made an update yet (still starting up)."""
 STALL_SECONDS = 60.0
 """A worker that has made no update for this long (while the run goes on) is reported as stalled."""
+
+
 class RunStatus(str, Enum):
     """How a run (segment) stands; the value is what summary.json records."""
 
@@ -70,88 +73,6 @@ class RunStatus(str, Enum):
 
     __str__ = str.__str__
     __format__ = str.__format__
-
-
-@dataclass
-class Counters:
-    """Totals of a run across all its segments (a resumed run continues them)."""
-
-    agent_steps: int = 0
-    frames: int = 0
-    updates: int = 0
-    games: int = 0
-    wall_time: float = 0.0
-    segments: int = 0
-    """How many times the run was started (1 + number of resumes)."""
-
-
-@dataclass
-class ScoreTracker:
-    """Raw game scores: moving average over the last ``window`` games and the best average so far."""
-
-    window: int
-    recent: deque = field(default_factory=deque)
-    best_average: float = -math.inf
-
-    def add(self, score: float) -> float:
-        self.recent.append(score)
-        if len(self.recent) > self.window:
-            self.recent.popleft()
-        return self.average
-
-    @property
-    def average(self) -> float:
-        return sum(self.recent) / len(self.recent) if self.recent else math.nan
-
-    @property
-    def full(self) -> bool:
-        """Whether the average covers a whole window (a 100-game average needs 100 games)."""
-        return len(self.recent) >= self.window
-
-
-@dataclass(frozen=True)
-class Milestone:
-    """Where the full-window moving average first reached a threshold."""
-
-    threshold: float
-    average: float
-    wall_time: float
-    frames: int
-    agent_steps: int
-    games: int
-
-
-@dataclass
-class Milestones:
-    """The thresholds of :data:`MILESTONES` reached so far (the same rule as benchmarks/time_to_score.py)."""
-
-    thresholds: tuple[float, ...] = MILESTONES
-    reached: dict[float, Milestone] = field(default_factory=dict)
-
-    def check(self, scores: ScoreTracker, counters: Counters) -> list[Milestone]:
-        """The milestones the latest game reached for the first time."""
-        if not scores.full:
-            return []
-        new = [Milestone(t, scores.average, counters.wall_time, counters.frames, counters.agent_steps, counters.games)
-               for t in self.thresholds if t not in self.reached and scores.average >= t]
-        self.reached.update((m.threshold, m) for m in new)
-        return new
-
-    @classmethod
-    def from_game_log(cls, records: list[dict], window: int,
-                      thresholds: tuple[float, ...] = MILESTONES) -> "Milestones":
-        """Milestones reached by the games of a game log (a resumed run announces no old news; the
-        time-to-score benchmark reads finished runs)."""
-        milestones, scores = cls(thresholds), ScoreTracker(window)
-        for record in records:
-            scores.add(record["score"])
-            counters = Counters(agent_steps=record.get("agent_steps", 0), frames=record.get("frames", 0),
-                                games=record.get("game", 0), wall_time=record.get("wall_time", 0.0))
-            milestones.check(scores, counters)
-        return milestones
-
-    def to_json(self) -> dict[str, Any]:
-        return {f"{t:+g}": dataclasses.asdict(m) for t, m in sorted(self.reached.items())}
 
 
 @dataclass
@@ -203,7 +124,7 @@ class Trainer:
         self.run_dir = Path(config.run.run_dir)
         self.layout = RunDir(self.run_dir)
         self.paths = checkpoint_paths(self.run_dir)
-        self.shared_model = build_agent(config.agent, NUM_ACTIONS)
+        self.shared_model = build_agent(config.agent, _action_count(config, resume_from))
         self.optimizer = SharedAdam(self.shared_model.parameters(), lr=config.a3c.lr, eps=config.a3c.adam_eps,
                                     amsgrad=config.a3c.amsgrad)
         self.counters = Counters()
@@ -257,7 +178,8 @@ class Trainer:
                       f"dropped {dropped} later game(s) from {RunDir.GAMES}")
             if self.layout.games.exists():
                 self.milestones = Milestones.from_game_log(list(read_jsonl(self.layout.games)), self.scores.window)
-        write_config(self.run_dir, self.config, segment=self.counters.segments)
+        write_config(self.run_dir, self.config, segment=self.counters.segments,
+                     num_actions=self.shared_model.num_actions)
 
     def _run(self) -> TrainResult:
         config = self.config
@@ -468,6 +390,16 @@ class Trainer:
 _NON_FINITE = "non-finite"
 
 
+def _action_count(config: TrainConfig, resume_from: Optional[dict[str, Any]]) -> int:
+    """The action count of the run's environment, probed; a resumed run's checkpoint must have been made for
+    the same count (the actor head is sized by it)."""
+    probed = probe_action_count(config.env)
+    if resume_from is not None and saved_num_actions(resume_from) != probed:
+        raise CheckpointError(f"the checkpoint's agent has {saved_num_actions(resume_from)} actions but the "
+                              f"{config.env.game!r} environment has {probed}; it cannot be resumed here")
+    return probed
+
+
 def _cause(error: BaseException) -> str:
     """The OSError behind an error (torch wraps a failed write in its own RuntimeError), in one line."""
     seen = error
@@ -483,7 +415,8 @@ def _note(line: str) -> None:
 
 
 class _RunLog:
-    """Game log (JSONL), tensorboard scalars and the progress display of one run.
+    """Game log (JSONL), metrics (:class:`stm_rl.logger.MetricLogger`: metrics.jsonl and tensorboard) and the
+    progress display of one run. Every metric is logged at the run's emulator-frame count.
 
     On a terminal (and with ``--progress``) a live bar; otherwise (``--no-progress``, a log file, nohup, CI)
     one plain line every ``plain_interval`` seconds. Milestones and notes print as lines in both cases.
@@ -492,9 +425,11 @@ class _RunLog:
     def __init__(self, layout: RunDir, config: TrainConfig, counters: Counters, progress: bool) -> None:
         self.games = JsonlWriter(layout.games)
         self.evaluations = JsonlWriter(layout.evaluations)
-        self.tb = SummaryWriter(str(layout.tensorboard))
-        self.tb_updates: list[dict[str, float]] = []
-        self.last_tb_flush = time.monotonic()
+        # Metrics logged after the frame count the run starts from belong to weights that were lost (a run
+        # killed after its last checkpoint, or before its first): dropped, like the games of such a run.
+        self.metrics = MetricLogger.in_run_dir(layout.path, resume_step=counters.frames)
+        self.pending_losses: list[dict[str, float]] = []
+        self.last_losses_log = time.monotonic()
         self.last_score: Optional[float] = None
         self.rate_window: deque = deque(maxlen=40)  # (time, frames, steps) over the last ~10 s
         self.last_rate_log = time.monotonic()
@@ -521,10 +456,9 @@ class _RunLog:
                   "score": episode["score"], "length": episode["length"],
                   "episode_frames": episode["frames"], "moving_average": average}
         self.games.write(record)
-        self.tb.add_scalar("charts/episodic_return", episode["score"], counters.frames)
-        self.tb.add_scalar("charts/episodic_return_avg100", average, counters.frames)
-        self.tb.add_scalar("charts/episodic_length", episode["length"], counters.frames)
-        self.tb.add_scalar("charts/games", counters.games, counters.frames)
+        self.metrics.log(counters.frames, {"charts/episodic_return": episode["score"],
+                                           "charts/episodic_return_avg100": average,
+                                           "charts/episodic_length": episode["length"], "charts/games": counters.games})
 
     def milestone(self, milestone: Milestone, window: int) -> None:
         """Announce and record that the moving average reached a threshold for the first time."""
@@ -532,32 +466,32 @@ class _RunLog:
                   f"({milestone.average:+.2f}) after {_clock(milestone.wall_time)} of training, "
                   f"{milestone.frames:,} frames, {milestone.games} games")
         tag = f"milestones/avg{window}_reached_{milestone.threshold:+g}"
-        self.tb.add_scalar(f"{tag}/wall_time_hours", milestone.wall_time / 3600.0, milestone.frames)
-        self.tb.add_scalar(f"{tag}/games", milestone.games, milestone.frames)
-        self.tb.flush()
+        self.metrics.log(milestone.frames, {f"{tag}/wall_time_hours": milestone.wall_time / 3600.0,
+                                            f"{tag}/games": milestone.games})
+        self.metrics.flush()
 
     def evaluation(self, counters: Counters, result: dict[str, Any]) -> None:
         self.evaluations.write({**result, "agent_steps": counters.agent_steps,
                                 "wall_time": round(counters.wall_time, 3)})
-        self.tb.add_scalar("eval/mean_score", result["mean_score"], result["frames"])
-        self.tb.add_scalar("eval/mean_score_by_update", result["mean_score"], result["updates"])
+        self.metrics.log(result["frames"], {"eval/mean_score": result["mean_score"], "eval/updates": result["updates"]})
 
     def update(self, counters: Counters, losses: dict[str, float]) -> None:
-        self.tb_updates.append(losses)
-        if time.monotonic() - self.last_tb_flush >= 10.0:
-            for key in losses:
-                mean = sum(u[key] for u in self.tb_updates) / len(self.tb_updates)
-                self.tb.add_scalar(f"losses/{key}", mean, counters.frames)
-            self.tb_updates.clear()
-            self.last_tb_flush = time.monotonic()
+        """Losses of one update; their means over the updates of the last 10 s are logged."""
+        self.pending_losses.append(losses)
+        if time.monotonic() - self.last_losses_log >= 10.0:
+            count = len(self.pending_losses)
+            self.metrics.log(counters.frames, {f"losses/{key}": sum(u[key] for u in self.pending_losses) / count
+                                               for key in losses})
+            self.pending_losses.clear()
+            self.last_losses_log = time.monotonic()
 
     def refresh(self, counters: Counters, scores: ScoreTracker) -> None:
         now = time.monotonic()
         self.rate_window.append((now, counters.frames, counters.agent_steps))
         (t0, f0, s0), (t1, f1, s1) = self.rate_window[0], self.rate_window[-1]
         if now - self.last_rate_log >= 10.0 and t1 > t0:
-            self.tb.add_scalar("charts/frames_per_second", (f1 - f0) / (t1 - t0), counters.frames)
-            self.tb.add_scalar("charts/steps_per_second", (s1 - s0) / (t1 - t0), counters.frames)
+            self.metrics.log(counters.frames, {"charts/frames_per_second": (f1 - f0) / (t1 - t0),
+                                               "charts/steps_per_second": (s1 - s0) / (t1 - t0)})
             self.last_rate_log = now
         last = "-" if self.last_score is None else f"{self.last_score:+.0f}"
         average = "-" if not scores.recent else f"{scores.average:+.1f}"
@@ -583,7 +517,7 @@ class _RunLog:
         self.bar.close()
         self.games.close()
         self.evaluations.close()
-        self.tb.close()
+        self.metrics.close()
 
 
 def _clock(seconds: float) -> str:

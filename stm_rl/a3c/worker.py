@@ -83,9 +83,11 @@ def train_worker(rank: int, ctx: WorkerContext) -> None:
     torch.manual_seed(seed)
     num_envs, steps = a3c.envs_per_worker, a3c.rollout_steps
     envs = [make_env(config.worker_env(ctx.seed_offset + rank * num_envs + i)) for i in range(num_envs)]
-    model = build_agent(config.agent, envs[0].action_space.n)
+    model = build_agent(config.agent, ctx.shared_model.num_actions)
+    check_action_count(envs[0], model)
 
     obs = torch.from_numpy(np.stack([env.reset()[0] for env in envs]))  # [B, 1, S, S]
+    ctx.shared_model.observe_frames(obs)  # observation statistics (--normalize-obs) are the shared model's
     with torch.no_grad():
         state = model.initial_state(num_envs)
     episode_start = torch.ones(num_envs, dtype=torch.bool)  # reset the state before the next step
@@ -103,9 +105,9 @@ def train_worker(rank: int, ctx: WorkerContext) -> None:
         copy_weights(ctx.shared_model, model)
         rollout_start_state = state
 
-        # 2. Act, without gradients.
+        # 2. Act, without gradients, in one autocast region (bf16: the weights are cast once per rollout).
         frames = 0
-        with torch.no_grad():
+        with torch.no_grad(), model.autocast():
             for t in range(steps):
                 state = model.reset_state(state, episode_start)
                 obs_buf[:, t], start_buf[:, t] = obs, episode_start
@@ -125,6 +127,9 @@ def train_worker(rank: int, ctx: WorkerContext) -> None:
                 episode_start = dones[:, t].clone()
             # Bootstrap value of the observation after the rollout (unused where the game ended).
             _, last_value, _ = model.act(obs, model.reset_state(state, episode_start))
+        # The frames acted on update the shared observation statistics; the local copy keeps the ones the
+        # actions were taken with until the next sync, so that the replay gives the same numbers.
+        ctx.shared_model.observe_frames(obs_buf.transpose(0, 1))  # in time order
 
         # 3. Replay the rollout with gradients, from the (detached) state it started in.
         logits, values, _ = model.unroll(obs_buf, rollout_start_state.detach(), start_buf)
@@ -163,6 +168,13 @@ def train_worker(rank: int, ctx: WorkerContext) -> None:
         ctx.events.put(UpdateDone(rank, {
             "policy_loss": policy_loss.item(), "value_loss": value_loss.item(),
             "entropy": entropy_bonus.item() / steps, "grad_norm": grad_norm.item()}))
+
+
+def check_action_count(env, model: ActorCritic) -> None:
+    """Refuse an environment whose action count is not the one the agent's actor head was built for (the
+    trainer probes it when the run starts and saves it: see :func:`envs.probe_action_count`)."""
+    if env.action_space.n != model.num_actions:
+        raise ValueError(f"the environment has {env.action_space.n} actions, the agent {model.num_actions}")
 
 
 def trainer_alive(ctx: WorkerContext) -> bool:
