@@ -14,14 +14,15 @@ interrupted ones from their latest checkpoint, so the whole table can be built o
 Writes ``OUT/table.md`` and ``OUT/table.csv`` (per task: the paper's value where the spec gives it, then
 each model's test value of the task's main metric, mean +- std over the finished seeds, with iterations
 and wall time) and ``OUT/curves.png`` (validation main metric against iterations, one panel per task,
-mean over seeds). Exit status: 0 done, 130 interrupted (Ctrl-C / SIGTERM; rerun to resume), 2 bad input.
+mean over seeds). A run counts as finished when its ``summary.json`` says it completed its budget. Exit status
+(:mod:`stm_rl.conventions`): 0 done, 1 a run failed (e.g. a non-finite loss), 2 bad input, 130 interrupted
+(Ctrl-C / SIGTERM; rerun to resume).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-import json
 import signal
 import statistics
 import sys
@@ -30,7 +31,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from stm_rl.run_dir import StmRlError, read_jsonl
+from stm_rl.conventions import ExitCode, RunStatus
+from stm_rl.run_dir import RunDir, RunFailed, StmRlError, read_json, read_jsonl
 from stm_rl.supervised.config import PRESETS, resolve_config
 from stm_rl.supervised.models import MODELS
 from stm_rl.supervised.tasks import TASKS
@@ -50,7 +52,6 @@ PAPER_VALUES: dict[tuple[str, str], str] = {
     ("rar", "rmc"): "bit_error ~30",
 }
 """The paper's values as ``../shared/spec/SUPERVISED.md`` states them (at the paper's sizes and budgets)."""
-SUMMARY_FILE = "summary.json"
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -96,21 +97,30 @@ def run_dir_of(out: Path, task: str, model: str, seed: int) -> Path:
     return out / f"{task}-{model}-seed{seed}"
 
 
+def finished(run_dir: Path, iterations: Optional[int]) -> bool:
+    """Whether the run's summary.json says it completed (with at least ``iterations``, unless None). Summaries
+    that this script wrote before runs recorded their own status count as completed."""
+    path = RunDir(run_dir).summary
+    if not path.exists():
+        return False
+    summary = read_json(path)
+    return (summary.get("status", RunStatus.COMPLETED) == RunStatus.COMPLETED
+            and (iterations is None or summary["iterations"] >= iterations))
+
+
 def run_one(args: argparse.Namespace, task: str, model: str, seed: int) -> None:
-    """Train (or resume) one run to its budget and leave ``summary.json`` in its directory."""
+    """Train (or resume) one run to its budget; the run leaves its ``summary.json``."""
     run_dir = run_dir_of(Path(args.out), task, model, seed)
-    if (run_dir / SUMMARY_FILE).exists():
+    if finished(run_dir, args.iterations):
         return
     iterations = args.iterations if args.iterations is not None else 10_000_000
     minutes = args.minutes or 0.0
     print(f"== {task} / {model} / seed {seed}", flush=True)
-    if (run_dir / "checkpoints" / "latest.pt").exists():
-        summary = resume(str(run_dir), {"iterations": iterations, "time_limit_minutes": minutes}, progress=False)
+    if RunDir(run_dir).checkpoint("latest").exists():
+        resume(str(run_dir), progress=False, iterations=iterations, time_limit_minutes=minutes)
     else:
-        config = resolve_config(task, model, args.preset, iterations=iterations, eval_every=args.eval_every,
-                                seed=seed, run_dir=str(run_dir), time_limit_minutes=minutes, threads=args.threads)
-        summary = train(config, progress=False)
-    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
+        train(resolve_config(task, model, args.preset, iterations=iterations, eval_every=args.eval_every, seed=seed,
+                             run_dir=str(run_dir), time_limit_minutes=minutes, threads=args.threads), progress=False)
 
 
 def load_runs(out: Path, tasks: Sequence[str], models: Sequence[str], seeds: Sequence[int]) -> dict:
@@ -120,11 +130,11 @@ def load_runs(out: Path, tasks: Sequence[str], models: Sequence[str], seeds: Seq
         for model in models:
             for seed in seeds:
                 run_dir = run_dir_of(out, task, model, seed)
-                if not (run_dir / SUMMARY_FILE).exists():
+                if not finished(run_dir, None):
                     continue
-                summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+                summary = read_json(RunDir(run_dir).summary)
                 metric = summary["main_metric"]
-                curve = [(r["iteration"], r[metric]) for r in read_jsonl(run_dir / "evaluations.jsonl")
+                curve = [(r["iteration"], r[metric]) for r in read_jsonl(RunDir(run_dir).evaluations)
                          if r["split"] == "valid"]
                 runs.setdefault((task, model), []).append({**summary, "seed": seed, "curve": curve})
     return runs
@@ -232,12 +242,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         run_one(args, task, model, seed)
                         runs = load_runs(out, args.tasks, args.models, args.seeds)
                         write_outputs(out, table_rows(runs, args.tasks, args.models), runs, args.tasks, command)
-    except StmRlError as error:
+    except (StmRlError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return ExitCode.BAD_INPUT
+    except RunFailed as error:
+        print(f"error: {error}", file=sys.stderr)
+        return ExitCode.FAILED
     except (TrainingInterrupted, KeyboardInterrupt) as stop:
         print(f"interrupted ({stop}); rerun the same command to resume", file=sys.stderr)
-        return 130
+        return ExitCode.INTERRUPTED
     runs = load_runs(out, args.tasks, args.models, args.seeds)
     rows = table_rows(runs, args.tasks, args.models)
     write_outputs(out, rows, runs, args.tasks, command)
@@ -247,10 +260,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             report = babi_report(Path(args.babi_run))
         except (StmRlError, OSError) as error:
             print(f"error: {error}", file=sys.stderr)
-            return 2
+            return ExitCode.BAD_INPUT
         (out / "babi.md").write_text(report, encoding="utf-8")
         print(report)
-    return 0
+    return ExitCode.COMPLETED
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""The ``stm-rl`` command: ``stm-rl train | sweep | evaluate | plot`` (``stm-rl COMMAND --help``).
+"""The ``stm-rl`` command: ``stm-rl train | sweep | evaluate | plot | supervised`` (``stm-rl COMMAND --help``).
 
-Each subcommand lives in its own module with ``add_parser(subparsers)`` and ``run(args) -> int``; this
-module only dispatches, and applies the conventions of :mod:`stm_rl.conventions`: a user error is one
-line and exit code 2, Ctrl-C is 130, an unexpected failure to read or write a file is one line and 1;
+Each subcommand lives in its own module with ``add_parser(subparsers)`` and ``run(args) -> int``, registered
+in :data:`COMMANDS` (adding a command is that module and one line there); this module only dispatches, and
+applies the conventions of :mod:`stm_rl.conventions` (:func:`~stm_rl.conventions.run_command`): a user error
+is one line and exit code 2, Ctrl-C is 130, an unexpected failure to read or write a file is one line and 1;
 ``STM_RL_DEBUG=1`` shows the traceback instead.
 """
 
@@ -15,10 +16,11 @@ from typing import Optional, Sequence
 
 from stm_rl import evaluate, plotting, sweep
 from stm_rl.a3c import train_command
-from stm_rl.conventions import ExitCode, debugging
-from stm_rl.run_dir import StmRlError, describe_os_error
+from stm_rl.conventions import run_command
+from stm_rl.supervised import command as supervised_command
 
-COMMANDS = {"train": train_command, "sweep": sweep, "evaluate": evaluate, "plot": plotting}
+COMMANDS = {"train": train_command, "sweep": sweep, "evaluate": evaluate, "plot": plotting,
+            "supervised": supervised_command}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,22 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        return int(args.run(args) or 0)
-    except (StmRlError, ValueError) as error:
-        if debugging():
-            raise
-        print(f"stm-rl {args.command}: error: {error}", file=sys.stderr)
-        return ExitCode.BAD_INPUT
-    except OSError as error:  # a file that could not be read or written, found only while working
-        if debugging():
-            raise
-        print(f"stm-rl {args.command}: error: {describe_os_error(error)} (STM_RL_DEBUG=1 shows where)",
-              file=sys.stderr)
-        return ExitCode.FAILED
-    except KeyboardInterrupt:
-        print(f"stm-rl {args.command}: interrupted", file=sys.stderr)
-        return ExitCode.INTERRUPTED
+    return run_command(f"stm-rl {args.command}", lambda: args.run(args))
 
 
 def existing_dir(text: str) -> Path:

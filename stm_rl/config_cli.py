@@ -15,6 +15,7 @@ import dataclasses
 import inspect
 import re
 import textwrap
+import types
 import typing
 from functools import lru_cache
 from pathlib import Path
@@ -63,6 +64,11 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
+_UNIONS = (typing.Union, types.UnionType)
+_CONVERTERS = {int: parse_count, float: float, str: str, Path: Path}
+"""argparse types of the field types; other types are read as strings."""
+
+
 def flag_name(field_name: str) -> str:
     return "--" + field_name.replace("_", "-")
 
@@ -83,7 +89,7 @@ def add_dataclass_flags(parser: argparse.ArgumentParser | Any, cls: type, exclud
             continue
         kind, default = hints[f.name], _default_of(f)
         origin, args = typing.get_origin(kind), typing.get_args(kind)
-        if origin is typing.Union and type(None) in args:  # Optional[X]
+        if origin in _UNIONS and type(None) in args:  # Optional[X], X | None
             kind = next(a for a in args if a is not type(None))
             origin, args = typing.get_origin(kind), typing.get_args(kind)
         shown = default_text.get(f.name, default)
@@ -93,15 +99,18 @@ def add_dataclass_flags(parser: argparse.ArgumentParser | Any, cls: type, exclud
             group.add_argument(flag_name(f.name), action=argparse.BooleanOptionalAction, **options)
         elif origin is typing.Literal:
             group.add_argument(flag_name(f.name), choices=list(args), **options)
+        elif origin is tuple and args and Ellipsis not in args:  # tuple[float, float]: that many values
+            group.add_argument(flag_name(f.name), type=_CONVERTERS.get(args[0], str), nargs=len(args),
+                               metavar=f.name.upper(), **options)
         else:
-            convert = {int: parse_count, float: float, str: str, Path: Path}.get(kind, str)
-            group.add_argument(flag_name(f.name), type=convert, metavar=f.name.upper(), **options)
+            group.add_argument(flag_name(f.name), type=_CONVERTERS.get(kind, str), metavar=f.name.upper(), **options)
 
 
 def dataclass_from_flags(cls: type, args: argparse.Namespace, base: Any = None, **fixed: Any) -> Any:
     """Build ``cls`` from the flags that were given, over ``base`` (or the defaults) and ``fixed`` values."""
     given = {f.name: getattr(args, f"{cls.__name__}.{f.name}") for f in dataclasses.fields(cls)
              if getattr(args, f"{cls.__name__}.{f.name}", None) is not None}
+    given = {name: tuple(value) if isinstance(value, list) else value for name, value in given.items()}
     values = {**given, **fixed}
     try:
         return dataclasses.replace(base, **values) if base is not None else cls(**values)
@@ -124,23 +133,45 @@ def with_flag_names(message: str, field_names: Iterable[str]) -> str:
     return message
 
 
-def differing_settings(configs: Sequence[Mapping[str, Mapping[str, Any]]],
-                       ignore: Iterable[tuple[str, str]] = ()) -> dict[str, list[Any]]:
-    """The settings in which nested configs (``{group: {field: value}}``, the JSON form of a config of
-    dataclasses) differ: ``{"--encoder": ["small", "paper", ...]}``, one value per config (None where absent).
+def differing_settings(configs: Sequence[Mapping[str, Any]], ignore: Iterable[tuple[str, str]] = (),
+                       option_flags: Mapping[str, str] | None = None) -> dict[str, list[Any]]:
+    """The settings in which configs differ, in the JSON form of a config of dataclasses (``{group: {field:
+    value}}``, with any top-level ``{field: value}`` as group ``""``): ``{"--encoder": ["small", "paper"]}``,
+    one value per config (None where absent).
 
-    ``ignore`` holds ``(group, field)`` pairs that may differ (e.g. ``("run", "seed")``).
+    This is the one comparison behind every rule that some settings may differ and others may not (resuming
+    an RL or a supervised run, a sweep continuing its runs, plot groups). ``ignore`` holds ``(group, field)``
+    pairs that may differ (e.g. ``("run", "seed")``, ``("", "preset")``). ``option_flags`` names the flag of
+    groups of free-form options: ``{"task_options": "--task-option"}`` reports a differing ``bits`` there as
+    ``--task-option bits``.
     """
-    skip = set(ignore)
-    keys = list(dict.fromkeys((group, name) for config in configs for group in config for name in config[group]))
+    skip, option_flags = set(ignore), option_flags or {}
+    flat = [_flatten_settings(config) for config in configs]
+    keys = list(dict.fromkeys(key for settings in flat for key in settings))
     differences: dict[str, list[Any]] = {}
     for group, name in keys:
         if (group, name) in skip:
             continue
-        values = [config.get(group, {}).get(name) for config in configs]
+        values = [settings.get((group, name)) for settings in flat]
         if any(value != values[0] for value in values[1:]):
-            differences[flag_name(name)] = values
+            flag = f"{option_flags[group]} {name}" if group in option_flags else flag_name(name)
+            differences[flag] = values
     return differences
+
+
+def describe_changes(differences: Mapping[str, Sequence[Any]]) -> list[str]:
+    """``{"--lr": [1e-4, 2e-4]}`` (two configs, from :func:`differing_settings`) -> ``["--lr 0.0001 -> 0.0002"]``."""
+    return [f"{flag} {values[0]} -> {values[1]}" for flag, values in differences.items()]
+
+
+def _flatten_settings(config: Mapping[str, Any]) -> dict[tuple[str, str], Any]:
+    settings: dict[tuple[str, str], Any] = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping):
+            settings.update({(key, name): item for name, item in value.items()})
+        else:
+            settings[("", key)] = value
+    return settings
 
 
 def given_flags(cls: type, args: argparse.Namespace) -> list[str]:
@@ -155,3 +186,68 @@ def _default_of(f: dataclasses.Field) -> Any:
     if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
         return f.default_factory()  # type: ignore[misc]
     return None
+
+
+def parse_key_values(pairs: Sequence[str], flag: str) -> dict[str, Any]:
+    """``["d=64", "gated=False"]`` given as ``flag`` -> ``{"d": 64, "gated": False}`` (Python literals, else
+    strings); a pair without ``=`` is a ``ValueError`` naming the flag."""
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{flag} expects KEY=VALUE, got {pair!r}")
+        try:
+            options[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            options[key] = value
+    return options
+
+
+def replace_typed(base: Any, changes: Mapping[str, Any], what: str) -> Any:
+    """``dataclasses.replace(base, **changes)`` for values from the command line or a JSON file: unknown names
+    and values of the wrong type are a one-line ``ValueError`` (``what`` names the thing, e.g. ``model ntm``);
+    lists become tuples and whole numbers become floats where the field says so."""
+    cls = type(base)
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    unknown = [key for key in changes if key not in names]
+    if unknown:
+        raise ValueError(f"{what} has no option {', '.join(map(repr, unknown))}; its options: {', '.join(names)}")
+    hints = typing.get_type_hints(cls)
+    converted = {}
+    for key, value in changes.items():
+        ok, value = _as_type(value, hints[key])
+        if not ok:
+            raise ValueError(f"{what}: option {key} must be {_type_text(hints[key])}, got {value!r}")
+        converted[key] = value
+    return dataclasses.replace(base, **converted)
+
+
+def _as_type(value: Any, kind: Any) -> tuple[bool, Any]:
+    """Whether ``value`` fits the type ``kind`` (after the conversions of :func:`replace_typed`), and the value."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in _UNIONS:
+        for option in args:
+            ok, converted = _as_type(value, option)
+            if ok:
+                return True, converted
+        return False, value
+    if kind is type(None):
+        return value is None, value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or (Ellipsis not in args and len(value) != len(args)):
+            return False, value
+        items = [_as_type(item, args[0] if Ellipsis in args else option)
+                 for item, option in zip(value, args if Ellipsis not in args else [args[0]] * len(value))]
+        return all(ok for ok, _ in items), tuple(item for _, item in items)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool), float(value) \
+            if isinstance(value, (int, float)) else value
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if isinstance(kind, type):
+        return isinstance(value, kind), value
+    return True, value
+
+
+def _type_text(kind: Any) -> str:
+    return str(kind).replace("typing.", "").replace("NoneType", "None") if not isinstance(kind, type) else kind.__name__

@@ -1,6 +1,8 @@
-"""What every ``stm-rl`` command promises its caller: exit codes, and how to name a follow-up command.
+"""What every ``stm-rl`` command promises its caller: how a run ended, exit codes, one-line errors, and how
+to name a follow-up command.
 
-Exit codes (the same for ``train``, ``sweep``, ``evaluate``, ``plot`` and ``python -m stm_rl.supervised``):
+Exit codes (the same for ``train``, ``sweep``, ``evaluate``, ``plot`` and ``supervised``, also run as
+``python -m stm_rl.supervised``):
 
 ====  ==========================================================================================
 0     completed
@@ -10,15 +12,20 @@ Exit codes (the same for ``train``, ``sweep``, ``evaluate``, ``plot`` and ``pyth
 ====  ==========================================================================================
 
 Errors are one line (``stm-rl train: error: ...``); with ``STM_RL_DEBUG=1`` in the environment the command
-raises instead, so the Python traceback is shown.
+raises instead, so the Python traceback is shown. :func:`run_command` applies these rules to a command's body.
+A training run records how it ended as a :class:`RunStatus` in its ``summary.json`` (RL and supervised alike),
+and its command exits with that status's code (:data:`EXIT_CODES`).
 """
 
 from __future__ import annotations
 
 import os
 import shlex
-from enum import IntEnum
-from typing import Sequence
+import sys
+from enum import Enum, IntEnum
+from typing import Callable, Sequence
+
+from stm_rl.run_dir import RunFailed, StmRlError, describe_os_error
 
 
 class ExitCode(IntEnum):
@@ -27,6 +34,25 @@ class ExitCode(IntEnum):
     BAD_INPUT = 2
     INTERRUPTED = 130
 
+
+class RunStatus(str, Enum):
+    """How a training run (segment) stands; the value is what summary.json records."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    """The budget (frames, iterations) is spent."""
+    INTERRUPTED = "interrupted"
+    """Ctrl-C or SIGTERM: stopped cleanly with a final checkpoint."""
+    FAILED = "failed"
+    """A worker died, the loss or the weights became NaN, a checkpoint could not be written..."""
+
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+
+EXIT_CODES = {RunStatus.COMPLETED: ExitCode.COMPLETED, RunStatus.INTERRUPTED: ExitCode.INTERRUPTED,
+              RunStatus.FAILED: ExitCode.FAILED}
+"""The exit code of a training command whose run ended with that status."""
 
 DEBUG_ENV = "STM_RL_DEBUG"
 """Set (to anything non-empty) to get Python tracebacks instead of one-line errors."""
@@ -43,3 +69,30 @@ def suggest(command: str, args: Sequence[str]) -> str:
     if os.environ.get("MAKELEVEL"):
         return f'make {command} ARGS="{quoted}"'
     return f"stm-rl {command} {quoted}"
+
+
+def run_command(prog: str, body: Callable[[], int]) -> int:
+    """Run a command's ``body`` under the conventions above and return its exit code: a user error
+    (:class:`~stm_rl.run_dir.StmRlError`, a config's ``ValueError``) is one line ``PROG: error: ...`` and 2;
+    a failure of the work (:class:`~stm_rl.run_dir.RunFailed`) or a file that could not be read or written
+    while working is one line and 1; Ctrl-C is 130."""
+    try:
+        return int(body() or 0)
+    except (StmRlError, ValueError) as error:
+        if debugging():
+            raise
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return ExitCode.BAD_INPUT
+    except RunFailed as error:
+        if debugging():
+            raise
+        print(f"{prog}: error: {error}", file=sys.stderr)
+        return ExitCode.FAILED
+    except OSError as error:  # a file that could not be read or written, found only while working
+        if debugging():
+            raise
+        print(f"{prog}: error: {describe_os_error(error)} (STM_RL_DEBUG=1 shows where)", file=sys.stderr)
+        return ExitCode.FAILED
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return ExitCode.INTERRUPTED

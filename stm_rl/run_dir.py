@@ -44,6 +44,10 @@ class StmRlError(Exception):
     """An error the user can fix (bad flag, missing file...): the command line prints it without a traceback."""
 
 
+class RunFailed(Exception):
+    """Work that started went wrong (e.g. the loss became NaN): the command line prints it in one line and exits 1."""
+
+
 class CheckpointError(StmRlError):
     """A checkpoint is missing, corrupt, or belongs to something else."""
 
@@ -100,10 +104,15 @@ class RunDir:
     def set_aside_game_log(self) -> Optional[Path]:
         """Rename the game log of an attempt that left no checkpoint to ``games.orphan-<time>.jsonl`` (so a
         restarted run begins a fresh log without losing the old one); the new path, None if there was none."""
-        if not self.games.exists():
+        return self.set_aside(self.games)
+
+    def set_aside(self, log: Path) -> Optional[Path]:
+        """Rename a log of an attempt that left no checkpoint, ``NAME.jsonl`` -> ``NAME.orphan-<time>.jsonl``;
+        the new path, None if there was no such file."""
+        if not log.exists():
             return None
-        target = self.games.with_name(f"games.orphan-{int(time.time())}.jsonl")
-        self.games.rename(target)
+        target = log.with_name(f"{log.name.split('.')[0]}.orphan-{int(time.time())}{log.suffix}")
+        log.rename(target)
         return target
 
     def checkpoint(self, name: str) -> Path:
@@ -343,6 +352,21 @@ def truncate_jsonl(path: Path, keep: int) -> int:
     lines = "".join(json.dumps(r) + "\n" for r in records[:keep]).encode()
     _atomic_write(path, lambda f: f.write(lines))
     return len(records) - keep
+
+
+def drop_records_after(path: Path, key: str, last: int) -> int:
+    """Cut a JSONL log (whose ``key`` only grows, e.g. ``iteration``) before its first record with ``key`` above
+    ``last`` (a torn last line is repaired first); returns how many records were dropped.
+
+    A run resumed from the checkpoint of step ``last`` drops what a killed process logged after it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    repair_jsonl(path)
+    records = list(read_jsonl(path))
+    keep = next((index for index, record in enumerate(records) if record.get(key, 0) > last), len(records))
+    return truncate_jsonl(path, keep)
 
 
 def save_checkpoint(path: Path, kind: str, payload: Mapping[str, Any]) -> Path:

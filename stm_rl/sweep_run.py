@@ -32,10 +32,10 @@ from typing import Optional, Sequence
 
 from stm_rl.a3c.checkpoint import RESUMABLE_RUN_FLAGS, load_resume_checkpoint
 from stm_rl.a3c.config import TrainConfig
-from stm_rl.a3c.train_command import ENV_FLAGS_HIDDEN, EXIT_CODES
+from stm_rl.a3c.train_command import ENV_FLAGS_HIDDEN
 from stm_rl.a3c.trainer import Trainer
-from stm_rl.config_cli import differing_settings
-from stm_rl.conventions import ExitCode
+from stm_rl.config_cli import describe_changes, differing_settings
+from stm_rl.conventions import EXIT_CODES, ExitCode
 from stm_rl.run_dir import RunDir, StmRlError, read_json, to_jsonable, write_json_atomic
 
 RUN_FILE = "sweep-run.json"
@@ -75,17 +75,18 @@ def child_environment() -> dict[str, str]:
     return {**os.environ, PARENT_ENV: str(os.getpid()), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-def settings_differ(saved: TrainConfig, wanted: TrainConfig) -> list[str]:
-    """The settings in which ``wanted`` differs from the config a run was trained with, as ``--flag old -> new``.
+MAY_CHANGE_BETWEEN_SEGMENTS = frozenset({("run", name) for name in (*RESUMABLE_RUN_FLAGS, "run_dir")}
+                                       | {("env", name) for name in ENV_FLAGS_HIDDEN})
+"""``(group, field)`` settings a sweep's run may change between segments: those of ``stm-rl train --resume``, the
+run directory (where the run is found), and the environment settings that are not flags (they follow from
+others: the observation size from the encoder)."""
 
-    The budget, the workers, the checkpoint interval and the progress display may change between segments
-    of a run (as for ``stm-rl train --resume``); the run directory is where the run is found; the environment
-    settings that are not flags follow from others (the observation size from the encoder).
-    """
-    may_change = {("run", name) for name in (*RESUMABLE_RUN_FLAGS, "run_dir")}
-    may_change |= {("env", name) for name in ENV_FLAGS_HIDDEN}
-    differences = differing_settings([to_jsonable(saved), to_jsonable(wanted)], ignore=may_change)
-    return [f"{flag} {old} -> {new}" for flag, (old, new) in differences.items()]
+
+def settings_differ(saved: TrainConfig, wanted: TrainConfig) -> list[str]:
+    """The settings in which ``wanted`` differs from the config a run was trained with, as ``--flag old -> new``
+    (the shared comparison :func:`stm_rl.config_cli.differing_settings`, minus :data:`MAY_CHANGE_BETWEEN_SEGMENTS`)."""
+    return describe_changes(differing_settings([to_jsonable(saved), to_jsonable(wanted)],
+                                               ignore=MAY_CHANGE_BETWEEN_SEGMENTS))
 
 
 def start_or_resume(config: TrainConfig) -> Trainer:

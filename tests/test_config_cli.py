@@ -48,3 +48,47 @@ def test_flags_carry_docstrings_defaults_and_types():
     assert dataclass_from_flags(Example, untouched, base=Example(frames=5)) == Example(frames=5)
     with pytest.raises(SystemExit):
         parser.parse_args(["--kind", "c"])
+
+
+def test_differing_settings_top_level_values_and_option_groups():
+    from stm_rl.config_cli import describe_changes, differing_settings
+
+    a = {"task": "copy", "training": {"iterations": 4, "seed": 0}, "task_options": {"bits": 4}}
+    b = {"task": "rar", "training": {"iterations": 9, "seed": 0}, "task_options": {"bits": 8}}
+    differences = differing_settings([a, b], ignore={("training", "iterations")},
+                                     option_flags={"task_options": "--task-option"})
+    assert differences == {"--task": ["copy", "rar"], "--task-option bits": [4, 8]}
+    assert describe_changes(differences) == ["--task copy -> rar", "--task-option bits 4 -> 8"]
+    assert differing_settings([a, a]) == {}
+
+
+@dataclass(frozen=True)
+class WithTuple:
+    """Tuples and optional numbers."""
+
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Two numbers."""
+    clip: float | None = None
+    """Maybe a number."""
+
+
+def test_tuple_fields_take_that_many_values():
+    parser = argparse.ArgumentParser()
+    add_dataclass_flags(parser, WithTuple)
+    args = parser.parse_args(["--betas", "0.5", "0.6", "--clip", "2"])
+    assert dataclass_from_flags(WithTuple, args) == WithTuple(betas=(0.5, 0.6), clip=2.0)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--betas", "0.5"])
+
+
+def test_replace_typed_checks_names_and_types():
+    from stm_rl.config_cli import parse_key_values, replace_typed
+
+    options = parse_key_values(["betas=[0.1, 0.2]", "clip=3"], "--option")
+    assert replace_typed(WithTuple(), options, "thing") == WithTuple(betas=(0.1, 0.2), clip=3.0)
+    with pytest.raises(ValueError, match="thing has no option 'beta'; its options: betas, clip"):
+        replace_typed(WithTuple(), {"beta": 1}, "thing")
+    with pytest.raises(ValueError, match="thing: option clip must be"):
+        replace_typed(WithTuple(), parse_key_values(["clip=abc"], "--option"), "thing")
+    with pytest.raises(ValueError, match="--option expects KEY=VALUE"):
+        parse_key_values(["clip"], "--option")

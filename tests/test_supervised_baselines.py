@@ -4,6 +4,7 @@ a slow reference written from its paper's equations (loops over slots), the inva
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -72,7 +73,7 @@ def test_registered_and_learns_a_little_on_copy(name):
 @pytest.mark.parametrize("name", BASELINES)
 def test_outputs_do_not_see_the_future(name):
     torch.manual_seed(1)
-    core = MODELS[name].CORE(5, 3, **model_options(name, "copy", "smoke"))
+    core = MODELS[name].CORE(5, 3, **dataclasses.asdict(model_options(name, "copy", "smoke")))
     x = torch.randn(2, 6, 5)
     changed = x.clone()
     changed[:, 4:] = torch.randn(2, 2, 5)

@@ -1,12 +1,21 @@
 """The supervised training loop: sample a batch, step the optimizer, validate now and then, keep the best.
 
-Bookkeeping (run directory, checkpoints, logs, progress bar) sits in small helpers so that :func:`train`
-reads top to bottom. Layout of a run directory (``stm_rl.run_dir``)::
+Bookkeeping (run directory, checkpoints, logs, progress bar, summary) sits in small helpers so that
+:func:`train` reads top to bottom. The run directory is a :class:`stm_rl.run_dir.RunDir`, the same layout and
+run lock as ``stm-rl train``::
 
     config.json                   the resolved SupervisedConfig, versions, argv
     evaluations.jsonl             one line per evaluation: iteration, split, elapsed_s, metrics
-    tb/                           tensorboard scalars train/loss, train/<metric>, valid/<metric>, test/<metric>
+    metrics.jsonl, tb/            scalars train/loss, train/<metric>, valid/<metric>, test/<metric> by iteration
+                                  (stm_rl.logger.MetricLogger, the RL side's logger)
     checkpoints/latest.pt, best.pt   model, optimizer, iteration, config, RNG state, best metric
+    summary.json                  how the last session ended (a RunStatus), best and final metrics, test metrics
+    .lock                         held by the process training the run
+
+A run ends :attr:`~stm_rl.conventions.RunStatus.COMPLETED` (its iterations or its time limit spent; the test
+metrics of the best weights are in the summary), ``INTERRUPTED`` (Ctrl-C / SIGTERM: the latest checkpoint is
+saved, :class:`TrainingInterrupted` is raised) or ``FAILED`` (a non-finite loss: nothing is saved over the last
+good checkpoint, :class:`TrainingFailed` is raised); summary.json records which in every case.
 """
 
 from __future__ import annotations
@@ -23,16 +32,20 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from stm_rl.conventions import RunStatus
+from stm_rl.logger import MetricLogger
 from stm_rl.run_dir import (
-    CheckpointError, JsonlWriter, StmRlError, check_can_write, load_checkpoint, save_checkpoint, to_jsonable, write_config,
+    CheckpointError, JsonlWriter, RunDir, RunFailed, StmRlError, check_can_write, drop_records_after, load_checkpoint,
+    save_checkpoint, to_jsonable, write_config, write_json_atomic,
 )
-from stm_rl.supervised.config import OptimizerConfig, SupervisedConfig, config_from_dict, validate_config
+from stm_rl.supervised.config import (OptimizerConfig, SupervisedConfig, check_resumable, with_default_run_dir,
+                                      with_overrides)
 from stm_rl.supervised.models import SequenceModel, build_model
 from stm_rl.supervised.tasks import Batch, Task, make_task
 from stm_rl.supervised.tasks.base import split_rng
 
 CHECKPOINT_KIND = "supervised"
-TRAIN_LOG_EVERY = 10  # iterations between tensorboard train/* points
+TRAIN_LOG_EVERY = 10  # iterations between two train/* points of the metrics log
 
 
 class TrainingInterrupted(Exception):
@@ -41,6 +54,11 @@ class TrainingInterrupted(Exception):
     def __init__(self, path: Path, iteration: int) -> None:
         super().__init__(f"interrupted at iteration {iteration}; latest checkpoint saved to {path}")
         self.path, self.iteration = path, iteration
+
+
+class TrainingFailed(RunFailed):
+    """The run failed while training (a non-finite loss); its summary.json says so, its checkpoints are the
+    last good ones."""
 
 
 @dataclass
@@ -53,12 +71,8 @@ class TrainState:
     elapsed_s: float = 0.0
 
 
-def default_run_dir(config: SupervisedConfig) -> str:
-    return f"runs/supervised/{config.task}-{config.model}-{config.preset}-seed{config.seed}"
-
-
 def make_optimizer(model: nn.Module, settings: OptimizerConfig) -> torch.optim.Optimizer:
-    if settings.name == "rmsprop":
+    if settings.optimizer == "rmsprop":
         return torch.optim.RMSprop(model.parameters(), lr=settings.lr, momentum=settings.momentum)
     return torch.optim.Adam(model.parameters(), lr=settings.lr, betas=tuple(settings.betas))
 
@@ -95,32 +109,42 @@ def evaluate(model: nn.Module, task: Task, batches: list[Batch], device: str) ->
 def build(config: SupervisedConfig) -> tuple[Task, SequenceModel]:
     """The task and the (seeded) model of a config."""
     task = make_task(config.task, **config.task_options)
-    torch.manual_seed(config.seed)
-    model = build_model(config.model, task, config.model_options).to(config.device)
+    torch.manual_seed(config.run.seed)
+    model = build_model(config.model, task, config.model_options).to(config.run.device)
     return task, model
 
 
-def train(config: SupervisedConfig, resume_from: Optional[dict[str, Any]] = None, progress: bool = True) -> dict[str, Any]:
-    """Train, validating every ``eval_every`` iterations; returns the summary (best validation and test metrics).
+def train(config: SupervisedConfig, resume_from: Optional[dict[str, Any]] = None,
+          progress: Optional[bool] = None) -> dict[str, Any]:
+    """Train, validating every ``eval_every`` iterations; returns the summary (also written to summary.json):
+    status, iterations, best validation and test metrics.
 
-    ``resume_from`` is a loaded checkpoint of the same run (``--resume``). Ctrl-C saves the latest checkpoint
-    and raises :class:`TrainingInterrupted`.
+    ``resume_from`` is a loaded checkpoint of the same run (:func:`resume`). ``progress`` overrides
+    ``config.run.progress``. Everything that can be refused (bad options, missing data, a busy or already used
+    run directory) is refused before the run directory is created or touched.
     """
-    validate_config(config)
-    if config.threads > 0:
-        torch.set_num_threads(config.threads)
-    if config.device.startswith("cuda") and not torch.cuda.is_available():
+    config = with_default_run_dir(config)
+    if config.run.threads is not None:
+        torch.set_num_threads(config.run.threads)
+    if config.run.device.startswith("cuda") and not torch.cuda.is_available():
         raise StmRlError("--device cuda given but CUDA is not available")
-    run_dir = Path(config.run_dir or default_run_dir(config))
-    config = dataclasses.replace(config, run_dir=str(run_dir))
-    checkpoints = run_dir / "checkpoints"
-    check_can_write(run_dir, "--run-dir", directory=True)
-    if resume_from is None and (checkpoints / "latest.pt").exists():
-        raise StmRlError(f"{run_dir} already holds a run; continue it with --resume {run_dir} or pick another --run-dir")
-
+    layout = RunDir(config.run.run_dir)
+    check_can_write(layout.path, "--run-dir", directory=True)
+    layout.refuse_if_busy()
+    if resume_from is None and layout.checkpoint("latest").exists():
+        raise StmRlError(f"{layout.path} already holds a run; continue it with --resume {layout.path} or pick "
+                         "another --run-dir")
     task, model = build(config)
-    optimizer = make_optimizer(model, config.optimizer)
-    rng = split_rng(config.seed, "sampling")
+    with layout.lock():
+        layout.remove_stale_temp_files()
+        return _train(config, layout, task, model, resume_from,
+                      config.run.progress if progress is None else progress)
+
+
+def _train(config: SupervisedConfig, layout: RunDir, task: Task, model: SequenceModel,
+           resume_from: Optional[dict[str, Any]], progress: bool) -> dict[str, Any]:
+    optimizer = make_optimizer(model, config.optimization)
+    rng = split_rng(config.run.seed, "sampling")
     state = TrainState()
     if resume_from is not None:
         model.load_state_dict(resume_from["model"])
@@ -128,40 +152,51 @@ def train(config: SupervisedConfig, resume_from: Optional[dict[str, Any]] = None
         rng.bit_generator.state = resume_from["rng"]["numpy"]
         torch.set_rng_state(resume_from["rng"]["torch"])
         state = TrainState(**resume_from["train_state"])
-    write_config(run_dir, config, task_notes=getattr(task, "notes", []))
+        drop_records_after(layout.evaluations, "iteration", state.iteration)
+    else:
+        layout.set_aside(layout.evaluations)  # the log of an attempt that died before its first checkpoint
+    write_config(layout.path, config, task_notes=getattr(task, "notes", []))
 
-    train_pool = task.dataset("train", config.train_size, config.seed) if config.train_size > 0 else None
-    valid = task.eval_batches("valid", config.valid_size, config.seed, config.eval_batch_size)
+    training = config.training
+    train_pool = task.dataset("train", training.train_size, config.run.seed) if training.train_size > 0 else None
+    valid = task.eval_batches("valid", training.valid_size, config.run.seed, training.eval_batch_size)
     better = (lambda a, b: a > b) if task.higher_is_better else (lambda a, b: a < b)
     best_weights = copy.deepcopy(model.state_dict())
-    if resume_from is not None and (checkpoints / "best.pt").exists():
-        best_weights = load_checkpoint(checkpoints / "best.pt", CHECKPOINT_KIND)["model"]
+    if resume_from is not None and layout.checkpoint("best").exists():
+        best_weights = load_checkpoint(layout.checkpoint("best"), CHECKPOINT_KIND)["model"]
+    last_valid: dict[str, float] = {}
 
     def checkpoint(name: str) -> Path:
-        return save_checkpoint(checkpoints / f"{name}.pt", CHECKPOINT_KIND, {
+        return save_checkpoint(layout.checkpoint(name), CHECKPOINT_KIND, {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "config": to_jsonable(config),
             "rng": {"numpy": rng.bit_generator.state, "torch": torch.get_rng_state()},
             "train_state": dataclasses.asdict(state),
         })
 
-    from torch.utils.tensorboard import SummaryWriter  # imported late: it is slow to import
+    def summary(status: RunStatus, message: str = "", test: Optional[dict[str, float]] = None) -> dict[str, Any]:
+        record = {"status": status, "message": message, "run_dir": str(layout.path), "task": config.task,
+                  "model": config.model, "preset": config.preset, "iterations": state.iteration,
+                  "elapsed_s": state.elapsed_s, "main_metric": task.main_metric, "best_valid": state.best_metric,
+                  "best_iteration": state.best_iteration, "final_valid": last_valid or None, "test": test}
+        write_json_atomic(layout.summary, record)
+        return record
 
-    log = JsonlWriter(run_dir / "evaluations.jsonl")
-    writer = SummaryWriter(str(run_dir / "tb"))
+    log = JsonlWriter(layout.evaluations)
+    metrics = MetricLogger.in_run_dir(layout.path, resume_step=state.iteration if resume_from is not None else None)
     started = time.monotonic() - state.elapsed_s
     session_start = time.monotonic()
-    bar = tqdm(total=config.iterations, initial=state.iteration, disable=not progress, dynamic_ncols=True,
+    bar = tqdm(total=training.iterations, initial=state.iteration, disable=not progress, dynamic_ncols=True,
                desc=f"{config.task}/{config.model}")
 
     def record(split: str, values: dict[str, float]) -> None:
         log.write({"iteration": state.iteration, "split": split, "elapsed_s": round(state.elapsed_s, 2), **values})
-        for name, value in values.items():
-            writer.add_scalar(f"{split}/{name}", value, state.iteration)
-        writer.flush()
+        metrics.log(state.iteration, {f"{split}/{name}": value for name, value in values.items()})
+        metrics.flush()
 
     def validate() -> None:
-        values = evaluate(model, task, valid, config.device)
+        values = evaluate(model, task, valid, config.run.device)
         record("valid", values)
+        last_valid.update(values)
         metric = values[task.main_metric]
         if state.best_metric is None or better(metric, state.best_metric):
             state.best_metric, state.best_iteration = metric, state.iteration
@@ -170,101 +205,117 @@ def train(config: SupervisedConfig, resume_from: Optional[dict[str, Any]] = None
         bar.write(f"iteration {state.iteration}: valid {task.main_metric} {metric:.4g} "
                   f"(best {state.best_metric:.4g} at {state.best_iteration})")
 
+    def close() -> None:
+        bar.close()
+        metrics.close()
+        log.close()
+
     model.train()
     try:
-        while state.iteration < config.iterations:
+        while state.iteration < training.iterations:
             if train_pool is not None:
-                batch = train_pool.select(rng.integers(0, train_pool.size, size=config.batch_size))
+                batch = train_pool.select(rng.integers(0, train_pool.size, size=training.batch_size))
             else:
-                batch = task.sample(config.batch_size, rng)
-            batch = batch.to(config.device)
+                batch = task.sample(training.batch_size, rng)
+            batch = batch.to(config.run.device)
             outputs = model(batch.inputs)
             loss = task.loss(outputs, batch)
+            if not math.isfinite(loss.item()):  # before the step: the weights and the checkpoints stay good
+                message = (f"the loss became {loss.item()} at iteration {state.iteration + 1}; lower --lr "
+                           f"(the checkpoints are those of iteration {state.iteration} or before)")
+                close()
+                summary(RunStatus.FAILED, message)
+                raise TrainingFailed(message)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            clip_gradients(model, config.optimizer)
+            clip_gradients(model, config.optimization)
             optimizer.step()
             state.iteration += 1
             state.elapsed_s = time.monotonic() - started
-            if not math.isfinite(loss.item()):
-                raise StmRlError(f"the loss became {float(loss)} at iteration {state.iteration}; lower --lr")
 
             if state.iteration % TRAIN_LOG_EVERY == 0 or state.iteration == 1:
                 with torch.no_grad():
                     totals = task.metrics(outputs.detach(), batch)
-                metric = task.summarize({k: t / c if c else float("nan") for k, (t, c) in totals.items()})
-                writer.add_scalar("train/loss", loss.item(), state.iteration)
-                if task.main_metric in metric:
-                    writer.add_scalar(f"train/{task.main_metric}", metric[task.main_metric], state.iteration)
-                    bar.set_postfix(loss=f"{loss.item():.4f}", **{task.main_metric: f"{metric[task.main_metric]:.3g}"})
+                values = task.summarize({k: t / c if c else float("nan") for k, (t, c) in totals.items()})
+                scalars = {"train/loss": loss.item()}
+                if task.main_metric in values:
+                    scalars[f"train/{task.main_metric}"] = values[task.main_metric]
+                    bar.set_postfix(loss=f"{loss.item():.4f}", **{task.main_metric: f"{values[task.main_metric]:.3g}"})
+                metrics.log(state.iteration, scalars)
             bar.update(1)
-            out_of_time = (config.time_limit_minutes > 0
-                           and time.monotonic() - session_start >= 60 * config.time_limit_minutes)
-            if state.iteration % config.eval_every == 0 or state.iteration == config.iterations or out_of_time:
+            out_of_time = (config.run.time_limit_minutes > 0
+                           and time.monotonic() - session_start >= 60 * config.run.time_limit_minutes)
+            if state.iteration % training.eval_every == 0 or state.iteration == training.iterations or out_of_time:
                 validate()
                 checkpoint("latest")
             if out_of_time:
-                bar.write(f"time limit of {config.time_limit_minutes} minutes reached at iteration {state.iteration}")
+                bar.write(f"time limit of {config.run.time_limit_minutes} minutes reached at iteration "
+                          f"{state.iteration}")
                 break
     except KeyboardInterrupt:
         state.elapsed_s = time.monotonic() - started
         path = checkpoint("latest")
-        bar.close()
-        writer.close()
-        log.close()
+        close()
+        summary(RunStatus.INTERRUPTED, f"stopped at iteration {state.iteration}; continue with --resume")
         raise TrainingInterrupted(path, state.iteration) from None
     bar.close()
 
     model.load_state_dict(best_weights)
-    test = evaluate(model, task, task.eval_batches("test", config.test_size, config.seed, config.eval_batch_size),
-                    config.device)
+    test = evaluate(model, task, task.eval_batches("test", training.test_size, config.run.seed,
+                                                   training.eval_batch_size), config.run.device)
     record("test", test)
-    writer.close()
+    metrics.close()
     log.close()
-    return {"run_dir": str(run_dir), "iterations": state.iteration, "elapsed_s": state.elapsed_s,
-            "best_iteration": state.best_iteration, "main_metric": task.main_metric,
-            "best_valid": state.best_metric, "test": test}
+    return summary(RunStatus.COMPLETED, test=test)
 
 
-RESUMABLE_CHANGES = ("iterations", "time_limit_minutes", "device", "eval_every", "threads")
+def load_run(run_dir: str) -> tuple[dict[str, Any], SupervisedConfig]:
+    """The latest checkpoint of the run in ``run_dir`` and the config it holds."""
+    if not Path(run_dir).is_dir():
+        raise StmRlError(f"cannot resume: no run directory at {run_dir}")
+    record = load_checkpoint(RunDir(run_dir).checkpoint("latest"), CHECKPOINT_KIND)
+    return record, config_of(record, RunDir(run_dir).checkpoint("latest"))
 
 
-def resume(run_dir: str, overrides: dict[str, Any], progress: bool = True) -> dict[str, Any]:
-    """Continue the run in ``run_dir`` from its latest checkpoint. ``overrides`` may extend the iterations,
-    the time limit, the device or the evaluation interval; any other difference is an error."""
-    record = load_checkpoint(Path(run_dir) / "checkpoints" / "latest.pt", CHECKPOINT_KIND)
-    config = config_from_dict(record["config"])
-    changes = {}
-    for key, value in overrides.items():
-        if value is None:
-            continue
-        saved = getattr(config, key)
-        if value != saved:
-            if key not in RESUMABLE_CHANGES:
-                raise StmRlError(f"--resume {run_dir}: the run has {key}={saved!r}, the command line says {value!r}")
-            changes[key] = value
-    config = dataclasses.replace(config, run_dir=str(run_dir), **changes)
-    if record["train_state"]["iteration"] >= config.iterations:
-        raise StmRlError(f"the run in {run_dir} already did {record['train_state']['iteration']} iterations; "
-                         "pass a larger --iterations to continue it")
-    return train(config, resume_from=record, progress=progress)
+def config_of(record: dict[str, Any], path: Path) -> SupervisedConfig:
+    """The config saved in a checkpoint record (:class:`CheckpointError` if it is unusable)."""
+    try:
+        return SupervisedConfig.from_dict(record["config"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{path} has no usable config ({error})") from None
+
+
+def resume_with(record: dict[str, Any], saved: SupervisedConfig, wanted: SupervisedConfig,
+                progress: Optional[bool] = None) -> dict[str, Any]:
+    """Continue a run from its checkpoint ``record`` (config ``saved``) as ``wanted``: refused if ``wanted``
+    changes more than :data:`~stm_rl.supervised.config.RESUMABLE_SETTINGS`, or leaves nothing to train."""
+    run_dir = wanted.run.run_dir
+    check_resumable(saved, wanted, run_dir)
+    done = record["train_state"]["iteration"]
+    if done >= wanted.training.iterations:
+        raise StmRlError(f"the run in {run_dir} already did {done} iterations; pass a larger --iterations to "
+                         "continue it")
+    return train(wanted, resume_from=record, progress=progress)
+
+
+def resume(run_dir: str, progress: Optional[bool] = None, **changes: Any) -> dict[str, Any]:
+    """Continue the run in ``run_dir`` from its latest checkpoint with ``changes`` by field name (e.g.
+    ``iterations=4000, time_limit_minutes=5``; only :data:`~stm_rl.supervised.config.RESUMABLE_SETTINGS`)."""
+    record, saved = load_run(run_dir)
+    wanted = with_overrides(saved, run_dir=str(run_dir), **changes)
+    return resume_with(record, saved, wanted, progress)
 
 
 def evaluate_checkpoint(path: str, split: str = "test", task_overrides: Optional[dict[str, Any]] = None,
                         device: Optional[str] = None) -> dict[str, float]:
     """Metrics of a saved model on its task's fixed ``split`` set (``--eval-only``)."""
     record = load_checkpoint(Path(path), CHECKPOINT_KIND)
-    try:
-        config = config_from_dict(record["config"])
-    except (KeyError, TypeError) as error:
-        raise CheckpointError(f"{path} has no usable config ({error})") from None
-    config.task_options.update(task_overrides or {})
-    if device:
-        config = dataclasses.replace(config, device=device)
+    config = with_overrides(config_of(record, Path(path)), task_options=task_overrides, device=device)
     task, model = build(config)
     model.load_state_dict(record["model"])
-    size = config.test_size if split == "test" else config.valid_size
-    return evaluate(model, task, task.eval_batches(split, size, config.seed, config.eval_batch_size), config.device)
+    size = config.training.test_size if split == "test" else config.training.valid_size
+    return evaluate(model, task, task.eval_batches(split, size, config.run.seed, config.training.eval_batch_size),
+                    config.run.device)
 
 
 def describe_metrics(values: dict[str, float]) -> str:

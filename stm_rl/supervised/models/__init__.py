@@ -3,23 +3,25 @@
 A model is a task's input encoder (:mod:`.encoders`) followed by a sequence *core* from the registry
 ``MODELS``: ``stm`` (the paper's) and the paper's baselines ``lstm``, ``attn-lstm``, ``ntm`` (Graves et al.
 2014), ``dnc`` (Graves et al. 2016), ``rmc`` (Santoro et al. 2018) and ``tpr`` (Schlag & Schmidhuber 2018).
-A core module defines ``DESCRIPTION``, its sizes per preset (``PRESETS``, a dict per preset name, or a
-function ``preset_options(task_name, preset)`` where they depend on the task) and ``CORE``, the class whose
-``CORE(input_size, output_size, **options)`` maps ``[B, T, I]`` to ``[B, T, O]`` (its keyword arguments are
-the ``--model-option`` names); adding a model is one module and one line below.
+A core module defines ``DESCRIPTION``; ``Options``, a frozen dataclass of its settings with a docstring per
+field (the ``--model-option`` names); its sizes per preset (``PRESETS``, an ``Options`` per preset name, or a
+function ``preset_options(task_name, preset)`` where they depend on the task); and ``CORE``, the class whose
+``CORE(input_size, output_size, **fields of Options)`` maps ``[B, T, I]`` to ``[B, T, O]``. Adding a model is
+one module and one line below.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from types import ModuleType
 from typing import Any, Mapping
 
 from torch import Tensor, nn
 
+from stm_rl.config_cli import replace_typed
 from stm_rl.run_dir import StmRlError
 from stm_rl.supervised.models import attention_lstm, dnc, lstm, ntm, rmc, stm, tpr
 from stm_rl.supervised.models.encoders import make_encoder
-from stm_rl.supervised.tasks import option_names, unknown_options
 from stm_rl.supervised.tasks.base import Task
 
 MODELS: dict[str, ModuleType] = {
@@ -38,31 +40,52 @@ class SequenceModel(nn.Module):
         return self.core(self.encoder(inputs))
 
 
-def model_options(name: str, task_name: str, preset: str) -> dict[str, Any]:
-    """The preset options of model ``name`` for a task (sizes, gates, ...), before command-line overrides."""
+def model_module(name: str) -> ModuleType:
+    """The registered module of model ``name`` (a one-line error listing the models otherwise)."""
     if name not in MODELS:
         raise StmRlError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
-    module = MODELS[name]
+    return MODELS[name]
+
+
+def model_options(name: str, task_name: str, preset: str) -> Any:
+    """The preset ``Options`` of model ``name`` for a task (sizes, gates, ...), before command-line overrides."""
+    module = model_module(name)
     if hasattr(module, "preset_options"):  # sizes that depend on the task (the STM's)
         return module.preset_options(task_name, preset)
-    return dict(module.PRESETS[preset])
+    return module.PRESETS[preset]
 
 
-def build_model(name: str, task: Task, options: Mapping[str, Any]) -> SequenceModel:
-    """The model ``name`` for ``task`` with the resolved ``options``."""
-    if name not in MODELS:
-        raise StmRlError(f"unknown model {name!r}; choose one of: {', '.join(MODELS)}")
-    module = MODELS[name]
-    constructor = getattr(module, "OPTIONS_FROM", module.CORE)
-    unknown = unknown_options(constructor, options)
-    if unknown:
-        raise StmRlError(f"model {name} has no option {', '.join(map(repr, unknown))}; "
-                         f"its options: {', '.join(option_names(constructor))}")
+def with_model_options(name: str, options: Any, changes: Mapping[str, Any]) -> Any:
+    """``options`` of model ``name`` with ``changes`` (``--model-option`` values or a saved config's JSON);
+    unknown names and wrong types are one-line errors listing the model's options."""
     try:
-        core = module.CORE(task.input_size, task.output_size, **options)
+        return replace_typed(options, changes, f"model {name}")
+    except ValueError as error:
+        raise StmRlError(str(error)) from None
+
+
+def options_from_json(name: str, data: Mapping[str, Any]) -> Any:
+    """The ``Options`` of model ``name`` saved as JSON (config.json, checkpoints; lists become tuples)."""
+    module = model_module(name)
+    defaults = {f.name: None for f in dataclasses.fields(module.Options)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+    missing = [key for key in defaults if key not in data]
+    if missing:
+        raise StmRlError(f"the saved options of model {name} lack {', '.join(missing)}")
+    return with_model_options(name, module.Options(**{key: data[key] for key in defaults}), data)
+
+
+def build_model(name: str, task: Task, options: Any) -> SequenceModel:
+    """The model ``name`` for ``task`` with the resolved ``options`` (its ``Options``)."""
+    module = model_module(name)
+    if not isinstance(options, module.Options):
+        raise StmRlError(f"model {name} takes {module.__name__}.Options, got {type(options).__name__}")
+    try:
+        core = module.CORE(task.input_size, task.output_size, **dataclasses.asdict(options))
     except (TypeError, ValueError) as error:
         raise StmRlError(f"model {name}: {error}") from None
     return SequenceModel(make_encoder(task.input_spec), core)
 
 
-__all__ = ["MODELS", "SequenceModel", "build_model", "model_options"]
+__all__ = ["MODELS", "SequenceModel", "build_model", "model_module", "model_options", "options_from_json",
+           "with_model_options"]

@@ -4,17 +4,23 @@ as in the paper's comparison; nothing attends to the future, so answers never se
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
 DESCRIPTION = "attentional LSTM baseline: LSTM + causal attention over its past hidden states"
-PRESETS: dict[str, dict[str, Any]] = {
-    "smoke": {"hidden_size": 16},
-    "small": {"hidden_size": 128},
-    "paper": {"hidden_size": 512},
-}
+
+
+@dataclass(frozen=True)
+class Options:
+    """``--model-option`` settings of the attentional LSTM."""
+
+    hidden_size: int
+    """LSTM units (also the size of the attention's queries and keys)."""
+
+
+PRESETS: dict[str, Options] = {"smoke": Options(16), "small": Options(128), "paper": Options(512)}
 
 
 class AttentionLSTM(nn.Module):
@@ -34,4 +40,4 @@ class AttentionLSTM(nn.Module):
 
 
 CORE = AttentionLSTM
-"""The core: ``AttentionLSTM(input_size, output_size, **options)``."""
+"""The core: ``AttentionLSTM(input_size, output_size, **fields of Options)``."""

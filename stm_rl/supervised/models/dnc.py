@@ -27,7 +27,6 @@ LSTM controller); the SAM paper reports DNC on the geometry and graph tasks with
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -35,10 +34,26 @@ from torch import Tensor, nn
 from stm_rl.supervised.models.recurrent import RecurrentCore, content_weights, oneplus, split_sizes
 
 DESCRIPTION = "DNC baseline (Graves et al. 2016): content + temporal-link addressing, usage-based allocation"
-PRESETS: dict[str, dict[str, Any]] = {
-    "smoke": {"hidden_size": 16, "num_slots": 6, "slot_size": 8, "read_heads": 2},
-    "small": {"hidden_size": 128, "num_slots": 16, "slot_size": 32, "read_heads": 2},
-    "paper": {"hidden_size": 256, "num_slots": 256, "slot_size": 64, "read_heads": 4},
+
+
+@dataclass(frozen=True)
+class Options:
+    """``--model-option`` settings of the DNC."""
+
+    hidden_size: int
+    """Units of the LSTM controller."""
+    num_slots: int
+    """Memory slots N."""
+    slot_size: int
+    """Size W of a memory slot."""
+    read_heads: int
+    """Read heads R."""
+
+
+PRESETS: dict[str, Options] = {
+    "smoke": Options(hidden_size=16, num_slots=6, slot_size=8, read_heads=2),
+    "small": Options(hidden_size=128, num_slots=16, slot_size=32, read_heads=2),
+    "paper": Options(hidden_size=256, num_slots=256, slot_size=64, read_heads=4),
 }
 
 
@@ -120,4 +135,4 @@ class DNC(RecurrentCore):
 
 
 CORE = DNC
-"""The core: ``DNC(input_size, output_size, **options)``."""
+"""The core: ``DNC(input_size, output_size, **fields of Options)``."""

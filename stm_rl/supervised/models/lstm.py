@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 from torch import Tensor, nn
 
 DESCRIPTION = "LSTM baseline: stacked LSTM + linear readout"
-PRESETS: dict[str, dict[str, Any]] = {
-    "smoke": {"hidden_size": 16, "num_layers": 1},
-    "small": {"hidden_size": 128, "num_layers": 1},
-    "paper": {"hidden_size": 512, "num_layers": 1},
-}
+
+
+@dataclass(frozen=True)
+class Options:
+    """``--model-option`` settings of the LSTM baseline."""
+
+    hidden_size: int
+    """Units per LSTM layer."""
+    num_layers: int = 1
+    """Stacked LSTM layers."""
+
+
+PRESETS: dict[str, Options] = {"smoke": Options(16), "small": Options(128), "paper": Options(512)}
 
 
 class LSTMModel(nn.Module):
@@ -26,4 +34,4 @@ class LSTMModel(nn.Module):
 
 
 CORE = LSTMModel
-"""The core: ``LSTMModel(input_size, output_size, **options)``."""
+"""The core: ``LSTMModel(input_size, output_size, **fields of Options)``."""

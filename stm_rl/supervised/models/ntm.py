@@ -22,7 +22,6 @@ listing its sizes (see docs/supervised.md).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -30,10 +29,26 @@ from torch import Tensor, nn
 from stm_rl.supervised.models.recurrent import RecurrentCore, content_weights, oneplus, split_sizes
 
 DESCRIPTION = "NTM baseline (Graves et al. 2014): LSTM controller, content + location addressing, 1 read/1 write head"
-PRESETS: dict[str, dict[str, Any]] = {
-    "smoke": {"hidden_size": 16, "num_slots": 8, "slot_size": 8, "read_heads": 1},
-    "small": {"hidden_size": 100, "num_slots": 32, "slot_size": 20, "read_heads": 1},
-    "paper": {"hidden_size": 100, "num_slots": 128, "slot_size": 20, "read_heads": 1},
+
+
+@dataclass(frozen=True)
+class Options:
+    """``--model-option`` settings of the NTM."""
+
+    hidden_size: int
+    """Units of the LSTM controller."""
+    num_slots: int
+    """Memory slots N."""
+    slot_size: int
+    """Size W of a memory slot."""
+    read_heads: int = 1
+    """Read heads R."""
+
+
+PRESETS: dict[str, Options] = {
+    "smoke": Options(hidden_size=16, num_slots=8, slot_size=8, read_heads=1),
+    "small": Options(hidden_size=100, num_slots=32, slot_size=20, read_heads=1),
+    "paper": Options(hidden_size=100, num_slots=128, slot_size=20, read_heads=1),
 }
 SHIFTS = 3  # shifts -1, 0, +1
 
@@ -98,4 +113,4 @@ class NTM(RecurrentCore):
 
 
 CORE = NTM
-"""The core: ``NTM(input_size, output_size, **options)``."""
+"""The core: ``NTM(input_size, output_size, **fields of Options)``."""

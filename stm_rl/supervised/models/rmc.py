@@ -17,7 +17,6 @@ The output at each step is a linear map of the flattened ``M_t``. The initial me
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -25,10 +24,26 @@ from torch import Tensor, nn
 from stm_rl.supervised.models.recurrent import RecurrentCore
 
 DESCRIPTION = "RMC baseline (Santoro et al. 2018): multi-head attention over memory slots + input, gated updates"
-PRESETS: dict[str, dict[str, Any]] = {
-    "smoke": {"num_slots": 2, "heads": 2, "head_size": 4, "mlp_layers": 1},
-    "small": {"num_slots": 4, "heads": 2, "head_size": 32, "mlp_layers": 2},
-    "paper": {"num_slots": 8, "heads": 8, "head_size": 16, "mlp_layers": 2},
+
+
+@dataclass(frozen=True)
+class Options:
+    """``--model-option`` settings of the RMC."""
+
+    num_slots: int
+    """Memory slots N."""
+    heads: int
+    """Attention heads; a slot has heads * head_size units."""
+    head_size: int
+    """Size of one head's queries, keys and values."""
+    mlp_layers: int = 2
+    """Layers of the row-wise MLP after the attention."""
+
+
+PRESETS: dict[str, Options] = {
+    "smoke": Options(num_slots=2, heads=2, head_size=4, mlp_layers=1),
+    "small": Options(num_slots=4, heads=2, head_size=32, mlp_layers=2),
+    "paper": Options(num_slots=8, heads=8, head_size=16, mlp_layers=2),
 }
 
 
@@ -88,4 +103,4 @@ class RelationalMemoryCore(RecurrentCore):
 
 
 CORE = RelationalMemoryCore
-"""The core: ``RelationalMemoryCore(input_size, output_size, **options)``."""
+"""The core: ``RelationalMemoryCore(input_size, output_size, **fields of Options)``."""

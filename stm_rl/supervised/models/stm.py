@@ -7,25 +7,51 @@ and ``smoke`` keep the task's gates and alphas but shrink the sizes to fit 2 CPU
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from dataclasses import dataclass
+from typing import Optional
 
 from torch import Tensor, nn
 
-from stm_rl.memory import STM, STMCell
+from stm_rl.memory import STM
 
 DESCRIPTION = "STM (Le et al. 2020): item memory + SAM relational memory, per-task presets from STM.md"
 
+
+@dataclass(frozen=True)
+class Options:
+    """``--model-option`` settings of the STM: the keyword arguments of ``stm_rl.memory.STMCell``."""
+
+    num_slots: int = 8
+    """N, relational memory slots, n_q = n_kv (paper: 8)."""
+    d: int = 96
+    """Side of the item memory M_i (paper: 96)."""
+    rel_size: int = 96
+    """n_r, the width each slot is distilled to by G2 (paper: 96)."""
+    attn_size: int = 64
+    """a, the width of the distilled output o produced by G3 (eq. 14)."""
+    mlp_size: int = 128
+    """m, the hidden width of the output head."""
+    gated: bool = True
+    """Input/forget gates of eq. 10; False is the paper's "w/o gates" ablation (eq. 9)."""
+    alphas: tuple[Optional[float], Optional[float], Optional[float]] = (None, None, None)
+    """(alpha1, alpha2, alpha3): None = learned from 0, a number = fixed (a fixed 0 switches that path off)."""
+    out_layernorm: bool = False
+    """Layer norm on o before the head (the authors' RL agent has it)."""
+
+
 LEARNED = (None, None, None)
-DEFAULT = {"num_slots": 8, "d": 96, "rel_size": 96, "gated": True, "alphas": LEARNED}
-TASK_SETTINGS: dict[str, dict[str, Any]] = {
+DEFAULT = Options(num_slots=8, d=96, rel_size=96, gated=True, alphas=LEARNED)
+TASK_SETTINGS: dict[str, Options] = {
     "copy": DEFAULT,
     "priority-sort": DEFAULT,
-    "rar": {"num_slots": 16, "d": 72, "rel_size": 72, "gated": True, "alphas": (0.0, 0.0, None)},
-    "nth-farthest": {"num_slots": 8, "d": 128, "rel_size": 96, "gated": False, "alphas": LEARNED},
-    "associative-retrieval": {"num_slots": 2, "d": 96, "rel_size": 96, "gated": True, "alphas": LEARNED},
-    "babi": {"num_slots": 20, "d": 90, "rel_size": 96, "gated": True, "alphas": (1.0, None, 0.0)},
+    "rar": Options(num_slots=16, d=72, rel_size=72, gated=True, alphas=(0.0, 0.0, None)),
+    "nth-farthest": Options(num_slots=8, d=128, rel_size=96, gated=False, alphas=LEARNED),
+    "associative-retrieval": Options(num_slots=2, d=96, rel_size=96, gated=True, alphas=LEARNED),
+    "babi": Options(num_slots=20, d=90, rel_size=96, gated=True, alphas=(1.0, None, 0.0)),
 }
-SIZES_BY_PRESET: dict[str, dict[str, Any]] = {
+"""The paper's per-task settings (STM.md); tasks not listed use :data:`DEFAULT`."""
+SIZES_BY_PRESET: dict[str, dict[str, int]] = {
     "smoke": {"num_slots": 2, "d": 8, "rel_size": 8, "attn_size": 16, "mlp_size": 16},
     "small": {"num_slots": 4, "d": 32, "rel_size": 32, "attn_size": 64, "mlp_size": 128},
     "paper": {"attn_size": 64, "mlp_size": 128},
@@ -40,16 +66,16 @@ def task_family(task_name: str) -> str:
     return "default"
 
 
-def preset_options(task_name: str, preset: str) -> dict[str, Any]:
-    options = dict(TASK_SETTINGS.get(task_family(task_name), DEFAULT))
-    options.update(SIZES_BY_PRESET[preset])
+def preset_options(task_name: str, preset: str) -> Options:
+    """The task's settings with the preset's sizes (the STM is the one model whose presets depend on the task)."""
+    options = dataclasses.replace(TASK_SETTINGS.get(task_family(task_name), DEFAULT), **SIZES_BY_PRESET[preset])
     if preset == "small" and task_family(task_name) == "associative-retrieval":
-        options.update(num_slots=2, d=48)  # the paper's own small AR setting (STM.md)
+        options = dataclasses.replace(options, num_slots=2, d=48)  # the paper's own small AR setting (STM.md)
     return options
 
 
 class STMSequenceModel(nn.Module):
-    def __init__(self, input_size: int, output_size: int, **cell_options: Any) -> None:
+    def __init__(self, input_size: int, output_size: int, **cell_options) -> None:
         super().__init__()
         if "alphas" in cell_options:
             cell_options["alphas"] = tuple(cell_options["alphas"])
@@ -60,6 +86,4 @@ class STMSequenceModel(nn.Module):
 
 
 CORE = STMSequenceModel
-OPTIONS_FROM = STMCell
-"""The model options are the keyword arguments of ``stm_rl.memory.STMCell`` (which ``STM`` takes)."""
-"""The core: ``STMSequenceModel(input_size, output_size, **options)``."""
+"""The core: ``STMSequenceModel(input_size, output_size, **fields of Options)``."""

@@ -21,7 +21,7 @@ Sizes: the paper's bAbI setting (entity 90, relation 20) in the ``paper`` preset
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
@@ -29,10 +29,24 @@ from torch import Tensor, nn
 from stm_rl.supervised.models.recurrent import RecurrentCore
 
 DESCRIPTION = "TPR-RNN baseline (Schlag & Schmidhuber 2018): third-order tensor-product memory of entities/relations"
-PRESETS: dict[str, dict[str, Any]] = {
-    "smoke": {"entity_size": 6, "relation_size": 4, "hidden_size": 16},
-    "small": {"entity_size": 32, "relation_size": 16, "hidden_size": 64},
-    "paper": {"entity_size": 90, "relation_size": 20, "hidden_size": 90},
+
+
+@dataclass(frozen=True)
+class Options:
+    """``--model-option`` settings of the TPR-RNN."""
+
+    entity_size: int
+    """Size of the entity vectors e1, e2 (paper bAbI: 90)."""
+    relation_size: int
+    """Size of the relation vectors r1, r2, r3 (paper bAbI: 20)."""
+    hidden_size: int
+    """Hidden units of the input module's MLPs."""
+
+
+PRESETS: dict[str, Options] = {
+    "smoke": Options(entity_size=6, relation_size=4, hidden_size=16),
+    "small": Options(entity_size=32, relation_size=16, hidden_size=64),
+    "paper": Options(entity_size=90, relation_size=20, hidden_size=90),
 }
 
 
@@ -84,4 +98,4 @@ class TPRRNN(RecurrentCore):
 
 
 CORE = TPRRNN
-"""The core: ``TPRRNN(input_size, output_size, **options)``."""
+"""The core: ``TPRRNN(input_size, output_size, **fields of Options)``."""
