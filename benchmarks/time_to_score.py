@@ -109,7 +109,7 @@ def score_run(run_dir: Path, window: int, thresholds: Sequence[float]) -> RunSco
     a3c = config.a3c
     label = (f"{config.agent.agent}-{config.agent.encoder} skip {config.env.frame_skip}, {config.run.workers} "
              f"workers x {a3c.envs_per_worker} games, lr {a3c.lr:g}, eps {a3c.adam_eps:g}, "
-             f"{a3c.rollout_steps}-step rollouts, seed {config.run.seed}")
+             f"{a3c.rollout_steps}-step rollouts, {config.agent.precision}, seed {config.run.seed}")
     return RunScore(Path(run_dir), label, training_command(config),
                     record.get("machine", f"{machine_description()} (this machine; the run did not record one)"),
                     record.get("versions", {}).get("torch", "?"), column["wall_time"], column["frames"], average,
