@@ -31,25 +31,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from stm_rl.supervised.models.recurrent import RecurrentCore, content_weights, oneplus, split_sizes
+from stm_rl.supervised.models.recurrent import (ControllerMemoryOptions, RecurrentCore, content_weights, oneplus,
+                                                split_sizes)
 
 DESCRIPTION = "DNC baseline (Graves et al. 2016): content + temporal-link addressing, usage-based allocation"
 
 
-@dataclass(frozen=True)
-class Options:
-    """``--model-option`` settings of the DNC."""
-
-    hidden_size: int
-    """Units of the LSTM controller."""
-    num_slots: int
-    """Memory slots N."""
-    slot_size: int
-    """Size W of a memory slot."""
-    read_heads: int
-    """Read heads R."""
-
-
+Options = ControllerMemoryOptions
+"""``--model-option`` settings of the DNC."""
 PRESETS: dict[str, Options] = {
     "smoke": Options(hidden_size=16, num_slots=6, slot_size=8, read_heads=2),
     "small": Options(hidden_size=128, num_slots=16, slot_size=32, read_heads=2),

@@ -26,25 +26,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from stm_rl.supervised.models.recurrent import RecurrentCore, content_weights, oneplus, split_sizes
+from stm_rl.supervised.models.recurrent import (ControllerMemoryOptions, RecurrentCore, content_weights, oneplus,
+                                                split_sizes)
 
 DESCRIPTION = "NTM baseline (Graves et al. 2014): LSTM controller, content + location addressing, 1 read/1 write head"
 
 
-@dataclass(frozen=True)
-class Options:
-    """``--model-option`` settings of the NTM."""
-
-    hidden_size: int
-    """Units of the LSTM controller."""
-    num_slots: int
-    """Memory slots N."""
-    slot_size: int
-    """Size W of a memory slot."""
-    read_heads: int = 1
-    """Read heads R."""
-
-
+Options = ControllerMemoryOptions
+"""``--model-option`` settings of the NTM."""
 PRESETS: dict[str, Options] = {
     "smoke": Options(hidden_size=16, num_slots=8, slot_size=8, read_heads=1),
     "small": Options(hidden_size=100, num_slots=32, slot_size=20, read_heads=1),

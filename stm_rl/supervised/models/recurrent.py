@@ -7,11 +7,26 @@ of a model against a slow reference written from its paper's equations.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+@dataclass(frozen=True)
+class ControllerMemoryOptions:
+    """Sizes of a slot memory driven by an LSTM controller (the NTM's and the DNC's ``--model-option`` names)."""
+
+    hidden_size: int
+    """Units of the LSTM controller."""
+    num_slots: int
+    """Memory slots N."""
+    slot_size: int
+    """Size W of a memory slot."""
+    read_heads: int = 1
+    """Read heads R."""
 
 
 class RecurrentCore(nn.Module):
