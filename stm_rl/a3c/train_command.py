@@ -17,17 +17,15 @@ from envs import EnvConfig
 from stm_rl.a3c.checkpoint import RESUMABLE_RUN_FLAGS, load_resume_checkpoint
 from stm_rl.a3c.config import PRESETS, A3CConfig, RunConfig, TrainConfig, preset_config
 from stm_rl.a3c.limits import validate_for_training
-from stm_rl.a3c.trainer import RunStatus, Trainer
+from stm_rl.a3c.trainer import Trainer
 from stm_rl.config_cli import add_dataclass_flags, dataclass_from_flags, flag_name, given_flags
-from stm_rl.conventions import ExitCode, suggest
+from stm_rl.conventions import EXIT_CODES, RunStatus, suggest
 from stm_rl.run_dir import RunDir, StmRlError, check_can_write, read_json
 
 __all__ = ["RESUMABLE_RUN_FLAGS", "add_parser", "config_from_args", "default_run_dir", "run"]
 
 ENV_FLAGS_HIDDEN = ("seed", "obs_size", "clip_reward")  # derived from the run seed / the encoder
 DEFAULT_RUN_DIR_TEXT = "runs/<agent>-<encoder>-skip<frame skip>-seed<seed>"
-EXIT_CODES = {RunStatus.COMPLETED: ExitCode.COMPLETED, RunStatus.INTERRUPTED: ExitCode.INTERRUPTED,
-              RunStatus.FAILED: ExitCode.FAILED}
 
 
 def add_parser(subparsers) -> None:

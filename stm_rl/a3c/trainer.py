@@ -21,7 +21,6 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
@@ -44,6 +43,7 @@ from stm_rl.a3c.scores import Counters, Milestone, Milestones, ScoreTracker
 from stm_rl.a3c.shared_adam import SharedAdam
 from stm_rl.a3c.worker import AGENT_STEPS, FRAMES, UPDATES, WorkerContext, worker_main
 from stm_rl.config_cli import format_count
+from stm_rl.conventions import RunStatus
 from stm_rl.logger import MetricLogger
 from stm_rl.run_dir import (CheckpointError, JsonlWriter, RunDir, StmRlError, describe_os_error, read_jsonl,
                             repair_jsonl, truncate_jsonl, write_config, write_json_atomic)
@@ -59,20 +59,6 @@ STARTUP_GRACE = 3.0
 """Seconds a stopping run waits for workers that have not made an update yet (still starting up)."""
 STALL_SECONDS = 60.0
 """A worker that has made no update for this long (while the run goes on) is reported as stalled."""
-
-
-class RunStatus(str, Enum):
-    """How a run (segment) stands; the value is what summary.json records."""
-
-    RUNNING = "running"
-    COMPLETED = "completed"
-    """The frame budget is spent."""
-    INTERRUPTED = "interrupted"
-    """Ctrl-C or SIGTERM: stopped cleanly with a final checkpoint."""
-    FAILED = "failed"
-
-    __str__ = str.__str__
-    __format__ = str.__format__
 
 
 @dataclass
