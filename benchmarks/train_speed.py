@@ -24,7 +24,7 @@ import torch.multiprocessing as mp
 
 from agents import AgentConfig, build_agent
 from agents.precision import PRECISIONS
-from envs import EnvConfig, make_env
+from envs import EnvConfig, make_env, probe_action_count
 from stm_rl.a3c import A3CConfig, RunConfig, SharedAdam, TrainConfig
 from stm_rl.a3c.worker import FRAMES, AGENT_STEPS, WorkerContext, worker_main
 
@@ -89,7 +89,7 @@ def _sleep_draining(events, seconds: float) -> None:
 
 
 def trainer_args(config: TrainConfig):
-    shared = build_agent(config.agent)
+    shared = build_agent(config.agent, probe_action_count(config.env))
     shared.share_memory()
     optimizer = SharedAdam(shared.parameters(), lr=config.a3c.lr, eps=config.a3c.adam_eps)
 
@@ -113,7 +113,7 @@ def main() -> None:
     args = parser.parse_args()
     for precision in args.precision:
         try:  # refuse bf16 on a CPU without native bf16 before starting anything
-            build_agent(AgentConfig(precision=precision, encoder="small"))
+            build_agent(AgentConfig(precision=precision, encoder="small"), probe_action_count(EnvConfig()))
         except ValueError as error:
             parser.error(str(error))
 
