@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from stm_rl.run_dir import JsonlWriter, RunDir, read_jsonl, repair_jsonl, truncate_jsonl
+from stm_rl.run_dir import JsonlWriter, RunDir, drop_records_after, read_jsonl
 
 METRICS_FILE = "metrics.jsonl"
 """Name of the JSONL metrics file in a run directory."""
@@ -44,7 +44,7 @@ class MetricLogger:
                  resume_step: Optional[int] = None) -> None:
         self.jsonl_path = Path(jsonl_path)
         if resume_step is not None:
-            _drop_records_after(self.jsonl_path, resume_step)
+            drop_records_after(self.jsonl_path, "step", resume_step)
         self._jsonl = JsonlWriter(self.jsonl_path)
         self._tensorboard = None
         if tensorboard_dir is not None:
@@ -94,13 +94,3 @@ class MetricLogger:
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """The records of a metrics file (``step``, ``wall_time`` and the metrics of each :meth:`MetricLogger.log`)."""
     return list(read_jsonl(path))
-
-
-def _drop_records_after(path: Path, step: int) -> None:
-    """Keep the records up to the first one past ``step`` (the steps of a run's records only grow)."""
-    if not path.is_file():
-        return
-    repair_jsonl(path)
-    records = read_metrics(path)
-    keep = next((index for index, record in enumerate(records) if record["step"] > step), len(records))
-    truncate_jsonl(path, keep)
