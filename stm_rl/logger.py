@@ -31,8 +31,8 @@ from typing import Any, Mapping, Optional
 
 from stm_rl.run_dir import JsonlWriter, RunDir, drop_records_after, read_jsonl
 
-METRICS_FILE = "metrics.jsonl"
-"""Name of the JSONL metrics file in a run directory."""
+METRICS_FILE = RunDir.METRICS
+"""Name of the JSONL metrics file in a run directory (spelled by :class:`RunDir`)."""
 RESERVED = ("step", "wall_time")
 """Keys of a JSONL record that are not metrics."""
 
@@ -58,7 +58,7 @@ class MetricLogger:
                    resume_step: Optional[int] = None) -> "MetricLogger":
         """The logger of a run directory: ``<run_dir>/metrics.jsonl`` and ``<run_dir>/tb/``."""
         layout = RunDir(run_dir)
-        return cls(layout.path / METRICS_FILE, layout.tensorboard if tensorboard else None, resume_step)
+        return cls(layout.metrics, layout.tensorboard if tensorboard else None, resume_step)
 
     def log(self, step: int, metrics: Mapping[str, float]) -> None:
         """Record ``metrics`` (name -> number) at ``step`` (e.g. emulator frames, or iterations)."""

@@ -68,6 +68,7 @@ class RunDir:
     CONFIG = "config.json"
     GAMES = "games.jsonl"
     EVALUATIONS = "evaluations.jsonl"
+    METRICS = "metrics.jsonl"
     SUMMARY = "summary.json"
     TENSORBOARD = "tb"
     CHECKPOINTS = "checkpoints"
@@ -88,6 +89,10 @@ class RunDir:
     @property
     def evaluations(self) -> Path:
         return self.path / self.EVALUATIONS
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / self.METRICS
 
     @property
     def summary(self) -> Path:
