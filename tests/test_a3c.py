@@ -209,7 +209,11 @@ def _start_long_run(run_dir: Path) -> tuple[subprocess.Popen, list[int]]:
     process = _start_cli(["train", "--agent", "lstm", "--frames", "100M", "--checkpoint-interval", "1",
                           "--run-dir", str(run_dir), *FAST])
     _wait_for_updates(run_dir, process)
-    return process, _worker_pids(process.pid)
+    deadline = time.monotonic() + 120.0  # the first checkpoint can precede the workers' start on a busy machine
+    while len(workers := _worker_pids(process.pid)) < 2 and time.monotonic() < deadline:
+        assert process.poll() is None, process.stdout.read()
+        time.sleep(0.5)
+    return process, workers
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
