@@ -336,3 +336,16 @@ def test_a_preset_is_the_base_that_given_flags_override(tmp_path, capsys):
     # A resumed run keeps its settings: a preset there is refused like any other setting.
     assert cli_main(["train", "--resume", str(tmp_path), "--preset", "paper"]) == 2
     assert "--preset" in capsys.readouterr().err
+
+
+def test_the_default_run_is_the_configuration_measured_to_learn_within_the_hour():
+    """README's `make train` promise (results/pong/stm-default-skip4): STM agent, small encoder, 16 games per
+    worker, lr 5e-4, Adam eps 1e-5, fp32, frame skip 4, written to runs/stm-small-skip4-seed0."""
+    from stm_rl.a3c.train_command import config_from_args, default_run_dir
+    from stm_rl.cli import build_parser
+
+    config = config_from_args(build_parser().parse_args(["train"]))
+    assert (config.agent.agent, config.agent.encoder, config.agent.precision, config.env.frame_skip) \
+        == ("stm", "small", "fp32", 4)
+    assert (config.a3c.envs_per_worker, config.a3c.lr, config.a3c.adam_eps) == (16, 5e-4, 1e-5)
+    assert default_run_dir(config.agent, config.env, config.run.seed).as_posix() == "runs/stm-small-skip4-seed0"
