@@ -70,8 +70,13 @@ def assert_spawned_single_threaded(trainer: int) -> None:
     environ = dict(item.split("=", 1) for item in Path(f"/proc/{trainer}/environ").read_bytes().decode().split("\0")
                    if "=" in item)
     assert environ["OMP_NUM_THREADS"] == "1" and environ[sweep_run.PARENT_ENV]
-    children = Path(f"/proc/{trainer}/task/{trainer}/children").read_text().split()
-    commands = [Path(f"/proc/{child}/cmdline").read_bytes().decode() for child in children]
+    deadline = time.monotonic() + 10
+    while True:  # a child that has just been spawned (or is exiting) shows an empty command line for a moment
+        children = Path(f"/proc/{trainer}/task/{trainer}/children").read_text().split()
+        commands = [Path(f"/proc/{child}/cmdline").read_bytes().decode() for child in children]
+        if any("spawn_main" in command for command in commands) or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     assert any("spawn_main" in command for command in commands), commands
     assert not any("stm_rl.sweep_run" in command for command in commands), commands
 
@@ -135,7 +140,7 @@ def test_a_killed_run_is_retried_from_its_checkpoint(cluster_address, tmp_path, 
     """SIGKILL the run's trainer (the run fails), or the Ray worker process running its task (as when a node
     dies: Ray reports the task lost): either way the run starts again and resumes from its checkpoint."""
     out = tmp_path / "sweep"
-    process = sweep_process(cluster_address, out, "--seeds", "5", "--frames", "8000", "--checkpoint-interval", "1")
+    process = sweep_process(cluster_address, out, "--seeds", "5", "--frames", "40000", "--checkpoint-interval", "1")
     run_dir = out / "lstm-skip32-seed5"
     trainer = trainer_pid_once_checkpointed(run_dir)
     assert_spawned_single_threaded(trainer)
