@@ -10,6 +10,7 @@ STM's rate over the LSTM's with the small encoder).
     python benchmarks/train_speed.py                     # all agents x encoders, ~4 minutes
     python benchmarks/train_speed.py --configs stm-small lstm-small --envs-per-worker 1 4
     python benchmarks/train_speed.py --precision fp32 bf16   # both precisions in the same run
+    python benchmarks/train_speed.py --configs stm-small --envs-per-worker 16 --gradient-pass replay acting
 """
 
 from __future__ import annotations
@@ -103,13 +104,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--configs", nargs="+", default=["lstm-small", "stm-small", "lstm-paper", "stm-paper"],
                         help="agent-encoder pairs to measure")
-    parser.add_argument("--envs-per-worker", nargs="+", type=int, default=[1, 4])
+    parser.add_argument("--envs-per-worker", nargs="+", type=int, default=[1, 16])
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--frame-skip", type=int, default=4)
     parser.add_argument("--seconds", type=float, default=20.0, help="measured time per configuration")
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds after start-up before measuring")
     parser.add_argument("--precision", nargs="+", choices=PRECISIONS, default=["fp32"],
                         help="model precisions to measure (bf16 needs a CPU with native bf16)")
+    parser.add_argument("--gradient-pass", nargs="+", choices=["auto", "acting", "replay"], default=["auto"],
+                        help="where the workers take the gradients from (A3CConfig.gradient_pass)")
     args = parser.parse_args()
     for precision in args.precision:
         try:  # refuse bf16 on a CPU without native bf16 before starting anything
@@ -119,37 +122,41 @@ def main() -> None:
 
     print(f"A3C throughput, {args.workers} workers, frame skip {args.frame_skip}, {args.seconds:.0f} s each "
           f"(torch {torch.__version__}, 1 thread per worker)")
-    print(f"{'configuration':<28} {'frames/s':>9} {'steps/s':>9} {'/ emulator':>11}")
+    print(f"{'configuration':<36} {'frames/s':>9} {'steps/s':>9} {'/ emulator':>11}")
     limits = {}
     for size in sorted({AgentConfig(encoder=c.split('-')[1]).obs_size for c in args.configs}):
         env = EnvConfig(frame_skip=args.frame_skip, obs_size=size)
         frames, steps = measure(random_actions, lambda r, c, s, e, env=env: (r, env, c, s), args.workers,
                                 args.warmup, args.seconds)
         limits[size] = frames
-        print(f"{f'emulator limit {size}x{size}':<28} {frames:>9.0f} {steps:>9.0f} {1.0:>11.2f}")
+        print(f"{f'emulator limit {size}x{size}':<36} {frames:>9.0f} {steps:>9.0f} {1.0:>11.2f}", flush=True)
 
     results = {}  # (configuration, precision, envs per worker) -> share of the emulator limit
     for name in args.configs:
         agent_kind, encoder = name.split("-")
         for precision in args.precision:
             for envs_per_worker in args.envs_per_worker:
-                agent = AgentConfig(agent=agent_kind, encoder=encoder, precision=precision)
-                config = TrainConfig(env=EnvConfig(frame_skip=args.frame_skip, obs_size=agent.obs_size), agent=agent,
-                                     a3c=A3CConfig(envs_per_worker=envs_per_worker),
-                                     run=RunConfig(workers=args.workers, frames=10**12))
-                frames, steps = measure(worker_main, trainer_args(config), args.workers, args.warmup, args.seconds)
-                results[(name, precision, envs_per_worker)] = frames / limits[agent.obs_size]
-                label = f"{name} {precision} x{envs_per_worker} env"
-                print(f"{label:<28} {frames:>9.0f} {steps:>9.0f} {frames / limits[agent.obs_size]:>11.2f}")
+                for gradient_pass in args.gradient_pass:
+                    agent = AgentConfig(agent=agent_kind, encoder=encoder, precision=precision)
+                    a3c = A3CConfig(envs_per_worker=envs_per_worker, gradient_pass=gradient_pass)
+                    config = TrainConfig(env=EnvConfig(frame_skip=args.frame_skip, obs_size=agent.obs_size),
+                                         agent=agent, a3c=a3c, run=RunConfig(workers=args.workers, frames=10**12))
+                    frames, steps = measure(worker_main, trainer_args(config), args.workers, args.warmup, args.seconds)
+                    results[(name, precision, envs_per_worker, gradient_pass)] = frames / limits[agent.obs_size]
+                    used = "acting" if a3c.keeps_acting_graph(agent) else "replay"
+                    label = f"{name} {precision} x{envs_per_worker} env, {used}"
+                    print(f"{label:<36} {frames:>9.0f} {steps:>9.0f} {frames / limits[agent.obs_size]:>11.2f}",
+                          flush=True)
 
     print("best envs per worker, share of the emulator limit (issue 10 targets: lstm-small >= 0.45, "
           "stm-small >= 0.20, lstm-paper >= 0.12, stm-paper >= 0.08; stm-small / lstm-small >= 0.5)")
     best = {}
     for name in args.configs:
         for precision in args.precision:
-            share, envs = max((results[(name, precision, e)], e) for e in args.envs_per_worker)
+            share, envs, gradient_pass = max((results[(name, precision, e, g)], e, g)
+                                             for e in args.envs_per_worker for g in args.gradient_pass)
             best[(name, precision)] = share
-            print(f"  {name} {precision}: {share:.2f} (x{envs} env)")
+            print(f"  {name} {precision}: {share:.2f} (x{envs} env, gradient pass {gradient_pass})")
     for precision in args.precision:
         for encoder in ("small", "paper"):
             lstm, stm = best.get((f"lstm-{encoder}", precision)), best.get((f"stm-{encoder}", precision))

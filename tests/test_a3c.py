@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import queue
@@ -163,6 +164,57 @@ def test_nan_loss_stops_the_worker_without_touching_the_shared_model(monkeypatch
     assert stop.is_set()
     for key, value in shared.state_dict().items():
         torch.testing.assert_close(value, before[key])
+
+
+class _GradientSpy:
+    """An optimizer that records the gradients a worker hands to the shared model instead of stepping."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.model, self.grads = model, []
+
+    def step(self) -> None:
+        self.grads.append([p.grad.clone() for p in self.model.parameters()])
+
+
+@pytest.mark.parametrize("agent", ["stm", "lstm"])
+def test_the_acting_graph_and_the_replay_give_the_same_update(agent):
+    """gradient_pass=acting back-propagates through the acting pass, replay through a batched replay of the
+    rollout: from the same weights and seed, one update plays the same games and hands the shared model the
+    same gradients (episode ends inside the rollout included: cue-memory games last 4 steps)."""
+    data = _config_dict(frames=1)  # one update, then the budget is spent
+    data["agent"]["agent"] = agent
+    data["env"]["game"] = "cue-memory"
+    data["a3c"].update(envs_per_worker=3, rollout_steps=10)
+    torch.manual_seed(0)
+    from agents import build_agent
+    shared = build_agent(TrainConfig.from_dict(data).agent, 6)  # cue-memory keeps Pong's action set
+    grads = {}
+    for gradient_pass in ("acting", "replay"):
+        data["a3c"]["gradient_pass"] = gradient_pass
+        config = TrainConfig.from_dict(json.loads(json.dumps(data)))
+        assert config.a3c.keeps_acting_graph(config.agent) == (gradient_pass == "acting")
+        spy = _GradientSpy(shared)
+        ctx = WorkerContext(config, shared, spy, torch.zeros(1, 3, dtype=torch.int64), 0, 0, threading.Event(),
+                            queue.Queue())
+        train_worker(0, ctx)
+        assert len(spy.grads) == 1 and int(ctx.counters[0, 2]) == 1, "exactly one update"
+        grads[gradient_pass] = spy.grads[0]
+    names = [name for name, _ in shared.named_parameters()]
+    assert any(g.abs().sum() > 0 for g in grads["acting"])
+    for name, acting, replay in zip(names, grads["acting"], grads["replay"]):
+        torch.testing.assert_close(acting, replay, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+
+
+def test_auto_gradient_pass_keeps_the_acting_graph_where_it_measured_faster():
+    config = TrainConfig()
+    assert config.a3c.keeps_acting_graph(config.agent), "the default STM agent with 16 games per worker"
+    lstm = dataclasses.replace(config.agent, agent="lstm")
+    assert not config.a3c.keeps_acting_graph(lstm)
+    assert config.a3c.keeps_acting_graph(dataclasses.replace(lstm, encoder="paper"))
+    one_game = dataclasses.replace(config.a3c, envs_per_worker=1)
+    assert not one_game.keeps_acting_graph(config.agent), "at batch 1 the replay is faster"
+    with pytest.raises(ValueError, match="gradient_pass"):
+        dataclasses.replace(config.a3c, gradient_pass="both")
 
 
 def _config_dict(frames: int) -> dict:

@@ -338,3 +338,18 @@ def test_episode_start_resets_inside_a_sequence():
     assert not torch.allclose(y[1, 3:], y_whole[1, 3:])
     with pytest.raises(ValueError, match="episode_start must have shape"):
         model(x, None, start[:, :2])
+
+
+def test_the_recurrence_tanh_matches_torch_tanh_and_its_gradient():
+    """stm_rl.memory.activations.tanh (2 sigmoid(2x) - 1 in fp32 on CPU) against torch.tanh in float64."""
+    from stm_rl.memory.activations import tanh
+
+    x = (torch.randn(4, 96, 96, dtype=torch.float32) * 3).requires_grad_()
+    y = tanh(x)
+    exact = torch.tanh(x.detach().double())
+    assert y.dtype == torch.float32 and (y.double() - exact).abs().max() < 5e-7
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    torch.testing.assert_close(x.grad.double(), grad.double() * (1 - exact ** 2), atol=2e-6, rtol=0)
+    x64 = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(tanh, (x64,))

@@ -10,7 +10,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Literal, Mapping
 
 from agents import AgentConfig
 from envs import EnvConfig
@@ -43,6 +43,18 @@ class A3CConfig:
     envs_per_worker: int = 16
     """Environments stepped by each worker with one batched forward, each update averaging their rollouts
     (1 = classic A3C). 16 gives about 2x the frames/s of 1 on two cores; the paper preset uses 1."""
+    gradient_pass: Literal["auto", "acting", "replay"] = "auto"
+    """Where an update's gradients come from (the same gradients either way): "acting" keeps the graph of
+    the acting pass and back-propagates through it; "replay" acts without gradients, then replays the
+    rollout with them in a few large operations; "auto" = acting for STM or paper-encoder agents with
+    >= 8 environments per worker, where it measured 1.15-1.35x faster on CPU, else replay
+    (benchmarks/train_speed.py)."""
+
+    def keeps_acting_graph(self, agent: AgentConfig) -> bool:
+        """Whether the workers back-propagate through the acting pass (``gradient_pass``)."""
+        if self.gradient_pass == "auto":
+            return self.envs_per_worker >= 8 and (agent.agent == "stm" or agent.encoder == "paper")
+        return self.gradient_pass == "acting"
 
     def __post_init__(self) -> None:
         _require(self.lr > 0, "lr must be > 0")
@@ -54,6 +66,7 @@ class A3CConfig:
         _require(self.max_grad_norm > 0, "max_grad_norm must be > 0")
         _require(self.rollout_steps >= 1, "rollout_steps must be >= 1")
         _require(self.envs_per_worker >= 1, "envs_per_worker must be >= 1")
+        _require(self.gradient_pass in ("auto", "acting", "replay"), "gradient_pass must be auto, acting or replay")
 
 
 @dataclass(frozen=True)

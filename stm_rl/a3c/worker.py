@@ -3,11 +3,12 @@
 Each update (Mnih et al. 2016, with the details of ../shared/spec/A3C_PONG.md):
 
 1. sync the local model from the shared one;
-2. act for ``rollout_steps`` steps in the worker's environment(s), sampling from the policy, without
-   gradients; an environment whose game ends is reset and its recurrent state is reset before its
-   next step (the STM to its learned initial memories);
-3. replay the rollout with gradients from the state it started in (detached: truncated BPTT), which
-   gives the same numbers as the acting pass but in a few large operations;
+2. act for ``rollout_steps`` steps in the worker's environment(s), sampling from the policy, from the
+   state the previous rollout ended in (detached: truncated BPTT); an environment whose game ends is
+   reset and its recurrent state is reset before its next step (the STM to its learned initial memories);
+3. the logits and values to learn from: either those of the acting pass, whose graph was kept, or a
+   replay of the rollout with gradients from the state it started in, which gives the same numbers in a
+   few large operations (``A3CConfig.gradient_pass`` chooses, by what is faster for the agent);
 4. advantages by GAE(lambda) on clipped rewards, bootstrapped with V of the last observation unless the
    game ended; n-step discounted returns as the value target;
 5. loss = policy loss - entropy bonus + value loss, clip the gradient norm, hand the gradients to the
@@ -82,6 +83,7 @@ def train_worker(rank: int, ctx: WorkerContext) -> None:
     seed = config.run.seed + ctx.seed_offset + rank
     torch.manual_seed(seed)
     num_envs, steps = a3c.envs_per_worker, a3c.rollout_steps
+    keep_acting_graph = a3c.keeps_acting_graph(config.agent)
     envs = [make_env(config.worker_env(ctx.seed_offset + rank * num_envs + i)) for i in range(num_envs)]
     model = build_agent(config.agent, ctx.shared_model.num_actions)
     check_action_count(envs[0], model)
@@ -103,16 +105,20 @@ def train_worker(rank: int, ctx: WorkerContext) -> None:
 
         # 1. Sync the local model from the shared one.
         copy_weights(ctx.shared_model, model)
-        rollout_start_state = state
+        state = rollout_start_state = state.detach()
 
-        # 2. Act, without gradients, in one autocast region (bf16: the weights are cast once per rollout).
-        frames = 0
-        with torch.no_grad(), model.autocast():
+        # 2. Act in one autocast region (bf16: the weights are cast once per rollout), keeping the graph
+        # only where the gradients are taken from this pass.
+        frames, acting_logits, acting_values = 0, [], []
+        with torch.set_grad_enabled(keep_acting_graph), model.autocast():
             for t in range(steps):
                 state = model.reset_state(state, episode_start)
                 obs_buf[:, t], start_buf[:, t] = obs, episode_start
-                logits, _, state = model.act(obs, state)
-                actions[:, t] = torch.multinomial(F.softmax(logits, dim=-1), 1).squeeze(1)
+                logits, values, state = model.act(obs, state)
+                if keep_acting_graph:
+                    acting_logits.append(logits)
+                    acting_values.append(values)
+                actions[:, t] = torch.multinomial(F.softmax(logits.detach(), dim=-1), 1).squeeze(1)
                 next_obs = []
                 for i, env in enumerate(envs):
                     o, reward, terminated, truncated, info = env.step(int(actions[i, t]))
@@ -126,13 +132,17 @@ def train_worker(rank: int, ctx: WorkerContext) -> None:
                 obs = torch.from_numpy(np.stack(next_obs))
                 episode_start = dones[:, t].clone()
             # Bootstrap value of the observation after the rollout (unused where the game ended).
-            _, last_value, _ = model.act(obs, model.reset_state(state, episode_start))
+            with torch.no_grad():
+                _, last_value, _ = model.act(obs, model.reset_state(state, episode_start))
         # The frames acted on update the shared observation statistics; the local copy keeps the ones the
         # actions were taken with until the next sync, so that the replay gives the same numbers.
         ctx.shared_model.observe_frames(obs_buf.transpose(0, 1))  # in time order
 
-        # 3. Replay the rollout with gradients, from the (detached) state it started in.
-        logits, values, _ = model.unroll(obs_buf, rollout_start_state.detach(), start_buf)
+        # 3. The logits and values with gradients: the acting pass's, or a replay from the rollout's start.
+        if keep_acting_graph:
+            logits, values = torch.stack(acting_logits, dim=1), torch.stack(acting_values, dim=1)
+        else:
+            logits, values, _ = model.unroll(obs_buf, rollout_start_state, start_buf)
 
         # 4. Advantages and value targets.
         advantages, returns = advantages_and_returns(rewards, values.detach(), last_value, dones,

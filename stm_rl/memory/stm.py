@@ -41,6 +41,7 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from stm_rl.memory.activations import tanh
 from stm_rl.memory.attention import SAM, _check_positive, outer_product_scores
 from stm_rl.memory.relational_read import relational_read
 from stm_rl.memory.relational_update import relational_update
@@ -228,8 +229,8 @@ class STMCell(nn.Module):
         batch, n, d = u.shape[0], self.num_slots, self.d
 
         if self.gated:  # 2-4. eq. 10 with the gates of Appendix D (biases already in gate_from_input)
-            written = torch.tanh(u.unsqueeze(2) * u.unsqueeze(1))  # X = tanh(u (x) u)
-            gates = torch.sigmoid(self.gate_mem(torch.tanh(item_prev)) + gate_from_input.unsqueeze(1))
+            written = tanh(u.unsqueeze(2) * u.unsqueeze(1))  # X = tanh(u (x) u)
+            gates = torch.sigmoid(self.gate_mem(tanh(item_prev)) + gate_from_input.unsqueeze(1))
             input_gate, forget_gate = gates.chunk(2, dim=-1)
             item = torch.addcmul(input_gate * written, forget_gate, item_prev)  # M'
         else:  # eq. 9, the "w/o gates" ablation: M' = M_i + u (x) u
@@ -244,7 +245,7 @@ class STMCell(nn.Module):
 
         q, k, v = self.sam.queries_keys_values(sam_input)  # 6. eq. 12
         # scores[j, n, a] = tanh(q_n[a] * k_j[a]), key-major so that both products below read it as is.
-        scores = outer_product_scores(k, q).view(batch, n, n * d)  # [B, N(key), N(query)*d]
+        scores = outer_product_scores(k, q, tanh).view(batch, n, n * d)  # [B, N(key), N(query)*d]
         # M_r = alpha1 * M_r_prev + A, A[n, a, c] = sum_j scores[j, n, a] v[j, c]: one [N*d, N] x [N, d]
         # product per sample accumulated into one new tensor (alpha1 is a buffer at 0 where fixed so).
         relational = relational_update(rel_prev, self.alpha1, scores, v)
