@@ -34,7 +34,7 @@ from tqdm import tqdm
 from agents import AgentConfig
 from envs import EnvConfig
 from stm_rl import sweep_run
-from stm_rl.a3c.config import A3CConfig, RunConfig, TrainConfig
+from stm_rl.a3c.config import PRESETS, A3CConfig, RunConfig, TrainConfig, preset_config
 from stm_rl.a3c.limits import validate_for_training
 from stm_rl.config_cli import add_dataclass_flags, flag_name, with_flag_names
 from stm_rl.conventions import ExitCode
@@ -102,6 +102,8 @@ class SweepOptions:
     """Runs alive at the same time; None: 1 on the local backend, as many as the Ray cluster's CPUs hold."""
     settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     """Training settings given on the command line, by config class (``{"AgentConfig": {"encoder": "small"}}``)."""
+    preset: Optional[str] = None
+    """The preset every run starts from before ``settings`` (:data:`stm_rl.a3c.config.PRESETS`; None = cpu)."""
     retries: int = 2
     """Times a failed run is started again from its latest checkpoint before it is reported failed."""
     backend: str = "local"
@@ -136,6 +138,9 @@ def add_parser(subparsers) -> None:
                         help="directory of the sweep: one run directory per configuration and sweep.json; "
                              "with --backend ray a folder every node sees at the same path (default: runs/sweep)")
     parser.add_argument("--workers-per-run", type=int, default=2, help="worker processes of each run (default: 2)")
+    parser.add_argument("--preset", choices=sorted(PRESETS),
+                        help="starting point of every run's settings, as in `stm-rl train --preset`; the training "
+                             "flags given override it (default: cpu)")
     parser.add_argument("--max-parallel", type=int, default=None,
                         help="runs alive at the same time (default: 1 locally; with --backend ray as many as "
                              "the cluster's CPUs hold, each run taking workers-per-run + 1 CPUs)")
@@ -179,7 +184,8 @@ def options_from_args(args: argparse.Namespace) -> SweepOptions:
         seeds=tuple(dict.fromkeys(args.seeds)), out=out.absolute() if args.backend == "ray" else out,
         frames=getattr(args, "RunConfig.frames") or RunConfig.frames,
         workers_per_run=args.workers_per_run, max_parallel=args.max_parallel,
-        settings={name: values for name, values in settings.items() if values}, retries=args.retries,
+        settings={name: values for name, values in settings.items() if values}, preset=args.preset,
+        retries=args.retries,
         backend=args.backend, ray_address=args.ray_address, poll_interval=args.poll_interval,
         progress=args.progress)
     fields = [f.name for cls in _SWEEP_OWNED for f in dataclasses.fields(cls)]
@@ -192,13 +198,16 @@ def options_from_args(args: argparse.Namespace) -> SweepOptions:
 
 
 def run_config(spec: RunSpec, options: SweepOptions) -> TrainConfig:
-    """The complete config of one run (as ``stm-rl train`` would build it from the same flags)."""
-    given = options.settings
-    agent = AgentConfig(**{**given.get("AgentConfig", {}), "agent": spec.agent})
-    env = EnvConfig(**{**given.get("EnvConfig", {}), "frame_skip": spec.frame_skip, "obs_size": agent.obs_size})
-    run_settings = RunConfig(**{**given.get("RunConfig", {}), "run_dir": spec.run_dir, "frames": options.frames,
-                                "workers": options.workers_per_run, "seed": spec.seed, "progress": False})
-    return TrainConfig(env=env, agent=agent, a3c=A3CConfig(**given.get("A3CConfig", {})), run=run_settings)
+    """The complete config of one run (as ``stm-rl train`` would build it from the same flags and preset)."""
+    given, base = options.settings, preset_config(options.preset or "cpu")
+    agent = dataclasses.replace(base.agent, **{**given.get("AgentConfig", {}), "agent": spec.agent})
+    env = dataclasses.replace(base.env, **{**given.get("EnvConfig", {}), "frame_skip": spec.frame_skip,
+                                           "obs_size": agent.obs_size})
+    run_settings = dataclasses.replace(base.run, **{**given.get("RunConfig", {}), "run_dir": spec.run_dir,
+                                                    "frames": options.frames, "workers": options.workers_per_run,
+                                                    "seed": spec.seed, "progress": False})
+    a3c = dataclasses.replace(base.a3c, **given.get("A3CConfig", {}))
+    return TrainConfig(env=env, agent=agent, a3c=a3c, run=run_settings)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -513,7 +522,8 @@ class Sweep:
         write_json_atomic(self.manifest_path, {
             "out": str(self.options.out), "frames": self.options.frames, "backend": self.options.backend,
             "workers_per_run": self.options.workers_per_run, "max_parallel": self.options.max_parallel,
-            "retries": self.options.retries, "settings": self.options.settings_as_flags(), "argv": sys.argv,
+            "retries": self.options.retries, "settings": self.options.settings_as_flags(),
+            "preset": self.options.preset or "cpu", "argv": sys.argv,
             "runs": [{**entry.to_json(), "frames_done": frames_done(entry.spec.run_dir)}
                      for entry in self.entries]})
 

@@ -55,6 +55,22 @@ def test_each_run_is_handed_its_whole_config(tmp_path):
     assert sweep.train_command(spec, sweep_options) == [sys.executable, "-m", "stm_rl.sweep_run", str(path)]
 
 
+def test_a_preset_is_every_runs_base_and_the_flags_given_override_it(tmp_path, capsys):
+    paper = sweep.SweepOptions(agents=("stm",), frame_skips=(4,), seeds=(0,), out=tmp_path, frames=5000,
+                               workers_per_run=1, settings={"A3CConfig": {"lr": 3e-4}}, preset="paper")
+    config = sweep.run_config(paper.runs()[0], paper)
+    assert (config.agent.agent, config.agent.encoder, config.agent.obs_size, config.env.obs_size) == (
+        "stm", "paper", 80, 80)
+    assert (config.a3c.envs_per_worker, config.a3c.adam_eps, config.a3c.lr) == (1, 1e-3, 3e-4), "lr is the flag's"
+    assert sweep.run_config(paper.runs()[0], options(tmp_path)).agent.encoder == "small", "no preset: cpu"
+    assert cli_main(["sweep", *FLAGS, "--preset", "paper", "--seeds", "0", "--frames", "5000",
+                     "--out", str(tmp_path / "s"), "--dry-run"]) == 0
+    with pytest.raises(SystemExit) as exit_info:
+        cli_main(["sweep", *FLAGS, "--preset", "fast", "--out", str(tmp_path / "s")])
+    assert exit_info.value.code == 2
+    assert "--preset" in capsys.readouterr().err
+
+
 def test_settings_that_may_change_between_segments(tmp_path):
     sweep_options = options(tmp_path)
     base = sweep.run_config(sweep_options.runs()[0], sweep_options)
