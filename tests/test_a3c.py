@@ -391,8 +391,9 @@ def test_a_preset_is_the_base_that_given_flags_override(tmp_path, capsys):
 
 
 def test_the_default_run_is_the_configuration_measured_to_learn_within_the_hour():
-    """README's `make train` promise (results/pong/stm-default-skip4): STM agent, small encoder, 16 games per
-    worker, lr 5e-4, Adam eps 1e-5, fp32, frame skip 4, written to runs/stm-small-skip4-seed0."""
+    """README's `make train` promise (results/pong/stm-default-acting-skip4): STM agent, small encoder, 16 games per
+    worker, lr 5e-4, Adam eps 1e-5, fp32, frame skip 4, gradients from the acting pass, written to
+    runs/stm-small-skip4-seed0; every agent, environment and A3C setting equal to the measured run's."""
     from stm_rl.a3c.train_command import config_from_args, default_run_dir
     from stm_rl.cli import build_parser
 
@@ -401,3 +402,7 @@ def test_the_default_run_is_the_configuration_measured_to_learn_within_the_hour(
         == ("stm", "small", "fp32", 4)
     assert (config.a3c.envs_per_worker, config.a3c.lr, config.a3c.adam_eps) == (16, 5e-4, 1e-5)
     assert default_run_dir(config.agent, config.env, config.run.seed).as_posix() == "runs/stm-small-skip4-seed0"
+    assert config.a3c.keeps_acting_graph(config.agent)
+    measured_file = Path(__file__).parents[1] / "results" / "pong" / "stm-default-acting-skip4" / "config.json"
+    measured = TrainConfig.from_dict(json.loads(measured_file.read_text())["config"])
+    assert (measured.agent, measured.env, measured.a3c) == (config.agent, config.env, config.a3c)
