@@ -130,6 +130,12 @@ class ActorCritic(nn.Module):
                 weight = torch.randn_like(head.weight)
                 head.weight.copy_(weight * norm / weight.norm(dim=1, keepdim=True))
 
+    def check_action_count(self, env_actions: int) -> None:
+        """Refuse an environment whose action count is not the one the actor head was built for (a run probes
+        the count when it starts and saves it with its checkpoints: :func:`envs.probe_action_count`)."""
+        if env_actions != self.num_actions:
+            raise ValueError(f"the environment has {env_actions} actions, the agent {self.num_actions}")
+
     # ------------------------------------------------------------------ recurrent state
     def initial_state(self, batch_size: int) -> AgentState:
         """State at an episode's start: zero LSTM state, the STM's learned initial memories."""

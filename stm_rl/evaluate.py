@@ -166,10 +166,11 @@ def evaluate(options: EvalOptions) -> dict[str, Any]:
     env_config = evaluation_env_config(config.env, options)
     output = check_can_write(options.output or default_output(checkpoint, env_config.frame_skip), "--output")
     env = make_recording_env(env_config, options) if options.video else make_env(env_config)
-    if env.action_space.n != model.num_actions:
+    try:
+        model.check_action_count(env.action_space.n)
+    except ValueError as error:
         env.close()
-        raise StmRlError(f"{checkpoint}: the agent has {model.num_actions} actions, its "
-                         f"{env_config.game!r} environment {env.action_space.n}")
+        raise StmRlError(f"{checkpoint}: {error} ({env_config.game!r})") from None
     generator = torch.Generator().manual_seed(options.seed)
     games: list[GameResult] = []
     try:

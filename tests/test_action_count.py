@@ -67,3 +67,15 @@ def test_a_checkpoint_made_for_another_action_count_is_not_resumed(finished_run,
     assert cli_main(["train", "--resume", str(finished_run), "--frames", "6000"]) == 2
     err = capsys.readouterr().err
     assert "the checkpoint's agent has 5 actions but the 'pong' environment has 6" in err and "Traceback" not in err
+
+
+def test_an_agent_refuses_an_environment_with_another_action_count():
+    """Workers, the in-training evaluator and `stm-rl evaluate` all check through ActorCritic.check_action_count."""
+    import pytest
+
+    from agents import AgentConfig, build_agent
+
+    agent = build_agent(AgentConfig(agent="lstm"), 4)
+    agent.check_action_count(4)
+    with pytest.raises(ValueError, match="the environment has 6 actions, the agent 4"):
+        agent.check_action_count(6)

@@ -19,7 +19,7 @@ from agents import build_agent
 from envs import make_env
 from stm_rl.a3c.messages import EvaluationDone, ProcessFailed
 from stm_rl.a3c.play import play_game
-from stm_rl.a3c.worker import FRAMES, UPDATES, WorkerContext, check_action_count, trainer_alive
+from stm_rl.a3c.worker import FRAMES, UPDATES, WorkerContext, trainer_alive
 from stm_rl.process import setup_compute_process
 
 EVAL_SEED_OFFSET = 1_000_000
@@ -44,7 +44,7 @@ def run_evaluations(ctx: WorkerContext, updates_before: int) -> None:
     seed = config.run.seed + EVAL_SEED_OFFSET + ctx.seed_offset
     env = make_env(dataclasses.replace(config.env, seed=seed, clip_reward=False))
     model = build_agent(config.agent, ctx.shared_model.num_actions)
-    check_action_count(env, model)
+    model.check_action_count(env.action_space.n)
     model.eval()
     generator = torch.Generator().manual_seed(seed)
     next_at = (updates_before // every + 1) * every

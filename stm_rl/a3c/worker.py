@@ -86,7 +86,7 @@ def train_worker(rank: int, ctx: WorkerContext) -> None:
     keep_acting_graph = a3c.keeps_acting_graph(config.agent)
     envs = [make_env(config.worker_env(ctx.seed_offset + rank * num_envs + i)) for i in range(num_envs)]
     model = build_agent(config.agent, ctx.shared_model.num_actions)
-    check_action_count(envs[0], model)
+    model.check_action_count(envs[0].action_space.n)
 
     obs = torch.from_numpy(np.stack([env.reset()[0] for env in envs]))  # [B, 1, S, S]
     ctx.shared_model.observe_frames(obs)  # observation statistics (--normalize-obs) are the shared model's
@@ -178,13 +178,6 @@ def train_worker(rank: int, ctx: WorkerContext) -> None:
         ctx.events.put(UpdateDone(rank, {
             "policy_loss": policy_loss.item(), "value_loss": value_loss.item(),
             "entropy": entropy_bonus.item() / steps, "grad_norm": grad_norm.item()}))
-
-
-def check_action_count(env, model: ActorCritic) -> None:
-    """Refuse an environment whose action count is not the one the agent's actor head was built for (the
-    trainer probes it when the run starts and saves it: see :func:`envs.probe_action_count`)."""
-    if env.action_space.n != model.num_actions:
-        raise ValueError(f"the environment has {env.action_space.n} actions, the agent {model.num_actions}")
 
 
 def trainer_alive(ctx: WorkerContext) -> bool:
