@@ -304,6 +304,39 @@ def test_relational_read_gradcheck():
     assert torch.autograd.gradcheck(lambda m, p, w: relational_read(m.expand(2, 3, 4, 4), p, w), (base, p, w))
 
 
+def test_read_and_update_return_one_gradient_for_the_memory_they_share():
+    """With a MemoryGradientHandoff the update leaves alpha1 * dM_r to the read's backward, which returns it
+    summed with its own term: the same gradients as two separate ones (gradcheck in float64), nothing left over."""
+    from stm_rl.memory.relational_read import MemoryGradientHandoff, relational_read
+    from stm_rl.memory.relational_update import relational_update
+
+    torch.manual_seed(0)
+    memory = torch.randn(2, 3, 4, 4, requires_grad=True)
+    p = torch.softmax(torch.randn(2, 3), -1).requires_grad_()
+    w = torch.randn(2, 4, requires_grad=True)
+    alpha = torch.tensor(0.7, requires_grad=True)
+    mix = torch.randn(4, 3 * 12)  # the update's inputs depend on the read, as SAM makes them in the cell
+
+    def step(memory, p, w, alpha, handoff):
+        read = relational_read(memory, p, w, handoff)  # [2, 4]
+        scores = torch.tanh(read @ mix).view(2, 3, 12)
+        values = read.unsqueeze(1).expand(2, 3, 4) * torch.arange(1.0, 4.0).view(1, 3, 1)
+        return relational_update(memory, alpha, scores, values, handoff)
+
+    handoffs = [MemoryGradientHandoff(), None]
+    grads = []
+    for handoff in handoffs:
+        out = step(memory, p, w, alpha, handoff)
+        grads.append(torch.autograd.grad(out.square().sum(), (memory, p, w, alpha)))
+    for with_handoff, separate in zip(*grads):
+        torch.testing.assert_close(with_handoff, separate)
+    assert handoffs[0].grad is None and handoffs[0].alpha is None, "the handoff keeps nothing after the backward"
+    assert torch.autograd.gradcheck(lambda *args: step(*args, MemoryGradientHandoff()), (memory, p, w, alpha))
+    base = torch.randn(3, 4, 4, requires_grad=True)  # the learned initial memory, expanded over the batch
+    assert torch.autograd.gradcheck(lambda b, *args: step(b.expand(2, 3, 4, 4), *args, MemoryGradientHandoff()),
+                                    (base, p, w, alpha))
+
+
 @pytest.mark.parametrize("config", CONFIGS.values(), ids=CONFIGS.keys())
 def test_sequence_gradients_match_finite_differences(config):
     """Backward of the whole sequence module (custom autograd functions in context) by gradcheck."""
