@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from agents.encoders import ENCODERS, encode_frames, make_encoder
 from agents.normalizer import FrameNormalizer
-from agents.precision import PRECISIONS, Precision, autocast, check_precision_supported
+from agents.precision import Precision, autocast, check_precision_supported
 from stm_rl.memory import STM, STMState
 
 AgentKind = Literal["lstm", "stm"]
@@ -53,7 +53,7 @@ class AgentConfig:
     stm_rel_size: int = 96
     """STM per-slot readout width n_r (paper RL setting: 96)."""
     precision: Precision = "fp32"
-    """Arithmetic of the model's passes: "fp32"; "bf16" (autocast mixed precision: products in bf16 except the STM's recurrence, parameters, losses and optimizer in fp32; needs native bf16, e.g. AVX512-BF16 CPUs); or "bf16-recurrent" (bf16 also for the matrix products of the STM's recurrence: ~10% faster STM agent, its memory drifts a few per cent from fp32 over tens of steps)."""
+    """Arithmetic of the model's passes: "fp32", or "bf16" (autocast mixed precision: products in bf16, parameters, losses and optimizer in fp32; needs native bf16, e.g. AVX512-BF16 CPUs)."""
     normalize_obs: bool = False
     """Standardise each frame with running averages of the frames' mean and std (decay 0.9999, bias-corrected), as the classic PyTorch A3C does; the statistics are part of the agent and its checkpoints (agents/normalizer.py)."""
 
@@ -62,8 +62,8 @@ class AgentConfig:
             raise ValueError(f"unknown agent {self.agent!r}; choose 'lstm' or 'stm'")
         if self.encoder not in ENCODERS:
             raise ValueError(f"unknown encoder {self.encoder!r}; choose one of {sorted(ENCODERS)}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"unknown precision {self.precision!r}; choose one of {list(PRECISIONS)}")
+        if self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"unknown precision {self.precision!r}; choose 'fp32' or 'bf16'")
         for name in ("hidden_size", "stm_slots", "stm_item_size", "stm_rel_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
@@ -110,8 +110,7 @@ class ActorCritic(nn.Module):
         features = config.hidden_size
         if config.agent == "stm":
             self.stm = STM(config.hidden_size, config.hidden_size, d=config.stm_item_size,
-                           num_slots=config.stm_slots, rel_size=config.stm_rel_size, out_layernorm=True,
-                           low_precision_recurrence=config.precision == "bf16-recurrent")
+                               num_slots=config.stm_slots, rel_size=config.stm_rel_size, out_layernorm=True)
             features += config.hidden_size
         self.actor = nn.Linear(features, num_actions)
         self.critic = nn.Linear(features, 1)

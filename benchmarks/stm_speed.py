@@ -7,8 +7,6 @@ batched envs) and batch 128 (the supervised case), over 20 steps:
 - ``stm_rl``: :class:`stm_rl.STM` (factored transfer, readout batched over time).
 - ``stm_rl bf16``: the same under ``torch.autocast(bfloat16)`` (``--precision bf16`` of the agents:
   the recurrence in fp32, the readout in bf16); only with ``--bf16`` (needs native bf16 for sense).
-- ``stm_rl bf16-rec``: ``low_precision_recurrence=True`` under the same autocast (``--precision
-  bf16-recurrent``: the recurrence's matrix products in bf16 too); also with ``--bf16``.
 - ``straightforward``: the same parameters computed the way the authors' code does: SAM through a
   materialised B x N x N x d x d tensor, G1 applied to the materialised SAM output, G2/G3 every step.
 
@@ -65,13 +63,13 @@ def straightforward_step(cell: STMCell, x: torch.Tensor, state: STMState) -> tup
     return cell.readout(relational), STMState(item, relational)
 
 
-IMPLEMENTATIONS = ("straightforward", "stm_rl", "stm_rl bf16", "stm_rl bf16-rec")
+IMPLEMENTATIONS = ("straightforward", "stm_rl", "stm_rl bf16")
 
 
 def measure(impl: str, batch: int, repeats: int) -> dict:
     setup_compute_process(num_threads=1)  # both implementations get the same process set-up
     torch.manual_seed(0)
-    model = STM(INPUT, d=D, num_slots=N, rel_size=NR, low_precision_recurrence=impl == "stm_rl bf16-rec")
+    model = STM(INPUT, d=D, num_slots=N, rel_size=NR)
     with torch.no_grad():
         for i in (1, 2, 3):
             getattr(model.cell, f"alpha{i}").fill_(0.1)
@@ -80,7 +78,7 @@ def measure(impl: str, batch: int, repeats: int) -> dict:
     def forward():
         if impl == "stm_rl":
             y, _ = model(x)
-        elif impl in ("stm_rl bf16", "stm_rl bf16-rec"):
+        elif impl == "stm_rl bf16":
             with torch.autocast("cpu", dtype=torch.bfloat16):
                 y, _ = model(x)
             y = y.float()
@@ -138,8 +136,7 @@ def run_in_subprocess(impl: str, batch: int, repeats: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="batches 1 and 16 only")
-    parser.add_argument("--bf16", action="store_true",
-                        help="also measure the STM under bf16 autocast (with and without low_precision_recurrence)")
+    parser.add_argument("--bf16", action="store_true", help="also measure the STM under bf16 autocast")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:

@@ -11,6 +11,8 @@ import sys
 
 import torch
 
+from stm_rl.fp32_matmul import use_onednn_for_fp32_matmul
+
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
 
@@ -34,6 +36,8 @@ def keep_freed_memory_in_process(mmap_threshold: int = 256 << 20, trim_threshold
 
 
 def setup_compute_process(num_threads: int = 1) -> None:
-    """One torch thread (the cores are shared by the processes of a run) and malloc reuse."""
+    """One torch thread (the cores are shared by the processes of a run), malloc reuse, and fp32 matrix
+    products through oneDNN where it computes them in fp32 (:mod:`stm_rl.fp32_matmul`)."""
     torch.set_num_threads(num_threads)
     keep_freed_memory_in_process()
+    use_onednn_for_fp32_matmul()

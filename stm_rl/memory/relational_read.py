@@ -29,6 +29,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from stm_rl.fp32_matmul import mkl_matmul
+
 
 class MemoryGradientHandoff:
     """Carries the update's gradient for ``M_r_prev`` (``dM_r`` and alpha1) to the read's backward pass.
@@ -64,7 +66,8 @@ class _RelationalRead(torch.autograd.Function):
         ctx.handoff = handoff
         slot_weights, key = slot_weights.to(memory.dtype), key.to(memory.dtype)
         with torch.autocast(memory.device.type, enabled=False):  # explicit dtypes instead (module docstring)
-            mixed = (slot_weights.unsqueeze(1) @ memory.flatten(2)).view(batch, d, d)  # sum_n p_n M_r[n]
+            with mkl_matmul():  # a vector-matrix product: MKL's shape (stm_rl.fp32_matmul)
+                mixed = (slot_weights.unsqueeze(1) @ memory.flatten(2)).view(batch, d, d)  # sum_n p_n M_r[n]
             ctx.save_for_backward(memory, slot_weights, key, mixed)
             return (key.unsqueeze(1) @ mixed).squeeze(1)  # v_r = w^T mixed
 
@@ -85,7 +88,8 @@ class _RelationalRead(torch.autograd.Function):
                 grad_memory = update_grad * alpha.to(update_grad.dtype)
                 grad_memory.view(batch, n, d * d).addcmul_(slots, mix)
         if ctx.needs_input_grad[1]:  # d p_n = <M_r[n], d mixed>, as a row vector times M_r^T
-            grad_weights = (grad_mixed.view(batch, 1, d * d) @ memory.flatten(2).transpose(1, 2)).squeeze(1)
+            with mkl_matmul():
+                grad_weights = (grad_mixed.view(batch, 1, d * d) @ memory.flatten(2).transpose(1, 2)).squeeze(1)
             grad_weights = grad_weights.to(weights_dtype)
         if ctx.needs_input_grad[2]:  # d w = mixed d v_r
             grad_key = (mixed @ grad_read.unsqueeze(2)).squeeze(2).to(key_dtype)

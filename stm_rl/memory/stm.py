@@ -32,17 +32,11 @@ several times faster on CPUs with native bf16. Rounding inside the recurrence wo
 episode: with bf16 products there, the relational memory of the RL agent drifts from fp32 by about 4%
 within 5 steps; with the recurrence in fp32 by 0.04%, for about 15% more time per step at batch 16
 (issue 10; ``tests/test_precision.py`` holds the fp32 recurrence to that). The memories stay fp32 state.
-``low_precision_recurrence=True`` (the agents' ``--precision bf16-recurrent``) makes the other choice
-for the recurrence's three fp32 matrix products, the gates' ``gate_mem`` (``[B*d, d] x [d, 2d]``), SAM's
-projection and the factored transfer: under autocast they run in its dtype (fp32 products run at a
-quarter of bf16's rate on the AVX512-BF16 CPU this package is built on), their results are cast back,
-and the memories, the element-wise steps and the relational update and read stay fp32.
 """
 
 from __future__ import annotations
 
-import contextlib
-from typing import Callable, ContextManager, NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -100,8 +94,6 @@ class STMCell(nn.Module):
             back into SAM, alpha3 the transfer to item memory. A fixed 0 switches the corresponding
             path off and its layers are not created.
         out_layernorm: apply layer norm to o before the head (the authors' RL agent does).
-        low_precision_recurrence: under autocast, run the recurrence's matrix products in autocast's
-            dtype too (module docstring, "Mixed precision"); no effect outside autocast.
     """
 
     def __init__(
@@ -116,7 +108,6 @@ class STMCell(nn.Module):
         gated: bool = True,
         alphas: Sequence[AlphaSetting] = (None, None, None),
         out_layernorm: bool = False,
-        low_precision_recurrence: bool = False,
     ) -> None:
         super().__init__()
         _check_positive(input_size=input_size, d=d, num_slots=num_slots, rel_size=rel_size,
@@ -127,7 +118,6 @@ class STMCell(nn.Module):
         self.input_size, self.output_size = input_size, output_size
         self.d, self.num_slots, self.rel_size, self.attn_size = d, num_slots, rel_size, attn_size
         self.gated = gated
-        self.low_precision_recurrence = low_precision_recurrence
         self.fixed_alphas = {i: a for i, a in enumerate(alphas, start=1) if a is not None}
 
         for i, setting in enumerate(alphas, start=1):
@@ -228,21 +218,10 @@ class STMCell(nn.Module):
         small factors where ``M + alpha * (a (x) b)`` would save the ``d x d`` product for alpha's
         gradient. Runs in the parameters' dtype, also under autocast.
         """
-        products = self._recurrent_products()
         with self.full_precision():
-            return self._update_memory_projected(projected, state, products)
+            return self._update_memory_projected(projected, state)
 
-    def _recurrent_products(self) -> Callable[[], ContextManager]:
-        """The context of the recurrence's matrix products: autocast as found on entry with
-        ``low_precision_recurrence``, else nothing (the recurrence's own fp32)."""
-        device_type = self.initial_item.device.type
-        if self.low_precision_recurrence and torch.is_autocast_enabled(device_type):
-            dtype = torch.get_autocast_dtype(device_type)
-            return lambda: torch.autocast(device_type, dtype=dtype)
-        return contextlib.nullcontext
-
-    def _update_memory_projected(self, projected: "InputProjection", state: Optional[STMState],
-                                 products: Callable[[], ContextManager]) -> STMState:
+    def _update_memory_projected(self, projected: "InputProjection", state: Optional[STMState]) -> STMState:
         u, w, slot_logits, gate_from_input = projected
         if state is None:
             state = self.initial_state(u.shape[0])
@@ -251,9 +230,7 @@ class STMCell(nn.Module):
 
         if self.gated:  # 2-4. eq. 10 with the gates of Appendix D (biases already in gate_from_input)
             written = tanh(u.unsqueeze(2) * u.unsqueeze(1))  # X = tanh(u (x) u)
-            with products():
-                from_memory = self.gate_mem(tanh(item_prev))
-            gates = torch.sigmoid(from_memory.to(u.dtype) + gate_from_input.unsqueeze(1))
+            gates = torch.sigmoid(self.gate_mem(tanh(item_prev)) + gate_from_input.unsqueeze(1))
             input_gate, forget_gate = gates.chunk(2, dim=-1)
             item = torch.addcmul(input_gate * written, forget_gate, item_prev)  # M'
         else:  # eq. 9, the "w/o gates" ablation: M' = M_i + u (x) u
@@ -267,8 +244,7 @@ class STMCell(nn.Module):
             # M' + alpha2 * v_r (x) w as one rank-1 update; alpha2 scales the small factor w.
             sam_input = torch.baddbmm(item, read.unsqueeze(2), (self.alpha2 * w).unsqueeze(1))
 
-        with products():  # 6. eq. 12 (the layer norm inside returns fp32 under autocast too)
-            q, k, v = (t.to(u.dtype) for t in self.sam.queries_keys_values(sam_input))
+        q, k, v = self.sam.queries_keys_values(sam_input)  # 6. eq. 12
         # scores[j, n, a] = tanh(q_n[a] * k_j[a]), key-major so that both products below read it as is.
         scores = outer_product_scores(k, q, tanh).view(batch, n, n * d)  # [B, N(key), N(query)*d]
         # M_r = alpha1 * M_r_prev + A, A[n, a, c] = sum_j scores[j, n, a] v[j, c]: one [N*d, N] x [N, d]
@@ -277,8 +253,7 @@ class STMCell(nn.Module):
 
         if self.uses_transfer:  # 7. eq. 13: T[c, e] = sum_{n,a} W_G1[e, n*d + a] A[n, a, c] + b_G1[e]
             # Factored: T = sum_j v_j (x) H_j + b with H_j[e] = sum_{n,a} W_G1[e, n*d + a] scores[j, n, a].
-            with products():
-                per_key = (scores @ self.G1.weight.t()).to(u.dtype)  # H: [B, N(key), d]
+            per_key = scores @ self.G1.weight.t()  # H: [B, N(key), d]
             item = torch.baddbmm(item + self.alpha3 * self.G1.bias, v.transpose(1, 2), self.alpha3 * per_key)
         return STMState(item, relational)
 
