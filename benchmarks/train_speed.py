@@ -11,12 +11,15 @@ STM's rate over the LSTM's with the small encoder).
     python benchmarks/train_speed.py --configs stm-small lstm-small --envs-per-worker 1 4
     python benchmarks/train_speed.py --precision fp32 bf16   # both precisions in the same run
     python benchmarks/train_speed.py --configs stm-small --envs-per-worker 16 --gradient-pass replay acting
+    python benchmarks/train_speed.py --configs stm-small --fp32-matmul auto mkl   # oneDNN vs MKL fp32 products
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
+import os
 import time
 
 import numpy as np
@@ -28,6 +31,7 @@ from agents.precision import PRECISIONS
 from envs import EnvConfig, make_env, probe_action_count
 from stm_rl.a3c import A3CConfig, RunConfig, SharedAdam, TrainConfig
 from stm_rl.a3c.worker import FRAMES, AGENT_STEPS, WorkerContext, worker_main
+from stm_rl.fp32_matmul import CHOICE_VARIABLE, CHOICES
 
 
 def random_actions(rank: int, env_config: EnvConfig, counters: torch.Tensor, stop) -> None:
@@ -113,6 +117,8 @@ def main() -> None:
                         help="model precisions to measure (bf16 needs a CPU with native bf16)")
     parser.add_argument("--gradient-pass", nargs="+", choices=["auto", "acting", "replay"], default=["auto"],
                         help="where the workers take the gradients from (A3CConfig.gradient_pass)")
+    parser.add_argument("--fp32-matmul", nargs="+", choices=CHOICES, default=["auto"],
+                        help=f"library of the workers' fp32 matrix products ({CHOICE_VARIABLE}; stm_rl/fp32_matmul.py)")
     args = parser.parse_args()
     for precision in args.precision:
         try:  # refuse bf16 on a CPU without native bf16 before starting anything
@@ -122,41 +128,46 @@ def main() -> None:
 
     print(f"A3C throughput, {args.workers} workers, frame skip {args.frame_skip}, {args.seconds:.0f} s each "
           f"(torch {torch.__version__}, 1 thread per worker)")
-    print(f"{'configuration':<36} {'frames/s':>9} {'steps/s':>9} {'/ emulator':>11}")
+    print(f"{'configuration':<44} {'frames/s':>9} {'steps/s':>9} {'/ emulator':>11}")
     limits = {}
     for size in sorted({AgentConfig(encoder=c.split('-')[1]).obs_size for c in args.configs}):
         env = EnvConfig(frame_skip=args.frame_skip, obs_size=size)
         frames, steps = measure(random_actions, lambda r, c, s, e, env=env: (r, env, c, s), args.workers,
                                 args.warmup, args.seconds)
         limits[size] = frames
-        print(f"{f'emulator limit {size}x{size}':<36} {frames:>9.0f} {steps:>9.0f} {1.0:>11.2f}", flush=True)
+        print(f"{f'emulator limit {size}x{size}':<44} {frames:>9.0f} {steps:>9.0f} {1.0:>11.2f}", flush=True)
 
-    results = {}  # (configuration, precision, envs per worker) -> share of the emulator limit
+    results = {}  # (configuration, precision, envs per worker, gradient pass, fp32 matmul) -> share of the limit
     for name in args.configs:
         agent_kind, encoder = name.split("-")
         for precision in args.precision:
-            for envs_per_worker in args.envs_per_worker:
-                for gradient_pass in args.gradient_pass:
-                    agent = AgentConfig(agent=agent_kind, encoder=encoder, precision=precision)
-                    a3c = A3CConfig(envs_per_worker=envs_per_worker, gradient_pass=gradient_pass)
-                    config = TrainConfig(env=EnvConfig(frame_skip=args.frame_skip, obs_size=agent.obs_size),
-                                         agent=agent, a3c=a3c, run=RunConfig(workers=args.workers, frames=10**12))
-                    frames, steps = measure(worker_main, trainer_args(config), args.workers, args.warmup, args.seconds)
-                    results[(name, precision, envs_per_worker, gradient_pass)] = frames / limits[agent.obs_size]
-                    used = "acting" if a3c.keeps_acting_graph(agent) else "replay"
-                    label = f"{name} {precision} x{envs_per_worker} env, {used}"
-                    print(f"{label:<36} {frames:>9.0f} {steps:>9.0f} {frames / limits[agent.obs_size]:>11.2f}",
-                          flush=True)
+            for envs_per_worker, gradient_pass, library in itertools.product(
+                    args.envs_per_worker, args.gradient_pass, args.fp32_matmul):
+                os.environ[CHOICE_VARIABLE] = library  # the spawned workers read it (stm_rl.process)
+                agent = AgentConfig(agent=agent_kind, encoder=encoder, precision=precision)
+                a3c = A3CConfig(envs_per_worker=envs_per_worker, gradient_pass=gradient_pass)
+                config = TrainConfig(env=EnvConfig(frame_skip=args.frame_skip, obs_size=agent.obs_size),
+                                     agent=agent, a3c=a3c, run=RunConfig(workers=args.workers, frames=10**12))
+                frames, steps = measure(worker_main, trainer_args(config), args.workers, args.warmup, args.seconds)
+                share = frames / limits[agent.obs_size]
+                results[(name, precision, envs_per_worker, gradient_pass, library)] = share
+                used = "acting" if a3c.keeps_acting_graph(agent) else "replay"
+                label = f"{name} {precision} x{envs_per_worker} env, {used}"
+                if len(args.fp32_matmul) > 1:
+                    label += f", fp32 {library}"
+                print(f"{label:<44} {frames:>9.0f} {steps:>9.0f} {share:>11.2f}", flush=True)
 
     print("best envs per worker, share of the emulator limit (issue 10 targets: lstm-small >= 0.45, "
           "stm-small >= 0.20, lstm-paper >= 0.12, stm-paper >= 0.08; stm-small / lstm-small >= 0.5)")
     best = {}
     for name in args.configs:
         for precision in args.precision:
-            share, envs, gradient_pass = max((results[(name, precision, e, g)], e, g)
-                                             for e in args.envs_per_worker for g in args.gradient_pass)
+            share, envs, gradient_pass, library = max(
+                (results[(name, precision, e, g, m)], e, g, m)
+                for e, g, m in itertools.product(args.envs_per_worker, args.gradient_pass, args.fp32_matmul))
             best[(name, precision)] = share
-            print(f"  {name} {precision}: {share:.2f} (x{envs} env, gradient pass {gradient_pass})")
+            print(f"  {name} {precision}: {share:.2f} (x{envs} env, gradient pass {gradient_pass}, "
+                  f"fp32 products {library})")
     for precision in args.precision:
         for encoder in ("small", "paper"):
             lstm, stm = best.get((f"lstm-{encoder}", precision)), best.get((f"stm-{encoder}", precision))

@@ -17,6 +17,7 @@ from typing import Optional, Sequence
 from stm_rl import evaluate, plotting, sweep
 from stm_rl.a3c import train_command
 from stm_rl.conventions import run_command
+from stm_rl.fp32_matmul import requested_library
 from stm_rl.supervised import command as supervised_command
 
 COMMANDS = {"train": train_command, "sweep": sweep, "evaluate": evaluate, "plot": plotting,
@@ -36,7 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return run_command(f"stm-rl {args.command}", lambda: args.run(args))
+    def body() -> int:
+        requested_library()  # a bad STM_RL_FP32_MATMUL is refused here, not in every worker
+        return args.run(args)
+
+    return run_command(f"stm-rl {args.command}", body)
 
 
 def existing_dir(text: str) -> Path:

@@ -9,12 +9,15 @@ On CPUs with AVX512-BF16 but no AMX, oneDNN keeps fp32 arithmetic: the results a
 
 :func:`use_onednn_for_fp32_matmul` turns the setting on only where a probe shows exact fp32 arithmetic,
 so fp32 stays fp32 everywhere. :func:`mkl_matmul` switches it off around the few products oneDNN runs
-slower (matrix-vector shapes: the relational read's, and dot products), see ``benchmarks/stm_speed.py``.
+slower (matrix-vector shapes: the relational read's, and dot products). The environment variable
+``STM_RL_FP32_MATMUL=mkl`` keeps MKL in the processes that :func:`stm_rl.process.setup_compute_process`
+sets up (``auto``, the default, probes): ``benchmarks/train_speed.py --fp32-matmul auto mkl`` compares both.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Iterator
 
 import torch
@@ -39,6 +42,18 @@ def _products_are_fp32() -> bool:
         if any(not bool((r == exact).all()) for r in results):
             return False
     return True
+
+
+CHOICE_VARIABLE = "STM_RL_FP32_MATMUL"
+CHOICES = ("auto", "mkl")
+
+
+def requested_library() -> str:
+    """``STM_RL_FP32_MATMUL`` (``auto`` when unset); a one-line error naming the variable if it is neither."""
+    choice = os.environ.get(CHOICE_VARIABLE, "auto")
+    if choice not in CHOICES:
+        raise ValueError(f"{CHOICE_VARIABLE}={choice!r}: choose one of {list(CHOICES)}")
+    return choice
 
 
 def use_onednn_for_fp32_matmul() -> bool:
