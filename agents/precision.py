@@ -3,8 +3,9 @@
 ``bf16`` runs the model under :func:`torch.autocast` with ``torch.bfloat16``: matrix products and
 convolutions (the bulk of the work: the encoder and G2's readout of the relational memory) run in bf16,
 reductions such as layer norm and softmax stay in fp32 (autocast's own op lists), the LSTM and the STM's
-recurrence (eqs. 9-13) run in fp32, and the parameters, the optimizer and the losses stay in fp32. Only worth it where the hardware has
-native bf16 arithmetic: elsewhere bf16 products are emulated, often many times slower than fp32, so
+recurrence (eqs. 9-13) run in fp32, and the parameters, the optimizer and the losses stay in fp32. Only
+worth it where the hardware has native bf16 arithmetic: elsewhere bf16 products are emulated, often many
+times slower than fp32, so
 :func:`check_precision_supported` refuses them with a one-line message instead.
 """
 

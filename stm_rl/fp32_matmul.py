@@ -74,8 +74,14 @@ def use_onednn_for_fp32_matmul() -> bool:
     return True
 
 
+def choose_fp32_matmul_library() -> bool:
+    """What a compute process does at start: oneDNN per :func:`use_onednn_for_fp32_matmul` unless
+    ``STM_RL_FP32_MATMUL=mkl``. Returns whether fp32 products go to oneDNN."""
+    return requested_library() == "auto" and use_onednn_for_fp32_matmul()
+
+
 def onednn_fp32_matmul_enabled() -> bool:
-    """Whether fp32 matrix products currently go to oneDNN (for benchmark headers)."""
+    """Whether fp32 matrix products currently go to oneDNN."""
     return _onednn_setting_available() and torch.backends.mkldnn.matmul.fp32_precision == "bf16"
 
 

@@ -11,7 +11,7 @@ import sys
 
 import torch
 
-from stm_rl.fp32_matmul import requested_library, use_onednn_for_fp32_matmul
+from stm_rl.fp32_matmul import choose_fp32_matmul_library
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
@@ -40,5 +40,4 @@ def setup_compute_process(num_threads: int = 1) -> None:
     products through oneDNN where it computes them in fp32 (:mod:`stm_rl.fp32_matmul`)."""
     torch.set_num_threads(num_threads)
     keep_freed_memory_in_process()
-    if requested_library() == "auto":
-        use_onednn_for_fp32_matmul()
+    choose_fp32_matmul_library()

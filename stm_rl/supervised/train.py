@@ -33,7 +33,7 @@ from torch import nn
 from tqdm import tqdm
 
 from stm_rl.conventions import RunStatus
-from stm_rl.fp32_matmul import requested_library, use_onednn_for_fp32_matmul
+from stm_rl.fp32_matmul import choose_fp32_matmul_library
 from stm_rl.logger import MetricLogger
 from stm_rl.run_dir import (
     CheckpointError, JsonlWriter, RunDir, RunFailed, StmRlError, check_can_write, drop_records_after, load_checkpoint,
@@ -127,8 +127,7 @@ def train(config: SupervisedConfig, resume_from: Optional[dict[str, Any]] = None
     config = with_default_run_dir(config)
     if config.run.threads is not None:
         torch.set_num_threads(config.run.threads)
-    if requested_library() == "auto":
-        use_onednn_for_fp32_matmul()  # fp32 products, faster where oneDNN keeps them fp32 (stm_rl/fp32_matmul.py)
+    choose_fp32_matmul_library()  # fp32 products, faster where oneDNN keeps them fp32 (stm_rl/fp32_matmul.py)
     if config.run.device.startswith("cuda") and not torch.cuda.is_available():
         raise StmRlError("--device cuda given but CUDA is not available")
     layout = RunDir(config.run.run_dir)
