@@ -12,6 +12,7 @@ STM's rate over the LSTM's with the small encoder).
     python benchmarks/train_speed.py --precision fp32 bf16   # both precisions in the same run
     python benchmarks/train_speed.py --configs stm-small --envs-per-worker 16 --gradient-pass replay acting
     python benchmarks/train_speed.py --configs stm-small --fp32-matmul auto mkl   # oneDNN vs MKL fp32 products
+    python benchmarks/train_speed.py --configs stm-small --fused-kernels auto off  # fused STM kernels or not
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from envs import EnvConfig, make_env, probe_action_count
 from stm_rl.a3c import A3CConfig, RunConfig, SharedAdam, TrainConfig
 from stm_rl.a3c.worker import FRAMES, AGENT_STEPS, WorkerContext, worker_main
 from stm_rl.fp32_matmul import CHOICE_VARIABLE, CHOICES
+from stm_rl.memory.fused_kernels import SETTING_VARIABLE as FUSED_VARIABLE, SETTINGS as FUSED_SETTINGS
 
 
 def random_actions(rank: int, env_config: EnvConfig, counters: torch.Tensor, stop) -> None:
@@ -119,6 +121,9 @@ def main() -> None:
                         help="where the workers take the gradients from (A3CConfig.gradient_pass)")
     parser.add_argument("--fp32-matmul", nargs="+", choices=CHOICES, default=["auto"],
                         help=f"library of the workers' fp32 matrix products ({CHOICE_VARIABLE}; stm_rl/fp32_matmul.py)")
+    parser.add_argument("--fused-kernels", nargs="+", choices=FUSED_SETTINGS, default=["auto"],
+                        help=f"the STM's fused CPU kernels in the workers ({FUSED_VARIABLE}; "
+                             "stm_rl/memory/fused_kernels.py)")
     args = parser.parse_args()
     for precision in args.precision:
         try:  # refuse bf16 on a CPU without native bf16 before starting anything
@@ -137,24 +142,29 @@ def main() -> None:
         limits[size] = frames
         print(f"{f'emulator limit {size}x{size}':<44} {frames:>9.0f} {steps:>9.0f} {1.0:>11.2f}", flush=True)
 
-    results = {}  # (configuration, precision, envs per worker, gradient pass, fp32 matmul) -> share of the limit
+    results = {}  # (configuration, precision, variant) -> share of the limit
+    # variant: envs per worker, gradient pass, fp32 product library, fused kernels
+    variants = list(itertools.product(args.envs_per_worker, args.gradient_pass, args.fp32_matmul, args.fused_kernels))
     for name in args.configs:
         agent_kind, encoder = name.split("-")
         for precision in args.precision:
-            for envs_per_worker, gradient_pass, library in itertools.product(
-                    args.envs_per_worker, args.gradient_pass, args.fp32_matmul):
-                os.environ[CHOICE_VARIABLE] = library  # the spawned workers read it (stm_rl.process)
+            for variant in variants:
+                envs_per_worker, gradient_pass, library, fused = variant
+                os.environ[CHOICE_VARIABLE] = library  # the spawned workers read both (stm_rl.process)
+                os.environ[FUSED_VARIABLE] = fused
                 agent = AgentConfig(agent=agent_kind, encoder=encoder, precision=precision)
                 a3c = A3CConfig(envs_per_worker=envs_per_worker, gradient_pass=gradient_pass)
                 config = TrainConfig(env=EnvConfig(frame_skip=args.frame_skip, obs_size=agent.obs_size),
                                      agent=agent, a3c=a3c, run=RunConfig(workers=args.workers, frames=10**12))
                 frames, steps = measure(worker_main, trainer_args(config), args.workers, args.warmup, args.seconds)
                 share = frames / limits[agent.obs_size]
-                results[(name, precision, envs_per_worker, gradient_pass, library)] = share
+                results[(name, precision, variant)] = share
                 used = "acting" if a3c.keeps_acting_graph(agent) else "replay"
                 label = f"{name} {precision} x{envs_per_worker} env, {used}"
                 if len(args.fp32_matmul) > 1:
                     label += f", fp32 {library}"
+                if len(args.fused_kernels) > 1:
+                    label += f", fused {fused}"
                 print(f"{label:<44} {frames:>9.0f} {steps:>9.0f} {share:>11.2f}", flush=True)
 
     print("best envs per worker, share of the emulator limit (issue 10 targets: lstm-small >= 0.45, "
@@ -162,12 +172,10 @@ def main() -> None:
     best = {}
     for name in args.configs:
         for precision in args.precision:
-            share, envs, gradient_pass, library = max(
-                (results[(name, precision, e, g, m)], e, g, m)
-                for e, g, m in itertools.product(args.envs_per_worker, args.gradient_pass, args.fp32_matmul))
+            share, (envs, gradient_pass, library, fused) = max((results[(name, precision, v)], v) for v in variants)
             best[(name, precision)] = share
             print(f"  {name} {precision}: {share:.2f} (x{envs} env, gradient pass {gradient_pass}, "
-                  f"fp32 products {library})")
+                  f"fp32 products {library}, fused kernels {fused})")
     for precision in args.precision:
         for encoder in ("small", "paper"):
             lstm, stm = best.get((f"lstm-{encoder}", precision)), best.get((f"stm-{encoder}", precision))

@@ -18,6 +18,7 @@ from stm_rl import evaluate, plotting, sweep
 from stm_rl.a3c import train_command
 from stm_rl.conventions import run_command
 from stm_rl.fp32_matmul import requested_library
+from stm_rl.memory.fused_kernels import fused_kernels_setting
 from stm_rl.supervised import command as supervised_command
 
 COMMANDS = {"train": train_command, "sweep": sweep, "evaluate": evaluate, "plot": plotting,
@@ -38,7 +39,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     def body() -> int:
-        requested_library()  # a bad STM_RL_FP32_MATMUL is refused here, not in every worker
+        requested_library()  # a bad STM_RL_FP32_MATMUL or STM_RL_FUSED_KERNELS is refused here, not in every worker
+        fused_kernels_setting()
         return args.run(args)
 
     return run_command(f"stm-rl {args.command}", body)

@@ -323,17 +323,17 @@ def test_read_and_update_return_one_gradient_for_the_memory_they_share():
         values = read.unsqueeze(1).expand(2, 3, 4) * torch.arange(1.0, 4.0).view(1, 3, 1)
         return relational_update(memory, alpha, scores, values, handoff)
 
-    handoffs = [MemoryGradientHandoff(), None]
+    handoffs = [MemoryGradientHandoff(alpha), None]
     grads = []
     for handoff in handoffs:
         out = step(memory, p, w, alpha, handoff)
         grads.append(torch.autograd.grad(out.square().sum(), (memory, p, w, alpha)))
     for with_handoff, separate in zip(*grads):
         torch.testing.assert_close(with_handoff, separate)
-    assert handoffs[0].grad is None and handoffs[0].alpha is None, "the handoff keeps nothing after the backward"
-    assert torch.autograd.gradcheck(lambda *args: step(*args, MemoryGradientHandoff()), (memory, p, w, alpha))
+    assert handoffs[0].grad is None and handoffs[0].grad_copy is None, "the handoff keeps nothing after the backward"
+    assert torch.autograd.gradcheck(lambda *args: step(*args, MemoryGradientHandoff(args[-1])), (memory, p, w, alpha))
     base = torch.randn(3, 4, 4, requires_grad=True)  # the learned initial memory, expanded over the batch
-    assert torch.autograd.gradcheck(lambda b, *args: step(b.expand(2, 3, 4, 4), *args, MemoryGradientHandoff()),
+    assert torch.autograd.gradcheck(lambda b, *args: step(b.expand(2, 3, 4, 4), *args, MemoryGradientHandoff(args[-1])),
                                     (base, p, w, alpha))
 
 

@@ -45,6 +45,7 @@ from stm_rl.a3c.worker import AGENT_STEPS, FRAMES, UPDATES, WorkerContext, worke
 from stm_rl.config_cli import format_count
 from stm_rl.conventions import RunStatus
 from stm_rl.logger import MetricLogger
+from stm_rl.memory.fused_kernels import prepare_fused_kernels
 from stm_rl.run_dir import (CheckpointError, JsonlWriter, RunDir, StmRlError, describe_os_error, read_jsonl,
                             repair_jsonl, truncate_jsonl, write_config, write_json_atomic)
 
@@ -174,6 +175,8 @@ class Trainer:
             failure = self._save("latest")
             if failure:
                 return self._finish(RunStatus.FAILED, failure)
+        if config.agent.agent == "stm":
+            prepare_fused_kernels()  # built once here (about a second), loaded by every worker
         ctx = mp.get_context("spawn")
         worker_counters = torch.zeros(config.run.workers, 3, dtype=torch.int64).share_memory_()
         stop, events = ctx.Event(), ctx.Queue()

@@ -30,70 +30,102 @@ import torch
 from torch import Tensor
 
 from stm_rl.fp32_matmul import mkl_matmul
+from stm_rl.memory.fused_kernels import fused_kernels_for
 
 
 class MemoryGradientHandoff:
-    """Carries the update's gradient for ``M_r_prev`` (``dM_r`` and alpha1) to the read's backward pass.
+    """Carries the update's gradient ``dM_r`` to the read's backward, which forms the gradients of
+    ``M_r_prev`` and alpha1 from it.
 
-    Made by the cell for one step and given to both :func:`relational_read` and
-    :func:`~stm_rl.memory.relational_update.relational_update` of that step, which must read the same
-    ``M_r_prev``; the update's output must depend on the read's (it does through SAM), so that the
-    update's backward runs first. Holds nothing between backward passes.
+    Made by the cell for one step with that step's alpha1 and given to both :func:`relational_read` and
+    :func:`~stm_rl.memory.relational_update.relational_update`, which must read the same ``M_r_prev``;
+    the update's output must depend on the read's (it does through SAM), so that the update's backward
+    runs first. ``dM_r`` is kept as the update's two output gradients (the fp32 one and the readout
+    copy's bf16 one, either may be None), summed where they are read. Holds nothing between backward
+    passes.
     """
 
-    __slots__ = ("grad", "alpha")
+    __slots__ = ("alpha", "grad", "grad_copy")
 
-    def __init__(self) -> None:
+    def __init__(self, alpha: Tensor) -> None:
+        self.alpha = alpha
         self.grad: Optional[Tensor] = None
-        self.alpha: Optional[Tensor] = None
+        self.grad_copy: Optional[Tensor] = None
 
-    def leave(self, grad: Tensor, alpha: Tensor) -> None:
-        """The update's backward: ``M_r_prev`` gets ``alpha * grad`` (added by the read's backward)."""
-        self.grad, self.alpha = grad, alpha
+    def leave(self, grad: Optional[Tensor], grad_copy: Optional[Tensor]) -> None:
+        """The update's backward: ``dM_r = grad + grad_copy`` for the read's backward to use."""
+        self.grad, self.grad_copy = grad, grad_copy
 
     def take(self) -> tuple[Optional[Tensor], Optional[Tensor]]:
-        grad, alpha = self.grad, self.alpha
-        self.grad = self.alpha = None
-        return grad, alpha
+        grads = self.grad, self.grad_copy
+        self.grad = self.grad_copy = None
+        return grads
 
 
 class _RelationalRead(torch.autograd.Function):
     @staticmethod
     def forward(ctx, memory: Tensor, slot_weights: Tensor, key: Tensor,
-                handoff: Optional[MemoryGradientHandoff]) -> Tensor:
+                handoff: Optional[MemoryGradientHandoff], alpha: Optional[Tensor]) -> Tensor:
         batch, n, d, _ = memory.shape
-        ctx.input_dtypes = (slot_weights.dtype, key.dtype)
+        ctx.input_dtypes = (slot_weights.dtype, key.dtype, None if alpha is None else alpha.dtype)
         ctx.handoff = handoff
-        slot_weights, key = slot_weights.to(memory.dtype), key.to(memory.dtype)
+        ctx.kernels = fused_kernels_for(memory)
+        slot_weights, key = slot_weights.to(memory.dtype).contiguous(), key.to(memory.dtype)
+        alpha = memory.new_zeros(()) if alpha is None else alpha.to(memory.dtype)
         with torch.autocast(memory.device.type, enabled=False):  # explicit dtypes instead (module docstring)
             with mkl_matmul():  # a vector-matrix product: MKL's shape (stm_rl.fp32_matmul)
                 mixed = (slot_weights.unsqueeze(1) @ memory.flatten(2)).view(batch, d, d)  # sum_n p_n M_r[n]
-            ctx.save_for_backward(memory, slot_weights, key, mixed)
+            ctx.save_for_backward(memory, slot_weights, key, mixed, alpha)
             return (key.unsqueeze(1) @ mixed).squeeze(1)  # v_r = w^T mixed
 
     @staticmethod
     def backward(ctx, grad_read: Tensor):
-        memory, slot_weights, key, mixed = ctx.saved_tensors
+        memory, slot_weights, key, mixed, alpha = ctx.saved_tensors
         batch, n, d, _ = memory.shape
         grad_read = grad_read.to(memory.dtype)
-        weights_dtype, key_dtype = ctx.input_dtypes
-        grad_memory = grad_weights = grad_key = None
-        grad_mixed = key.unsqueeze(2) * grad_read.unsqueeze(1)  # w (x) d v_r: [B, d, d]
-        if ctx.needs_input_grad[0]:  # p_n * d mixed for every slot (+ the update's alpha1 * dM_r)
-            update_grad, alpha = ctx.handoff.take() if ctx.handoff is not None else (None, None)
-            slots, mix = slot_weights.unsqueeze(2), grad_mixed.view(batch, 1, d * d)
-            if update_grad is None:
-                grad_memory = (slots * mix).view(batch, n, d, d)
-            else:  # one new tensor: alpha1 * dM_r, then p (x) d mixed added in place
-                grad_memory = update_grad * alpha.to(update_grad.dtype)
-                grad_memory.view(batch, n, d * d).addcmul_(slots, mix)
-        if ctx.needs_input_grad[1]:  # d p_n = <M_r[n], d mixed>, as a row vector times M_r^T
-            with mkl_matmul():
-                grad_weights = (grad_mixed.view(batch, 1, d * d) @ memory.flatten(2).transpose(1, 2)).squeeze(1)
-            grad_weights = grad_weights.to(weights_dtype)
+        weights_dtype, key_dtype, alpha_dtype = ctx.input_dtypes
+        grad_memory = grad_weights = grad_key = grad_alpha = None
+        grad_mixed = (key.unsqueeze(2) * grad_read.unsqueeze(1)).contiguous()  # w (x) d v_r: [B, d, d]
+        update_grad, update_grad_copy = ctx.handoff.take() if ctx.handoff is not None else (None, None)
+        need_alpha = ctx.needs_input_grad[4] and (update_grad is not None or update_grad_copy is not None)
+        if ctx.kernels is not None:  # everything that reads M_r_prev or dM_r, in one pass
+            grad_memory, grad_weights, grad_alpha = ctx.kernels.memory_backward(
+                update_grad, update_grad_copy, memory, alpha, slot_weights, grad_mixed,
+                ctx.needs_input_grad[0], ctx.needs_input_grad[1], need_alpha)
+        else:
+            if update_grad_copy is not None:
+                update_grad = update_grad_copy.to(memory.dtype) + (0 if update_grad is None else update_grad)
+            if ctx.needs_input_grad[0]:  # p_n * d mixed for every slot (+ the update's alpha1 * dM_r)
+                slots, mix = slot_weights.unsqueeze(2), grad_mixed.view(batch, 1, d * d)
+                if update_grad is None:
+                    grad_memory = (slots * mix).view(batch, n, d, d)
+                else:  # one new tensor: alpha1 * dM_r, then p (x) d mixed added in place
+                    grad_memory = update_grad * alpha
+                    grad_memory.view(batch, n, d * d).addcmul_(slots, mix)
+            if ctx.needs_input_grad[1]:  # d p_n = <M_r[n], d mixed>, as a row vector times M_r^T
+                with mkl_matmul():
+                    grad_weights = (grad_mixed.view(batch, 1, d * d) @ memory.flatten(2).transpose(1, 2)).squeeze(1)
+            if need_alpha:
+                grad_alpha = memory_dot(update_grad, memory)
         if ctx.needs_input_grad[2]:  # d w = mixed d v_r
             grad_key = (mixed @ grad_read.unsqueeze(2)).squeeze(2).to(key_dtype)
-        return grad_memory, grad_weights, grad_key, None
+        grad_weights = None if grad_weights is None else grad_weights.to(weights_dtype)
+        grad_alpha = None if grad_alpha is None else grad_alpha.to(alpha_dtype)
+        return grad_memory, grad_weights, grad_key, None, grad_alpha
+
+
+def memory_dot(grad: Tensor, memory: Tensor) -> Tensor:
+    """``<dM_r, M_r_prev>`` (alpha1's gradient; ``memory`` may be expanded over the batch), 0-dimensional."""
+    return _dot(grad.reshape(-1), memory.expand_as(grad).reshape(-1))
+
+
+def _dot(a: Tensor, b: Tensor) -> Tensor:
+    """``sum_i a_i b_i`` of two flat tensors: BLAS dot in fp32/fp64; for bf16/fp16 (whose BLAS dot is not
+    vectorised) a multiply and an fp32-accumulated sum. A ``[1, L] x [L, 1]`` product is ~9x slower."""
+    if a.dtype in (torch.float32, torch.float64):
+        with mkl_matmul():  # oneDNN runs a dot product as a [1, L] x [L, 1] product, ~5x slower
+            return torch.dot(a, b)
+    return (a * b).sum(dtype=torch.float32)
 
 
 def relational_read(memory: Tensor, slot_weights: Tensor, key: Tensor,
@@ -101,6 +133,7 @@ def relational_read(memory: Tensor, slot_weights: Tensor, key: Tensor,
     """``v_r`` (``[B, d]``) from ``M_r`` (``[B, N, d, d]``), slot weights p (``[B, N]``) and key w (``[B, d]``).
 
     ``handoff``: shared with the same step's :func:`~stm_rl.memory.relational_update.relational_update`
-    (module docstring); its gradient for ``memory`` is then returned here, summed with this one.
+    (module docstring); the gradients of ``memory`` and of the handoff's alpha1 for both functions are
+    then returned here.
     """
-    return _RelationalRead.apply(memory, slot_weights, key, handoff)
+    return _RelationalRead.apply(memory, slot_weights, key, handoff, None if handoff is None else handoff.alpha)

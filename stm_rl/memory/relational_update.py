@@ -23,53 +23,68 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from stm_rl.fp32_matmul import mkl_matmul
-from stm_rl.memory.relational_read import MemoryGradientHandoff
+from stm_rl.memory.fused_kernels import fused_kernels_for
+from stm_rl.memory.relational_read import MemoryGradientHandoff, memory_dot
 
 
 class _RelationalUpdate(torch.autograd.Function):
     @staticmethod
     def forward(ctx, memory: Tensor, alpha: Tensor, scores: Tensor, values: Tensor,
-                handoff: Optional[MemoryGradientHandoff]) -> Tensor:
-        batch, n, d, _ = memory.shape
+                handoff: Optional[MemoryGradientHandoff], bf16_copy: bool):
+        ctx.set_materialize_grads(False)  # the bf16 copy's gradient is None where the copy is not read
         ctx.handoff = handoff
         ctx.input_dtypes = (alpha.dtype, scores.dtype, values.dtype)
-        alpha, scores, values = (t.to(memory.dtype) for t in (alpha, scores, values))
+        alpha, scores, values = (t.to(memory.dtype).contiguous() for t in (alpha, scores, values))
+        ctx.kernels = kernels = fused_kernels_for(memory)
+        copy = None
         with torch.autocast(memory.device.type, enabled=False):
-            updated = memory * alpha
-            updated.view(batch, n * d, d).baddbmm_(scores.transpose(1, 2), values)
+            if kernels is not None:  # one pass, the bf16 copy made from the same registers
+                updated, copy = kernels.update_forward(memory, alpha, scores, values, bf16_copy)
+            else:
+                batch, n, d, _ = memory.shape
+                updated = memory * alpha
+                updated.view(batch, n * d, d).baddbmm_(scores.transpose(1, 2), values)
         ctx.save_for_backward(memory, alpha, scores, values)
-        return updated
+        return updated, copy
 
     @staticmethod
-    def backward(ctx, grad: Tensor):
+    def backward(ctx, grad: Optional[Tensor], grad_copy: Optional[Tensor]):
+        if grad is None and grad_copy is None:  # neither output is used (no gradient flows)
+            return None, None, None, None, None, None
         memory, alpha, scores, values = ctx.saved_tensors
-        batch, n, d, _ = memory.shape
         alpha_dtype, scores_dtype, values_dtype = ctx.input_dtypes
-        grad = grad.to(memory.dtype).contiguous()
-        flat_grad = grad.view(batch, n * d, d)
         grad_memory = grad_alpha = grad_scores = grad_values = None
-        if ctx.needs_input_grad[0]:
-            if ctx.handoff is not None:  # alpha1 * dM_r is formed by the read's backward, with its own term
-                ctx.handoff.leave(grad, alpha)
-            else:
+        grad = None if grad is None else grad.to(memory.dtype).contiguous()
+        grad_copy = None if grad_copy is None else grad_copy.contiguous()
+        if ctx.kernels is not None:  # dM_r = grad + grad_copy, read once for both products
+            grad_scores, grad_values = ctx.kernels.update_backward(
+                grad, grad_copy, scores, values, ctx.needs_input_grad[2], ctx.needs_input_grad[3])
+        else:
+            if grad_copy is not None:
+                grad = grad_copy.to(memory.dtype) if grad is None else grad + grad_copy.to(memory.dtype)
+            batch, n, d, _ = memory.shape
+            flat_grad = grad.view(batch, n * d, d)
+            if ctx.needs_input_grad[2]:  # d scores = V dA^T: [N, d] x [d, N*d] per sample
+                grad_scores = torch.bmm(values, flat_grad.transpose(1, 2))
+            if ctx.needs_input_grad[3]:  # d V = scores dA: [N, N*d] x [N*d, d] per sample
+                grad_values = torch.bmm(scores, flat_grad)
+            grad_copy = None
+        if ctx.handoff is not None:  # M_r_prev's and alpha1's gradients are formed by the read's backward
+            ctx.handoff.leave(grad, grad_copy)
+        elif ctx.kernels is not None:
+            grad_memory, _, grad_alpha = ctx.kernels.memory_backward(
+                grad, grad_copy, memory, alpha, None, None, ctx.needs_input_grad[0], False, ctx.needs_input_grad[1])
+        else:
+            if ctx.needs_input_grad[0]:
                 grad_memory = grad * alpha
-        if ctx.needs_input_grad[1]:  # <dM_r, M_r_prev>; M_r_prev may be expanded over the batch
-            grad_alpha = _dot(grad.view(-1), memory.expand_as(grad).reshape(-1)).reshape(alpha.shape).to(alpha_dtype)
-        if ctx.needs_input_grad[2]:  # d scores = V dA^T: [N, d] x [d, N*d] per sample
-            grad_scores = torch.bmm(values, flat_grad.transpose(1, 2)).to(scores_dtype)
-        if ctx.needs_input_grad[3]:  # d V = scores dA: [N, N*d] x [N*d, d] per sample
-            grad_values = torch.bmm(scores, flat_grad).to(values_dtype)
-        return grad_memory, grad_alpha, grad_scores, grad_values, None
+            if ctx.needs_input_grad[1]:
+                grad_alpha = memory_dot(grad, memory)
+        return (grad_memory, _cast(grad_alpha, alpha_dtype), _cast(grad_scores, scores_dtype),
+                _cast(grad_values, values_dtype), None, None)
 
 
-def _dot(a: Tensor, b: Tensor) -> Tensor:
-    """``sum_i a_i b_i`` of two flat tensors: BLAS dot in fp32/fp64; for bf16/fp16 (whose BLAS dot is not
-    vectorised) a multiply and an fp32-accumulated sum. A ``[1, L] x [L, 1]`` product is ~9x slower."""
-    if a.dtype in (torch.float32, torch.float64):
-        with mkl_matmul():  # oneDNN runs a dot product as a [1, L] x [L, 1] product, ~5x slower
-            return torch.dot(a, b)
-    return (a * b).sum(dtype=torch.float32)
+def _cast(tensor: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
+    return None if tensor is None else tensor.to(dtype)
 
 
 def relational_update(memory: Tensor, alpha: Tensor, scores: Tensor, values: Tensor,
@@ -81,9 +96,20 @@ def relational_update(memory: Tensor, alpha: Tensor, scores: Tensor, values: Ten
         alpha: alpha1, a 0-dimensional tensor.
         scores: ``[B, N(key), N*d]``, entry ``[j, n*d + a] = tanh(q_n[a] * k_j[a])``.
         values: ``[B, N, d]``.
-        handoff: shared with the same step's relational read of ``memory``, which then returns
-            ``memory``'s gradient for both (module docstring).
+        handoff: shared with the same step's relational read of ``memory``, which then returns the
+            gradients of ``memory`` and ``alpha`` (module docstring); made with this ``alpha``.
     """
+    return relational_update_with_copy(memory, alpha, scores, values, handoff)[0]
+
+
+def relational_update_with_copy(memory: Tensor, alpha: Tensor, scores: Tensor, values: Tensor,
+                                handoff: Optional[MemoryGradientHandoff] = None,
+                                bf16_copy: bool = False) -> tuple[Tensor, Optional[Tensor]]:
+    """:func:`relational_update` and, with ``bf16_copy`` where the fused kernels run, a bf16 copy of the
+    result made in the same pass (else None): the readout's input under bf16 autocast, whose gradient is
+    then added to the result's inside the update's backward pass instead of by a separate cast and sum."""
     if alpha.dim() != 0:
         raise ValueError(f"relational_update expects a 0-dimensional alpha, got shape {list(alpha.shape)}")
-    return _RelationalUpdate.apply(memory, alpha, scores, values, handoff)
+    if handoff is not None and handoff.alpha is not alpha:
+        raise ValueError("relational_update: the handoff must be made with the same alpha")
+    return _RelationalUpdate.apply(memory, alpha, scores, values, handoff, bf16_copy and memory.dtype == torch.float32)

@@ -44,7 +44,7 @@ from torch import Tensor, nn
 from stm_rl.memory.activations import tanh
 from stm_rl.memory.attention import SAM, _check_positive, outer_product_scores
 from stm_rl.memory.relational_read import MemoryGradientHandoff, relational_read
-from stm_rl.memory.relational_update import relational_update
+from stm_rl.memory.relational_update import relational_update_with_copy
 
 AlphaSetting = Optional[float]
 
@@ -177,14 +177,18 @@ class STMCell(nn.Module):
 
     def forward(self, x: Tensor, state: Optional[STMState] = None) -> tuple[Tensor, STMState]:
         """One step: ``x`` is ``[B, input_size]``; returns ``y`` (``[B, output_width]``) and the new state."""
-        state = self.update_memory(x, state)
-        return self.readout(state.relational), state
+        self._check_input(x)
+        state, readout_input = self.step_projected(self.project_input(x), state)
+        return self.readout(readout_input), state
 
     def update_memory(self, x: Tensor, state: Optional[STMState] = None) -> STMState:
         """Spec steps 1-7 (eqs. 9-13): write x into the item memory, then rebuild the relational memory."""
+        self._check_input(x)
+        return self.update_memory_projected(self.project_input(x), state)
+
+    def _check_input(self, x: Tensor) -> None:
         if x.dim() != 2 or x.shape[1] != self.input_size:
             raise ValueError(f"STMCell expects input of shape [B, {self.input_size}], got {list(x.shape)}")
-        return self.update_memory_projected(self.project_input(x), state)
 
     def full_precision(self):
         """The context of the recurrence: autocast off (see the module's docstring, "Mixed precision")."""
@@ -218,10 +222,23 @@ class STMCell(nn.Module):
         small factors where ``M + alpha * (a (x) b)`` would save the ``d x d`` product for alpha's
         gradient. Runs in the parameters' dtype, also under autocast.
         """
-        with self.full_precision():
-            return self._update_memory_projected(projected, state)
+        return self.step_projected(projected, state)[0]
 
-    def _update_memory_projected(self, projected: "InputProjection", state: Optional[STMState]) -> STMState:
+    def step_projected(self, projected: "InputProjection",
+                       state: Optional[STMState] = None) -> tuple[STMState, Tensor]:
+        """:meth:`update_memory_projected`, and the relational memory as :meth:`readout` should take it.
+
+        Under bf16 autocast on CPU the fused kernels (:mod:`stm_rl.memory.fused_kernels`) write ``M_r``'s
+        bf16 copy while they compute it; the readout then uses the copy (same values as autocast's cast)
+        and its gradient joins ``M_r``'s inside the update's backward. Elsewhere it is ``M_r`` itself.
+        """
+        device = self.initial_item.device.type
+        bf16_readout = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16
+        with self.full_precision():
+            return self._step_projected(projected, state, bf16_readout)
+
+    def _step_projected(self, projected: "InputProjection", state: Optional[STMState],
+                        bf16_readout: bool) -> tuple[STMState, Tensor]:
         u, w, slot_logits, gate_from_input = projected
         if state is None:
             state = self.initial_state(u.shape[0])
@@ -239,7 +256,7 @@ class STMCell(nn.Module):
         sam_input, handoff = item, None
         if self.uses_relational_read:  # 5. eq. 11
             slot_weights = torch.softmax(slot_logits, dim=-1)  # p over the N slots
-            handoff = MemoryGradientHandoff()  # one gradient for M_r_prev from the read and the update below
+            handoff = MemoryGradientHandoff(self.alpha1)  # the read forms M_r_prev's and alpha1's gradients
             read = relational_read(rel_prev, slot_weights, w, handoff)  # v_r: [B, d], slots mixed first
             # M' + alpha2 * v_r (x) w as one rank-1 update; alpha2 scales the small factor w.
             sam_input = torch.baddbmm(item, read.unsqueeze(2), (self.alpha2 * w).unsqueeze(1))
@@ -249,13 +266,13 @@ class STMCell(nn.Module):
         scores = outer_product_scores(k, q, tanh).view(batch, n, n * d)  # [B, N(key), N(query)*d]
         # M_r = alpha1 * M_r_prev + A, A[n, a, c] = sum_j scores[j, n, a] v[j, c]: one [N*d, N] x [N, d]
         # product per sample accumulated into one new tensor (alpha1 is a buffer at 0 where fixed so).
-        relational = relational_update(rel_prev, self.alpha1, scores, v, handoff)
+        relational, readout_copy = relational_update_with_copy(rel_prev, self.alpha1, scores, v, handoff, bf16_readout)
 
         if self.uses_transfer:  # 7. eq. 13: T[c, e] = sum_{n,a} W_G1[e, n*d + a] A[n, a, c] + b_G1[e]
             # Factored: T = sum_j v_j (x) H_j + b with H_j[e] = sum_{n,a} W_G1[e, n*d + a] scores[j, n, a].
             per_key = scores @ self.G1.weight.t()  # H: [B, N(key), d]
             item = torch.baddbmm(item + self.alpha3 * self.G1.bias, v.transpose(1, 2), self.alpha3 * per_key)
-        return STMState(item, relational)
+        return STMState(item, relational), relational if readout_copy is None else readout_copy
 
     def readout(self, relational: Tensor) -> Tensor:
         """Spec steps 8-9 (eq. 14 and the optional head) for relational memories ``[..., N, d, d]``."""
@@ -314,8 +331,8 @@ class STM(nn.Module):
             if resets[t]:
                 state = self.cell.reset_state(state, episode_start[:, t])
             step_input = InputProjection(*(p[t] for p in per_step))
-            state = self.cell.update_memory_projected(step_input, state)
-            pending.append(state.relational)
+            state, readout_input = self.cell.step_projected(step_input, state)
+            pending.append(readout_input)
             if len(pending) == chunk or t == steps - 1:
                 stacked = pending[0].unsqueeze(1) if len(pending) == 1 else torch.stack(pending, dim=1)
                 outputs.append(self.cell.readout(stacked))

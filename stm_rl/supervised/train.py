@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from stm_rl.conventions import RunStatus
 from stm_rl.fp32_matmul import choose_fp32_matmul_library
+from stm_rl.memory.fused_kernels import fused_kernels_setting
 from stm_rl.logger import MetricLogger
 from stm_rl.run_dir import (
     CheckpointError, JsonlWriter, RunDir, RunFailed, StmRlError, check_can_write, drop_records_after, load_checkpoint,
@@ -128,6 +129,7 @@ def train(config: SupervisedConfig, resume_from: Optional[dict[str, Any]] = None
     if config.run.threads is not None:
         torch.set_num_threads(config.run.threads)
     choose_fp32_matmul_library()  # fp32 products, faster where oneDNN keeps them fp32 (stm_rl/fp32_matmul.py)
+    fused_kernels_setting()  # a bad STM_RL_FUSED_KERNELS is refused before anything starts
     if config.run.device.startswith("cuda") and not torch.cuda.is_available():
         raise StmRlError("--device cuda given but CUDA is not available")
     layout = RunDir(config.run.run_dir)

@@ -1,0 +1,227 @@
+// Fused CPU kernels for the STM's relational memory (issue 10), loaded by stm_rl/memory/fused_kernels.py.
+//
+// Each kernel makes one pass over the B x N x d x d tensors it touches, where the PyTorch
+// composition of the same step makes several (a scaling, a batched product, a cast to bf16, a sum
+// of two gradients, ...): on CPUs the step is bound by that memory traffic. The memory is seen as
+// B samples of R = N*d rows of d numbers; every row is processed while it sits in L1, and the
+// small operands (scores, values, the mixed read gradient) are reused across rows.
+//
+// Plain C interfaces over raw pointers (called through ctypes), single-threaded, one instance for
+// float and one for double (the gradient checks). The bf16 buffers (uint16_t) hold the low
+// precision copy of the memory made for the readout (eq. 14 under bf16 autocast) and its gradient.
+//
+// Notation (paper eqs. 11-12, spec STM.md section 3 steps 5-6):
+//   memory   M_r_prev [B, R, d] (sample stride memory_stride: 0 when expanded over the batch)
+//   scores   [B, N, R]: scores[j][n*d + a] = tanh(q_n[a] * k_j[a])
+//   values   [B, N, d]: v_j
+//   update   M_r = alpha1 * M_r_prev + sum_j scores[j] (x) v_j
+//   read     mixed = sum_n p_n M_r_prev[n] (its gradient dmixed = w (x) d v_r comes in ready)
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace {
+
+inline float bf16_to_float(uint16_t bits) {
+    uint32_t wide = static_cast<uint32_t>(bits) << 16;
+    float value;
+    std::memcpy(&value, &wide, sizeof value);
+    return value;
+}
+
+// Round to nearest even, as PyTorch's float -> bf16 conversion does (NaN stays a quiet NaN).
+inline uint16_t float_to_bf16(float value) {
+    uint32_t bits;
+    std::memcpy(&bits, &value, sizeof bits);
+    uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+    return value != value ? static_cast<uint16_t>(0x7FC0u) : static_cast<uint16_t>(rounded);
+}
+
+// One row of the gradient of M_r: the full-precision part plus the readout's bf16 part, either may be absent.
+template <typename T>
+inline void load_gradient_row(const T* full, const uint16_t* low, int64_t d, T* row) {
+    if (full != nullptr && low != nullptr) {
+#pragma omp simd
+        for (int64_t c = 0; c < d; ++c) row[c] = full[c] + static_cast<T>(bf16_to_float(low[c]));
+    } else if (full != nullptr) {
+        std::memcpy(row, full, sizeof(T) * d);
+    } else {
+#pragma omp simd
+        for (int64_t c = 0; c < d; ++c) row[c] = static_cast<T>(bf16_to_float(low[c]));
+    }
+}
+
+template <typename T>
+inline T dot(const T* a, const T* b, int64_t d) {
+    T total = 0;
+#pragma omp simd reduction(+ : total)
+    for (int64_t c = 0; c < d; ++c) total += a[c] * b[c];
+    return total;
+}
+
+constexpr int64_t kMaxSide = 1024;  // d; the Python side refuses larger memories
+constexpr int64_t kMaxSlots = 256;  // N; likewise
+constexpr int64_t kChunk = 16;  // row entries kept in registers (one AVX-512 register of floats)
+
+// M_r = alpha * M_r_prev + sum_j scores[j] (x) v_j, and its bf16 copy when `out_low` is given.
+template <typename T>
+void update_forward(int64_t batch, int64_t slots, int64_t d, const T* memory, int64_t memory_stride, T alpha,
+                    const T* scores, const T* values, T* out, uint16_t* out_low) {
+    const int64_t rows = slots * d;
+    for (int64_t b = 0; b < batch; ++b) {
+        const T* sample_scores = scores + b * slots * rows;
+        const T* sample_values = values + b * slots * d;
+        T weights[kMaxSlots];
+        for (int64_t r = 0; r < rows; ++r) {
+            const T* previous = memory + b * memory_stride + r * d;
+            T* row = out + (b * rows + r) * d;
+            for (int64_t j = 0; j < slots; ++j) weights[j] = sample_scores[j * rows + r];
+            // Sixteen entries of the row at a time, summed over the N values in a register.
+            int64_t c0 = 0;
+            for (; c0 + kChunk <= d; c0 += kChunk) {
+                T total[kChunk];
+#pragma omp simd
+                for (int64_t c = 0; c < kChunk; ++c) total[c] = alpha * previous[c0 + c];
+                for (int64_t j = 0; j < slots; ++j) {
+                    const T weight = weights[j];
+                    const T* value = sample_values + j * d + c0;
+#pragma omp simd
+                    for (int64_t c = 0; c < kChunk; ++c) total[c] += weight * value[c];
+                }
+#pragma omp simd
+                for (int64_t c = 0; c < kChunk; ++c) row[c0 + c] = total[c];
+            }
+            for (; c0 < d; ++c0) {
+                T total = alpha * previous[c0];
+                for (int64_t j = 0; j < slots; ++j) total += weights[j] * sample_values[j * d + c0];
+                row[c0] = total;
+            }
+            if (out_low != nullptr) {
+                uint16_t* low = out_low + (b * rows + r) * d;
+#pragma omp simd
+                for (int64_t c = 0; c < d; ++c) low[c] = float_to_bf16(static_cast<float>(row[c]));
+            }
+        }
+    }
+}
+
+// The update's factors' gradients from dM_r (= grad + grad_low):
+//   d scores[j][r] = <v_j, dM_r[r]>,  d v_j = sum_r scores[j][r] dM_r[r].
+template <typename T>
+void update_backward(int64_t batch, int64_t slots, int64_t d, const T* grad, const uint16_t* grad_low,
+                     const T* scores, const T* values, T* grad_scores, T* grad_values) {
+    const int64_t rows = slots * d;
+    T row[kMaxSide];
+    for (int64_t b = 0; b < batch; ++b) {
+        const T* sample_scores = scores + b * slots * rows;
+        const T* sample_values = values + b * slots * d;
+        T* sample_grad_values = grad_values == nullptr ? nullptr : grad_values + b * slots * d;
+        if (sample_grad_values != nullptr) std::memset(sample_grad_values, 0, sizeof(T) * slots * d);
+        for (int64_t r = 0; r < rows; ++r) {
+            const int64_t offset = (b * rows + r) * d;
+            load_gradient_row(grad == nullptr ? nullptr : grad + offset,
+                              grad_low == nullptr ? nullptr : grad_low + offset, d, row);
+            // Four values at a time: four dot products and four accumulations share each load of the row.
+            for (int64_t j = 0; j < slots; j += 4) {
+                const int64_t count = slots - j < 4 ? slots - j : 4;
+                const T* v[4];
+                for (int64_t i = 0; i < 4; ++i) v[i] = sample_values + (j + (i < count ? i : count - 1)) * d;  // repeats dropped
+                T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3)
+                for (int64_t c = 0; c < d; ++c) {
+                    const T g = row[c];
+                    s0 += v[0][c] * g;
+                    s1 += v[1][c] * g;
+                    s2 += v[2][c] * g;
+                    s3 += v[3][c] * g;
+                }
+                if (sample_grad_values != nullptr) {
+                    for (int64_t i = 0; i < count; ++i) {
+                        T* out = sample_grad_values + (j + i) * d;
+                        const T weight = sample_scores[(j + i) * rows + r];
+#pragma omp simd
+                        for (int64_t c = 0; c < d; ++c) out[c] += weight * row[c];
+                    }
+                }
+                if (grad_scores != nullptr) {
+                    const T sums[4] = {s0, s1, s2, s3};
+                    for (int64_t i = 0; i < count; ++i) grad_scores[(b * slots + j + i) * rows + r] = sums[i];
+                }
+            }
+        }
+    }
+}
+
+// Everything that needs M_r_prev and dM_r together, in one pass over both:
+//   d M_r_prev[n] = alpha * dM_r[n] + p_n dmixed   (the update's and the read's gradients, summed)
+//   d p_n         = <M_r_prev[n], dmixed>
+//   d alpha       = <dM_r, M_r_prev>                (accumulated into *grad_alpha, in double)
+// Without slot_weights and grad_mixed (no relational read) the read's terms are left out.
+template <typename T>
+void memory_backward(int64_t batch, int64_t slots, int64_t d, const T* grad, const uint16_t* grad_low,
+                     const T* memory, int64_t memory_stride, T alpha, const T* slot_weights,
+                     const T* grad_mixed, T* grad_memory, T* grad_slot_weights, double* grad_alpha) {
+    const int64_t rows = slots * d;
+    const bool has_grad = grad != nullptr || grad_low != nullptr;
+    T row[kMaxSide];
+    double alpha_total = 0;
+    for (int64_t b = 0; b < batch; ++b) {
+        for (int64_t n = 0; n < slots; ++n) {
+            const T weight = slot_weights == nullptr ? T(0) : slot_weights[b * slots + n];
+            T slot_total = 0;
+            for (int64_t a = 0; a < d; ++a) {
+                const int64_t r = n * d + a;
+                const int64_t offset = (b * rows + r) * d;
+                const T* previous = memory + b * memory_stride + r * d;
+                const T* mixed = grad_mixed == nullptr ? nullptr : grad_mixed + b * d * d + a * d;
+                T* target = grad_memory == nullptr ? nullptr : grad_memory + offset;
+                if (mixed != nullptr) slot_total += dot(previous, mixed, d);
+                if (has_grad) {
+                    load_gradient_row(grad == nullptr ? nullptr : grad + offset,
+                                      grad_low == nullptr ? nullptr : grad_low + offset, d, row);
+                    if (grad_alpha != nullptr) alpha_total += static_cast<double>(dot(row, previous, d));
+                } else {
+                    std::memset(row, 0, sizeof(T) * d);
+                }
+                if (target != nullptr && mixed != nullptr) {
+#pragma omp simd
+                    for (int64_t c = 0; c < d; ++c) target[c] = alpha * row[c] + weight * mixed[c];
+                } else if (target != nullptr) {
+#pragma omp simd
+                    for (int64_t c = 0; c < d; ++c) target[c] = alpha * row[c];
+                }
+            }
+            if (grad_slot_weights != nullptr) grad_slot_weights[b * slots + n] = slot_total;
+        }
+    }
+    if (grad_alpha != nullptr) *grad_alpha += alpha_total;
+}
+
+}  // namespace
+
+#define STM_RL_INSTANCES(T, SUFFIX)                                                                          \
+    extern "C" void stm_update_forward_##SUFFIX(int64_t batch, int64_t slots, int64_t d, const T* memory,     \
+                                                int64_t memory_stride, double alpha, const T* scores,        \
+                                                const T* values, T* out, uint16_t* out_low) {                \
+        update_forward<T>(batch, slots, d, memory, memory_stride, static_cast<T>(alpha), scores, values, out,  \
+                          out_low);                                                                          \
+    }                                                                                                        \
+    extern "C" void stm_update_backward_##SUFFIX(int64_t batch, int64_t slots, int64_t d, const T* grad,      \
+                                                 const uint16_t* grad_low, const T* scores, const T* values, \
+                                                 T* grad_scores, T* grad_values) {                           \
+        update_backward<T>(batch, slots, d, grad, grad_low, scores, values, grad_scores, grad_values);        \
+    }                                                                                                        \
+    extern "C" void stm_memory_backward_##SUFFIX(int64_t batch, int64_t slots, int64_t d, const T* grad,      \
+                                                 const uint16_t* grad_low, const T* memory,                  \
+                                                 int64_t memory_stride, double alpha, const T* slot_weights, \
+                                                 const T* grad_mixed, T* grad_memory, T* grad_slot_weights,  \
+                                                 double* grad_alpha) {                                       \
+        memory_backward<T>(batch, slots, d, grad, grad_low, memory, memory_stride, static_cast<T>(alpha),     \
+                           slot_weights, grad_mixed, grad_memory, grad_slot_weights, grad_alpha);            \
+    }
+
+STM_RL_INSTANCES(float, f32)
+STM_RL_INSTANCES(double, f64)
+
+extern "C" int stm_abi_version() { return 1; }

@@ -1,0 +1,253 @@
+"""Fused CPU kernels for the relational memory's update and gradients (``fused_kernels.cpp``; issue 10).
+
+On CPUs the STM step is bound by passes over the ``B x N x d x d`` relational memory, not by arithmetic:
+the PyTorch composition of eqs. 11-12 and their gradients reads or writes that tensor about twenty times
+per step (``alpha1 * M_r_prev``, the rank-N product added to it, the cast to bf16 for the readout, the
+sum of the readout's and the next step's gradients, the products of the update's backward, the read's
+gradient, alpha1's dot product). The three kernels here do the same arithmetic in one pass each:
+
+- :meth:`FusedKernels.update_forward`: ``M_r = alpha1 M_r_prev + scores^T V``, and, under bf16 autocast,
+  the bf16 copy of ``M_r`` that the readout (eq. 14) consumes, written from the same registers;
+- :meth:`FusedKernels.update_backward`: the gradients of the scores and the values from ``dM_r``, read
+  as the fp32 gradient plus the readout's bf16 gradient without forming their sum;
+- :meth:`FusedKernels.memory_backward`: ``dM_r_prev = alpha1 dM_r + p (x) d mixed``, ``d p`` and
+  ``d alpha1`` in one pass over ``dM_r`` and ``M_r_prev``.
+
+They are compiled once per machine with the system C++ compiler (``$CXX``, else ``g++``, about one
+second; ``-O3 -march=native``) into ``$STM_RL_CACHE_DIR`` (default ``~/.cache/stm_rl``), and called
+through ctypes on CPU tensors in float32 or float64. They run single-threaded, so they are used only
+when PyTorch runs one intra-op thread (the A3C workers' setting); with more threads, on CUDA, or where
+no compiler is found, the functions in :mod:`stm_rl.memory.relational_update` and
+:mod:`stm_rl.memory.relational_read` compute the same values with PyTorch operations (a one-line note
+says why, once per process). ``STM_RL_FUSED_KERNELS=off`` keeps the PyTorch path everywhere.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+SOURCE = Path(__file__).with_name("fused_kernels.cpp")
+SETTING_VARIABLE = "STM_RL_FUSED_KERNELS"
+SETTINGS = ("auto", "off")
+COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fPIC", "-shared", "-std=c++17")
+MAX_SIDE = 1024  # d; kMaxSide in the source
+_ABI_VERSION = 1
+
+
+class FusedKernelsError(RuntimeError):
+    """The kernels cannot be built or loaded here (the message says why)."""
+
+
+def fused_kernels_setting() -> str:
+    """``STM_RL_FUSED_KERNELS`` (``auto`` unless set); a bad value raises ``ValueError`` with one line."""
+    value = os.environ.get(SETTING_VARIABLE, "auto").strip().lower() or "auto"
+    if value not in SETTINGS:
+        raise ValueError(f"{SETTING_VARIABLE}={os.environ[SETTING_VARIABLE]!r}: choose one of {list(SETTINGS)}")
+    return value
+
+
+def cache_dir() -> Path:
+    """Where the compiled library is kept: ``$STM_RL_CACHE_DIR``, else ``$XDG_CACHE_HOME/stm_rl``, else ``~/.cache/stm_rl``."""
+    if os.environ.get("STM_RL_CACHE_DIR"):
+        return Path(os.environ["STM_RL_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "stm_rl"
+
+
+def _cpu_signature() -> str:
+    """The CPU's model and feature flags (``-march=native`` builds differ by CPU; a shared home may span several)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return f"{sys.platform}-{os.uname().machine}"
+    wanted = [line for line in text.splitlines() if line.split(":")[0].strip() in ("model name", "flags")]
+    return "\n".join(sorted(set(wanted)))
+
+
+def _compiler() -> str:
+    name = os.environ.get("CXX", "g++")
+    path = shutil.which(name)
+    if path is None:
+        raise FusedKernelsError(f"no C++ compiler ({name!r} not found; set CXX)")
+    return path
+
+
+def build(directory: Optional[Path] = None) -> Path:
+    """Compile the kernels for this machine (once: later calls find the library); returns its path.
+
+    The file name carries a hash of the source, the flags, the compiler and the CPU, so an edited source
+    or another machine gets its own build. Written to a temporary name and renamed into place, so
+    processes building at the same time (the A3C workers) never load a half-written file.
+    """
+    compiler = _compiler()
+    key = hashlib.sha256(
+        b"\0".join([SOURCE.read_bytes(), " ".join(COMPILE_FLAGS).encode(), compiler.encode(),
+                    _cpu_signature().encode()])
+    ).hexdigest()[:16]
+    directory = directory or cache_dir()
+    target = directory / f"stm_rl_fused_kernels_{key}.so"
+    if target.exists():
+        return target
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=directory, prefix=target.stem, suffix=".tmp.so")
+        os.close(handle)
+    except OSError as error:
+        raise FusedKernelsError(f"cannot write to {directory} ({error.strerror}; set STM_RL_CACHE_DIR)") from None
+    try:
+        result = subprocess.run([compiler, *COMPILE_FLAGS, str(SOURCE), "-o", temporary],
+                                capture_output=True, text=True, timeout=300)
+        if result.returncode != 0:
+            first = (result.stderr.strip().splitlines() or ["no message"])[0]
+            raise FusedKernelsError(f"{Path(compiler).name} failed: {first}")
+        os.replace(temporary, target)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    return target
+
+
+_POINTER, _INT, _DOUBLE = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
+
+
+class FusedKernels:
+    """The loaded library: typed calls on tensors (shapes as in :mod:`stm_rl.memory.relational_update`)."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            self.library = ctypes.CDLL(str(path))
+        except OSError as error:
+            raise FusedKernelsError(f"cannot load {path}: {error}") from None
+        if self.library.stm_abi_version() != _ABI_VERSION:
+            raise FusedKernelsError(f"{path} is from another version of stm_rl (delete it to rebuild)")
+        self.functions = {}
+        for suffix in ("f32", "f64"):
+            update_forward = getattr(self.library, f"stm_update_forward_{suffix}")
+            update_forward.argtypes = [_INT, _INT, _INT, _POINTER, _INT, _DOUBLE, _POINTER, _POINTER, _POINTER,
+                                       _POINTER]
+            update_backward = getattr(self.library, f"stm_update_backward_{suffix}")
+            update_backward.argtypes = [_INT, _INT, _INT, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER,
+                                        _POINTER]
+            memory_backward = getattr(self.library, f"stm_memory_backward_{suffix}")
+            memory_backward.argtypes = [_INT, _INT, _INT, _POINTER, _POINTER, _POINTER, _INT, _DOUBLE, _POINTER,
+                                        _POINTER, _POINTER, _POINTER, _POINTER]
+            for function in (update_forward, update_backward, memory_backward):
+                function.restype = None
+            self.functions[suffix] = (update_forward, update_backward, memory_backward)
+
+    def _calls(self, dtype: torch.dtype):
+        return self.functions["f32" if dtype == torch.float32 else "f64"]
+
+    def update_forward(self, memory: Tensor, alpha: Tensor, scores: Tensor, values: Tensor,
+                       bf16_copy: bool) -> tuple[Tensor, Optional[Tensor]]:
+        """``alpha * memory + scores^T values`` (``[B, N, d, d]``) and, with ``bf16_copy``, the same in bf16."""
+        memory, stride = _memory_operand(memory)
+        batch, slots, d = values.shape
+        out = torch.empty(batch, slots, d, d, dtype=memory.dtype)
+        low = torch.empty(out.shape, dtype=torch.bfloat16) if bf16_copy else None
+        self._calls(memory.dtype)[0](batch, slots, d, memory.data_ptr(), stride, float(alpha), _ptr(scores),
+                                     _ptr(values), out.data_ptr(), _ptr(low))
+        return out, low
+
+    def update_backward(self, grad: Optional[Tensor], grad_bf16: Optional[Tensor], scores: Tensor,
+                        values: Tensor, need_scores: bool, need_values: bool) -> tuple[Optional[Tensor], Optional[Tensor]]:
+        """Gradients of the scores and the values from ``dM_r = grad + grad_bf16`` (either may be None)."""
+        grad_scores = torch.empty_like(scores) if need_scores else None
+        grad_values = torch.empty_like(values) if need_values else None
+        batch, slots, d = values.shape
+        self._calls(values.dtype)[1](batch, slots, d, _ptr(grad), _ptr(grad_bf16), _ptr(scores), _ptr(values),
+                                     _ptr(grad_scores), _ptr(grad_values))
+        return grad_scores, grad_values
+
+    def memory_backward(self, grad: Optional[Tensor], grad_bf16: Optional[Tensor], memory: Tensor, alpha: Tensor,
+                        slot_weights: Optional[Tensor], grad_mixed: Optional[Tensor], need_memory: bool,
+                        need_weights: bool, need_alpha: bool) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+        """``(alpha dM_r + p (x) d mixed, <M_r_prev[n], d mixed>, <dM_r, M_r_prev>)`` in one pass.
+
+        ``memory`` may be expanded over the batch (its gradient is then per sample, as autograd expects
+        from the expanded tensor). Without ``slot_weights`` and ``grad_mixed`` (no relational read) the
+        read's terms are left out."""
+        batch, slots, d = memory.shape[0], memory.shape[1], memory.shape[2]
+        memory, stride = _memory_operand(memory)
+        grad_memory = torch.empty(batch, slots, d, d, dtype=memory.dtype) if need_memory else None
+        grad_weights = torch.empty(batch, slots, dtype=memory.dtype) if need_weights and grad_mixed is not None else None
+        alpha_total = ctypes.c_double(0.0)
+        self._calls(memory.dtype)[2](batch, slots, d, _ptr(grad), _ptr(grad_bf16), memory.data_ptr(), stride,
+                                     float(alpha), _ptr(slot_weights), _ptr(grad_mixed), _ptr(grad_memory),
+                                     _ptr(grad_weights), ctypes.byref(alpha_total) if need_alpha else None)
+        grad_alpha = alpha.new_tensor(alpha_total.value) if need_alpha else None
+        return grad_memory, grad_weights, grad_alpha
+
+
+def _ptr(tensor: Optional[Tensor]) -> Optional[int]:
+    if tensor is None:
+        return None
+    if not tensor.is_contiguous():
+        raise ValueError("fused STM kernels need contiguous operands")  # callers make them so
+    return tensor.data_ptr()
+
+
+def _memory_operand(memory: Tensor) -> tuple[Tensor, int]:
+    """``memory`` with contiguous samples, and its sample stride (0 when it is expanded over the batch)."""
+    if memory.shape[0] > 1 and memory.stride(0) == 0 and memory[0].is_contiguous():
+        return memory, 0
+    memory = memory.contiguous()
+    return memory, memory[0].numel()
+
+
+_loaded: dict[str, object] = {}  # per process: the FusedKernels, or the reason they are unavailable
+
+
+def load_fused_kernels() -> FusedKernels:
+    """The kernels, built on first use; raises :class:`FusedKernelsError` (and again on later calls) if they cannot be."""
+    if "kernels" not in _loaded and "error" not in _loaded:
+        try:
+            _loaded["kernels"] = FusedKernels(build())
+        except FusedKernelsError as error:
+            _loaded["error"] = error
+    if "error" in _loaded:
+        raise _loaded["error"]  # type: ignore[misc]
+    return _loaded["kernels"]  # type: ignore[return-value]
+
+
+def prepare_fused_kernels() -> bool:
+    """Build (or find) the kernels now, in a parent process, so that the processes it starts load the cached
+    library instead of each compiling it; reports as :func:`fused_kernels_for` does. Returns whether they load."""
+    if fused_kernels_setting() == "off":
+        return False
+    try:
+        load_fused_kernels()
+        return True
+    except FusedKernelsError as error:
+        _report_unavailable(error)
+        return False
+
+
+def _report_unavailable(error: FusedKernelsError) -> None:
+    if not _loaded.get("reported"):
+        _loaded["reported"] = True
+        print(f"stm_rl: fused STM kernels unavailable ({error}); using PyTorch operations (slower)", file=sys.stderr)
+
+
+def fused_kernels_for(memory: Tensor) -> Optional[FusedKernels]:
+    """The kernels if they serve this memory (CPU, float32/64, d <= 1024, one PyTorch thread), else None.
+
+    The first time they cannot be built, one line on stderr says why (the PyTorch path is then used)."""
+    if (memory.device.type != "cpu" or memory.dtype not in (torch.float32, torch.float64)
+            or memory.shape[-1] > MAX_SIDE or torch.get_num_threads() != 1 or fused_kernels_setting() == "off"):
+        return None
+    try:
+        return load_fused_kernels()
+    except FusedKernelsError as error:
+        _report_unavailable(error)
+        return None

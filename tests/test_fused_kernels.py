@@ -1,0 +1,208 @@
+"""The fused CPU kernels of the relational memory (stm_rl/memory/fused_kernels.py, issue 10).
+
+They replace PyTorch compositions, so every test compares them with the definition or with the PyTorch
+path of the same functions. They need a C++ compiler; without one the tests are skipped (the package
+then runs the PyTorch path, which the rest of the suite covers).
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+import stm_rl.memory.fused_kernels as fused_kernels
+from stm_rl.memory import STM
+from stm_rl.memory.relational_read import MemoryGradientHandoff, relational_read
+from stm_rl.memory.relational_update import relational_update, relational_update_with_copy
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                                reason="no C++ compiler: the fused kernels cannot be built here")
+
+
+@pytest.fixture
+def kernels(monkeypatch, tmp_path_factory):
+    """The kernels, built into a per-session directory, with one PyTorch thread (where the package uses them)."""
+    monkeypatch.setenv("STM_RL_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "stm_rl_cache"))
+    monkeypatch.delenv(fused_kernels.SETTING_VARIABLE, raising=False)
+    monkeypatch.setattr(fused_kernels, "_loaded", {})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield fused_kernels.load_fused_kernels()
+    torch.set_num_threads(threads)
+
+
+def _memory_inputs(dtype, batch=3, slots=4, d=5, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(batch, slots, d, d, dtype=dtype, generator=generator),
+            torch.tensor(0.7, dtype=dtype),
+            torch.randn(batch, slots, slots * d, dtype=dtype, generator=generator),
+            torch.randn(batch, slots, d, dtype=dtype, generator=generator))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_update_forward_is_the_definition_and_its_copy_is_the_bf16_cast(kernels, dtype):
+    memory, alpha, scores, values = _memory_inputs(dtype)
+    b, n, d = values.shape
+    expected = alpha * memory + torch.einsum("bjna,bjc->bnac", scores.view(b, n, n, d), values)
+    out, copy = kernels.update_forward(memory, alpha, scores, values, bf16_copy=dtype == torch.float32)
+    torch.testing.assert_close(out, expected)
+    if dtype == torch.float32:
+        assert copy.dtype == torch.bfloat16 and torch.equal(copy, out.to(torch.bfloat16))
+    shared = memory[:1].expand_as(memory)  # the learned initial memory, expanded over the batch
+    out, _ = kernels.update_forward(shared, alpha, scores, values, bf16_copy=False)
+    torch.testing.assert_close(out, alpha * shared + (expected - alpha * memory))
+
+
+def test_bf16_copy_rounds_like_pytorch(kernels):
+    """Round to nearest even (ties both ways), subnormals, overflow to infinity, infinities, NaN."""
+    special = torch.tensor([1 + 2 ** -8, 1 + 3 * 2 ** -8, 1 + 2 ** -9, -2.5e-39, 3.4e38, float("inf"),
+                            -float("inf"), float("nan"), 0.0, -1.0])
+    d = special.numel()
+    memory = torch.randn(1, 1, d, d, generator=torch.Generator().manual_seed(0))
+    memory[0, 0, 0] = special
+    out, copy = kernels.update_forward(memory, torch.tensor(1.0), torch.zeros(1, 1, d), torch.zeros(1, 1, d), True)
+    expected = out.to(torch.bfloat16)
+    assert torch.equal(copy.isnan(), expected.isnan())
+    assert torch.equal(copy[~copy.isnan()], expected[~expected.isnan()])
+
+
+@pytest.mark.parametrize("parts", ["fp32", "bf16", "both"])
+def test_backward_kernels_match_the_gradients_written_out(kernels, parts):
+    """dM_r is the fp32 gradient plus the readout copy's bf16 one; each kernel reads either or both."""
+    memory, alpha, scores, values = _memory_inputs(torch.float32, seed=1)
+    b, n, d = values.shape
+    generator = torch.Generator().manual_seed(2)
+    grad = torch.randn(b, n, d, d, generator=generator) if parts != "bf16" else None
+    grad_copy = torch.randn(b, n, d, d, generator=generator).to(torch.bfloat16) if parts != "fp32" else None
+    total = sum(g.float() for g in (grad, grad_copy) if g is not None)
+    slot_weights = torch.softmax(torch.randn(b, n, generator=generator), -1)
+    grad_mixed = torch.randn(b, d, d, generator=generator)
+
+    grad_scores, grad_values = kernels.update_backward(grad, grad_copy, scores, values, True, True)
+    torch.testing.assert_close(grad_scores, values @ total.view(b, n * d, d).transpose(1, 2))
+    torch.testing.assert_close(grad_values, scores @ total.view(b, n * d, d))
+
+    grad_memory, grad_weights, grad_alpha = kernels.memory_backward(
+        grad, grad_copy, memory, alpha, slot_weights, grad_mixed, True, True, True)
+    torch.testing.assert_close(grad_memory, alpha * total + slot_weights.view(b, n, 1, 1) * grad_mixed.unsqueeze(1))
+    torch.testing.assert_close(grad_weights, (memory * grad_mixed.unsqueeze(1)).sum((2, 3)))
+    torch.testing.assert_close(grad_alpha, (total * memory).sum())
+    # without the read's terms (a cell whose alpha2 is fixed at 0): alpha1 * dM_r and alpha1's gradient only
+    grad_memory, grad_weights, grad_alpha = kernels.memory_backward(
+        grad, grad_copy, memory, alpha, None, None, True, True, True)
+    assert grad_weights is None
+    torch.testing.assert_close(grad_memory, alpha * total)
+    torch.testing.assert_close(grad_alpha, (total * memory).sum())
+
+
+def test_read_and_update_gradcheck_through_the_kernels(kernels):
+    """gradcheck (float64) of a read feeding an update through a handoff, and of each alone, on the kernels."""
+    torch.manual_seed(0)
+    memory = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    p = torch.softmax(torch.randn(2, 3, dtype=torch.float64), -1).requires_grad_()
+    w = torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+    alpha = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    mix = torch.randn(4, 3 * 12, dtype=torch.float64)
+
+    def step(memory, p, w, alpha):
+        handoff = MemoryGradientHandoff(alpha)
+        read = relational_read(memory, p, w, handoff)
+        scores = torch.tanh(read @ mix).view(2, 3, 12)
+        values = read.unsqueeze(1).expand(2, 3, 4) * torch.arange(1.0, 4.0, dtype=torch.float64).view(1, 3, 1)
+        return relational_update(memory, alpha, scores, values, handoff)
+
+    assert fused_kernels.fused_kernels_for(memory) is kernels
+    assert torch.autograd.gradcheck(step, (memory, p, w, alpha))
+    base = torch.randn(3, 4, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda b, *rest: step(b.expand(2, 3, 4, 4), *rest), (base, p, w, alpha))
+    scores = torch.randn(2, 3, 12, dtype=torch.float64, requires_grad=True)
+    values = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(relational_update, (memory, alpha, scores, values))
+    assert torch.autograd.gradcheck(relational_read, (memory, p, w))
+
+
+def _sequence_gradients(dtype, bf16: bool):
+    torch.manual_seed(0)
+    stm = STM(16, 8, d=6, num_slots=3, rel_size=5, attn_size=4, out_layernorm=True).to(dtype)
+    with torch.no_grad():
+        for alpha in (stm.cell.alpha1, stm.cell.alpha2, stm.cell.alpha3):
+            alpha.fill_(0.4)
+    x = torch.randn(3, 5, 16, dtype=dtype)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        y, state = stm(x)
+        y_next, state = stm.cell(x[:, 0], state)  # the single-step path (the agent's acting pass)
+    loss = y.float().square().sum() + y_next.float().sum() + state.relational.float().sum()
+    return [y, y_next, *torch.autograd.grad(loss, list(stm.parameters()))]
+
+
+@pytest.mark.parametrize("dtype,bf16,tolerance", [(torch.float64, False, 1e-12), (torch.float32, False, 1e-4),
+                                                 (torch.float32, True, 1e-4)])
+def test_the_stm_computes_the_same_with_and_without_the_kernels(kernels, monkeypatch, dtype, bf16, tolerance):
+    """The whole STM, values and every parameter's gradient, fused kernels against the PyTorch path;
+    under bf16 autocast the readout reads the kernels' bf16 copy of M_r instead of autocast's cast."""
+    fused = _sequence_gradients(dtype, bf16)
+    monkeypatch.setenv(fused_kernels.SETTING_VARIABLE, "off")
+    plain = _sequence_gradients(dtype, bf16)
+    for a, b in zip(fused, plain):
+        torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance)
+
+
+def test_the_copy_is_made_only_under_bf16_autocast_and_only_by_the_kernels(kernels, monkeypatch):
+    memory, alpha, scores, values = _memory_inputs(torch.float32)
+    assert relational_update_with_copy(memory, alpha, scores, values, bf16_copy=False)[1] is None
+    assert relational_update_with_copy(memory, alpha, scores, values, bf16_copy=True)[1].dtype == torch.bfloat16
+    monkeypatch.setenv(fused_kernels.SETTING_VARIABLE, "off")
+    assert relational_update_with_copy(memory, alpha, scores, values, bf16_copy=True)[1] is None
+
+
+def test_kernels_are_used_only_on_one_thread_on_cpu(kernels):
+    memory = torch.zeros(1, 1, 2, 2)
+    assert fused_kernels.fused_kernels_for(memory) is kernels
+    assert fused_kernels.fused_kernels_for(memory.to(torch.bfloat16)) is None
+    torch.set_num_threads(2)  # the kernels are single-threaded: PyTorch's threaded operations instead
+    assert fused_kernels.fused_kernels_for(memory) is None
+
+
+def test_build_is_keyed_by_source_and_cpu(tmp_path, monkeypatch):
+    first = fused_kernels.build(tmp_path)
+    assert first.exists() and fused_kernels.build(tmp_path) == first
+    monkeypatch.setattr(fused_kernels, "_cpu_signature", lambda: "another CPU")
+    assert fused_kernels.build(tmp_path) != first
+    assert not list(tmp_path.glob("*.tmp.so")), "no temporary file is left behind"
+
+
+def test_without_a_compiler_one_line_says_so_and_pytorch_computes(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("CXX", "no-such-compiler-here")
+    monkeypatch.setenv("STM_RL_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(fused_kernels, "_loaded", {})
+    monkeypatch.delenv(fused_kernels.SETTING_VARIABLE, raising=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with pytest.raises(fused_kernels.FusedKernelsError, match="no-such-compiler-here"):
+            fused_kernels.load_fused_kernels()
+        memory, alpha, scores, values = _memory_inputs(torch.float32)
+        assert fused_kernels.fused_kernels_for(memory) is None
+        assert fused_kernels.fused_kernels_for(memory) is None
+        out = relational_update(memory, alpha, scores, values)
+    finally:
+        torch.set_num_threads(threads)
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "fused STM kernels unavailable" in err and "no-such-compiler-here" in err
+    b, n, d = values.shape
+    torch.testing.assert_close(out, alpha * memory + torch.einsum("bjna,bjc->bnac", scores.view(b, n, n, d), values))
+
+
+def test_a_bad_setting_is_one_line_naming_the_variable(monkeypatch, tmp_path, capsys):
+    from stm_rl.cli import main as cli_main
+
+    monkeypatch.setenv(fused_kernels.SETTING_VARIABLE, "fast")
+    code = cli_main(["train", "--frames", "1000", "--run-dir", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0
+    assert "STM_RL_FUSED_KERNELS='fast'" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+    monkeypatch.setenv(fused_kernels.SETTING_VARIABLE, "OFF")
+    assert fused_kernels.fused_kernels_setting() == "off"
