@@ -15,7 +15,7 @@ import torch
 import stm_rl.memory.fused_kernels as fused_kernels
 from stm_rl.memory import STM
 from stm_rl.memory.relational_read import MemoryGradientHandoff, relational_read
-from stm_rl.memory.relational_update import relational_update, relational_update_with_copy
+from stm_rl.memory.relational_update import relational_update, relational_update_with_readout
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
                                 reason="no C++ compiler: the fused kernels cannot be built here")
@@ -68,14 +68,17 @@ def test_bf16_copy_rounds_like_pytorch(kernels):
     assert torch.equal(copy[~copy.isnan()], expected[~expected.isnan()])
 
 
-@pytest.mark.parametrize("parts", ["fp32", "bf16", "both"])
+@pytest.mark.parametrize("parts", ["recurrent", "bf16 readout", "both bf16", "fp32 readout", "both fp32"])
 def test_backward_kernels_match_the_gradients_written_out(kernels, parts):
-    """dM_r is the fp32 gradient plus the readout copy's bf16 one; each kernel reads either or both."""
+    """dM_r is the recurrent gradient plus the readout's (bf16 for the copy, fp32 for the alias); each kernel
+    reads either or both."""
     memory, alpha, scores, values = _memory_inputs(torch.float32, seed=1)
     b, n, d = values.shape
     generator = torch.Generator().manual_seed(2)
-    grad = torch.randn(b, n, d, d, generator=generator) if parts != "bf16" else None
-    grad_copy = torch.randn(b, n, d, d, generator=generator).to(torch.bfloat16) if parts != "fp32" else None
+    grad = torch.randn(b, n, d, d, generator=generator) if parts in ("recurrent", "both bf16", "both fp32") else None
+    grad_copy = torch.randn(b, n, d, d, generator=generator) if parts != "recurrent" else None
+    if grad_copy is not None and "bf16" in parts:
+        grad_copy = grad_copy.to(torch.bfloat16)
     total = sum(g.float() for g in (grad, grad_copy) if g is not None)
     slot_weights = torch.softmax(torch.randn(b, n, generator=generator), -1)
     grad_mixed = torch.randn(b, d, d, generator=generator)
@@ -149,12 +152,31 @@ def test_the_stm_computes_the_same_with_and_without_the_kernels(kernels, monkeyp
         torch.testing.assert_close(a, b, rtol=tolerance, atol=tolerance)
 
 
-def test_the_copy_is_made_only_under_bf16_autocast_and_only_by_the_kernels(kernels, monkeypatch):
+def test_the_readout_reads_a_view_of_the_memory_or_its_bf16_copy(kernels, monkeypatch):
     memory, alpha, scores, values = _memory_inputs(torch.float32)
-    assert relational_update_with_copy(memory, alpha, scores, values, bf16_copy=False)[1] is None
-    assert relational_update_with_copy(memory, alpha, scores, values, bf16_copy=True)[1].dtype == torch.bfloat16
-    monkeypatch.setenv(fused_kernels.SETTING_VARIABLE, "off")
-    assert relational_update_with_copy(memory, alpha, scores, values, bf16_copy=True)[1] is None
+    out, readout = relational_update_with_readout(memory, alpha, scores, values, bf16_readout=False)
+    assert readout.dtype == torch.float32 and readout.data_ptr() == out.data_ptr()
+    out, readout = relational_update_with_readout(memory, alpha, scores, values, bf16_readout=True)
+    assert readout.dtype == torch.bfloat16 and torch.equal(readout, out.to(torch.bfloat16))
+    monkeypatch.setenv(fused_kernels.SETTING_VARIABLE, "off")  # no copy without the kernels: autocast casts
+    out, readout = relational_update_with_readout(memory, alpha, scores, values, bf16_readout=True)
+    assert readout.dtype == torch.float32 and readout.data_ptr() == out.data_ptr()
+
+
+def test_readout_gradient_reaches_the_update_apart_and_is_summed(kernels, monkeypatch):
+    """The gradients through M_r and through the readout's view are the gradients of their sum, on both paths."""
+    inputs = [t.double().requires_grad_() for t in _memory_inputs(torch.float32)]
+    weights = torch.randn(2, *inputs[0].shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    results = []
+    for setting in ("auto", "off"):
+        monkeypatch.setenv(fused_kernels.SETTING_VARIABLE, setting)
+        out, readout = relational_update_with_readout(*inputs)
+        results.append(torch.autograd.grad((out * weights[0]).sum() + (readout * weights[1]).sum(), inputs))
+        out = relational_update(*inputs)
+        results.append(torch.autograd.grad((out * (weights[0] + weights[1])).sum(), inputs))
+    for grads in results[1:]:
+        for a, b in zip(results[0], grads):
+            torch.testing.assert_close(a, b)
 
 
 def test_kernels_are_used_only_on_one_thread_on_cpu(kernels):

@@ -20,6 +20,9 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 namespace {
 
@@ -38,19 +41,36 @@ inline uint16_t float_to_bf16(float value) {
     return value != value ? static_cast<uint16_t>(0x7FC0u) : static_cast<uint16_t>(rounded);
 }
 
-// One row of the gradient of M_r: the full-precision part plus the readout's bf16 part, either may be absent.
+// The gradient dM_r, in up to three parts that are summed where they are read (any may be absent):
+// `recurrent` from the next step, and the readout's, `readout_low` (bf16, the gradient of the bf16 copy)
+// or `readout` (same type, the gradient of the readout's alias of M_r).
 template <typename T>
-inline void load_gradient_row(const T* full, const uint16_t* low, int64_t d, T* row) {
-    if (full != nullptr && low != nullptr) {
+struct GradientParts {
+    const T* recurrent;
+    const uint16_t* readout_low;
+    const T* readout;
+
+    bool any() const { return recurrent != nullptr || readout_low != nullptr || readout != nullptr; }
+
+    // Elements [offset, offset + d) of dM_r into `row`.
+    void load_row(int64_t offset, int64_t d, T* row) const {
+        if (recurrent != nullptr) {
+            std::memcpy(row, recurrent + offset, sizeof(T) * d);
+        } else {
+            std::memset(row, 0, sizeof(T) * d);
+        }
+        if (readout_low != nullptr) {
+            const uint16_t* low = readout_low + offset;
 #pragma omp simd
-        for (int64_t c = 0; c < d; ++c) row[c] = full[c] + static_cast<T>(bf16_to_float(low[c]));
-    } else if (full != nullptr) {
-        std::memcpy(row, full, sizeof(T) * d);
-    } else {
+            for (int64_t c = 0; c < d; ++c) row[c] += static_cast<T>(bf16_to_float(low[c]));
+        }
+        if (readout != nullptr) {
+            const T* same = readout + offset;
 #pragma omp simd
-        for (int64_t c = 0; c < d; ++c) row[c] = static_cast<T>(bf16_to_float(low[c]));
+            for (int64_t c = 0; c < d; ++c) row[c] += same[c];
+        }
     }
-}
+};
 
 template <typename T>
 inline T dot(const T* a, const T* b, int64_t d) {
@@ -106,10 +126,10 @@ void update_forward(int64_t batch, int64_t slots, int64_t d, const T* memory, in
     }
 }
 
-// The update's factors' gradients from dM_r (= grad + grad_low):
+// The update's factors' gradients from dM_r:
 //   d scores[j][r] = <v_j, dM_r[r]>,  d v_j = sum_r scores[j][r] dM_r[r].
 template <typename T>
-void update_backward(int64_t batch, int64_t slots, int64_t d, const T* grad, const uint16_t* grad_low,
+void update_backward(int64_t batch, int64_t slots, int64_t d, GradientParts<T> grad,
                      const T* scores, const T* values, T* grad_scores, T* grad_values) {
     const int64_t rows = slots * d;
     T row[kMaxSide];
@@ -120,8 +140,7 @@ void update_backward(int64_t batch, int64_t slots, int64_t d, const T* grad, con
         if (sample_grad_values != nullptr) std::memset(sample_grad_values, 0, sizeof(T) * slots * d);
         for (int64_t r = 0; r < rows; ++r) {
             const int64_t offset = (b * rows + r) * d;
-            load_gradient_row(grad == nullptr ? nullptr : grad + offset,
-                              grad_low == nullptr ? nullptr : grad_low + offset, d, row);
+            grad.load_row(offset, d, row);
             // Four values at a time: four dot products and four accumulations share each load of the row.
             for (int64_t j = 0; j < slots; j += 4) {
                 const int64_t count = slots - j < 4 ? slots - j : 4;
@@ -153,17 +172,102 @@ void update_backward(int64_t batch, int64_t slots, int64_t d, const T* grad, con
     }
 }
 
+#if defined(__AVX512F__)
+// update_backward for float on AVX-512 with d a multiple of 16 (CHUNKS = d / 16 registers per row): two
+// rows of dM_r held in registers, each load of a value v_j serving both rows' dot products and each
+// load of d v_j both rows' contributions (the portable version above reloads them per row).
+inline __m512 load_gradient_chunk(const GradientParts<float>& grad, int64_t offset) {
+    __m512 value = grad.recurrent != nullptr ? _mm512_loadu_ps(grad.recurrent + offset) : _mm512_setzero_ps();
+    if (grad.readout_low != nullptr) {
+        const __m256i low = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(grad.readout_low + offset));
+        value = _mm512_add_ps(value, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(low), 16)));
+    }
+    if (grad.readout != nullptr) value = _mm512_add_ps(value, _mm512_loadu_ps(grad.readout + offset));
+    return value;
+}
+
+template <int CHUNKS>
+void update_backward_avx512(int64_t batch, int64_t slots, const GradientParts<float>& grad, const float* scores, const float* values, float* grad_scores, float* grad_values) {
+    constexpr int64_t d = 16 * CHUNKS;
+    const int64_t rows = slots * d;
+    for (int64_t b = 0; b < batch; ++b) {
+        const float* sample_scores = scores + b * slots * rows;
+        const float* sample_values = values + b * slots * d;
+        float* sample_grad_values = grad_values == nullptr ? nullptr : grad_values + b * slots * d;
+        if (sample_grad_values != nullptr) std::memset(sample_grad_values, 0, sizeof(float) * slots * d);
+        for (int64_t r = 0; r < rows; r += 2) {
+            const int64_t offset = (b * rows + r) * d;
+            __m512 g0[CHUNKS], g1[CHUNKS];
+            for (int k = 0; k < CHUNKS; ++k) {
+                g0[k] = load_gradient_chunk(grad, offset + 16 * k);
+                g1[k] = load_gradient_chunk(grad, offset + d + 16 * k);
+            }
+            for (int64_t j = 0; j < slots; j += 4) {
+                const int64_t count = slots - j < 4 ? slots - j : 4;
+                if (grad_scores != nullptr) {
+                    __m512 sum0[4], sum1[4];
+                    for (int i = 0; i < 4; ++i) sum0[i] = sum1[i] = _mm512_setzero_ps();
+                    for (int k = 0; k < CHUNKS; ++k) {
+                        for (int i = 0; i < 4; ++i) {  // past the last value: a repeat of it, result dropped
+                            const __m512 v = _mm512_loadu_ps(sample_values + (j + (i < count ? i : count - 1)) * d + 16 * k);
+                            sum0[i] = _mm512_fmadd_ps(v, g0[k], sum0[i]);
+                            sum1[i] = _mm512_fmadd_ps(v, g1[k], sum1[i]);
+                        }
+                    }
+                    for (int64_t i = 0; i < count; ++i) {
+                        grad_scores[(b * slots + j + i) * rows + r] = _mm512_reduce_add_ps(sum0[i]);
+                        grad_scores[(b * slots + j + i) * rows + r + 1] = _mm512_reduce_add_ps(sum1[i]);
+                    }
+                }
+                if (sample_grad_values != nullptr) {
+                    for (int64_t i = 0; i < count; ++i) {
+                        const __m512 w0 = _mm512_set1_ps(sample_scores[(j + i) * rows + r]);
+                        const __m512 w1 = _mm512_set1_ps(sample_scores[(j + i) * rows + r + 1]);
+                        float* out = sample_grad_values + (j + i) * d;
+                        for (int k = 0; k < CHUNKS; ++k) {
+                            __m512 total = _mm512_loadu_ps(out + 16 * k);
+                            total = _mm512_fmadd_ps(w0, g0[k], total);
+                            _mm512_storeu_ps(out + 16 * k, _mm512_fmadd_ps(w1, g1[k], total));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+// The AVX-512 version where it applies (float, d = 16..128 in steps of 16); false where it does not.
+inline bool update_backward_fast(int64_t batch, int64_t slots, int64_t d, const GradientParts<float>& grad,
+                                 const float* scores, const float* values, float* grad_scores, float* grad_values) {
+    switch (d) {
+#define STM_RL_CASE(CHUNKS)                                                                                     \
+    case 16 * CHUNKS:                                                                                          \
+        update_backward_avx512<CHUNKS>(batch, slots, grad, scores, values, grad_scores, grad_values);            \
+        return true;
+        STM_RL_CASE(1) STM_RL_CASE(2) STM_RL_CASE(3) STM_RL_CASE(4)
+        STM_RL_CASE(5) STM_RL_CASE(6) STM_RL_CASE(7) STM_RL_CASE(8)
+#undef STM_RL_CASE
+        default:
+            return false;
+    }
+}
+#endif
+
+template <typename T>
+inline bool update_backward_fast(int64_t, int64_t, int64_t, const GradientParts<T>&, const T*, const T*, T*, T*) {
+    return false;
+}
+
 // Everything that needs M_r_prev and dM_r together, in one pass over both:
 //   d M_r_prev[n] = alpha * dM_r[n] + p_n dmixed   (the update's and the read's gradients, summed)
 //   d p_n         = <M_r_prev[n], dmixed>
 //   d alpha       = <dM_r, M_r_prev>                (accumulated into *grad_alpha, in double)
 // Without slot_weights and grad_mixed (no relational read) the read's terms are left out.
 template <typename T>
-void memory_backward(int64_t batch, int64_t slots, int64_t d, const T* grad, const uint16_t* grad_low,
-                     const T* memory, int64_t memory_stride, T alpha, const T* slot_weights,
-                     const T* grad_mixed, T* grad_memory, T* grad_slot_weights, double* grad_alpha) {
+void memory_backward(int64_t batch, int64_t slots, int64_t d, GradientParts<T> grad, const T* memory,
+                     int64_t memory_stride, T alpha, const T* slot_weights, const T* grad_mixed, T* grad_memory, T* grad_slot_weights, double* grad_alpha) {
     const int64_t rows = slots * d;
-    const bool has_grad = grad != nullptr || grad_low != nullptr;
+    const bool has_grad = grad.any();
     T row[kMaxSide];
     double alpha_total = 0;
     for (int64_t b = 0; b < batch; ++b) {
@@ -178,8 +282,7 @@ void memory_backward(int64_t batch, int64_t slots, int64_t d, const T* grad, con
                 T* target = grad_memory == nullptr ? nullptr : grad_memory + offset;
                 if (mixed != nullptr) slot_total += dot(previous, mixed, d);
                 if (has_grad) {
-                    load_gradient_row(grad == nullptr ? nullptr : grad + offset,
-                                      grad_low == nullptr ? nullptr : grad_low + offset, d, row);
+                    grad.load_row(offset, d, row);
                     if (grad_alpha != nullptr) alpha_total += static_cast<double>(dot(row, previous, d));
                 } else {
                     std::memset(row, 0, sizeof(T) * d);
@@ -200,6 +303,7 @@ void memory_backward(int64_t batch, int64_t slots, int64_t d, const T* grad, con
 
 }  // namespace
 
+// The gradient dM_r comes as three pointers (GradientParts: recurrent, readout_low, readout), any may be null.
 #define STM_RL_INSTANCES(T, SUFFIX)                                                                          \
     extern "C" void stm_update_forward_##SUFFIX(int64_t batch, int64_t slots, int64_t d, const T* memory,     \
                                                 int64_t memory_stride, double alpha, const T* scores,        \
@@ -207,21 +311,25 @@ void memory_backward(int64_t batch, int64_t slots, int64_t d, const T* grad, con
         update_forward<T>(batch, slots, d, memory, memory_stride, static_cast<T>(alpha), scores, values, out,  \
                           out_low);                                                                          \
     }                                                                                                        \
-    extern "C" void stm_update_backward_##SUFFIX(int64_t batch, int64_t slots, int64_t d, const T* grad,      \
-                                                 const uint16_t* grad_low, const T* scores, const T* values, \
-                                                 T* grad_scores, T* grad_values) {                           \
-        update_backward<T>(batch, slots, d, grad, grad_low, scores, values, grad_scores, grad_values);        \
+    extern "C" void stm_update_backward_##SUFFIX(int64_t batch, int64_t slots, int64_t d, const T* recurrent, \
+                                                 const uint16_t* readout_low, const T* readout,              \
+                                                 const T* scores, const T* values, T* grad_scores,           \
+                                                 T* grad_values) {                                           \
+        const GradientParts<T> grad{recurrent, readout_low, readout};                                        \
+        if (!update_backward_fast(batch, slots, d, grad, scores, values, grad_scores, grad_values))           \
+            update_backward<T>(batch, slots, d, grad, scores, values, grad_scores, grad_values);              \
     }                                                                                                        \
-    extern "C" void stm_memory_backward_##SUFFIX(int64_t batch, int64_t slots, int64_t d, const T* grad,      \
-                                                 const uint16_t* grad_low, const T* memory,                  \
-                                                 int64_t memory_stride, double alpha, const T* slot_weights, \
-                                                 const T* grad_mixed, T* grad_memory, T* grad_slot_weights,  \
-                                                 double* grad_alpha) {                                       \
-        memory_backward<T>(batch, slots, d, grad, grad_low, memory, memory_stride, static_cast<T>(alpha),     \
-                           slot_weights, grad_mixed, grad_memory, grad_slot_weights, grad_alpha);            \
+    extern "C" void stm_memory_backward_##SUFFIX(int64_t batch, int64_t slots, int64_t d, const T* recurrent, \
+                                                 const uint16_t* readout_low, const T* readout,              \
+                                                 const T* memory, int64_t memory_stride, double alpha,       \
+                                                 const T* slot_weights, const T* grad_mixed, T* grad_memory, \
+                                                 T* grad_slot_weights, double* grad_alpha) {                 \
+        const GradientParts<T> grad{recurrent, readout_low, readout};                                        \
+        memory_backward<T>(batch, slots, d, grad, memory, memory_stride, static_cast<T>(alpha), slot_weights, \
+                           grad_mixed, grad_memory, grad_slot_weights, grad_alpha);                          \
     }
 
 STM_RL_INSTANCES(float, f32)
 STM_RL_INSTANCES(double, f64)
 
-extern "C" int stm_abi_version() { return 1; }
+extern "C" int stm_abi_version() { return 2; }

@@ -42,7 +42,7 @@ SETTING_VARIABLE = "STM_RL_FUSED_KERNELS"
 SETTINGS = ("auto", "off")
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fPIC", "-shared", "-std=c++17")
 MAX_SIDE = 1024  # d; kMaxSide in the source
-_ABI_VERSION = 1
+_ABI_VERSION = 2
 
 
 class FusedKernelsError(RuntimeError):
@@ -137,10 +137,10 @@ class FusedKernels:
                                        _POINTER]
             update_backward = getattr(self.library, f"stm_update_backward_{suffix}")
             update_backward.argtypes = [_INT, _INT, _INT, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER,
-                                        _POINTER]
+                                        _POINTER, _POINTER]
             memory_backward = getattr(self.library, f"stm_memory_backward_{suffix}")
-            memory_backward.argtypes = [_INT, _INT, _INT, _POINTER, _POINTER, _POINTER, _INT, _DOUBLE, _POINTER,
-                                        _POINTER, _POINTER, _POINTER, _POINTER]
+            memory_backward.argtypes = [_INT, _INT, _INT, _POINTER, _POINTER, _POINTER, _POINTER, _INT, _DOUBLE,
+                                        _POINTER, _POINTER, _POINTER, _POINTER, _POINTER]
             for function in (update_forward, update_backward, memory_backward):
                 function.restype = None
             self.functions[suffix] = (update_forward, update_backward, memory_backward)
@@ -159,17 +159,18 @@ class FusedKernels:
                                      _ptr(values), out.data_ptr(), _ptr(low))
         return out, low
 
-    def update_backward(self, grad: Optional[Tensor], grad_bf16: Optional[Tensor], scores: Tensor,
+    def update_backward(self, grad: Optional[Tensor], grad_readout: Optional[Tensor], scores: Tensor,
                         values: Tensor, need_scores: bool, need_values: bool) -> tuple[Optional[Tensor], Optional[Tensor]]:
-        """Gradients of the scores and the values from ``dM_r = grad + grad_bf16`` (either may be None)."""
+        """Gradients of the scores and the values from ``dM_r = grad + grad_readout`` (either may be None;
+        ``grad_readout`` is bf16, the gradient of the bf16 copy, or the memory's dtype, that of its alias)."""
         grad_scores = torch.empty_like(scores) if need_scores else None
         grad_values = torch.empty_like(values) if need_values else None
         batch, slots, d = values.shape
-        self._calls(values.dtype)[1](batch, slots, d, _ptr(grad), _ptr(grad_bf16), _ptr(scores), _ptr(values),
-                                     _ptr(grad_scores), _ptr(grad_values))
+        self._calls(values.dtype)[1](batch, slots, d, _ptr(grad), *_readout_parts(grad_readout), _ptr(scores),
+                                     _ptr(values), _ptr(grad_scores), _ptr(grad_values))
         return grad_scores, grad_values
 
-    def memory_backward(self, grad: Optional[Tensor], grad_bf16: Optional[Tensor], memory: Tensor, alpha: Tensor,
+    def memory_backward(self, grad: Optional[Tensor], grad_readout: Optional[Tensor], memory: Tensor, alpha: Tensor,
                         slot_weights: Optional[Tensor], grad_mixed: Optional[Tensor], need_memory: bool,
                         need_weights: bool, need_alpha: bool) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
         """``(alpha dM_r + p (x) d mixed, <M_r_prev[n], d mixed>, <dM_r, M_r_prev>)`` in one pass.
@@ -182,7 +183,7 @@ class FusedKernels:
         grad_memory = torch.empty(batch, slots, d, d, dtype=memory.dtype) if need_memory else None
         grad_weights = torch.empty(batch, slots, dtype=memory.dtype) if need_weights and grad_mixed is not None else None
         alpha_total = ctypes.c_double(0.0)
-        self._calls(memory.dtype)[2](batch, slots, d, _ptr(grad), _ptr(grad_bf16), memory.data_ptr(), stride,
+        self._calls(memory.dtype)[2](batch, slots, d, _ptr(grad), *_readout_parts(grad_readout), memory.data_ptr(), stride,
                                      float(alpha), _ptr(slot_weights), _ptr(grad_mixed), _ptr(grad_memory),
                                      _ptr(grad_weights), ctypes.byref(alpha_total) if need_alpha else None)
         grad_alpha = alpha.new_tensor(alpha_total.value) if need_alpha else None
@@ -195,6 +196,13 @@ def _ptr(tensor: Optional[Tensor]) -> Optional[int]:
     if not tensor.is_contiguous():
         raise ValueError("fused STM kernels need contiguous operands")  # callers make them so
     return tensor.data_ptr()
+
+
+def _readout_parts(grad_readout: Optional[Tensor]) -> tuple[Optional[int], Optional[int]]:
+    """The readout's gradient as the kernels take it: (bf16 pointer, same-dtype pointer), one of them None."""
+    if grad_readout is not None and grad_readout.dtype == torch.bfloat16:
+        return _ptr(grad_readout), None
+    return None, _ptr(grad_readout)
 
 
 def _memory_operand(memory: Tensor) -> tuple[Tensor, int]:

@@ -13,9 +13,10 @@ One gradient for ``M_r_prev`` per step: the same step's update (:mod:`stm_rl.mem
 also reads ``M_r_prev`` (``alpha1 * M_r_prev``), and left to autograd the two gradients would be two
 full-size tensors plus a third for their sum. With a :class:`MemoryGradientHandoff` shared by the two
 functions, the update's backward (which always runs first: the update consumes what the read produced)
-leaves its gradient there instead of returning it, and this backward returns
-``alpha1 * dM_r + p (x) d mixed`` built in one tensor (issue 10: two fewer passes over ``B x N x d x d``
-per step).
+leaves ``dM_r`` there instead, and this backward returns ``alpha1 * dM_r + p (x) d mixed`` built in one
+tensor, and alpha1's gradient ``<dM_r, M_r_prev>`` (issue 10: fewer passes over ``B x N x d x d``).
+Where the fused CPU kernels run (:mod:`stm_rl.memory.fused_kernels`) those two and p's gradient come
+from one pass over ``dM_r`` and ``M_r_prev``.
 
 Under autocast (bf16 mixed precision) the function computes in the dtype of the memory, the one large
 input, and casts the small ones (p, w) to it: no copy of ``M_r`` is made, and the backward pass, which

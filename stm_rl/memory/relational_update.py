@@ -10,7 +10,12 @@ columns (``dA V^T``, ``[B, N*d, d] x [B, d, N]``), which oneDNN/MKL run at a fra
 is one dot product of the output gradient with ``M_r_prev`` (no full-size temporary), and
 ``M_r_prev``'s gradient is ``alpha1 * dM_r``: returned here, or, with a
 :class:`~stm_rl.memory.relational_read.MemoryGradientHandoff` shared with the step's relational read,
-left to the read's backward, which sums it with its own gradient for ``M_r_prev`` in one tensor.
+both are left to the read's backward, which forms them together with its own gradient for ``M_r_prev``.
+
+Where the fused CPU kernels run (:mod:`stm_rl.memory.fused_kernels`: CPU, one PyTorch thread), the
+forward pass is one kernel that also writes the bf16 copy of ``M_r`` that the readout reads under bf16
+autocast (:func:`relational_update_with_readout`), and the backward pass one kernel that reads ``dM_r`` as
+the fp32 gradient plus that copy's bf16 gradient, without forming their sum.
 
 The function computes in the dtype of the memory (the recurrence's dtype, fp32 also under bf16
 autocast, see :mod:`stm_rl.memory.stm`) and returns each gradient in its input's dtype.
@@ -28,10 +33,14 @@ from stm_rl.memory.relational_read import MemoryGradientHandoff, memory_dot
 
 
 class _RelationalUpdate(torch.autograd.Function):
+    """Returns ``M_r`` and the readout's view of it: under bf16 with the fused kernels a bf16 copy, else an
+    alias of ``M_r``. Either way the readout's gradient arrives here apart from the recurrent one, and the
+    two are summed where ``dM_r`` is read (by the kernels, without a full-size sum)."""
+
     @staticmethod
     def forward(ctx, memory: Tensor, alpha: Tensor, scores: Tensor, values: Tensor,
-                handoff: Optional[MemoryGradientHandoff], bf16_copy: bool):
-        ctx.set_materialize_grads(False)  # the bf16 copy's gradient is None where the copy is not read
+                handoff: Optional[MemoryGradientHandoff], bf16_readout: bool):
+        ctx.set_materialize_grads(False)  # an output nothing reads gets no (zero-filled) gradient
         ctx.handoff = handoff
         ctx.input_dtypes = (alpha.dtype, scores.dtype, values.dtype)
         alpha, scores, values = (t.to(memory.dtype).contiguous() for t in (alpha, scores, values))
@@ -39,41 +48,43 @@ class _RelationalUpdate(torch.autograd.Function):
         copy = None
         with torch.autocast(memory.device.type, enabled=False):
             if kernels is not None:  # one pass, the bf16 copy made from the same registers
-                updated, copy = kernels.update_forward(memory, alpha, scores, values, bf16_copy)
+                updated, copy = kernels.update_forward(memory, alpha, scores, values,
+                                                       bf16_readout and memory.dtype == torch.float32)
             else:
                 batch, n, d, _ = memory.shape
                 updated = memory * alpha
                 updated.view(batch, n * d, d).baddbmm_(scores.transpose(1, 2), values)
         ctx.save_for_backward(memory, alpha, scores, values)
-        return updated, copy
+        return updated, updated.view_as(updated) if copy is None else copy
 
     @staticmethod
-    def backward(ctx, grad: Optional[Tensor], grad_copy: Optional[Tensor]):
-        if grad is None and grad_copy is None:  # neither output is used (no gradient flows)
+    def backward(ctx, grad: Optional[Tensor], grad_readout: Optional[Tensor]):
+        if grad is None and grad_readout is None:  # neither output is used (no gradient flows)
             return None, None, None, None, None, None
         memory, alpha, scores, values = ctx.saved_tensors
         alpha_dtype, scores_dtype, values_dtype = ctx.input_dtypes
         grad_memory = grad_alpha = grad_scores = grad_values = None
         grad = None if grad is None else grad.to(memory.dtype).contiguous()
-        grad_copy = None if grad_copy is None else grad_copy.contiguous()
-        if ctx.kernels is not None:  # dM_r = grad + grad_copy, read once for both products
+        grad_readout = None if grad_readout is None else grad_readout.contiguous()
+        if ctx.kernels is not None:  # dM_r = grad + grad_readout, read once for both products
             grad_scores, grad_values = ctx.kernels.update_backward(
-                grad, grad_copy, scores, values, ctx.needs_input_grad[2], ctx.needs_input_grad[3])
+                grad, grad_readout, scores, values, ctx.needs_input_grad[2], ctx.needs_input_grad[3])
         else:
-            if grad_copy is not None:
-                grad = grad_copy.to(memory.dtype) if grad is None else grad + grad_copy.to(memory.dtype)
+            if grad_readout is not None:
+                readout = grad_readout.to(memory.dtype)
+                grad = readout if grad is None else grad + readout
+                grad_readout = None
             batch, n, d, _ = memory.shape
             flat_grad = grad.view(batch, n * d, d)
             if ctx.needs_input_grad[2]:  # d scores = V dA^T: [N, d] x [d, N*d] per sample
                 grad_scores = torch.bmm(values, flat_grad.transpose(1, 2))
             if ctx.needs_input_grad[3]:  # d V = scores dA: [N, N*d] x [N*d, d] per sample
                 grad_values = torch.bmm(scores, flat_grad)
-            grad_copy = None
         if ctx.handoff is not None:  # M_r_prev's and alpha1's gradients are formed by the read's backward
-            ctx.handoff.leave(grad, grad_copy)
+            ctx.handoff.leave(grad, grad_readout)
         elif ctx.kernels is not None:
             grad_memory, _, grad_alpha = ctx.kernels.memory_backward(
-                grad, grad_copy, memory, alpha, None, None, ctx.needs_input_grad[0], False, ctx.needs_input_grad[1])
+                grad, grad_readout, memory, alpha, None, None, ctx.needs_input_grad[0], False, ctx.needs_input_grad[1])
         else:
             if ctx.needs_input_grad[0]:
                 grad_memory = grad * alpha
@@ -99,17 +110,21 @@ def relational_update(memory: Tensor, alpha: Tensor, scores: Tensor, values: Ten
         handoff: shared with the same step's relational read of ``memory``, which then returns the
             gradients of ``memory`` and ``alpha`` (module docstring); made with this ``alpha``.
     """
-    return relational_update_with_copy(memory, alpha, scores, values, handoff)[0]
+    return relational_update_with_readout(memory, alpha, scores, values, handoff)[0]
 
 
-def relational_update_with_copy(memory: Tensor, alpha: Tensor, scores: Tensor, values: Tensor,
-                                handoff: Optional[MemoryGradientHandoff] = None,
-                                bf16_copy: bool = False) -> tuple[Tensor, Optional[Tensor]]:
-    """:func:`relational_update` and, with ``bf16_copy`` where the fused kernels run, a bf16 copy of the
-    result made in the same pass (else None): the readout's input under bf16 autocast, whose gradient is
-    then added to the result's inside the update's backward pass instead of by a separate cast and sum."""
+def relational_update_with_readout(memory: Tensor, alpha: Tensor, scores: Tensor, values: Tensor,
+                                   handoff: Optional[MemoryGradientHandoff] = None,
+                                   bf16_readout: bool = False) -> tuple[Tensor, Tensor]:
+    """:func:`relational_update` and the tensor the readout (eq. 14) should read ``M_r`` from.
+
+    The readout tensor is a view of ``M_r``, or, with ``bf16_readout`` where the fused kernels run, a bf16
+    copy of it made in the same pass (the readout's input under bf16 autocast, same values as autocast's
+    cast). Its gradient then reaches this function's backward apart from ``M_r``'s, and the two are added
+    where ``dM_r`` is read, rather than by autograd into a new full-size tensor (and a cast).
+    """
     if alpha.dim() != 0:
         raise ValueError(f"relational_update expects a 0-dimensional alpha, got shape {list(alpha.shape)}")
     if handoff is not None and handoff.alpha is not alpha:
         raise ValueError("relational_update: the handoff must be made with the same alpha")
-    return _RelationalUpdate.apply(memory, alpha, scores, values, handoff, bf16_copy and memory.dtype == torch.float32)
+    return _RelationalUpdate.apply(memory, alpha, scores, values, handoff, bf16_readout)

@@ -20,6 +20,10 @@ bound by G2's products and the per-op overhead):
   are autograd functions whose backward passes avoid full-size temporaries, inner-size-1 batched
   products, and batched products with one or N output columns (which run many times slower than their
   transposes at batch > 1 on CPUs: issue 10).
+- On CPU with one PyTorch thread (the A3C workers), the relational update, its backward pass, and the
+  gradients of ``M_r_prev``, p and alpha1 run as fused kernels, one pass over ``B x N x d x d`` each
+  (:mod:`stm_rl.memory.fused_kernels`); under bf16 autocast the update also writes the readout's bf16
+  copy of ``M_r`` (:meth:`STMCell.step_projected`).
 - :class:`STM` computes everything that depends on the input alone (f1, f2, f3, the input gate) once
   over all time steps, and the output distillation G2/G3 (eq. 14) over chunks of steps sized to keep
   its matrix product large without copying the relational memories at large batches.
@@ -44,7 +48,7 @@ from torch import Tensor, nn
 from stm_rl.memory.activations import tanh
 from stm_rl.memory.attention import SAM, _check_positive, outer_product_scores
 from stm_rl.memory.relational_read import MemoryGradientHandoff, relational_read
-from stm_rl.memory.relational_update import relational_update_with_copy
+from stm_rl.memory.relational_update import relational_update_with_readout
 
 AlphaSetting = Optional[float]
 
@@ -266,13 +270,16 @@ class STMCell(nn.Module):
         scores = outer_product_scores(k, q, tanh).view(batch, n, n * d)  # [B, N(key), N(query)*d]
         # M_r = alpha1 * M_r_prev + A, A[n, a, c] = sum_j scores[j, n, a] v[j, c]: one [N*d, N] x [N, d]
         # product per sample accumulated into one new tensor (alpha1 is a buffer at 0 where fixed so).
-        relational, readout_copy = relational_update_with_copy(rel_prev, self.alpha1, scores, v, handoff, bf16_readout)
+        # The readout's view of M_r (a bf16 copy under bf16 with the fused kernels): its gradient joins M_r's in
+        # the update's backward pass.
+        relational, readout_input = relational_update_with_readout(rel_prev, self.alpha1, scores, v, handoff,
+                                                                   bf16_readout)
 
         if self.uses_transfer:  # 7. eq. 13: T[c, e] = sum_{n,a} W_G1[e, n*d + a] A[n, a, c] + b_G1[e]
             # Factored: T = sum_j v_j (x) H_j + b with H_j[e] = sum_{n,a} W_G1[e, n*d + a] scores[j, n, a].
             per_key = scores @ self.G1.weight.t()  # H: [B, N(key), d]
             item = torch.baddbmm(item + self.alpha3 * self.G1.bias, v.transpose(1, 2), self.alpha3 * per_key)
-        return STMState(item, relational), relational if readout_copy is None else readout_copy
+        return STMState(item, relational), readout_input
 
     def readout(self, relational: Tensor) -> Tensor:
         """Spec steps 8-9 (eq. 14 and the optional head) for relational memories ``[..., N, d, d]``."""
