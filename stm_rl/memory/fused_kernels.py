@@ -41,7 +41,7 @@ SOURCE = Path(__file__).with_name("fused_kernels.cpp")
 SETTING_VARIABLE = "STM_RL_FUSED_KERNELS"
 SETTINGS = ("auto", "off")
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fPIC", "-shared", "-std=c++17")
-MAX_SIDE = 1024  # d; kMaxSide in the source
+MAX_SIDE, MAX_SLOTS = 1024, 256  # d and N; kMaxSide and kMaxSlots in the source
 _ABI_VERSION = 2
 
 
@@ -58,7 +58,8 @@ def fused_kernels_setting() -> str:
 
 
 def cache_dir() -> Path:
-    """Where the compiled library is kept: ``$STM_RL_CACHE_DIR``, else ``$XDG_CACHE_HOME/stm_rl``, else ``~/.cache/stm_rl``."""
+    """Where the compiled library is kept: ``$STM_RL_CACHE_DIR``, else ``$XDG_CACHE_HOME/stm_rl``, else
+    ``~/.cache/stm_rl``."""
     if os.environ.get("STM_RL_CACHE_DIR"):
         return Path(os.environ["STM_RL_CACHE_DIR"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "stm_rl"
@@ -160,19 +161,21 @@ class FusedKernels:
         return out, low
 
     def update_backward(self, grad: Optional[Tensor], grad_readout: Optional[Tensor], scores: Tensor,
-                        values: Tensor, need_scores: bool, need_values: bool) -> tuple[Optional[Tensor], Optional[Tensor]]:
+                        values: Tensor, need_scores: bool,
+                        need_values: bool) -> tuple[Optional[Tensor], Optional[Tensor]]:
         """Gradients of the scores and the values from ``dM_r = grad + grad_readout`` (either may be None;
         ``grad_readout`` is bf16, the gradient of the bf16 copy, or the memory's dtype, that of its alias)."""
         grad_scores = torch.empty_like(scores) if need_scores else None
         grad_values = torch.empty_like(values) if need_values else None
         batch, slots, d = values.shape
-        self._calls(values.dtype)[1](batch, slots, d, _ptr(grad), *_readout_parts(grad_readout), _ptr(scores),
-                                     _ptr(values), _ptr(grad_scores), _ptr(grad_values))
+        self._calls(values.dtype)[1](batch, slots, d, _ptr(grad), *_readout_parts(grad_readout, values.dtype),
+                                     _ptr(scores), _ptr(values), _ptr(grad_scores), _ptr(grad_values))
         return grad_scores, grad_values
 
-    def memory_backward(self, grad: Optional[Tensor], grad_readout: Optional[Tensor], memory: Tensor, alpha: Tensor,
-                        slot_weights: Optional[Tensor], grad_mixed: Optional[Tensor], need_memory: bool,
-                        need_weights: bool, need_alpha: bool) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+    def memory_backward(self, grad: Optional[Tensor], grad_readout: Optional[Tensor], memory: Tensor,
+                        alpha: Tensor, slot_weights: Optional[Tensor], grad_mixed: Optional[Tensor],
+                        need_memory: bool, need_weights: bool,
+                        need_alpha: bool) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
         """``(alpha dM_r + p (x) d mixed, <M_r_prev[n], d mixed>, <dM_r, M_r_prev>)`` in one pass.
 
         ``memory`` may be expanded over the batch (its gradient is then per sample, as autograd expects
@@ -181,11 +184,13 @@ class FusedKernels:
         batch, slots, d = memory.shape[0], memory.shape[1], memory.shape[2]
         memory, stride = _memory_operand(memory)
         grad_memory = torch.empty(batch, slots, d, d, dtype=memory.dtype) if need_memory else None
-        grad_weights = torch.empty(batch, slots, dtype=memory.dtype) if need_weights and grad_mixed is not None else None
+        need_weights = need_weights and grad_mixed is not None
+        grad_weights = torch.empty(batch, slots, dtype=memory.dtype) if need_weights else None
         alpha_total = ctypes.c_double(0.0)
-        self._calls(memory.dtype)[2](batch, slots, d, _ptr(grad), *_readout_parts(grad_readout), memory.data_ptr(), stride,
-                                     float(alpha), _ptr(slot_weights), _ptr(grad_mixed), _ptr(grad_memory),
-                                     _ptr(grad_weights), ctypes.byref(alpha_total) if need_alpha else None)
+        self._calls(memory.dtype)[2](batch, slots, d, _ptr(grad), *_readout_parts(grad_readout, memory.dtype),
+                                     memory.data_ptr(), stride, float(alpha), _ptr(slot_weights), _ptr(grad_mixed),
+                                     _ptr(grad_memory), _ptr(grad_weights),
+                                     ctypes.byref(alpha_total) if need_alpha else None)
         grad_alpha = alpha.new_tensor(alpha_total.value) if need_alpha else None
         return grad_memory, grad_weights, grad_alpha
 
@@ -198,11 +203,13 @@ def _ptr(tensor: Optional[Tensor]) -> Optional[int]:
     return tensor.data_ptr()
 
 
-def _readout_parts(grad_readout: Optional[Tensor]) -> tuple[Optional[int], Optional[int]]:
-    """The readout's gradient as the kernels take it: (bf16 pointer, same-dtype pointer), one of them None."""
-    if grad_readout is not None and grad_readout.dtype == torch.bfloat16:
+def _readout_parts(grad_readout: Optional[Tensor], dtype: torch.dtype) -> tuple[Optional[int], Optional[int]]:
+    """The readout's gradient as the kernels take it: (bf16 pointer, ``dtype`` pointer), one of them None."""
+    if grad_readout is None:
+        return None, None
+    if grad_readout.dtype == torch.bfloat16 and dtype == torch.float32:
         return _ptr(grad_readout), None
-    return None, _ptr(grad_readout)
+    return None, _ptr(grad_readout.to(dtype))
 
 
 def _memory_operand(memory: Tensor) -> tuple[Tensor, int]:
@@ -217,7 +224,8 @@ _loaded: dict[str, object] = {}  # per process: the FusedKernels, or the reason 
 
 
 def load_fused_kernels() -> FusedKernels:
-    """The kernels, built on first use; raises :class:`FusedKernelsError` (and again on later calls) if they cannot be."""
+    """The kernels, built on first use; raises :class:`FusedKernelsError` (and again on later calls) if they
+    cannot be."""
     if "kernels" not in _loaded and "error" not in _loaded:
         try:
             _loaded["kernels"] = FusedKernels(build())
@@ -248,11 +256,12 @@ def _report_unavailable(error: FusedKernelsError) -> None:
 
 
 def fused_kernels_for(memory: Tensor) -> Optional[FusedKernels]:
-    """The kernels if they serve this memory (CPU, float32/64, d <= 1024, one PyTorch thread), else None.
+    """The kernels if they serve this memory (CPU, float32/64, d <= 1024, N <= 256, one PyTorch thread), else None.
 
     The first time they cannot be built, one line on stderr says why (the PyTorch path is then used)."""
     if (memory.device.type != "cpu" or memory.dtype not in (torch.float32, torch.float64)
-            or memory.shape[-1] > MAX_SIDE or torch.get_num_threads() != 1 or fused_kernels_setting() == "off"):
+            or memory.shape[-1] > MAX_SIDE or memory.shape[-3] > MAX_SLOTS or torch.get_num_threads() != 1
+            or fused_kernels_setting() == "off"):
         return None
     try:
         return load_fused_kernels()
