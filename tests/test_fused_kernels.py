@@ -76,25 +76,25 @@ def test_backward_kernels_match_the_gradients_written_out(kernels, parts):
     b, n, d = values.shape
     generator = torch.Generator().manual_seed(2)
     grad = torch.randn(b, n, d, d, generator=generator) if parts in ("recurrent", "both bf16", "both fp32") else None
-    grad_copy = torch.randn(b, n, d, d, generator=generator) if parts != "recurrent" else None
-    if grad_copy is not None and "bf16" in parts:
-        grad_copy = grad_copy.to(torch.bfloat16)
-    total = sum(g.float() for g in (grad, grad_copy) if g is not None)
+    grad_readout = torch.randn(b, n, d, d, generator=generator) if parts != "recurrent" else None
+    if grad_readout is not None and "bf16" in parts:
+        grad_readout = grad_readout.to(torch.bfloat16)
+    total = sum(g.float() for g in (grad, grad_readout) if g is not None)
     slot_weights = torch.softmax(torch.randn(b, n, generator=generator), -1)
     grad_mixed = torch.randn(b, d, d, generator=generator)
 
-    grad_scores, grad_values = kernels.update_backward(grad, grad_copy, scores, values, True, True)
+    grad_scores, grad_values = kernels.update_backward(grad, grad_readout, scores, values, True, True)
     torch.testing.assert_close(grad_scores, values @ total.view(b, n * d, d).transpose(1, 2))
     torch.testing.assert_close(grad_values, scores @ total.view(b, n * d, d))
 
     grad_memory, grad_weights, grad_alpha = kernels.memory_backward(
-        grad, grad_copy, memory, alpha, slot_weights, grad_mixed, True, True, True)
+        grad, grad_readout, memory, alpha, slot_weights, grad_mixed, True, True, True)
     torch.testing.assert_close(grad_memory, alpha * total + slot_weights.view(b, n, 1, 1) * grad_mixed.unsqueeze(1))
     torch.testing.assert_close(grad_weights, (memory * grad_mixed.unsqueeze(1)).sum((2, 3)))
     torch.testing.assert_close(grad_alpha, (total * memory).sum())
     # without the read's terms (a cell whose alpha2 is fixed at 0): alpha1 * dM_r and alpha1's gradient only
     grad_memory, grad_weights, grad_alpha = kernels.memory_backward(
-        grad, grad_copy, memory, alpha, None, None, True, True, True)
+        grad, grad_readout, memory, alpha, None, None, True, True, True)
     assert grad_weights is None
     torch.testing.assert_close(grad_memory, alpha * total)
     torch.testing.assert_close(grad_alpha, (total * memory).sum())

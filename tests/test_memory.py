@@ -330,7 +330,7 @@ def test_read_and_update_return_one_gradient_for_the_memory_they_share():
         grads.append(torch.autograd.grad(out.square().sum(), (memory, p, w, alpha)))
     for with_handoff, separate in zip(*grads):
         torch.testing.assert_close(with_handoff, separate)
-    assert handoffs[0].grad is None and handoffs[0].grad_copy is None, "the handoff keeps nothing after the backward"
+    assert handoffs[0].grad is None and handoffs[0].grad_readout is None, "the handoff keeps nothing after the backward"
     assert torch.autograd.gradcheck(lambda *args: step(*args, MemoryGradientHandoff(args[-1])), (memory, p, w, alpha))
     base = torch.randn(3, 4, 4, requires_grad=True)  # the learned initial memory, expanded over the batch
     assert torch.autograd.gradcheck(lambda b, *args: step(b.expand(2, 3, 4, 4), *args, MemoryGradientHandoff(args[-1])),

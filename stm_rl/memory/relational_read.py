@@ -41,25 +41,25 @@ class MemoryGradientHandoff:
     Made by the cell for one step with that step's alpha1 and given to both :func:`relational_read` and
     :func:`~stm_rl.memory.relational_update.relational_update`, which must read the same ``M_r_prev``;
     the update's output must depend on the read's (it does through SAM), so that the update's backward
-    runs first. ``dM_r`` is kept as the update's two output gradients (the fp32 one and the readout
-    copy's bf16 one, either may be None), summed where they are read. Holds nothing between backward
-    passes.
+    runs first. ``dM_r`` is kept as the update's two output gradients (through ``M_r`` and through the
+    readout's view or bf16 copy of it, either may be None), summed where they are read. Holds nothing
+    between backward passes.
     """
 
-    __slots__ = ("alpha", "grad", "grad_copy")
+    __slots__ = ("alpha", "grad", "grad_readout")
 
     def __init__(self, alpha: Tensor) -> None:
         self.alpha = alpha
         self.grad: Optional[Tensor] = None
-        self.grad_copy: Optional[Tensor] = None
+        self.grad_readout: Optional[Tensor] = None
 
-    def leave(self, grad: Optional[Tensor], grad_copy: Optional[Tensor]) -> None:
-        """The update's backward: ``dM_r = grad + grad_copy`` for the read's backward to use."""
-        self.grad, self.grad_copy = grad, grad_copy
+    def leave(self, grad: Optional[Tensor], grad_readout: Optional[Tensor]) -> None:
+        """The update's backward: ``dM_r = grad + grad_readout`` for the read's backward to use."""
+        self.grad, self.grad_readout = grad, grad_readout
 
     def take(self) -> tuple[Optional[Tensor], Optional[Tensor]]:
-        grads = self.grad, self.grad_copy
-        self.grad = self.grad_copy = None
+        grads = self.grad, self.grad_readout
+        self.grad = self.grad_readout = None
         return grads
 
 
@@ -87,15 +87,15 @@ class _RelationalRead(torch.autograd.Function):
         weights_dtype, key_dtype, alpha_dtype = ctx.input_dtypes
         grad_memory = grad_weights = grad_key = grad_alpha = None
         grad_mixed = (key.unsqueeze(2) * grad_read.unsqueeze(1)).contiguous()  # w (x) d v_r: [B, d, d]
-        update_grad, update_grad_copy = ctx.handoff.take() if ctx.handoff is not None else (None, None)
-        need_alpha = ctx.needs_input_grad[4] and (update_grad is not None or update_grad_copy is not None)
+        update_grad, update_grad_readout = ctx.handoff.take() if ctx.handoff is not None else (None, None)
+        need_alpha = ctx.needs_input_grad[4] and (update_grad is not None or update_grad_readout is not None)
         if ctx.kernels is not None:  # everything that reads M_r_prev or dM_r, in one pass
             grad_memory, grad_weights, grad_alpha = ctx.kernels.memory_backward(
-                update_grad, update_grad_copy, memory, alpha, slot_weights, grad_mixed,
+                update_grad, update_grad_readout, memory, alpha, slot_weights, grad_mixed,
                 ctx.needs_input_grad[0], ctx.needs_input_grad[1], need_alpha)
         else:
-            if update_grad_copy is not None:
-                update_grad = update_grad_copy.to(memory.dtype) + (0 if update_grad is None else update_grad)
+            if update_grad_readout is not None:
+                update_grad = update_grad_readout.to(memory.dtype) + (0 if update_grad is None else update_grad)
             if ctx.needs_input_grad[0]:  # p_n * d mixed for every slot (+ the update's alpha1 * dM_r)
                 slots, mix = slot_weights.unsqueeze(2), grad_mixed.view(batch, 1, d * d)
                 if update_grad is None:

@@ -232,9 +232,10 @@ class STMCell(nn.Module):
                        state: Optional[STMState] = None) -> tuple[STMState, Tensor]:
         """:meth:`update_memory_projected`, and the relational memory as :meth:`readout` should take it.
 
-        Under bf16 autocast on CPU the fused kernels (:mod:`stm_rl.memory.fused_kernels`) write ``M_r``'s
-        bf16 copy while they compute it; the readout then uses the copy (same values as autocast's cast)
-        and its gradient joins ``M_r``'s inside the update's backward. Elsewhere it is ``M_r`` itself.
+        That is a view of ``M_r``, or, under bf16 autocast where the fused kernels run
+        (:mod:`stm_rl.memory.fused_kernels`), the bf16 copy of ``M_r`` they write while computing it (same
+        values as autocast's cast). Either way the readout's gradient reaches the update's backward apart
+        from the recurrent one and the two are added where ``dM_r`` is read, not into a new tensor.
         """
         device = self.initial_item.device.type
         bf16_readout = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16
