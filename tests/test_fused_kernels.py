@@ -41,9 +41,10 @@ def _memory_inputs(dtype, batch=3, slots=4, d=5, seed=0):
             torch.randn(batch, slots, d, dtype=dtype, generator=generator))
 
 
+@pytest.mark.parametrize("shape", [(4, 5), (3, 32)], ids=["N4-d5", "N3-d32"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_update_forward_is_the_definition_and_its_copy_is_the_bf16_cast(kernels, dtype):
-    memory, alpha, scores, values = _memory_inputs(dtype)
+def test_update_forward_is_the_definition_and_its_copy_is_the_bf16_cast(kernels, dtype, shape):
+    memory, alpha, scores, values = _memory_inputs(dtype, slots=shape[0], d=shape[1])
     b, n, d = values.shape
     expected = alpha * memory + torch.einsum("bjna,bjc->bnac", scores.view(b, n, n, d), values)
     out, copy = kernels.update_forward(memory, alpha, scores, values, bf16_copy=dtype == torch.float32)
@@ -68,11 +69,17 @@ def test_bf16_copy_rounds_like_pytorch(kernels):
     assert torch.equal(copy[~copy.isnan()], expected[~expected.isnan()])
 
 
+SHAPES = {"N4-d5": (4, 5), "N3-d32": (3, 32), "N8-d16": (8, 16)}
+"""(slots, d): d = 5 takes the portable loops; multiples of 16 the AVX-512 ones where the CPU has them,
+with N = 3 leaving a partial group of the four values those process at once."""
+
+
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
 @pytest.mark.parametrize("parts", ["recurrent", "bf16 readout", "both bf16", "fp32 readout", "both fp32"])
-def test_backward_kernels_match_the_gradients_written_out(kernels, parts):
+def test_backward_kernels_match_the_gradients_written_out(kernels, parts, shape):
     """dM_r is the recurrent gradient plus the readout's (bf16 for the copy, fp32 for the alias); each kernel
     reads either or both."""
-    memory, alpha, scores, values = _memory_inputs(torch.float32, seed=1)
+    memory, alpha, scores, values = _memory_inputs(torch.float32, slots=shape[0], d=shape[1], seed=1)
     b, n, d = values.shape
     generator = torch.Generator().manual_seed(2)
     grad = torch.randn(b, n, d, d, generator=generator) if parts in ("recurrent", "both bf16", "both fp32") else None
