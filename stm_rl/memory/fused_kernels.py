@@ -9,7 +9,9 @@ gradient, alpha1's dot product). The three kernels here do the same arithmetic i
 - :meth:`FusedKernels.update_forward`: ``M_r = alpha1 M_r_prev + scores^T V``, and, under bf16 autocast,
   the bf16 copy of ``M_r`` that the readout (eq. 14) consumes, written from the same registers;
 - :meth:`FusedKernels.update_backward`: the gradients of the scores and the values from ``dM_r``, read
-  as the fp32 gradient plus the readout's bf16 gradient without forming their sum;
+  as the recurrent gradient plus the readout's (bf16 for the copy, fp32 for the view of ``M_r`` the
+  readout reads otherwise) without forming their sum; on AVX-512 CPUs two rows of ``dM_r`` at a time in
+  registers (``d`` a multiple of 16 up to 128; portable loops elsewhere);
 - :meth:`FusedKernels.memory_backward`: ``dM_r_prev = alpha1 dM_r + p (x) d mixed``, ``d p`` and
   ``d alpha1`` in one pass over ``dM_r`` and ``M_r_prev``.
 
@@ -20,6 +22,8 @@ when PyTorch runs one intra-op thread (the A3C workers' setting); with more thre
 no compiler is found, the functions in :mod:`stm_rl.memory.relational_update` and
 :mod:`stm_rl.memory.relational_read` compute the same values with PyTorch operations (a one-line note
 says why, once per process). ``STM_RL_FUSED_KERNELS=off`` keeps the PyTorch path everywhere.
+``benchmarks/train_speed.py --fused-kernels auto off`` and ``STM_RL_FUSED_KERNELS=off python
+benchmarks/stm_speed.py`` measure what they bring.
 """
 
 from __future__ import annotations
