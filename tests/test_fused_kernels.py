@@ -202,6 +202,19 @@ def test_build_is_keyed_by_source_and_cpu(tmp_path, monkeypatch):
     assert not list(tmp_path.glob("*.tmp.so")), "no temporary file is left behind"
 
 
+def test_an_unwritable_cache_falls_back_to_the_temporary_directory_unless_chosen(tmp_path, monkeypatch):
+    blocked = tmp_path / "a-file"
+    blocked.write_text("not a directory")
+    monkeypatch.delenv("STM_RL_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))  # the default cache cannot be created under a file
+    monkeypatch.setattr(fused_kernels.tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    assert fused_kernels.build().parent.parent == tmp_path / "tmp"
+    monkeypatch.setenv("STM_RL_CACHE_DIR", str(blocked / "cache"))  # chosen: no fallback, one clear error
+    with pytest.raises(fused_kernels.FusedKernelsError, match="cannot write to .*set STM_RL_CACHE_DIR"):
+        fused_kernels.build()
+
+
 def test_without_a_compiler_one_line_says_so_and_pytorch_computes(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("CXX", "no-such-compiler-here")
     monkeypatch.setenv("STM_RL_CACHE_DIR", str(tmp_path))

@@ -63,7 +63,7 @@ def fused_kernels_setting() -> str:
 
 def cache_dir() -> Path:
     """Where the compiled library is kept: ``$STM_RL_CACHE_DIR``, else ``$XDG_CACHE_HOME/stm_rl``, else
-    ``~/.cache/stm_rl``."""
+    ``~/.cache/stm_rl`` (with neither variable set, the temporary directory where that cannot be written)."""
     if os.environ.get("STM_RL_CACHE_DIR"):
         return Path(os.environ["STM_RL_CACHE_DIR"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "stm_rl"
@@ -99,16 +99,29 @@ def build(directory: Optional[Path] = None) -> Path:
         b"\0".join([SOURCE.read_bytes(), " ".join(COMPILE_FLAGS).encode(), compiler.encode(),
                     _cpu_signature().encode()])
     ).hexdigest()[:16]
-    directory = directory or cache_dir()
-    target = directory / f"stm_rl_fused_kernels_{key}.so"
-    if target.exists():
-        return target
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=directory, prefix=target.stem, suffix=".tmp.so")
-        os.close(handle)
-    except OSError as error:
-        raise FusedKernelsError(f"cannot write to {directory} ({error.strerror}; set STM_RL_CACHE_DIR)") from None
+    name = f"stm_rl_fused_kernels_{key}.so"
+    if directory is not None or os.environ.get("STM_RL_CACHE_DIR"):
+        candidates = [directory or cache_dir()]
+    else:  # a read-only home (some clusters) falls back to the temporary directory
+        candidates = [cache_dir(), Path(tempfile.gettempdir()) / f"stm_rl-{os.getuid()}"]
+    for candidate in candidates:
+        if (candidate / name).exists():
+            return candidate / name
+    failure = None
+    for candidate in candidates:
+        try:
+            candidate.mkdir(parents=True, exist_ok=True)
+            handle, temporary = tempfile.mkstemp(dir=candidate, prefix=Path(name).stem, suffix=".tmp.so")
+            os.close(handle)
+        except OSError as error:
+            failure = failure or f"cannot write to {candidate} ({error.strerror}; set STM_RL_CACHE_DIR)"
+            continue
+        _compile(compiler, temporary, candidate / name)
+        return candidate / name
+    raise FusedKernelsError(failure)
+
+
+def _compile(compiler: str, temporary: str, target: Path) -> None:
     try:
         result = subprocess.run([compiler, *COMPILE_FLAGS, str(SOURCE), "-o", temporary],
                                 capture_output=True, text=True, timeout=300)
@@ -116,10 +129,13 @@ def build(directory: Optional[Path] = None) -> Path:
             first = (result.stderr.strip().splitlines() or ["no message"])[0]
             raise FusedKernelsError(f"{Path(compiler).name} failed: {first}")
         os.replace(temporary, target)
+    except subprocess.TimeoutExpired:
+        raise FusedKernelsError(f"{Path(compiler).name} took over 300 s") from None
+    except OSError as error:
+        raise FusedKernelsError(f"cannot run {compiler} ({error.strerror})") from None
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)
-    return target
 
 
 _POINTER, _INT, _DOUBLE = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
