@@ -34,8 +34,8 @@ from tqdm import tqdm
 
 from stm_rl.conventions import RunStatus
 from stm_rl.fp32_matmul import choose_fp32_matmul_library
-from stm_rl.memory.fused_kernels import fused_kernels_setting
 from stm_rl.logger import MetricLogger
+from stm_rl.memory.fused_kernels import fused_kernels_setting
 from stm_rl.run_dir import (
     CheckpointError, JsonlWriter, RunDir, RunFailed, StmRlError, check_can_write, drop_records_after, load_checkpoint,
     save_checkpoint, to_jsonable, write_config, write_json_atomic,
