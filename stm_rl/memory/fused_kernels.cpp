@@ -1,4 +1,5 @@
-// Fused CPU kernels for the STM's relational memory (issue 10), loaded by stm_rl/memory/fused_kernels.py.
+// Fused CPU kernels for the STM's relational memory and for the gated write into its item memory (issue 10),
+// loaded by stm_rl/memory/fused_kernels.py.
 //
 // Each kernel makes one pass over the B x N x d x d tensors it touches, where the PyTorch
 // composition of the same step makes several (a scaling, a batched product, a cast to bf16, a sum
@@ -301,6 +302,224 @@ void memory_backward(int64_t batch, int64_t slots, int64_t d, GradientParts<T> g
     if (grad_alpha != nullptr) *grad_alpha += alpha_total;
 }
 
+// ---------------------------------------------------------------------------------------------------------
+// The gated write into the item memory (paper eq. 10 with the gates of Appendix D, spec STM.md section 3
+// steps 2-4), everything but the gate's matrix product, which BLAS computes beforehand:
+//   pre    [B, d, 2d]  tanh(M_i_prev) W_gate^T (row i: the gates of row i of the memory)
+//   offset [B, 2d]     the gates' input half and biases, the same for every row
+//   M'[i][j] = sigmoid(pre[i][j] + offset[j]) tanh(u_i u_j) + sigmoid(pre[i][d+j] + offset[d+j]) M_i_prev[i][j]
+// In PyTorch operations this is about ten passes over [B, d, d] and [B, d, 2d] tensors forward and twenty
+// backward; here one each, with the sigmoids and tanh recomputed in the backward pass instead of saved.
+
+template <typename T>
+inline T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
+
+// tanh as 2 sigmoid(2x) - 1, as stm_rl/memory/activations.py computes it in fp32.
+template <typename T>
+inline T tanh_by_sigmoid(T x) { return T(2) * sigmoid(T(2) * x) - T(1); }
+
+template <typename T>
+void gated_write_forward(int64_t batch, int64_t d, const T* previous, int64_t previous_stride, const T* u,
+                         const T* pre, const T* offset, T* out) {
+    for (int64_t b = 0; b < batch; ++b) {
+        const T* item = u + b * d;
+        const T* gate_offset = offset + b * 2 * d;
+        for (int64_t i = 0; i < d; ++i) {
+            const T* old = previous + b * previous_stride + i * d;
+            const T* gates = pre + (b * d + i) * 2 * d;
+            T* row = out + (b * d + i) * d;
+            const T ui = item[i];
+            for (int64_t j = 0; j < d; ++j) {
+                const T input_gate = sigmoid(gates[j] + gate_offset[j]);
+                const T forget_gate = sigmoid(gates[d + j] + gate_offset[d + j]);
+                row[j] = input_gate * tanh_by_sigmoid(ui * item[j]) + forget_gate * old[j];
+            }
+        }
+    }
+}
+
+// Gradients of the gated write from dM' (`grad`, [B, d, d]); any output may be null (not wanted):
+//   grad_previous [B, d, d]  dM' * forget gate (the direct path; tanh(M_i_prev)'s is added by autograd)
+//   grad_u        [B, d]     through tanh(u_i u_j)
+//   grad_pre      [B, d, 2d] the gates' pre-activations
+//   grad_offset   [B, 2d]    the same summed over rows
+template <typename T>
+void gated_write_backward(int64_t batch, int64_t d, const T* grad, const T* previous, int64_t previous_stride,
+                          const T* u, const T* pre, const T* offset, T* grad_previous, T* grad_u, T* grad_pre,
+                          T* grad_offset) {
+    T column[kMaxSide], offset_total[2 * kMaxSide];
+    for (int64_t b = 0; b < batch; ++b) {
+        const T* item = u + b * d;
+        const T* gate_offset = offset + b * 2 * d;
+        std::memset(column, 0, sizeof(T) * d);
+        std::memset(offset_total, 0, sizeof(T) * 2 * d);
+        for (int64_t i = 0; i < d; ++i) {
+            const T* old = previous + b * previous_stride + i * d;
+            const T* gates = pre + (b * d + i) * 2 * d;
+            const T* g = grad + (b * d + i) * d;
+            const T ui = item[i];
+            T row_total = 0;
+            for (int64_t j = 0; j < d; ++j) {
+                const T input_gate = sigmoid(gates[j] + gate_offset[j]);
+                const T forget_gate = sigmoid(gates[d + j] + gate_offset[d + j]);
+                const T written = tanh_by_sigmoid(ui * item[j]);
+                const T d_input = g[j] * written * input_gate * (T(1) - input_gate);
+                const T d_forget = g[j] * old[j] * forget_gate * (T(1) - forget_gate);
+                const T d_product = g[j] * input_gate * (T(1) - written * written);  // d (u_i u_j)
+                offset_total[j] += d_input;
+                offset_total[d + j] += d_forget;
+                row_total += d_product * item[j];
+                column[j] += d_product * ui;
+                if (grad_pre != nullptr) {
+                    grad_pre[(b * d + i) * 2 * d + j] = d_input;
+                    grad_pre[(b * d + i) * 2 * d + d + j] = d_forget;
+                }
+                if (grad_previous != nullptr) grad_previous[(b * d + i) * d + j] = g[j] * forget_gate;
+            }
+            if (grad_u != nullptr) grad_u[b * d + i] = row_total;
+        }
+        if (grad_u != nullptr)
+            for (int64_t j = 0; j < d; ++j) grad_u[b * d + j] += column[j];
+        if (grad_offset != nullptr) std::memcpy(grad_offset + b * 2 * d, offset_total, sizeof(T) * 2 * d);
+    }
+}
+
+#if defined(__AVX512F__)
+// exp of 16 floats: x = n ln2 + r with |r| <= ln2 / 2, exp(r) by its Taylor polynomial of degree 7 (error
+// below 1e-8 relative), scaled by 2^n; saturates to 0 and infinity like expf.
+inline __m512 exp_avx512(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-104.0f)), _mm512_set1_ps(89.0f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);  // ln2 in two parts (Cody-Waite)
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, n);
+}
+
+inline __m512 sigmoid_avx512(__m512 x) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    return _mm512_div_ps(one, _mm512_add_ps(one, exp_avx512(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+}
+
+inline __m512 tanh_avx512(__m512 x) {
+    const __m512 two = _mm512_set1_ps(2.0f);
+    return _mm512_fmsub_ps(two, sigmoid_avx512(_mm512_mul_ps(two, x)), _mm512_set1_ps(1.0f));
+}
+
+// The mask of the 16-float chunk at column j of a d-wide row (all set but at the tail).
+inline __mmask16 chunk_mask(int64_t j, int64_t d) {
+    return d - j >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (d - j)) - 1u);
+}
+
+void gated_write_forward_avx512(int64_t batch, int64_t d, const float* previous, int64_t previous_stride,
+                                const float* u, const float* pre, const float* offset, float* out) {
+    for (int64_t b = 0; b < batch; ++b) {
+        const float* item = u + b * d;
+        const float* gate_offset = offset + b * 2 * d;
+        for (int64_t i = 0; i < d; ++i) {
+            const float* old = previous + b * previous_stride + i * d;
+            const float* gates = pre + (b * d + i) * 2 * d;
+            float* row = out + (b * d + i) * d;
+            const __m512 ui = _mm512_set1_ps(item[i]);
+            for (int64_t j = 0; j < d; j += 16) {
+                const __mmask16 m = chunk_mask(j, d);
+                const __m512 input_gate = sigmoid_avx512(
+                    _mm512_add_ps(_mm512_maskz_loadu_ps(m, gates + j), _mm512_maskz_loadu_ps(m, gate_offset + j)));
+                const __m512 forget_gate = sigmoid_avx512(_mm512_add_ps(
+                    _mm512_maskz_loadu_ps(m, gates + d + j), _mm512_maskz_loadu_ps(m, gate_offset + d + j)));
+                const __m512 written = tanh_avx512(_mm512_mul_ps(ui, _mm512_maskz_loadu_ps(m, item + j)));
+                _mm512_mask_storeu_ps(row + j, m, _mm512_fmadd_ps(input_gate, written,
+                                                                  _mm512_mul_ps(forget_gate, _mm512_maskz_loadu_ps(m, old + j))));
+            }
+        }
+    }
+}
+
+void gated_write_backward_avx512(int64_t batch, int64_t d, const float* grad, const float* previous,
+                                 int64_t previous_stride, const float* u, const float* pre, const float* offset,
+                                 float* grad_previous, float* grad_u, float* grad_pre, float* grad_offset) {
+    alignas(64) float column[kMaxSide + 16], offset_total[2 * kMaxSide + 16];
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (int64_t b = 0; b < batch; ++b) {
+        const float* item = u + b * d;
+        const float* gate_offset = offset + b * 2 * d;
+        std::memset(column, 0, sizeof(float) * d);
+        std::memset(offset_total, 0, sizeof(float) * 2 * d);
+        for (int64_t i = 0; i < d; ++i) {
+            const float* old = previous + b * previous_stride + i * d;
+            const float* gates = pre + (b * d + i) * 2 * d;
+            const float* g_row = grad + (b * d + i) * d;
+            const __m512 ui = _mm512_set1_ps(item[i]);
+            __m512 row_total = _mm512_setzero_ps();
+            for (int64_t j = 0; j < d; j += 16) {
+                const __mmask16 m = chunk_mask(j, d);
+                const __m512 g = _mm512_maskz_loadu_ps(m, g_row + j);
+                const __m512 uj = _mm512_maskz_loadu_ps(m, item + j);
+                const __m512 input_gate = sigmoid_avx512(
+                    _mm512_add_ps(_mm512_maskz_loadu_ps(m, gates + j), _mm512_maskz_loadu_ps(m, gate_offset + j)));
+                const __m512 forget_gate = sigmoid_avx512(_mm512_add_ps(
+                    _mm512_maskz_loadu_ps(m, gates + d + j), _mm512_maskz_loadu_ps(m, gate_offset + d + j)));
+                const __m512 written = tanh_avx512(_mm512_mul_ps(ui, uj));
+                const __m512 g_input = _mm512_mul_ps(g, input_gate);
+                const __m512 d_input = _mm512_mul_ps(_mm512_mul_ps(g_input, written), _mm512_sub_ps(one, input_gate));
+                const __m512 d_forget = _mm512_mul_ps(
+                    _mm512_mul_ps(_mm512_mul_ps(g, _mm512_maskz_loadu_ps(m, old + j)), forget_gate),
+                    _mm512_sub_ps(one, forget_gate));
+                const __m512 d_product = _mm512_mul_ps(g_input, _mm512_fnmadd_ps(written, written, one));
+                _mm512_mask_storeu_ps(offset_total + j, m, _mm512_add_ps(_mm512_maskz_loadu_ps(m, offset_total + j), d_input));
+                _mm512_mask_storeu_ps(offset_total + d + j, m,
+                                      _mm512_add_ps(_mm512_maskz_loadu_ps(m, offset_total + d + j), d_forget));
+                row_total = _mm512_fmadd_ps(d_product, uj, row_total);
+                _mm512_mask_storeu_ps(column + j, m, _mm512_fmadd_ps(d_product, ui, _mm512_maskz_loadu_ps(m, column + j)));
+                if (grad_pre != nullptr) {
+                    _mm512_mask_storeu_ps(grad_pre + (b * d + i) * 2 * d + j, m, d_input);
+                    _mm512_mask_storeu_ps(grad_pre + (b * d + i) * 2 * d + d + j, m, d_forget);
+                }
+                if (grad_previous != nullptr)
+                    _mm512_mask_storeu_ps(grad_previous + (b * d + i) * d + j, m, _mm512_mul_ps(g, forget_gate));
+            }
+            if (grad_u != nullptr) grad_u[b * d + i] = _mm512_reduce_add_ps(row_total);
+        }
+        if (grad_u != nullptr)
+            for (int64_t j = 0; j < d; ++j) grad_u[b * d + j] += column[j];
+        if (grad_offset != nullptr) std::memcpy(grad_offset + b * 2 * d, offset_total, sizeof(float) * 2 * d);
+    }
+}
+
+inline bool gated_write_forward_fast(int64_t batch, int64_t d, const float* previous, int64_t previous_stride,
+                                     const float* u, const float* pre, const float* offset, float* out) {
+    gated_write_forward_avx512(batch, d, previous, previous_stride, u, pre, offset, out);
+    return true;
+}
+
+inline bool gated_write_backward_fast(int64_t batch, int64_t d, const float* grad, const float* previous,
+                                      int64_t previous_stride, const float* u, const float* pre, const float* offset,
+                                      float* grad_previous, float* grad_u, float* grad_pre, float* grad_offset) {
+    gated_write_backward_avx512(batch, d, grad, previous, previous_stride, u, pre, offset, grad_previous, grad_u,
+                                grad_pre, grad_offset);
+    return true;
+}
+#endif
+
+template <typename T>
+inline bool gated_write_forward_fast(int64_t, int64_t, const T*, int64_t, const T*, const T*, const T*, T*) {
+    return false;
+}
+
+template <typename T>
+inline bool gated_write_backward_fast(int64_t, int64_t, const T*, const T*, int64_t, const T*, const T*, const T*,
+                                      T*, T*, T*, T*) {
+    return false;
+}
+
 }  // namespace
 
 // The gradient dM_r comes as three pointers (GradientParts: recurrent, readout_low, readout), any may be null.
@@ -327,9 +546,24 @@ void memory_backward(int64_t batch, int64_t slots, int64_t d, GradientParts<T> g
         const GradientParts<T> grad{recurrent, readout_low, readout};                                        \
         memory_backward<T>(batch, slots, d, grad, memory, memory_stride, static_cast<T>(alpha), slot_weights, \
                            grad_mixed, grad_memory, grad_slot_weights, grad_alpha);                          \
+    }                                                                                                        \
+    extern "C" void stm_gated_write_forward_##SUFFIX(int64_t batch, int64_t d, const T* previous,            \
+                                                     int64_t previous_stride, const T* u, const T* pre,      \
+                                                     const T* offset, T* out) {                              \
+        if (!gated_write_forward_fast(batch, d, previous, previous_stride, u, pre, offset, out))             \
+            gated_write_forward<T>(batch, d, previous, previous_stride, u, pre, offset, out);                \
+    }                                                                                                        \
+    extern "C" void stm_gated_write_backward_##SUFFIX(int64_t batch, int64_t d, const T* grad,               \
+                                                      const T* previous, int64_t previous_stride, const T* u, \
+                                                      const T* pre, const T* offset, T* grad_previous,       \
+                                                      T* grad_u, T* grad_pre, T* grad_offset) {              \
+        if (!gated_write_backward_fast(batch, d, grad, previous, previous_stride, u, pre, offset,            \
+                                       grad_previous, grad_u, grad_pre, grad_offset))                        \
+            gated_write_backward<T>(batch, d, grad, previous, previous_stride, u, pre, offset, grad_previous, \
+                                    grad_u, grad_pre, grad_offset);                                          \
     }
 
 STM_RL_INSTANCES(float, f32)
 STM_RL_INSTANCES(double, f64)
 
-extern "C" int stm_abi_version() { return 2; }
+extern "C" int stm_abi_version() { return 3; }

@@ -23,7 +23,8 @@ bound by G2's products and the per-op overhead):
 - On CPU with one PyTorch thread (the A3C workers), the relational update, its backward pass, and the
   gradients of ``M_r_prev``, p and alpha1 run as fused kernels, one pass over ``B x N x d x d`` each
   (:mod:`stm_rl.memory.fused_kernels`); under bf16 autocast the update also writes the readout's bf16
-  copy of ``M_r`` (:meth:`STMCell.step_projected`).
+  copy of ``M_r`` (:meth:`STMCell.step_projected`). The gated write into the item memory (eq. 10) is
+  likewise one kernel each way after the gates' matrix product (:mod:`stm_rl.memory.gated_write`).
 - :class:`STM` computes everything that depends on the input alone (f1, f2, f3, the input gate) once
   over all time steps, and the output distillation G2/G3 (eq. 14) over chunks of steps sized to keep
   its matrix product large without copying the relational memories at large batches.
@@ -47,6 +48,7 @@ from torch import Tensor, nn
 
 from stm_rl.memory.activations import tanh
 from stm_rl.memory.attention import SAM, _check_positive, outer_product_scores
+from stm_rl.memory.gated_write import gated_write
 from stm_rl.memory.relational_read import MemoryGradientHandoff, relational_read
 from stm_rl.memory.relational_update import relational_update_with_readout
 
@@ -76,7 +78,8 @@ class InputProjection(NamedTuple):
     slot_logits: Optional[Tensor]
     """f3(x), logits of the attention over slots (eq. 11)."""
     gate_from_input: Optional[Tensor]
-    """gate_in(u) plus the scalar biases of the two gates, the input half of the gates (Appendix D)."""
+    """gate_in(u) plus all biases of the two gates (gate_mem's and the scalar ones): the part of the gates'
+    pre-activation that is the same for every row of the item memory (Appendix D)."""
 
 
 class STMCell(nn.Module):
@@ -202,8 +205,9 @@ class STMCell(nn.Module):
         """Everything a step computes from x alone (spec step 1 and the input half of the gates).
 
         Works on any leading dimensions, so :class:`STM` projects a whole sequence at once. The gates'
-        scalar biases (``input_bias``, ``forget_bias``) are added here, to the ``[..., 2d]`` vector,
-        rather than to the ``d x 2d`` gate pre-activations of every step (same sum, far fewer adds).
+        biases (``gate_mem``'s and the scalars ``input_bias``, ``forget_bias``) are added here, to the
+        ``[..., 2d]`` vector, rather than to the ``d x 2d`` gate pre-activations of every step (same sum,
+        far fewer adds).
         Runs in the parameters' dtype, also under autocast.
         """
         with self.full_precision():
@@ -212,9 +216,9 @@ class STMCell(nn.Module):
             w = self.f2(x) if self.uses_relational_read else None
             slot_logits = self.f3(x) if self.uses_relational_read else None
             gate_from_input = None
-            if self.gated:  # gate_in(u) + [input_bias] * d ++ [forget_bias] * d
+            if self.gated:  # gate_in(u) + gate_mem's bias + [input_bias] * d ++ [forget_bias] * d
                 biases = torch.stack((self.input_bias, self.forget_bias)).unsqueeze(-1)  # [2, 1]
-                gate_from_input = (self.gate_in(u).unflatten(-1, (2, self.d)) + biases).flatten(-2)
+                gate_from_input = (self.gate_in(u).unflatten(-1, (2, self.d)) + biases).flatten(-2) + self.gate_mem.bias
         return InputProjection(u, w, slot_logits, gate_from_input)
 
     def update_memory_projected(self, projected: "InputProjection", state: Optional[STMState] = None) -> STMState:
@@ -250,11 +254,10 @@ class STMCell(nn.Module):
         item_prev, rel_prev = state
         batch, n, d = u.shape[0], self.num_slots, self.d
 
-        if self.gated:  # 2-4. eq. 10 with the gates of Appendix D (biases already in gate_from_input)
-            written = tanh(u.unsqueeze(2) * u.unsqueeze(1))  # X = tanh(u (x) u)
-            gates = torch.sigmoid(self.gate_mem(tanh(item_prev)) + gate_from_input.unsqueeze(1))
-            input_gate, forget_gate = gates.chunk(2, dim=-1)
-            item = torch.addcmul(input_gate * written, forget_gate, item_prev)  # M'
+        if self.gated:  # 2-4. eq. 10 with the gates of Appendix D (all biases already in gate_from_input)
+            # M' = I * tanh(u (x) u) + F * M_i, [I, F] = sigmoid(tanh(M_i) W_gate_mem^T + gate_from_input)
+            preactivation = nn.functional.linear(tanh(item_prev), self.gate_mem.weight)  # [B, d, 2d]
+            item = gated_write(item_prev, u, preactivation, gate_from_input)
         else:  # eq. 9, the "w/o gates" ablation: M' = M_i + u (x) u
             item = torch.baddbmm(item_prev, u.unsqueeze(2), u.unsqueeze(1))
 
