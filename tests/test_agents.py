@@ -41,8 +41,9 @@ def test_unroll_replays_acting_exactly(agent, encoder):
     torch.testing.assert_close(replay_logits, torch.stack(logits, 1), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(replay_values, torch.stack(values, 1), atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(replay_state.lstm[0], state.lstm[0], atol=1e-5, rtol=1e-5)
-    if agent == "stm":
-        torch.testing.assert_close(replay_state.stm.relational, state.stm.relational, atol=1e-5, rtol=1e-5)
+    if agent == "stm":  # an accumulating memory (entries up to about 6 here): fp32 rounding relative to its scale
+        scale = state.stm.relational.abs().max().item()
+        torch.testing.assert_close(replay_state.stm.relational, state.stm.relational, atol=1e-5 * scale, rtol=1e-5)
 
 
 def test_stm_agent_carries_both_memories_and_resets_to_learned_initial_state():

@@ -254,17 +254,17 @@ def test_a_bad_setting_is_one_line_naming_the_variable(monkeypatch, tmp_path, ca
     assert fused_kernels.fused_kernels_setting() == "off"
 
 
-def _gated_write_inputs(dtype, batch=3, d=5, seed=0, scale=3.0):
+def _gated_write_inputs(dtype, batch=3, d=5, seed=0, scale=1.0):
     generator = torch.Generator().manual_seed(seed)
-    return [torch.randn(batch, d, d, dtype=dtype, generator=generator),
+    return [scale * torch.randn(batch, d, d, dtype=dtype, generator=generator),
             torch.randn(batch, d, dtype=dtype, generator=generator),
-            scale * torch.randn(batch, d, 2 * d, dtype=dtype, generator=generator),
+            scale * torch.randn(2 * d, d, dtype=dtype, generator=generator),
             torch.randn(batch, 2 * d, dtype=dtype, generator=generator)]
 
 
-def _gated_write_definition(item, u, preactivation, offset):
+def _gated_write_definition(item, u, weight, offset):
     """Eq. 10 with the gates of Appendix D, written plainly."""
-    gates = torch.sigmoid(preactivation + offset.unsqueeze(1))
+    gates = torch.sigmoid(torch.tanh(item) @ weight.t() + offset.unsqueeze(1))
     d = u.shape[1]
     return gates[..., :d] * torch.tanh(u.unsqueeze(2) * u.unsqueeze(1)) + gates[..., d:] * item
 
@@ -281,7 +281,10 @@ def test_gated_write_and_its_gradients_are_the_definition(kernels, dtype, d):
     weights = torch.randn(out.shape, dtype=dtype, generator=torch.Generator().manual_seed(1))
     for got, want in zip(torch.autograd.grad((out * weights).sum(), inputs),
                          torch.autograd.grad((expected * weights).sum(), inputs)):
-        torch.testing.assert_close(got, want, **tolerance)
+        if dtype == torch.float32:  # sums over up to B*d terms, in another order: relative to the largest entry
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-5 * want.abs().max().item())
+        else:
+            torch.testing.assert_close(got, want)
 
 
 def test_gated_write_gradcheck_through_the_kernels(kernels):
@@ -292,7 +295,7 @@ def test_gated_write_gradcheck_through_the_kernels(kernels):
 
 
 def test_gated_write_saturates_without_overflow(kernels):
-    """Gates and tanh far into saturation (pre-activations up to +-1e4) stay finite and match the definition."""
+    """Gates and tanh far into saturation (pre-activations up to about +-1e5) stay finite and match the definition."""
     inputs = _gated_write_inputs(torch.float32, d=20, scale=3000.0)
     inputs[1] = inputs[1] * 30.0
     out = gated_write(*inputs)

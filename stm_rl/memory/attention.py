@@ -6,7 +6,7 @@ the d x d item memory. See ``../shared/spec/STM.md`` sections 1 and 2.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -72,15 +72,24 @@ class SAM(nn.Module):
         self.qkv_proj = nn.Linear(d, 3 * num_slots)
         self.qkv_norm = nn.LayerNorm([d, 3 * num_slots])
 
-    def queries_keys_values(self, memory: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def queries_keys_values(self, memory: Tensor,
+                            rank_one: Optional[tuple[Tensor, Tensor]] = None) -> tuple[Tensor, Tensor, Tensor]:
         """Steps 1-3 of the operator: ``(q, k, v)``, each ``[B, N, d]`` (slot-major, contiguous rows).
 
-        P is transposed into one contiguous ``[B, 3N, d]`` copy (small: 3N*d numbers per sample), so
-        that the products built from q, k and v get plain row-major layouts.
+        ``rank_one = (a, b)`` (each ``[B, d]``) runs the operator on ``memory + a (x) b`` without forming that
+        sum: the projection is linear, ``(S + a (x) b) W^T = S W^T + a (x) (W b)``, and the rank-1 term is
+        added to the ``[B, d, 3N]`` projection instead of the ``[B, d, d]`` memory (the STM's relational read
+        enters so, eq. 11). P is transposed into one contiguous ``[B, 3N, d]`` copy (small: 3N*d numbers per
+        sample), so that the products built from q, k and v get plain row-major layouts.
         """
         if memory.shape[-2:] != (self.d, self.d):
             raise ValueError(f"SAM expects memories of shape [B, {self.d}, {self.d}], got {list(memory.shape)}")
-        p = self.qkv_norm(self.qkv_proj(memory))  # [B, d, 3N]: column i is the i-th query/key/value
+        projected = self.qkv_proj(memory)  # [B, d, 3N]
+        if rank_one is not None:
+            left, right = rank_one
+            projected = torch.baddbmm(projected, left.unsqueeze(-1),
+                                      nn.functional.linear(right, self.qkv_proj.weight).unsqueeze(-2))
+        p = self.qkv_norm(projected)  # [B, d, 3N]: column i is the i-th query/key/value
         q, k, v = p.transpose(-1, -2).contiguous().split(self.num_slots, dim=-2)
         return q, k, v
 

@@ -304,7 +304,8 @@ void memory_backward(int64_t batch, int64_t slots, int64_t d, GradientParts<T> g
 
 // ---------------------------------------------------------------------------------------------------------
 // The gated write into the item memory (paper eq. 10 with the gates of Appendix D, spec STM.md section 3
-// steps 2-4), everything but the gate's matrix product, which BLAS computes beforehand:
+// steps 2-4), everything but the gates' matrix product, which BLAS computes in between (tanh_forward before
+// it; tanh_backward_add after its backward product):
 //   pre    [B, d, 2d]  tanh(M_i_prev) W_gate^T (row i: the gates of row i of the memory)
 //   offset [B, 2d]     the gates' input half and biases, the same for every row
 //   M'[i][j] = sigmoid(pre[i][j] + offset[j]) tanh(u_i u_j) + sigmoid(pre[i][d+j] + offset[d+j]) M_i_prev[i][j]
@@ -382,6 +383,20 @@ void gated_write_backward(int64_t batch, int64_t d, const T* grad, const T* prev
             for (int64_t j = 0; j < d; ++j) grad_u[b * d + j] += column[j];
         if (grad_offset != nullptr) std::memcpy(grad_offset + b * 2 * d, offset_total, sizeof(T) * 2 * d);
     }
+}
+
+// T = tanh(M_i_prev) for the gates' product (sample stride `stride`: 0 when expanded over the batch).
+template <typename T>
+void tanh_forward(int64_t batch, int64_t size, const T* x, int64_t stride, T* out) {
+    for (int64_t b = 0; b < batch; ++b)
+        for (int64_t i = 0; i < size; ++i) out[b * size + i] = tanh_by_sigmoid(x[b * stride + i]);
+}
+
+// grad += upstream * (1 - y^2): tanh's backward pass added to a gradient that already holds another path's.
+template <typename T>
+void tanh_backward_add(int64_t count, T* grad, const T* upstream, const T* y) {
+#pragma omp simd
+    for (int64_t i = 0; i < count; ++i) grad[i] += upstream[i] * (T(1) - y[i] * y[i]);
 }
 
 #if defined(__AVX512F__)
@@ -494,6 +509,19 @@ void gated_write_backward_avx512(int64_t batch, int64_t d, const float* grad, co
     }
 }
 
+void tanh_forward_avx512(int64_t batch, int64_t size, const float* x, int64_t stride, float* out) {
+    for (int64_t b = 0; b < batch; ++b)
+        for (int64_t i = 0; i < size; i += 16) {
+            const __mmask16 m = chunk_mask(i, size);
+            _mm512_mask_storeu_ps(out + b * size + i, m, tanh_avx512(_mm512_maskz_loadu_ps(m, x + b * stride + i)));
+        }
+}
+
+inline bool tanh_forward_fast(int64_t batch, int64_t size, const float* x, int64_t stride, float* out) {
+    tanh_forward_avx512(batch, size, x, stride, out);
+    return true;
+}
+
 inline bool gated_write_forward_fast(int64_t batch, int64_t d, const float* previous, int64_t previous_stride,
                                      const float* u, const float* pre, const float* offset, float* out) {
     gated_write_forward_avx512(batch, d, previous, previous_stride, u, pre, offset, out);
@@ -508,6 +536,11 @@ inline bool gated_write_backward_fast(int64_t batch, int64_t d, const float* gra
     return true;
 }
 #endif
+
+template <typename T>
+inline bool tanh_forward_fast(int64_t, int64_t, const T*, int64_t, T*) {
+    return false;
+}
 
 template <typename T>
 inline bool gated_write_forward_fast(int64_t, int64_t, const T*, int64_t, const T*, const T*, const T*, T*) {
@@ -561,9 +594,15 @@ inline bool gated_write_backward_fast(int64_t, int64_t, const T*, const T*, int6
                                        grad_previous, grad_u, grad_pre, grad_offset))                        \
             gated_write_backward<T>(batch, d, grad, previous, previous_stride, u, pre, offset, grad_previous, \
                                     grad_u, grad_pre, grad_offset);                                          \
+    }                                                                                                        \
+    extern "C" void stm_tanh_forward_##SUFFIX(int64_t batch, int64_t size, const T* x, int64_t stride, T* out) { \
+        if (!tanh_forward_fast(batch, size, x, stride, out)) tanh_forward<T>(batch, size, x, stride, out);     \
+    }                                                                                                        \
+    extern "C" void stm_tanh_backward_add_##SUFFIX(int64_t count, T* grad, const T* upstream, const T* y) {    \
+        tanh_backward_add<T>(count, grad, upstream, y);                                                      \
     }
 
 STM_RL_INSTANCES(float, f32)
 STM_RL_INSTANCES(double, f64)
 
-extern "C" int stm_abi_version() { return 3; }
+extern "C" int stm_abi_version() { return 4; }

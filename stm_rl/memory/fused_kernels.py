@@ -52,7 +52,7 @@ SETTING_VARIABLE = "STM_RL_FUSED_KERNELS"
 SETTINGS = ("auto", "off")
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fPIC", "-shared", "-std=c++17")
 MAX_SIDE, MAX_SLOTS = 1024, 256  # d and N; kMaxSide and kMaxSlots in the source
-_ABI_VERSION = 3
+_ABI_VERSION = 4
 
 
 class FusedKernelsError(RuntimeError):
@@ -173,7 +173,12 @@ class FusedKernels:
             gated_write_backward = getattr(self.library, f"stm_gated_write_backward_{suffix}")
             gated_write_backward.argtypes = [_INT, _INT, _POINTER, _POINTER, _INT, _POINTER, _POINTER, _POINTER,
                                              _POINTER, _POINTER, _POINTER, _POINTER]
-            calls = (update_forward, update_backward, memory_backward, gated_write_forward, gated_write_backward)
+            tanh_forward = getattr(self.library, f"stm_tanh_forward_{suffix}")
+            tanh_forward.argtypes = [_INT, _INT, _POINTER, _INT, _POINTER]
+            tanh_backward_add = getattr(self.library, f"stm_tanh_backward_add_{suffix}")
+            tanh_backward_add.argtypes = [_INT, _POINTER, _POINTER, _POINTER]
+            calls = (update_forward, update_backward, memory_backward, gated_write_forward, gated_write_backward,
+                     tanh_forward, tanh_backward_add)
             for function in calls:
                 function.restype = None
             self.functions[suffix] = calls
@@ -225,6 +230,18 @@ class FusedKernels:
                                      ctypes.byref(alpha_total) if need_alpha else None)
         grad_alpha = alpha.new_tensor(alpha_total.value) if need_alpha else None
         return grad_memory, grad_weights, grad_alpha
+
+    def tanh(self, item: Tensor) -> Tensor:
+        """``tanh(item)`` (as ``2 sigmoid(2x) - 1``, :mod:`stm_rl.memory.activations`), per sample also where
+        ``item`` is expanded over the batch."""
+        item, stride = _memory_operand(item)
+        out = torch.empty(item.shape, dtype=item.dtype)
+        self._calls(item.dtype)[5](item.shape[0], item[0].numel(), item.data_ptr(), stride, out.data_ptr())
+        return out
+
+    def tanh_backward_add(self, grad: Tensor, upstream: Tensor, output: Tensor) -> None:
+        """``grad += upstream * (1 - output^2)`` in place: tanh's backward pass added to ``grad``."""
+        self._calls(grad.dtype)[6](grad.numel(), _ptr(grad), _ptr(upstream), _ptr(output))
 
     def gated_write_forward(self, item: Tensor, u: Tensor, preactivation: Tensor, offset: Tensor) -> Tensor:
         """The gated write ``M'`` (``[B, d, d]``) from ``M_i_prev`` (``item``, may be expanded over the batch),

@@ -14,8 +14,10 @@ bound by G2's products and the per-op overhead):
 - The transfer to item memory (eq. 13) is computed from SAM's queries, keys and values directly,
   ``T = V^T H`` with ``H[j] = sum_{n,a} W_G1[:, n, a] tanh(q_n * k_j)[a]``: N^2 d^2 multiply-adds per
   sample instead of the N d^3 of applying G1 to the materialised SAM output.
-- Rank-1 and rank-N updates of a memory (eqs. 9, 11-13) are single ``baddbmm`` calls, which save only
-  their small factors for the backward pass. The relational update ``alpha1 * M_r_prev + A``
+- Rank-1 and rank-N updates of a memory (eqs. 9, 12, 13) are single ``baddbmm`` calls, which save only
+  their small factors for the backward pass; the transfer's bias rides in the same product. SAM's input
+  ``M' + alpha2 v_r (x) w`` (eq. 11) is never formed: SAM's projection is linear, so the rank-1 term is added
+  to its ``d x 3N`` output instead (:meth:`SAM.queries_keys_values`). The relational update ``alpha1 * M_r_prev + A``
   (:mod:`stm_rl.memory.relational_update`) and the relational read (:mod:`stm_rl.memory.relational_read`)
   are autograd functions whose backward passes avoid full-size temporaries, inner-size-1 batched
   products, and batched products with one or N output columns (which run many times slower than their
@@ -256,20 +258,19 @@ class STMCell(nn.Module):
 
         if self.gated:  # 2-4. eq. 10 with the gates of Appendix D (all biases already in gate_from_input)
             # M' = I * tanh(u (x) u) + F * M_i, [I, F] = sigmoid(tanh(M_i) W_gate_mem^T + gate_from_input)
-            preactivation = nn.functional.linear(tanh(item_prev), self.gate_mem.weight)  # [B, d, 2d]
-            item = gated_write(item_prev, u, preactivation, gate_from_input)
+            item = gated_write(item_prev, u, self.gate_mem.weight, gate_from_input)
         else:  # eq. 9, the "w/o gates" ablation: M' = M_i + u (x) u
             item = torch.baddbmm(item_prev, u.unsqueeze(2), u.unsqueeze(1))
 
-        sam_input, handoff = item, None
+        read_term, handoff = None, None
         if self.uses_relational_read:  # 5. eq. 11
             slot_weights = torch.softmax(slot_logits, dim=-1)  # p over the N slots
             handoff = MemoryGradientHandoff(self.alpha1)  # the read forms M_r_prev's and alpha1's gradients
             read = relational_read(rel_prev, slot_weights, w, handoff)  # v_r: [B, d], slots mixed first
-            # M' + alpha2 * v_r (x) w as one rank-1 update; alpha2 scales the small factor w.
-            sam_input = torch.baddbmm(item, read.unsqueeze(2), (self.alpha2 * w).unsqueeze(1))
+            # SAM's input M' + alpha2 * v_r (x) w, left to SAM as its rank-1 term (alpha2 scales the factor w)
+            read_term = (read, self.alpha2 * w)
 
-        q, k, v = self.sam.queries_keys_values(sam_input)  # 6. eq. 12
+        q, k, v = self.sam.queries_keys_values(item, read_term)  # 6. eq. 12 on M' + alpha2 v_r (x) w
         # scores[j, n, a] = tanh(q_n[a] * k_j[a]), key-major so that both products below read it as is.
         scores = outer_product_scores(k, q, tanh).view(batch, n, n * d)  # [B, N(key), N(query)*d]
         # M_r = alpha1 * M_r_prev + A, A[n, a, c] = sum_j scores[j, n, a] v[j, c]: one [N*d, N] x [N, d]
@@ -282,7 +283,10 @@ class STMCell(nn.Module):
         if self.uses_transfer:  # 7. eq. 13: T[c, e] = sum_{n,a} W_G1[e, n*d + a] A[n, a, c] + b_G1[e]
             # Factored: T = sum_j v_j (x) H_j + b with H_j[e] = sum_{n,a} W_G1[e, n*d + a] scores[j, n, a].
             per_key = scores @ self.G1.weight.t()  # H: [B, N(key), d]
-            item = torch.baddbmm(item + self.alpha3 * self.G1.bias, v.transpose(1, 2), self.alpha3 * per_key)
+            # The bias as one more term of the same product (a row of ones against b_G1): one pass over M'.
+            left = torch.cat((v, v.new_ones(batch, 1, d)), dim=1).transpose(1, 2)  # [B, d, N + 1]
+            right = torch.cat((per_key, self.G1.bias.expand(batch, 1, d)), dim=1)  # [B, N + 1, d]
+            item = torch.baddbmm(item, left, self.alpha3 * right)
         return STMState(item, relational), readout_input
 
     def readout(self, relational: Tensor) -> Tensor:
