@@ -16,16 +16,18 @@ from typing import ContextManager, Literal, Optional
 
 import torch
 
+from stm_rl.fp32_matmul import cpu_capabilities
+
 Precision = Literal["fp32", "bf16"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
 _NATIVE_BF16_CPU_FEATURES = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")
-"""``torch.cpu.get_capabilities()`` keys of native bf16 arithmetic (x86 AVX-512 BF16 / AMX, Arm BF16)."""
+"""Capability keys (:func:`stm_rl.fp32_matmul.cpu_capabilities`) of native bf16 arithmetic (x86 AVX-512 BF16 / AMX, Arm BF16)."""
 
 
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bf16 products natively (not by emulation)."""
-    capabilities = getattr(torch.cpu, "get_capabilities", lambda: {})()
+    capabilities = cpu_capabilities()
     return any(capabilities.get(feature, False) for feature in _NATIVE_BF16_CPU_FEATURES)
 
 

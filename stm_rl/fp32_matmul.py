@@ -56,6 +56,11 @@ def requested_library() -> str:
     return choice
 
 
+def cpu_capabilities() -> dict:
+    """``torch.cpu.get_capabilities()`` (instruction-set features of this CPU), empty where torch lacks it."""
+    return getattr(torch.cpu, "get_capabilities", lambda: {})()
+
+
 def use_onednn_for_fp32_matmul() -> bool:
     """Send fp32 matrix products to oneDNN where it computes them in fp32 (module docstring).
 
@@ -63,8 +68,7 @@ def use_onednn_for_fp32_matmul() -> bool:
     """
     if not _onednn_setting_available():
         return False
-    capabilities = getattr(torch.cpu, "get_capabilities", lambda: {})()
-    if capabilities.get("amx_bf16", False):  # AMX: oneDNN would compute in bf16
+    if cpu_capabilities().get("amx_bf16", False):  # AMX: oneDNN would compute in bf16
         return False
     previous = torch.backends.mkldnn.matmul.fp32_precision
     torch.backends.mkldnn.matmul.fp32_precision = "bf16"

@@ -85,6 +85,18 @@ def test_bad_input_is_one_line_exit_2_and_creates_nothing(argv, message, finishe
     assert after == run_before, "the run used as input was not touched"
 
 
+
+@pytest.mark.parametrize("variable, value", [("STM_RL_FP32_MATMUL", "openblas"), ("STM_RL_FUSED_KERNELS", "fast")])
+def test_a_bad_environment_setting_is_one_line_naming_the_variable(variable, value, monkeypatch, tmp_path, capsys):
+    """The settings read from the environment (stm_rl/fp32_matmul.py, stm_rl/memory/fused_kernels.py) are
+    checked before a run starts, like flags."""
+    monkeypatch.setenv(variable, value)
+    code = cli_main(["train", "--frames", "1000", "--run-dir", str(tmp_path / "run"), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0
+    assert f"{variable}={value!r}" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
 # ---------------------------------------------------------------- plot: what it averages, where it writes
 def write_run(run_dir: Path, seed: int, scores, **changes) -> Path:
     """A synthetic run: config.json (defaults, lstm skip 4, with ``changes`` as {"group.field": value}) and its

@@ -241,17 +241,13 @@ def test_without_a_compiler_one_line_says_so_and_pytorch_computes(monkeypatch, t
     torch.testing.assert_close(out, alpha * memory + torch.einsum("bjna,bjc->bnac", scores.view(b, n, n, d), values))
 
 
-def test_a_bad_setting_is_one_line_naming_the_variable(monkeypatch, tmp_path, capsys):
-    from stm_rl.cli import main as cli_main
-
-    monkeypatch.setenv(fused_kernels.SETTING_VARIABLE, "fast")
-    code = cli_main(["train", "--frames", "1000", "--run-dir", str(tmp_path / "run"), "--no-progress"])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and err.count("\n") == 0
-    assert "STM_RL_FUSED_KERNELS='fast'" in err and "Traceback" not in err
-    assert not (tmp_path / "run").exists()
+def test_the_setting_is_read_from_the_environment(monkeypatch):
+    """(A bad value is refused before a run starts: tests/test_bad_input.py.)"""
     monkeypatch.setenv(fused_kernels.SETTING_VARIABLE, "OFF")
     assert fused_kernels.fused_kernels_setting() == "off"
+    monkeypatch.setenv(fused_kernels.SETTING_VARIABLE, "fast")
+    with pytest.raises(ValueError, match="STM_RL_FUSED_KERNELS='fast'"):
+        fused_kernels.fused_kernels_setting()
 
 
 def _gated_write_inputs(dtype, batch=3, d=5, seed=0, scale=1.0):
