@@ -46,8 +46,17 @@ class FrameNormalizer(nn.Module):
         correction = 1.0 - self.alpha ** count
         return float(self.mean) / correction, float(self.std) / correction
 
+    def statistics_on_device(self) -> tuple[Tensor, Tensor]:
+        """:meth:`statistics` as 0-dimensional float64 tensors where the buffers live: no copy to the host."""
+        correction = 1.0 - torch.pow(torch.full_like(self.mean, self.alpha), self.count)  # 0 before any frame
+        seen = self.count > 0
+        return (torch.where(seen, self.mean / correction, torch.zeros_like(self.mean)),
+                torch.where(seen, self.std / correction, torch.ones_like(self.std)))
+
     def forward(self, frames: Tensor) -> Tensor:
-        mean, std = self.statistics()
+        # Python numbers on the CPU (the cheapest there); tensors elsewhere, where reading a buffer's value
+        # would wait for the accelerator at every step. Either way the arithmetic is in the frames' dtype.
+        mean, std = self.statistics() if self.mean.device.type == "cpu" else self.statistics_on_device()
         return (frames - mean) / (std + EPSILON)
 
     @torch.no_grad()

@@ -43,6 +43,19 @@ def test_batched_update_equals_one_step_per_frame():
     assert FrameNormalizer()(frames[0]).equal(frames[0]), "no statistics yet: frames pass unchanged"
 
 
+def test_the_device_statistics_are_the_host_ones():
+    """On accelerators the forward pass uses tensor statistics (no host synchronisation): the same values."""
+    fresh = FrameNormalizer()
+    assert tuple(t.item() for t in fresh.statistics_on_device()) == fresh.statistics() == (0.0, 1.0)
+    normalizer = FrameNormalizer(alpha=0.99)
+    normalizer.update(torch.rand(5, 1, 6, 6, generator=torch.Generator().manual_seed(0)))
+    mean, std = normalizer.statistics_on_device()
+    assert mean.dtype == std.dtype == torch.float64 and mean.device == normalizer.mean.device
+    assert (mean.item(), std.item()) == pytest.approx(normalizer.statistics(), rel=1e-12)
+    frames = torch.rand(2, 1, 6, 6)
+    torch.testing.assert_close((frames - mean) / (std + 1e-8), normalizer(frames))
+
+
 def _config(tmp_path, normalize: bool = True) -> TrainConfig:
     """LSTM agent on the cue-memory task, one worker with 2 envs, 5-step rollouts, a 40-frame budget."""
     return TrainConfig(env=EnvConfig(game="cue-memory"),

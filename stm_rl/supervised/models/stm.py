@@ -8,35 +8,40 @@ and ``smoke`` keep the task's gates and alphas but shrink the sizes to fit 2 CPU
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass
 from typing import Optional
 
 from torch import Tensor, nn
 
-from stm_rl.memory import STM
+from stm_rl.memory import STM, STMCell
 
 DESCRIPTION = "STM (Le et al. 2020): item memory + SAM relational memory, per-task presets from STM.md"
 
 
+_CELL_DEFAULTS = {name: parameter.default for name, parameter in inspect.signature(STMCell).parameters.items()}
+"""The defaults of ``STMCell``'s keyword arguments: the one source of the defaults below."""
+
+
 @dataclass(frozen=True)
 class Options:
-    """``--model-option`` settings of the STM: the keyword arguments of ``stm_rl.memory.STMCell``."""
+    """``--model-option`` settings of the STM: the keyword arguments of ``stm_rl.memory.STMCell``, with its defaults."""
 
-    num_slots: int = 8
+    num_slots: int = _CELL_DEFAULTS["num_slots"]
     """N, relational memory slots, n_q = n_kv (paper: 8)."""
-    d: int = 96
+    d: int = _CELL_DEFAULTS["d"]
     """Side of the item memory M_i (paper: 96)."""
-    rel_size: int = 96
+    rel_size: int = _CELL_DEFAULTS["rel_size"]
     """n_r, the width each slot is distilled to by G2 (paper: 96)."""
-    attn_size: int = 64
+    attn_size: int = _CELL_DEFAULTS["attn_size"]
     """a, the width of the distilled output o produced by G3 (eq. 14)."""
-    mlp_size: int = 128
+    mlp_size: int = _CELL_DEFAULTS["mlp_size"]
     """m, the hidden width of the output head."""
-    gated: bool = True
+    gated: bool = _CELL_DEFAULTS["gated"]
     """Input/forget gates of eq. 10; False is the paper's "w/o gates" ablation (eq. 9)."""
-    alphas: tuple[Optional[float], Optional[float], Optional[float]] = (None, None, None)
+    alphas: tuple[Optional[float], Optional[float], Optional[float]] = _CELL_DEFAULTS["alphas"]
     """(alpha1, alpha2, alpha3): None = learned from 0, a number = fixed (a fixed 0 switches that path off)."""
-    out_layernorm: bool = False
+    out_layernorm: bool = _CELL_DEFAULTS["out_layernorm"]
     """Layer norm on o before the head (the authors' RL agent has it)."""
 
 
