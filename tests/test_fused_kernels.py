@@ -17,6 +17,7 @@ from stm_rl.memory import STM
 from stm_rl.memory.gated_write import gated_write
 from stm_rl.memory.relational_read import MemoryGradientHandoff, relational_read
 from stm_rl.memory.relational_update import relational_update, relational_update_with_readout
+from stm_rl.memory.tanh_scores import tanh_scores
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
                                 reason="no C++ compiler: the fused kernels cannot be built here")
@@ -57,17 +58,41 @@ def test_update_forward_is_the_definition_and_its_copy_is_the_bf16_cast(kernels,
     torch.testing.assert_close(out, alpha * shared + (expected - alpha * memory))
 
 
-def test_bf16_copy_rounds_like_pytorch(kernels):
-    """Round to nearest even (ties both ways), subnormals, overflow to infinity, infinities, NaN."""
+@pytest.mark.parametrize("d", [10, 32], ids=["one-at-a-time", "sixteen-at-a-time"])
+def test_bf16_copy_rounds_like_pytorch(kernels, d):
+    """Round to nearest even (ties both ways), overflow to infinity, infinities, NaN, like PyTorch's cast.
+    Subnormal inputs as PyTorch too, or, in the chunks of sixteen that AVX512-BF16 CPUs convert themselves,
+    as zeros of the same sign (the readout does not see numbers below 1.2e-38)."""
     special = torch.tensor([1 + 2 ** -8, 1 + 3 * 2 ** -8, 1 + 2 ** -9, -2.5e-39, 3.4e38, float("inf"),
                             -float("inf"), float("nan"), 0.0, -1.0])
-    d = special.numel()
     memory = torch.randn(1, 1, d, d, generator=torch.Generator().manual_seed(0))
-    memory[0, 0, 0] = special
+    memory[0, 0, 0, :special.numel()] = special
     out, copy = kernels.update_forward(memory, torch.tensor(1.0), torch.zeros(1, 1, d), torch.zeros(1, 1, d), True)
     expected = out.to(torch.bfloat16)
     assert torch.equal(copy.isnan(), expected.isnan())
-    assert torch.equal(copy[~copy.isnan()], expected[~expected.isnan()])
+    subnormal = (out != 0) & (out.abs() < torch.finfo(torch.float32).tiny)
+    assert subnormal.sum() == 1
+    plain = ~copy.isnan() & ~subnormal
+    assert torch.equal(copy[plain], expected[plain])
+    same = copy[subnormal] == expected[subnormal]
+    flushed = (copy[subnormal] == 0) & (copy[subnormal].signbit() == expected[subnormal].signbit())
+    assert (same | flushed).all() if d >= 16 else same.all()
+
+
+def test_outputs_past_the_streaming_size_are_the_definition(kernels):
+    """Outputs of 16 MiB and more (M_r, its bf16 copy, dM_r_prev) are written with streaming stores, rows
+    whose start is 64-byte aligned at once and the others plainly (d = 100: a quarter of the rows aligned)."""
+    memory, alpha, scores, values = _memory_inputs(torch.float32, batch=53, slots=8, d=100, seed=3)
+    b, n, d = values.shape
+    assert memory.numel() * 4 >= 16 << 20
+    out, copy = kernels.update_forward(memory, alpha, scores, values, bf16_copy=True)
+    torch.testing.assert_close(out, alpha * memory + torch.einsum("bjna,bjc->bnac", scores.view(b, n, n, d), values))
+    assert torch.equal(copy, out.to(torch.bfloat16))
+    generator = torch.Generator().manual_seed(4)
+    grad, grad_mixed = torch.randn(b, n, d, d, generator=generator), torch.randn(b, d, d, generator=generator)
+    slot_weights = torch.softmax(torch.randn(b, n, generator=generator), -1)
+    grad_memory, _, _ = kernels.memory_backward(grad, None, memory, alpha, slot_weights, grad_mixed, True, False, False)
+    torch.testing.assert_close(grad_memory, alpha * grad + slot_weights.view(b, n, 1, 1) * grad_mixed.unsqueeze(1))
 
 
 SHAPES = {"N4-d5": (4, 5), "N3-d32": (3, 32), "N8-d16": (8, 16)}
@@ -297,3 +322,34 @@ def test_gated_write_saturates_without_overflow(kernels):
     out = gated_write(*inputs)
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, _gated_write_definition(*inputs), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("d", [5, 16, 37])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tanh_scores_and_their_gradients_are_the_definition(kernels, dtype, d):
+    """Both aliases hold tanh(k_j[a] q_n[a]); the backward pass sums the two readers' gradients, or takes
+    either alone."""
+    generator = torch.Generator().manual_seed(5)
+    queries, keys = (torch.randn(3, 4, d, dtype=dtype, generator=generator).requires_grad_() for _ in range(2))
+    assert fused_kernels.fused_kernels_for(queries) is kernels
+    scores, other = tanh_scores(queries, keys)
+    expected = torch.tanh(keys.unsqueeze(2) * queries.unsqueeze(1))
+    tolerance = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {}
+    torch.testing.assert_close(scores, expected, **tolerance)
+    assert other.data_ptr() == scores.data_ptr()
+    grads = [torch.randn(expected.shape, dtype=dtype, generator=generator) for _ in range(2)]
+    for outputs, weights in (([scores, other], grads), ([scores], grads[:1]), ([other], grads[1:])):
+        got = torch.autograd.grad(outputs, [queries, keys], weights, retain_graph=True)
+        want = torch.autograd.grad([expected], [queries, keys], [sum(weights)], retain_graph=True)
+        for g, w in zip(got, want):
+            torch.testing.assert_close(g, w, **tolerance)
+
+
+def test_tanh_scores_gradcheck_and_the_pytorch_path(kernels, monkeypatch):
+    generator = torch.Generator().manual_seed(6)
+    queries, keys = (torch.randn(2, 3, 5, dtype=torch.float64, generator=generator).requires_grad_() for _ in range(2))
+    assert torch.autograd.gradcheck(lambda q, k: tanh_scores(q, k), (queries, keys))
+    fused = tanh_scores(queries, keys)[0]
+    monkeypatch.setenv(fused_kernels.SETTING_VARIABLE, "off")
+    assert fused_kernels.fused_kernels_for(queries) is None
+    torch.testing.assert_close(tanh_scores(queries, keys)[0], fused)

@@ -42,6 +42,25 @@ inline uint16_t float_to_bf16(float value) {
     return value != value ? static_cast<uint16_t>(0x7FC0u) : static_cast<uint16_t>(rounded);
 }
 
+// A row of d numbers rounded to bf16 (the readout's copy of M_r): with AVX512-BF16 sixteen at a time by the
+// CPU's own conversion (round to nearest even like float_to_bf16; it reads denormal inputs as zero).
+template <typename T>
+inline void row_to_bf16(const T* row, uint16_t* low, int64_t d) {
+#pragma omp simd
+    for (int64_t c = 0; c < d; ++c) low[c] = float_to_bf16(static_cast<float>(row[c]));
+}
+
+#if defined(__AVX512BF16__)
+inline void row_to_bf16(const float* row, uint16_t* low, int64_t d) {
+    int64_t c = 0;
+    for (; c + 16 <= d; c += 16) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(low + c),
+                            reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_loadu_ps(row + c))));
+    }
+    for (; c < d; ++c) low[c] = float_to_bf16(row[c]);
+}
+#endif
+
 // The gradient dM_r, in up to three parts that are summed where they are read (any may be absent):
 // `recurrent` from the next step, and the readout's, `readout_low` (bf16, the gradient of the bf16 copy)
 // or `readout` (same type, the gradient of the readout's alias of M_r).
@@ -81,6 +100,38 @@ inline T dot(const T* a, const T* b, int64_t d) {
     return total;
 }
 
+// Outputs of a size that cannot stay in the last-level cache until their next reader (M_r and its bf16 copy,
+// dM_r_prev: 38 MB each in fp32 at batch 128) are written with streaming stores: a plain store first reads
+// each line it writes into the cache, a quarter more traffic for a pass that reads two such tensors and
+// writes one (issue 10). Smaller outputs (batch 1 to 32 here) are written plainly and stay cached for the next
+// step. kStreamBytes is about half this class of CPU's last-level cache.
+constexpr int64_t kStreamBytes = int64_t(16) << 20;
+
+// `bytes` from `source` (a row in L1) to `destination`, streamed past the caches if `stream` (see above).
+// A kernel that streams ends with finish_streaming().
+inline void store_row(void* destination, const void* source, int64_t bytes, bool stream) {
+#if defined(__AVX512F__)
+    char* to = static_cast<char*>(destination);
+    if (stream && (reinterpret_cast<uintptr_t>(to) & 63) == 0) {
+        const char* from = static_cast<const char*>(source);
+        int64_t i = 0;
+        for (; i + 64 <= bytes; i += 64) {
+            _mm512_stream_si512(reinterpret_cast<__m512i*>(to + i), _mm512_loadu_si512(from + i));
+        }
+        if (i < bytes) std::memcpy(to + i, from + i, bytes - i);
+        return;
+    }
+#endif
+    std::memcpy(destination, source, bytes);
+}
+
+// Orders the streaming stores before anything that follows (they are weakly ordered).
+inline void finish_streaming() {
+#if defined(__AVX512F__)
+    _mm_sfence();
+#endif
+}
+
 constexpr int64_t kMaxSide = 1024;  // d; the Python side refuses larger memories
 constexpr int64_t kMaxSlots = 256;  // N; likewise
 constexpr int64_t kChunk = 16;  // row entries kept in registers (one AVX-512 register of floats)
@@ -90,13 +141,15 @@ template <typename T>
 void update_forward(int64_t batch, int64_t slots, int64_t d, const T* memory, int64_t memory_stride, T alpha,
                     const T* scores, const T* values, T* out, uint16_t* out_low) {
     const int64_t rows = slots * d;
+    const bool stream = batch * rows * d * int64_t(sizeof(T)) >= kStreamBytes;
+    T row[kMaxSide];
+    uint16_t low[kMaxSide];
     for (int64_t b = 0; b < batch; ++b) {
         const T* sample_scores = scores + b * slots * rows;
         const T* sample_values = values + b * slots * d;
         T weights[kMaxSlots];
         for (int64_t r = 0; r < rows; ++r) {
             const T* previous = memory + b * memory_stride + r * d;
-            T* row = out + (b * rows + r) * d;
             for (int64_t j = 0; j < slots; ++j) weights[j] = sample_scores[j * rows + r];
             // Sixteen entries of the row at a time, summed over the N values in a register.
             int64_t c0 = 0;
@@ -118,13 +171,14 @@ void update_forward(int64_t batch, int64_t slots, int64_t d, const T* memory, in
                 for (int64_t j = 0; j < slots; ++j) total += weights[j] * sample_values[j * d + c0];
                 row[c0] = total;
             }
+            store_row(out + (b * rows + r) * d, row, int64_t(sizeof(T)) * d, stream);
             if (out_low != nullptr) {
-                uint16_t* low = out_low + (b * rows + r) * d;
-#pragma omp simd
-                for (int64_t c = 0; c < d; ++c) low[c] = float_to_bf16(static_cast<float>(row[c]));
+                row_to_bf16(row, low, d);
+                store_row(out_low + (b * rows + r) * d, low, int64_t(sizeof(uint16_t)) * d, stream);
             }
         }
     }
+    if (stream) finish_streaming();
 }
 
 // The update's factors' gradients from dM_r:
@@ -269,7 +323,9 @@ void memory_backward(int64_t batch, int64_t slots, int64_t d, GradientParts<T> g
                      int64_t memory_stride, T alpha, const T* slot_weights, const T* grad_mixed, T* grad_memory, T* grad_slot_weights, double* grad_alpha) {
     const int64_t rows = slots * d;
     const bool has_grad = grad.any();
+    const bool stream = batch * rows * d * int64_t(sizeof(T)) >= kStreamBytes;
     T row[kMaxSide];
+    T result[kMaxSide];
     double alpha_total = 0;
     for (int64_t b = 0; b < batch; ++b) {
         for (int64_t n = 0; n < slots; ++n) {
@@ -280,7 +336,7 @@ void memory_backward(int64_t batch, int64_t slots, int64_t d, GradientParts<T> g
                 const int64_t offset = (b * rows + r) * d;
                 const T* previous = memory + b * memory_stride + r * d;
                 const T* mixed = grad_mixed == nullptr ? nullptr : grad_mixed + b * d * d + a * d;
-                T* target = grad_memory == nullptr ? nullptr : grad_memory + offset;
+                T* target = grad_memory == nullptr ? nullptr : grad_memory + offset;  // written from result
                 if (mixed != nullptr) slot_total += dot(previous, mixed, d);
                 if (has_grad) {
                     grad.load_row(offset, d, row);
@@ -290,15 +346,17 @@ void memory_backward(int64_t batch, int64_t slots, int64_t d, GradientParts<T> g
                 }
                 if (target != nullptr && mixed != nullptr) {
 #pragma omp simd
-                    for (int64_t c = 0; c < d; ++c) target[c] = alpha * row[c] + weight * mixed[c];
+                    for (int64_t c = 0; c < d; ++c) result[c] = alpha * row[c] + weight * mixed[c];
                 } else if (target != nullptr) {
 #pragma omp simd
-                    for (int64_t c = 0; c < d; ++c) target[c] = alpha * row[c];
+                    for (int64_t c = 0; c < d; ++c) result[c] = alpha * row[c];
                 }
+                if (target != nullptr) store_row(target, result, int64_t(sizeof(T)) * d, stream);
             }
             if (grad_slot_weights != nullptr) grad_slot_weights[b * slots + n] = slot_total;
         }
     }
+    if (stream) finish_streaming();
     if (grad_alpha != nullptr) *grad_alpha += alpha_total;
 }
 
@@ -397,6 +455,60 @@ template <typename T>
 void tanh_backward_add(int64_t count, T* grad, const T* upstream, const T* y) {
 #pragma omp simd
     for (int64_t i = 0; i < count; ++i) grad[i] += upstream[i] * (T(1) - y[i] * y[i]);
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// The scores of SAM's outer-product attention (paper eq. 2 with F = tanh; spec STM.md section 2), key-major:
+//   scores[j][n][a] = tanh(k_j[a] q_n[a])        ([B, N(key), N(query), d])
+// and their backward pass from the gradients of the scores' two readers (the relational update and the
+// transfer to item memory), summed here rather than by autograd into a new tensor:
+//   pre = (g + g_other) (1 - scores^2),  d q_n[a] = sum_j pre[j][n][a] k_j[a],  d k_j[a] = sum_n pre[j][n][a] q_n[a]
+
+template <typename T>
+void scores_forward(int64_t batch, int64_t slots, int64_t d, const T* q, const T* k, T* out) {
+    for (int64_t b = 0; b < batch; ++b)
+        for (int64_t j = 0; j < slots; ++j) {
+            const T* key = k + (b * slots + j) * d;
+            for (int64_t n = 0; n < slots; ++n) {
+                const T* query = q + (b * slots + n) * d;
+                T* row = out + ((b * slots + j) * slots + n) * d;
+                for (int64_t a = 0; a < d; ++a) row[a] = tanh_by_sigmoid(key[a] * query[a]);
+            }
+        }
+}
+
+template <typename T>
+void scores_backward(int64_t batch, int64_t slots, int64_t d, const T* grad, const T* grad_other, const T* scores,
+                     const T* q, const T* k, T* grad_q, T* grad_k) {
+    T pre[kMaxSide];
+    std::memset(grad_q, 0, sizeof(T) * batch * slots * d);
+    std::memset(grad_k, 0, sizeof(T) * batch * slots * d);
+    for (int64_t b = 0; b < batch; ++b)
+        for (int64_t j = 0; j < slots; ++j) {
+            const T* key = k + (b * slots + j) * d;
+            T* key_grad = grad_k + (b * slots + j) * d;
+            for (int64_t n = 0; n < slots; ++n) {
+                const int64_t offset = ((b * slots + j) * slots + n) * d;
+                const T* query = q + (b * slots + n) * d;
+                T* query_grad = grad_q + (b * slots + n) * d;
+                const T* score = scores + offset;
+#pragma omp simd
+                for (int64_t a = 0; a < d; ++a) pre[a] = T(1) - score[a] * score[a];
+                if (grad != nullptr && grad_other != nullptr) {
+#pragma omp simd
+                    for (int64_t a = 0; a < d; ++a) pre[a] *= grad[offset + a] + grad_other[offset + a];
+                } else {
+                    const T* only = grad != nullptr ? grad + offset : grad_other + offset;
+#pragma omp simd
+                    for (int64_t a = 0; a < d; ++a) pre[a] *= only[a];
+                }
+#pragma omp simd
+                for (int64_t a = 0; a < d; ++a) {
+                    query_grad[a] += pre[a] * key[a];
+                    key_grad[a] += pre[a] * query[a];
+                }
+            }
+        }
 }
 
 #if defined(__AVX512F__)
@@ -517,6 +629,27 @@ void tanh_forward_avx512(int64_t batch, int64_t size, const float* x, int64_t st
         }
 }
 
+void scores_forward_avx512(int64_t batch, int64_t slots, int64_t d, const float* q, const float* k, float* out) {
+    for (int64_t b = 0; b < batch; ++b)
+        for (int64_t j = 0; j < slots; ++j) {
+            const float* key = k + (b * slots + j) * d;
+            for (int64_t n = 0; n < slots; ++n) {
+                const float* query = q + (b * slots + n) * d;
+                float* row = out + ((b * slots + j) * slots + n) * d;
+                for (int64_t a = 0; a < d; a += 16) {
+                    const __mmask16 m = chunk_mask(a, d);
+                    _mm512_mask_storeu_ps(row + a, m, tanh_avx512(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, key + a),
+                                                                                _mm512_maskz_loadu_ps(m, query + a))));
+                }
+            }
+        }
+}
+
+inline bool scores_forward_fast(int64_t batch, int64_t slots, int64_t d, const float* q, const float* k, float* out) {
+    scores_forward_avx512(batch, slots, d, q, k, out);
+    return true;
+}
+
 inline bool tanh_forward_fast(int64_t batch, int64_t size, const float* x, int64_t stride, float* out) {
     tanh_forward_avx512(batch, size, x, stride, out);
     return true;
@@ -539,6 +672,11 @@ inline bool gated_write_backward_fast(int64_t batch, int64_t d, const float* gra
 
 template <typename T>
 inline bool tanh_forward_fast(int64_t, int64_t, const T*, int64_t, T*) {
+    return false;
+}
+
+template <typename T>
+inline bool scores_forward_fast(int64_t, int64_t, int64_t, const T*, const T*, T*) {
     return false;
 }
 
@@ -600,9 +738,18 @@ inline bool gated_write_backward_fast(int64_t, int64_t, const T*, const T*, int6
     }                                                                                                        \
     extern "C" void stm_tanh_backward_add_##SUFFIX(int64_t count, T* grad, const T* upstream, const T* y) {    \
         tanh_backward_add<T>(count, grad, upstream, y);                                                      \
+    }                                                                                                        \
+    extern "C" void stm_scores_forward_##SUFFIX(int64_t batch, int64_t slots, int64_t d, const T* q, const T* k, \
+                                                T* out) {                                                    \
+        if (!scores_forward_fast(batch, slots, d, q, k, out)) scores_forward<T>(batch, slots, d, q, k, out);   \
+    }                                                                                                        \
+    extern "C" void stm_scores_backward_##SUFFIX(int64_t batch, int64_t slots, int64_t d, const T* grad,      \
+                                                 const T* grad_other, const T* scores, const T* q, const T* k, \
+                                                 T* grad_q, T* grad_k) {                                     \
+        scores_backward<T>(batch, slots, d, grad, grad_other, scores, q, k, grad_q, grad_k);                 \
     }
 
 STM_RL_INSTANCES(float, f32)
 STM_RL_INSTANCES(double, f64)
 
-extern "C" int stm_abi_version() { return 4; }
+extern "C" int stm_abi_version() { return 5; }

@@ -19,14 +19,21 @@ gradient, alpha1's dot product). The three kernels here do the same arithmetic i
   and written item after the gates' matrix product (:mod:`stm_rl.memory.gated_write`), one pass each over
   the ``B x d x d`` and ``B x d x 2d`` tensors where PyTorch makes about ten forward and twenty backward;
   on AVX-512 CPUs with a vectorised exp.
+- :meth:`FusedKernels.scores_forward` and :meth:`FusedKernels.scores_backward`: SAM's scores
+  ``tanh(q_n * k_j)`` (:mod:`stm_rl.memory.tanh_scores`), one pass each, the two readers' gradients summed
+  where they are read.
+
+Outputs too large to stay in the last-level cache until they are read again (``M_r``, its bf16 copy and
+``dM_r_prev`` at batch 128) are written with streaming stores, and the bf16 copy with the CPU's own
+conversion where it has AVX512-BF16.
 
 They are compiled once per machine with the system C++ compiler (``$CXX``, else ``g++``, about one
 second; ``-O3 -march=native``) into ``$STM_RL_CACHE_DIR`` (default ``~/.cache/stm_rl``), and called
 through ctypes on CPU tensors in float32 or float64. They run single-threaded, so they are used only
 when PyTorch runs one intra-op thread (the A3C workers' setting); with more threads, on CUDA, or where
 no compiler is found, the functions in :mod:`stm_rl.memory.relational_update`,
-:mod:`stm_rl.memory.relational_read` and :mod:`stm_rl.memory.gated_write` compute the same values with PyTorch
-operations (a one-line note
+:mod:`stm_rl.memory.relational_read`, :mod:`stm_rl.memory.gated_write` and :mod:`stm_rl.memory.tanh_scores` compute
+the same values with PyTorch operations (a one-line note
 says why, once per process). ``STM_RL_FUSED_KERNELS=off`` keeps the PyTorch path everywhere.
 ``benchmarks/train_speed.py --fused-kernels auto off`` and ``STM_RL_FUSED_KERNELS=off python
 benchmarks/stm_speed.py`` measure what they bring.
@@ -52,7 +59,7 @@ SETTING_VARIABLE = "STM_RL_FUSED_KERNELS"
 SETTINGS = ("auto", "off")
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fPIC", "-shared", "-std=c++17")
 MAX_SIDE, MAX_SLOTS = 1024, 256  # d and N; kMaxSide and kMaxSlots in the source
-_ABI_VERSION = 4
+_ABI_VERSION = 5
 
 
 class FusedKernelsError(RuntimeError):
@@ -177,8 +184,13 @@ class FusedKernels:
             tanh_forward.argtypes = [_INT, _INT, _POINTER, _INT, _POINTER]
             tanh_backward_add = getattr(self.library, f"stm_tanh_backward_add_{suffix}")
             tanh_backward_add.argtypes = [_INT, _POINTER, _POINTER, _POINTER]
+            scores_forward = getattr(self.library, f"stm_scores_forward_{suffix}")
+            scores_forward.argtypes = [_INT, _INT, _INT, _POINTER, _POINTER, _POINTER]
+            scores_backward = getattr(self.library, f"stm_scores_backward_{suffix}")
+            scores_backward.argtypes = [_INT, _INT, _INT, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER,
+                                        _POINTER]
             calls = (update_forward, update_backward, memory_backward, gated_write_forward, gated_write_backward,
-                     tanh_forward, tanh_backward_add)
+                     tanh_forward, tanh_backward_add, scores_forward, scores_backward)
             for function in calls:
                 function.restype = None
             self.functions[suffix] = calls
@@ -268,6 +280,24 @@ class FusedKernels:
         self._calls(item.dtype)[4](batch, d, _ptr(grad), item.data_ptr(), stride, _ptr(u), _ptr(preactivation),
                                    _ptr(offset), _ptr(grad_item), _ptr(grad_u), _ptr(grad_pre), _ptr(grad_offset))
         return grad_item, grad_u, grad_pre, grad_offset
+
+
+    def scores_forward(self, queries: Tensor, keys: Tensor) -> Tensor:
+        """SAM's scores ``[B, N(key), N(query), d]``, entry ``[j, n, a] = tanh(k_j[a] q_n[a])``, from queries and
+        keys (each ``[B, N, d]``, contiguous); see :mod:`stm_rl.memory.tanh_scores`."""
+        batch, slots, d = queries.shape
+        out = torch.empty(batch, slots, slots, d, dtype=queries.dtype)
+        self._calls(queries.dtype)[7](batch, slots, d, _ptr(queries), _ptr(keys), out.data_ptr())
+        return out
+
+    def scores_backward(self, grad: Optional[Tensor], grad_other: Optional[Tensor], scores: Tensor, queries: Tensor,
+                        keys: Tensor) -> tuple[Tensor, Tensor]:
+        """Gradients of the queries and the keys from the scores' gradient ``grad + grad_other`` (one may be None)."""
+        batch, slots, d = queries.shape
+        grad_queries, grad_keys = torch.empty_like(queries), torch.empty_like(keys)
+        self._calls(queries.dtype)[8](batch, slots, d, _ptr(grad), _ptr(grad_other), _ptr(scores), _ptr(queries),
+                                      _ptr(keys), _ptr(grad_queries), _ptr(grad_keys))
+        return grad_queries, grad_keys
 
 
 def _ptr(tensor: Optional[Tensor]) -> Optional[int]:

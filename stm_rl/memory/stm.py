@@ -26,7 +26,9 @@ bound by G2's products and the per-op overhead):
   gradients of ``M_r_prev``, p and alpha1 run as fused kernels, one pass over ``B x N x d x d`` each
   (:mod:`stm_rl.memory.fused_kernels`); under bf16 autocast the update also writes the readout's bf16
   copy of ``M_r`` (:meth:`STMCell.step_projected`). The gated write into the item memory (eq. 10) is
-  likewise one kernel each way after the gates' matrix product (:mod:`stm_rl.memory.gated_write`).
+  likewise one kernel each way after the gates' matrix product (:mod:`stm_rl.memory.gated_write`), and so
+  are SAM's scores, whose two readers' gradients are summed by their backward kernel
+  (:mod:`stm_rl.memory.tanh_scores`).
 - :class:`STM` computes everything that depends on the input alone (f1, f2, f3, the input gate) once
   over all time steps, and the output distillation G2/G3 (eq. 14) over chunks of steps sized to keep
   its matrix product large without copying the relational memories at large batches.
@@ -48,11 +50,11 @@ from typing import NamedTuple, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from stm_rl.memory.activations import tanh
-from stm_rl.memory.attention import SAM, _check_positive, outer_product_scores
+from stm_rl.memory.attention import SAM, _check_positive
 from stm_rl.memory.gated_write import gated_write
 from stm_rl.memory.relational_read import MemoryGradientHandoff, relational_read
 from stm_rl.memory.relational_update import relational_update_with_readout
+from stm_rl.memory.tanh_scores import tanh_scores
 
 AlphaSetting = Optional[float]
 
@@ -271,8 +273,10 @@ class STMCell(nn.Module):
             read_term = (read, self.alpha2 * w)
 
         q, k, v = self.sam.queries_keys_values(item, read_term)  # 6. eq. 12 on M' + alpha2 v_r (x) w
-        # scores[j, n, a] = tanh(q_n[a] * k_j[a]), key-major so that both products below read it as is.
-        scores = outer_product_scores(k, q, tanh).view(batch, n, n * d)  # [B, N(key), N(query)*d]
+        # scores[j, n, a] = tanh(q_n[a] * k_j[a]), key-major so that both products below read it as is; one
+        # alias for each of the two readers (the update and the transfer), whose gradients the scores' backward
+        # pass sums.
+        scores, transfer_scores = (s.view(batch, n, n * d) for s in tanh_scores(q, k))  # [B, N(key), N(query)*d]
         # M_r = alpha1 * M_r_prev + A, A[n, a, c] = sum_j scores[j, n, a] v[j, c]: one [N*d, N] x [N, d]
         # product per sample accumulated into one new tensor (alpha1 is a buffer at 0 where fixed so).
         # The readout's view of M_r (a bf16 copy under bf16 with the fused kernels): its gradient joins M_r's in
@@ -282,7 +286,7 @@ class STMCell(nn.Module):
 
         if self.uses_transfer:  # 7. eq. 13: T[c, e] = sum_{n,a} W_G1[e, n*d + a] A[n, a, c] + b_G1[e]
             # Factored: T = sum_j v_j (x) H_j + b with H_j[e] = sum_{n,a} W_G1[e, n*d + a] scores[j, n, a].
-            per_key = scores @ self.G1.weight.t()  # H: [B, N(key), d]
+            per_key = transfer_scores @ self.G1.weight.t()  # H: [B, N(key), d]
             # The bias as one more term of the same product (a row of ones against b_G1): one pass over M'.
             left = torch.cat((v, v.new_ones(batch, 1, d)), dim=1).transpose(1, 2)  # [B, d, N + 1]
             right = torch.cat((per_key, self.G1.bias.expand(batch, 1, d)), dim=1)  # [B, N + 1, d]
