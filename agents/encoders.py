@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from agents.elu import ELU
+
 
 class PaperEncoder(nn.Sequential):
     """The paper's encoder (the authors' "A3C-LSTM"): 1 x 80 x 80 -> 1024.
@@ -32,7 +34,8 @@ class PaperEncoder(nn.Sequential):
 class SmallEncoder(nn.Sequential):
     """The small encoder of the universe-starter / classic PyTorch A3C agents: 1 x 42 x 42 -> 288.
 
-    Four conv 32 3x3 stride 2 pad 1 with ELU; about 6x cheaper than :class:`PaperEncoder` on a CPU.
+    Four conv 32 3x3 stride 2 pad 1 with ELU (:class:`agents.elu.ELU`, a faster CPU kernel of the same function);
+    about 6x cheaper than :class:`PaperEncoder` on a CPU.
     """
 
     input_size = 42
@@ -41,7 +44,7 @@ class SmallEncoder(nn.Sequential):
     def __init__(self) -> None:
         layers: list[nn.Module] = []
         for c_in in (1, 32, 32, 32):
-            layers += [nn.Conv2d(c_in, 32, 3, stride=2, padding=1), nn.ELU()]
+            layers += [nn.Conv2d(c_in, 32, 3, stride=2, padding=1), ELU()]
         super().__init__(*layers, nn.Flatten())
 
 

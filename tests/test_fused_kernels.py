@@ -13,6 +13,7 @@ import pytest
 import torch
 
 import stm_rl.memory.fused_kernels as fused_kernels
+from agents.elu import ELU
 from stm_rl.memory import STM
 from stm_rl.memory.gated_write import gated_write
 from stm_rl.memory.relational_read import MemoryGradientHandoff, relational_read
@@ -353,3 +354,32 @@ def test_tanh_scores_gradcheck_and_the_pytorch_path(kernels, monkeypatch):
     monkeypatch.setenv(fused_kernels.SETTING_VARIABLE, "off")
     assert fused_kernels.fused_kernels_for(queries) is None
     torch.testing.assert_close(tanh_scores(queries, keys)[0], fused)
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_elu_and_its_gradient_are_pytorchs(kernels, dtype, layout):
+    """The encoder's ELU kernel against nn.functional.elu: values, input gradients, the activation's layout,
+    and exp(x) - 1 near 0 without cancellation (-1e-4 -> -9.9995e-5)."""
+    generator = torch.Generator().manual_seed(7)
+    x = torch.randn(4, 3, 9, 7, generator=generator, dtype=torch.float64) * 3
+    x.view(-1)[:6] = torch.tensor([-1e-8, -1e-4, 0.0, -200.0, float("inf"), -float("inf")], dtype=torch.float64)
+    x = x.to(dtype).contiguous(memory_format=layout).requires_grad_()
+    assert fused_kernels.elementwise_kernels_for(x) is kernels
+    y, expected = ELU()(x), torch.nn.functional.elu(x)
+    assert y.dtype == dtype and y.stride() == x.stride()
+    tolerance = {"rtol": {torch.float32: 1e-6, torch.float64: 1e-14, torch.bfloat16: 0.0}[dtype], "atol": 0.0}
+    torch.testing.assert_close(y, expected, **tolerance)
+    grad = torch.randn(x.shape, generator=generator, dtype=torch.float64).to(dtype)  # default layout
+    torch.testing.assert_close(torch.autograd.grad(y, x, grad)[0], torch.autograd.grad(expected, x, grad)[0],
+                               **tolerance)
+
+
+def test_elu_gradcheck_and_the_pytorch_path(kernels, monkeypatch):
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(8)).requires_grad_()
+    assert torch.autograd.gradcheck(ELU(), (x,))
+    assert fused_kernels.elementwise_kernels_for(x[:, :, ::2]) is None  # not dense: PyTorch's ELU
+    torch.testing.assert_close(ELU()(x[:, :, ::2]), torch.nn.functional.elu(x[:, :, ::2]))
+    monkeypatch.setenv(fused_kernels.SETTING_VARIABLE, "off")
+    assert fused_kernels.elementwise_kernels_for(x) is None
+    torch.testing.assert_close(ELU()(x), torch.nn.functional.elu(x))

@@ -22,6 +22,8 @@ gradient, alpha1's dot product). The three kernels here do the same arithmetic i
 - :meth:`FusedKernels.scores_forward` and :meth:`FusedKernels.scores_backward`: SAM's scores
   ``tanh(q_n * k_j)`` (:mod:`stm_rl.memory.tanh_scores`), one pass each, the two readers' gradients summed
   where they are read.
+- :meth:`FusedKernels.elu_forward` and :meth:`FusedKernels.elu_backward`: the small frame encoder's ELU
+  (:mod:`agents.elu`; float32 and bf16), where PyTorch's CPU kernel spends about 1 ns per number in expm1.
 
 Outputs too large to stay in the last-level cache until they are read again (``M_r``, its bf16 copy and
 ``dM_r_prev`` at batch 128) are written with streaming stores, and the bf16 copy with the CPU's own
@@ -59,7 +61,7 @@ SETTING_VARIABLE = "STM_RL_FUSED_KERNELS"
 SETTINGS = ("auto", "off")
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fPIC", "-shared", "-std=c++17")
 MAX_SIDE, MAX_SLOTS = 1024, 256  # d and N; kMaxSide and kMaxSlots in the source
-_ABI_VERSION = 5
+_ABI_VERSION = 6
 
 
 class FusedKernelsError(RuntimeError):
@@ -194,6 +196,14 @@ class FusedKernels:
             for function in calls:
                 function.restype = None
             self.functions[suffix] = calls
+        self.elu_functions = {}
+        for dtype, suffix in ((torch.float32, "f32"), (torch.float64, "f64"), (torch.bfloat16, "bf16")):
+            elu_forward = getattr(self.library, f"stm_elu_forward_{suffix}")
+            elu_forward.argtypes = [_INT, _POINTER, _POINTER]
+            elu_backward = getattr(self.library, f"stm_elu_backward_{suffix}")
+            elu_backward.argtypes = [_INT, _POINTER, _POINTER, _POINTER]
+            elu_forward.restype = elu_backward.restype = None
+            self.elu_functions[dtype] = (elu_forward, elu_backward)
 
     def _calls(self, dtype: torch.dtype):
         return self.functions["f32" if dtype == torch.float32 else "f64"]
@@ -300,6 +310,21 @@ class FusedKernels:
         return grad_queries, grad_keys
 
 
+    def elu_forward(self, x: Tensor) -> Tensor:
+        """ELU (alpha 1) of a dense float32, float64 or bfloat16 tensor, in its layout (:mod:`agents.elu`)."""
+        y = torch.empty_like(x)
+        self.elu_functions[x.dtype][0](x.numel(), x.data_ptr(), y.data_ptr())
+        return y
+
+    def elu_backward(self, grad: Tensor, x: Tensor) -> Tensor:
+        """ELU's input gradient from the output's (``grad``, taken into ``x``'s dtype and layout) and the input."""
+        if grad.dtype != x.dtype or grad.stride() != x.stride():
+            grad = torch.empty_like(x).copy_(grad)
+        grad_x = torch.empty_like(x)
+        self.elu_functions[x.dtype][1](x.numel(), grad.data_ptr(), x.data_ptr(), grad_x.data_ptr())
+        return grad_x
+
+
 def _ptr(tensor: Optional[Tensor]) -> Optional[int]:
     if tensor is None:
         return None
@@ -365,9 +390,24 @@ def fused_kernels_for(memory: Tensor) -> Optional[FusedKernels]:
     for a relational memory (``[B, N, d, d]``) ``N <= 256``; an item memory is ``[B, d, d]``.
 
     The first time they cannot be built, one line on stderr says why (the PyTorch path is then used)."""
-    if (memory.device.type != "cpu" or memory.dtype not in (torch.float32, torch.float64)
-            or memory.shape[-1] > MAX_SIDE or (memory.dim() == 4 and memory.shape[-3] > MAX_SLOTS)
-            or torch.get_num_threads() != 1 or fused_kernels_setting() == "off"):
+    if (memory.dtype not in (torch.float32, torch.float64)
+            or memory.shape[-1] > MAX_SIDE or (memory.dim() == 4 and memory.shape[-3] > MAX_SLOTS)):
+        return None
+    return _kernels_on_this_thread(memory)
+
+
+def elementwise_kernels_for(tensor: Tensor) -> Optional[FusedKernels]:
+    """The kernels if they serve an elementwise function of this tensor (ELU), else None: CPU, float32/64 or
+    bfloat16, dense in the default or the channels-last layout, one PyTorch thread."""
+    dense = tensor.is_contiguous() or (tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last))
+    if tensor.dtype not in (torch.float32, torch.float64, torch.bfloat16) or not dense:
+        return None
+    return _kernels_on_this_thread(tensor)
+
+
+def _kernels_on_this_thread(tensor: Tensor) -> Optional[FusedKernels]:
+    """The kernels for a CPU tensor when PyTorch runs one thread and the setting allows them (else None)."""
+    if tensor.device.type != "cpu" or torch.get_num_threads() != 1 or fused_kernels_setting() == "off":
         return None
     try:
         return load_fused_kernels()
