@@ -16,7 +16,7 @@ import stm_rl.memory.fused_kernels as fused_kernels
 from agents.elu import ELU
 from stm_rl.memory import STM
 from stm_rl.memory.gated_write import gated_write
-from stm_rl.memory.relational_read import MemoryGradientHandoff, relational_read
+from stm_rl.memory.relational_read import CarriedGradient, MemoryGradientHandoff, relational_read
 from stm_rl.memory.relational_update import relational_update, relational_update_with_readout
 from stm_rl.memory.tanh_scores import tanh_scores
 
@@ -117,9 +117,22 @@ def test_backward_kernels_match_the_gradients_written_out(kernels, parts, shape)
     slot_weights = torch.softmax(torch.randn(b, n, generator=generator), -1)
     grad_mixed = torch.randn(b, d, d, generator=generator)
 
-    grad_scores, grad_values = kernels.update_backward(grad, grad_readout, scores, values, True, True)
+    grad_scores, grad_values, full, _ = kernels.update_backward(grad, grad_readout, scores, values, True, True)
+    assert full is None
     torch.testing.assert_close(grad_scores, values @ total.view(b, n * d, d).transpose(1, 2))
     torch.testing.assert_close(grad_values, scores @ total.view(b, n * d, d))
+
+    # the lazy gradient: the next step's read's share carried in, dM_r written out, its alpha1 gradient taken
+    following = torch.randn(b, n, d, d, generator=generator)  # dM_r of the next step
+    output = torch.randn(b, n, d, d, generator=generator)  # this step's M_r, the next step's M_r_prev
+    carried = CarriedGradient(following, alpha, slot_weights, grad_mixed, output)
+    lazy_total = total + alpha * following + slot_weights.view(b, n, 1, 1) * grad_mixed.unsqueeze(1)
+    grad_scores, grad_values, full, carried_alpha = kernels.update_backward(
+        grad, grad_readout, scores, values, True, True, carried, need_full=True)
+    torch.testing.assert_close(full, lazy_total)
+    torch.testing.assert_close(grad_scores, values @ lazy_total.view(b, n * d, d).transpose(1, 2))
+    torch.testing.assert_close(grad_values, scores @ lazy_total.view(b, n * d, d))
+    torch.testing.assert_close(carried_alpha, (following * output).sum())
 
     grad_memory, grad_weights, grad_alpha = kernels.memory_backward(
         grad, grad_readout, memory, alpha, slot_weights, grad_mixed, True, True, True)
@@ -158,6 +171,37 @@ def test_read_and_update_gradcheck_through_the_kernels(kernels):
     values = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(relational_update, (memory, alpha, scores, values))
     assert torch.autograd.gradcheck(relational_read, (memory, p, w))
+
+
+def test_a_read_of_the_previous_update_leaves_its_gradient_to_that_update(kernels, monkeypatch):
+    """The lazy gradient: where M_r_prev is the previous step's updated memory, the read's share of dM_r_prev
+    and of alpha1's gradient is formed by that update's backward pass (memory_backward runs for the first
+    step only). gradcheck through two steps, with the first step's memory also an output of its own."""
+    torch.manual_seed(1)
+    memory = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
+    p = torch.softmax(torch.randn(2, 2, 3, dtype=torch.float64), -1).requires_grad_()
+    w = torch.randn(2, 2, 4, dtype=torch.float64, requires_grad=True)
+    alpha = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
+    mix = torch.randn(4, 3 * 12, dtype=torch.float64)
+
+    def two_steps(memory, p, w, alpha):
+        first = None
+        for t in range(2):
+            handoff = MemoryGradientHandoff(alpha)
+            read = relational_read(memory, p[t], w[t], handoff)
+            scores = torch.tanh(read @ mix).view(2, 3, 12)
+            values = read.unsqueeze(1) * torch.arange(1.0, 4.0, dtype=torch.float64).view(1, 3, 1)
+            memory = relational_update(memory, alpha, scores, values, handoff)
+            first = memory if first is None else first
+        return first, memory
+
+    calls = []
+    eager = kernels.memory_backward
+    monkeypatch.setattr(kernels, "memory_backward", lambda *args: calls.append(1) or eager(*args))
+    first, second = two_steps(memory, p, w, alpha)
+    torch.autograd.grad((first.sum(), second.square().sum()), (memory, p, w, alpha))
+    assert len(calls) == 1
+    assert torch.autograd.gradcheck(two_steps, (memory, p, w, alpha))
 
 
 def _sequence_gradients(dtype, bf16: bool):

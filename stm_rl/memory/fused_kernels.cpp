@@ -100,6 +100,38 @@ inline T dot(const T* a, const T* b, int64_t d) {
     return total;
 }
 
+// The next step's relational read's share of this step's dM_r, carried into this step's update backward pass
+// (the lazy gradient of stm_rl/memory/relational_read.py) instead of formed into a tensor by the read's own
+// backward pass:
+//   dM_r[n][a] += alpha * dM_r_next[n][a] + p_next[n] * dmixed_next[a]
+// and, while dM_r_next is read, the next step's alpha gradient <dM_r_next, M_r> (M_r: this step's output, the
+// next step's M_r_prev). `next` null: nothing carried.
+template <typename T>
+struct Carried {
+    const T* next;          // dM_r of the next step [B, R, d]
+    T alpha;
+    const T* slot_weights;  // p of the next step [B, N]; null without a relational read
+    const T* grad_mixed;    // w (x) d v_r of the next step [B, d, d]; null without a relational read
+    const T* memory;        // this step's M_r [B, R, d] for alpha's gradient; null if it is not wanted
+
+    // Adds the carried terms to `row` (row r of sample b) and the row's share of alpha's gradient to `alpha_total`.
+    void add_to_row(int64_t b, int64_t r, int64_t slots, int64_t d, T* row, double& alpha_total) const {
+        if (next == nullptr) return;
+        const int64_t offset = (b * slots * d + r) * d;
+        const T* carried = next + offset;
+        if (memory != nullptr) alpha_total += static_cast<double>(dot(carried, memory + offset, d));
+        if (slot_weights != nullptr) {
+            const T weight = slot_weights[b * slots + r / d];
+            const T* mixed = grad_mixed + (b * d + r % d) * d;
+#pragma omp simd
+            for (int64_t c = 0; c < d; ++c) row[c] += alpha * carried[c] + weight * mixed[c];
+        } else {
+#pragma omp simd
+            for (int64_t c = 0; c < d; ++c) row[c] += alpha * carried[c];
+        }
+    }
+};
+
 // Outputs of a size that cannot stay in the last-level cache until their next reader (M_r and its bf16 copy,
 // dM_r_prev: 38 MB each in fp32 at batch 128) are written with streaming stores: a plain store first reads
 // each line it writes into the cache, a quarter more traffic for a pass that reads two such tensors and
@@ -182,11 +214,15 @@ void update_forward(int64_t batch, int64_t slots, int64_t d, const T* memory, in
 }
 
 // The update's factors' gradients from dM_r:
-//   d scores[j][r] = <v_j, dM_r[r]>,  d v_j = sum_r scores[j][r] dM_r[r].
+//   d scores[j][r] = <v_j, dM_r[r]>,  d v_j = sum_r scores[j][r] dM_r[r],
+// with dM_r = grad's parts + what `carried` brings from the next step; `full` (if not null) receives that dM_r
+// (for this step's relational read), and `grad_alpha` (if not null) the carried alpha gradient.
 template <typename T>
-void update_backward(int64_t batch, int64_t slots, int64_t d, GradientParts<T> grad,
-                     const T* scores, const T* values, T* grad_scores, T* grad_values) {
+void update_backward(int64_t batch, int64_t slots, int64_t d, GradientParts<T> grad, const Carried<T>& carried,
+                     const T* scores, const T* values, T* grad_scores, T* grad_values, T* full, double* grad_alpha) {
     const int64_t rows = slots * d;
+    const bool stream = batch * rows * d * int64_t(sizeof(T)) >= kStreamBytes;
+    double alpha_total = 0;
     T row[kMaxSide];
     for (int64_t b = 0; b < batch; ++b) {
         const T* sample_scores = scores + b * slots * rows;
@@ -196,6 +232,8 @@ void update_backward(int64_t batch, int64_t slots, int64_t d, GradientParts<T> g
         for (int64_t r = 0; r < rows; ++r) {
             const int64_t offset = (b * rows + r) * d;
             grad.load_row(offset, d, row);
+            carried.add_to_row(b, r, slots, d, row, alpha_total);
+            if (full != nullptr) store_row(full + offset, row, int64_t(sizeof(T)) * d, stream);
             // Four values at a time: four dot products and four accumulations share each load of the row.
             for (int64_t j = 0; j < slots; j += 4) {
                 const int64_t count = slots - j < 4 ? slots - j : 4;
@@ -225,6 +263,8 @@ void update_backward(int64_t batch, int64_t slots, int64_t d, GradientParts<T> g
             }
         }
     }
+    if (stream && full != nullptr) finish_streaming();
+    if (grad_alpha != nullptr) *grad_alpha += alpha_total;
 }
 
 #if defined(__AVX512F__)
@@ -242,9 +282,17 @@ inline __m512 load_gradient_chunk(const GradientParts<float>& grad, int64_t offs
 }
 
 template <int CHUNKS>
-void update_backward_avx512(int64_t batch, int64_t slots, const GradientParts<float>& grad, const float* scores, const float* values, float* grad_scores, float* grad_values) {
+void update_backward_avx512(int64_t batch, int64_t slots, const GradientParts<float>& grad,
+                            const Carried<float>& carried, const float* scores, const float* values,
+                            float* grad_scores, float* grad_values, float* full, double* grad_alpha) {
     constexpr int64_t d = 16 * CHUNKS;
     const int64_t rows = slots * d;
+    const bool stream = batch * rows * d * int64_t(sizeof(float)) >= kStreamBytes;
+    const bool in_rows = carried.next != nullptr || full != nullptr;  // dM_r formed in L1 first
+    double alpha_total = 0;
+    alignas(64) float pair[2 * d];  // rows r and r + 1 of dM_r, where they are formed in L1
+    float* row0 = pair;
+    float* row1 = pair + d;
     for (int64_t b = 0; b < batch; ++b) {
         const float* sample_scores = scores + b * slots * rows;
         const float* sample_values = values + b * slots * d;
@@ -253,9 +301,21 @@ void update_backward_avx512(int64_t batch, int64_t slots, const GradientParts<fl
         for (int64_t r = 0; r < rows; r += 2) {
             const int64_t offset = (b * rows + r) * d;
             __m512 g0[CHUNKS], g1[CHUNKS];
-            for (int k = 0; k < CHUNKS; ++k) {
-                g0[k] = load_gradient_chunk(grad, offset + 16 * k);
-                g1[k] = load_gradient_chunk(grad, offset + d + 16 * k);
+            if (in_rows) {
+                grad.load_row(offset, d, row0);
+                grad.load_row(offset + d, d, row1);
+                carried.add_to_row(b, r, slots, d, row0, alpha_total);
+                carried.add_to_row(b, r + 1, slots, d, row1, alpha_total);
+                if (full != nullptr) store_row(full + offset, pair, int64_t(sizeof(float)) * 2 * d, stream);
+                for (int k = 0; k < CHUNKS; ++k) {
+                    g0[k] = _mm512_load_ps(row0 + 16 * k);
+                    g1[k] = _mm512_load_ps(row1 + 16 * k);
+                }
+            } else {
+                for (int k = 0; k < CHUNKS; ++k) {
+                    g0[k] = load_gradient_chunk(grad, offset + 16 * k);
+                    g1[k] = load_gradient_chunk(grad, offset + d + 16 * k);
+                }
             }
             for (int64_t j = 0; j < slots; j += 4) {
                 const int64_t count = slots - j < 4 ? slots - j : 4;
@@ -289,15 +349,19 @@ void update_backward_avx512(int64_t batch, int64_t slots, const GradientParts<fl
             }
         }
     }
+    if (stream && full != nullptr) finish_streaming();
+    if (grad_alpha != nullptr) *grad_alpha += alpha_total;
 }
 
 // The AVX-512 version where it applies (float, d = 16..128 in steps of 16); false where it does not.
 inline bool update_backward_fast(int64_t batch, int64_t slots, int64_t d, const GradientParts<float>& grad,
-                                 const float* scores, const float* values, float* grad_scores, float* grad_values) {
+                                 const Carried<float>& carried, const float* scores, const float* values,
+                                 float* grad_scores, float* grad_values, float* full, double* grad_alpha) {
     switch (d) {
 #define STM_RL_CASE(CHUNKS)                                                                                     \
     case 16 * CHUNKS:                                                                                          \
-        update_backward_avx512<CHUNKS>(batch, slots, grad, scores, values, grad_scores, grad_values);            \
+        update_backward_avx512<CHUNKS>(batch, slots, grad, carried, scores, values, grad_scores, grad_values,    \
+                                       full, grad_alpha);                                                       \
         return true;
         STM_RL_CASE(1) STM_RL_CASE(2) STM_RL_CASE(3) STM_RL_CASE(4)
         STM_RL_CASE(5) STM_RL_CASE(6) STM_RL_CASE(7) STM_RL_CASE(8)
@@ -309,8 +373,44 @@ inline bool update_backward_fast(int64_t batch, int64_t slots, int64_t d, const 
 #endif
 
 template <typename T>
-inline bool update_backward_fast(int64_t, int64_t, int64_t, const GradientParts<T>&, const T*, const T*, T*, T*) {
+inline bool update_backward_fast(int64_t, int64_t, int64_t, const GradientParts<T>&, const Carried<T>&, const T*,
+                                 const T*, T*, T*, T*, double*) {
     return false;
+}
+
+// The relational read's forward pass (paper eq. 11) in one pass over M_r_prev: the slot mix
+//   mixed = sum_n p_n M_r_prev[n]     and the per-slot reads     reads[n] = w^T M_r_prev[n]
+// (v_r = sum_n p_n reads[n]). The per-slot reads give p's gradient, d p_n = <reads[n], d v_r>, so that the
+// backward pass need not read M_r_prev for it.
+template <typename T>
+void read_forward(int64_t batch, int64_t slots, int64_t d, const T* memory, int64_t memory_stride,
+                  const T* slot_weights, const T* key, T* mixed, T* reads) {
+    for (int64_t b = 0; b < batch; ++b) {
+        T* mix = mixed + b * d * d;
+        for (int64_t n = 0; n < slots; ++n) {
+            const T weight = slot_weights[b * slots + n];
+            T* read = reads + (b * slots + n) * d;
+            std::memset(read, 0, sizeof(T) * d);
+            for (int64_t e = 0; e < d; ++e) {
+                const T* row = memory + b * memory_stride + (n * d + e) * d;
+                const T k = key[b * d + e];
+                T* mix_row = mix + e * d;
+                if (n == 0) {
+#pragma omp simd
+                    for (int64_t c = 0; c < d; ++c) {
+                        mix_row[c] = weight * row[c];
+                        read[c] += k * row[c];
+                    }
+                } else {
+#pragma omp simd
+                    for (int64_t c = 0; c < d; ++c) {
+                        mix_row[c] += weight * row[c];
+                        read[c] += k * row[c];
+                    }
+                }
+            }
+        }
+    }
 }
 
 // Everything that needs M_r_prev and dM_r together, in one pass over both:
@@ -823,11 +923,21 @@ inline bool gated_write_backward_fast(int64_t, int64_t, const T*, const T*, int6
     }                                                                                                        \
     extern "C" void stm_update_backward_##SUFFIX(int64_t batch, int64_t slots, int64_t d, const T* recurrent, \
                                                  const uint16_t* readout_low, const T* readout,              \
-                                                 const T* scores, const T* values, T* grad_scores,           \
-                                                 T* grad_values) {                                           \
+                                                 const T* next, double alpha_next, const T* slot_weights_next, \
+                                                 const T* grad_mixed_next, const T* memory, const T* scores,  \
+                                                 const T* values, T* grad_scores, T* grad_values, T* full,   \
+                                                 double* grad_alpha_next) {                                  \
         const GradientParts<T> grad{recurrent, readout_low, readout};                                        \
-        if (!update_backward_fast(batch, slots, d, grad, scores, values, grad_scores, grad_values))           \
-            update_backward<T>(batch, slots, d, grad, scores, values, grad_scores, grad_values);              \
+        const Carried<T> carried{next, static_cast<T>(alpha_next), slot_weights_next, grad_mixed_next, memory}; \
+        if (!update_backward_fast(batch, slots, d, grad, carried, scores, values, grad_scores, grad_values,   \
+                                  full, grad_alpha_next))                                                    \
+            update_backward<T>(batch, slots, d, grad, carried, scores, values, grad_scores, grad_values, full, \
+                               grad_alpha_next);                                                             \
+    }                                                                                                        \
+    extern "C" void stm_read_forward_##SUFFIX(int64_t batch, int64_t slots, int64_t d, const T* memory,       \
+                                              int64_t memory_stride, const T* slot_weights, const T* key,    \
+                                              T* mixed, T* reads) {                                          \
+        read_forward<T>(batch, slots, d, memory, memory_stride, slot_weights, key, mixed, reads);             \
     }                                                                                                        \
     extern "C" void stm_memory_backward_##SUFFIX(int64_t batch, int64_t slots, int64_t d, const T* recurrent, \
                                                  const uint16_t* readout_low, const T* readout,              \
@@ -885,4 +995,4 @@ STM_RL_ELU(float, f32)
 STM_RL_ELU(double, f64)
 STM_RL_ELU(uint16_t, bf16)
 
-extern "C" int stm_abi_version() { return 6; }
+extern "C" int stm_abi_version() { return 7; }

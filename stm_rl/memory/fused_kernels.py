@@ -51,17 +51,20 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from stm_rl.memory.relational_read import CarriedGradient
 
 SOURCE = Path(__file__).with_name("fused_kernels.cpp")
 SETTING_VARIABLE = "STM_RL_FUSED_KERNELS"
 SETTINGS = ("auto", "off")
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fPIC", "-shared", "-std=c++17")
 MAX_SIDE, MAX_SLOTS = 1024, 256  # d and N; kMaxSide and kMaxSlots in the source
-_ABI_VERSION = 6
+_ABI_VERSION = 7
 
 
 class FusedKernelsError(RuntimeError):
@@ -172,8 +175,9 @@ class FusedKernels:
             update_forward.argtypes = [_INT, _INT, _INT, _POINTER, _INT, _DOUBLE, _POINTER, _POINTER, _POINTER,
                                        _POINTER]
             update_backward = getattr(self.library, f"stm_update_backward_{suffix}")
-            update_backward.argtypes = [_INT, _INT, _INT, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER,
-                                        _POINTER, _POINTER]
+            update_backward.argtypes = [_INT, _INT, _INT, _POINTER, _POINTER, _POINTER, _POINTER, _DOUBLE, _POINTER,
+                                        _POINTER, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER,
+                                        _POINTER]
             memory_backward = getattr(self.library, f"stm_memory_backward_{suffix}")
             memory_backward.argtypes = [_INT, _INT, _INT, _POINTER, _POINTER, _POINTER, _POINTER, _INT, _DOUBLE,
                                         _POINTER, _POINTER, _POINTER, _POINTER, _POINTER]
@@ -191,8 +195,10 @@ class FusedKernels:
             scores_backward = getattr(self.library, f"stm_scores_backward_{suffix}")
             scores_backward.argtypes = [_INT, _INT, _INT, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER,
                                         _POINTER]
+            read_forward = getattr(self.library, f"stm_read_forward_{suffix}")
+            read_forward.argtypes = [_INT, _INT, _INT, _POINTER, _INT, _POINTER, _POINTER, _POINTER, _POINTER]
             calls = (update_forward, update_backward, memory_backward, gated_write_forward, gated_write_backward,
-                     tanh_forward, tanh_backward_add, scores_forward, scores_backward)
+                     tanh_forward, tanh_backward_add, scores_forward, scores_backward, read_forward)
             for function in calls:
                 function.restype = None
             self.functions[suffix] = calls
@@ -220,16 +226,41 @@ class FusedKernels:
         return out, low
 
     def update_backward(self, grad: Optional[Tensor], grad_readout: Optional[Tensor], scores: Tensor,
-                        values: Tensor, need_scores: bool,
-                        need_values: bool) -> tuple[Optional[Tensor], Optional[Tensor]]:
+                        values: Tensor, need_scores: bool, need_values: bool, carried: Optional["CarriedGradient"] = None,
+                        need_full: bool = False) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
         """Gradients of the scores and the values from ``dM_r = grad + grad_readout`` (either may be None;
-        ``grad_readout`` is bf16, the gradient of the bf16 copy, or the memory's dtype, that of its alias)."""
+        ``grad_readout`` is bf16, the gradient of the bf16 copy, or the memory's dtype, that of its alias) plus
+        what ``carried`` brings from the next step's read (:class:`~stm_rl.memory.relational_read.CarriedGradient`).
+
+        Returns ``(d scores, d values, dM_r, d alpha1)``: ``dM_r`` as a tensor with ``need_full``, and the
+        carried alpha1 gradient where ``carried.memory`` is given (else None)."""
         grad_scores = torch.empty_like(scores) if need_scores else None
         grad_values = torch.empty_like(values) if need_values else None
         batch, slots, d = values.shape
+        full = torch.empty(batch, slots, d, d, dtype=values.dtype) if need_full else None
+        carried_alpha = ctypes.c_double(0.0)
+        want_alpha = carried is not None and carried.memory is not None
+        if carried is None:
+            carried_pointers = (None, 0.0, None, None, None)
+        else:
+            carried_pointers = (_ptr(carried.next), float(carried.alpha), _ptr(carried.slot_weights),
+                                _ptr(carried.grad_mixed), _ptr(carried.memory))
         self._calls(values.dtype)[1](batch, slots, d, _ptr(grad), *_readout_parts(grad_readout, values.dtype),
-                                     _ptr(scores), _ptr(values), _ptr(grad_scores), _ptr(grad_values))
-        return grad_scores, grad_values
+                                     *carried_pointers, _ptr(scores), _ptr(values), _ptr(grad_scores),
+                                     _ptr(grad_values), _ptr(full), ctypes.byref(carried_alpha) if want_alpha else None)
+        grad_alpha = values.new_tensor(carried_alpha.value) if want_alpha else None
+        return grad_scores, grad_values, full, grad_alpha
+
+    def read_forward(self, memory: Tensor, slot_weights: Tensor, key: Tensor) -> tuple[Tensor, Tensor]:
+        """The slot mix ``sum_n p_n M_r_prev[n]`` (``[B, d, d]``) and the per-slot reads ``w^T M_r_prev[n]``
+        (``[B, N, d]``) in one pass over ``memory`` (may be expanded over the batch); p, w contiguous."""
+        memory, stride = _memory_operand(memory)
+        batch, slots, d = memory.shape[0], memory.shape[1], memory.shape[-1]
+        mixed = torch.empty(batch, d, d, dtype=memory.dtype)
+        reads = torch.empty(batch, slots, d, dtype=memory.dtype)
+        self._calls(memory.dtype)[9](batch, slots, d, memory.data_ptr(), stride, _ptr(slot_weights), _ptr(key),
+                                     mixed.data_ptr(), reads.data_ptr())
+        return mixed, reads
 
     def memory_backward(self, grad: Optional[Tensor], grad_readout: Optional[Tensor], memory: Tensor,
                         alpha: Tensor, slot_weights: Optional[Tensor], grad_mixed: Optional[Tensor],

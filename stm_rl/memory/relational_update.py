@@ -11,6 +11,9 @@ is one dot product of the output gradient with ``M_r_prev`` (no full-size tempor
 ``M_r_prev``'s gradient is ``alpha1 * dM_r``: returned here, or, with a
 :class:`~stm_rl.memory.relational_read.MemoryGradientHandoff` shared with the step's relational read,
 both are left to the read's backward, which forms them together with its own gradient for ``M_r_prev``.
+With the fused kernels, where the next step's read left its share of this step's ``dM_r`` in the output's
+:class:`~stm_rl.memory.relational_read.GradientLink` (the lazy gradient), this backward pass adds it while it
+reads ``dM_r``, and returns the next step's alpha1 gradient, taken in the same pass.
 
 Where the fused CPU kernels run (:mod:`stm_rl.memory.fused_kernels`: CPU, one PyTorch thread), the
 forward pass is one kernel that also writes the bf16 copy of ``M_r`` that the readout reads under bf16
@@ -28,8 +31,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from stm_rl.memory.fused_kernels import fused_kernels_for
-from stm_rl.memory.relational_read import MemoryGradientHandoff, memory_dot
+from stm_rl.memory.fused_kernels import FusedKernels, fused_kernels_for
+from stm_rl.memory.relational_read import GradientLink, MemoryGradientHandoff, memory_dot
 
 
 class _RelationalUpdate(torch.autograd.Function):
@@ -39,12 +42,13 @@ class _RelationalUpdate(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, memory: Tensor, alpha: Tensor, scores: Tensor, values: Tensor,
-                handoff: Optional[MemoryGradientHandoff], bf16_readout: bool):
+                handoff: Optional[MemoryGradientHandoff], bf16_readout: bool, kernels: Optional[FusedKernels],
+                link: Optional[GradientLink]):
         ctx.set_materialize_grads(False)  # an output nothing reads gets no (zero-filled) gradient
-        ctx.handoff = handoff
+        ctx.handoff, ctx.link = handoff, link
         ctx.input_dtypes = (alpha.dtype, scores.dtype, values.dtype)
         alpha, scores, values = (t.to(memory.dtype).contiguous() for t in (alpha, scores, values))
-        ctx.kernels = kernels = fused_kernels_for(memory)
+        ctx.kernels = kernels
         copy = None
         with torch.autocast(memory.device.type, enabled=False):
             if kernels is not None:  # one pass, the bf16 copy made from the same registers
@@ -59,16 +63,20 @@ class _RelationalUpdate(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Optional[Tensor], grad_readout: Optional[Tensor]):
-        if grad is None and grad_readout is None:  # neither output is used (no gradient flows)
-            return None, None, None, None, None, None
+        carried = ctx.link.take() if ctx.link is not None else None  # the next step's read's share (lazy gradient)
+        if grad is None and grad_readout is None and carried is None:  # no gradient flows
+            return None, None, None, None, None, None, None, None
         memory, alpha, scores, values = ctx.saved_tensors
         alpha_dtype, scores_dtype, values_dtype = ctx.input_dtypes
         grad_memory = grad_alpha = grad_scores = grad_values = None
         grad = None if grad is None else grad.to(memory.dtype).contiguous()
         grad_readout = None if grad_readout is None else grad_readout.contiguous()
-        if ctx.kernels is not None:  # dM_r = grad + grad_readout, read once for both products
-            grad_scores, grad_values = ctx.kernels.update_backward(
-                grad, grad_readout, scores, values, ctx.needs_input_grad[2], ctx.needs_input_grad[3])
+        if ctx.kernels is not None:  # dM_r = grad + grad_readout (+ carried), read once for both products
+            grad_scores, grad_values, full, grad_alpha = ctx.kernels.update_backward(
+                grad, grad_readout, scores, values, ctx.needs_input_grad[2], ctx.needs_input_grad[3], carried,
+                need_full=ctx.handoff is not None or carried is not None)
+            if full is not None:  # dM_r in one tensor, for the read (or the memory gradient below)
+                grad, grad_readout = full, None
         else:
             if grad_readout is not None:
                 readout = grad_readout.to(memory.dtype)
@@ -83,15 +91,16 @@ class _RelationalUpdate(torch.autograd.Function):
         if ctx.handoff is not None:  # M_r_prev's and alpha1's gradients are formed by the read's backward
             ctx.handoff.leave(grad, grad_readout)
         elif ctx.kernels is not None:
-            grad_memory, _, grad_alpha = ctx.kernels.memory_backward(
+            grad_memory, _, own_alpha = ctx.kernels.memory_backward(
                 grad, grad_readout, memory, alpha, None, None, ctx.needs_input_grad[0], False, ctx.needs_input_grad[1])
+            grad_alpha = own_alpha if grad_alpha is None or own_alpha is None else grad_alpha + own_alpha
         else:
             if ctx.needs_input_grad[0]:
                 grad_memory = grad * alpha
             if ctx.needs_input_grad[1]:
                 grad_alpha = memory_dot(grad, memory)
         return (grad_memory, _cast(grad_alpha, alpha_dtype), _cast(grad_scores, scores_dtype),
-                _cast(grad_values, values_dtype), None, None)
+                _cast(grad_values, values_dtype), None, None, None, None)
 
 
 def _cast(tensor: Optional[Tensor], dtype: torch.dtype) -> Optional[Tensor]:
@@ -127,4 +136,10 @@ def relational_update_with_readout(memory: Tensor, alpha: Tensor, scores: Tensor
         raise ValueError(f"relational_update expects a 0-dimensional alpha, got shape {list(alpha.shape)}")
     if handoff is not None and handoff.alpha is not alpha:
         raise ValueError("relational_update: the handoff must be made with the same alpha")
-    return _RelationalUpdate.apply(memory, alpha, scores, values, handoff, bf16_readout)
+    # The fused path's output gets a GradientLink for the next step's read (its lazy gradient).
+    kernels = fused_kernels_for(memory)
+    link = GradientLink() if kernels is not None and torch.is_grad_enabled() else None
+    updated, readout = _RelationalUpdate.apply(memory, alpha, scores, values, handoff, bf16_readout, kernels, link)
+    if link is not None:
+        link.attach(updated)
+    return updated, readout
