@@ -167,8 +167,9 @@ inline void finish_streaming() {
 
 // The passes over B x N x d x d tensors do enough arithmetic per row that the hardware prefetchers alone do not
 // overlap their reads with it: each stream then adds its full read time (issue 10: update_backward with one more
-// stream took 2 ms more). Rows kPrefetchRows ahead are asked for explicitly (8: measured best of 4 to 64).
-constexpr int64_t kPrefetchRows = 8;
+// stream took 2 ms more). Rows kPrefetchRows ahead are asked for explicitly (16: best of 8 to 32 measured inside
+// an agent's rollout step at batch 128; 6 to 12 in isolation, where the data is less far away).
+constexpr int64_t kPrefetchRows = 16;
 constexpr int64_t kPrefetchFlat = 1024;  // numbers ahead, in the kernels that read their input as one flat run
 
 // Asks for `bytes` bytes from each of `streams` (null ones skipped) ahead of their use, a cache line of each in
