@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
+#include <type_traits>
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -897,27 +898,14 @@ void elu_backward_avx512(int64_t count, const S* grad, const S* x, S* grad_x) {
     }
 }
 
-inline bool elu_forward_fast(int64_t count, const float* x, float* y) {
-    elu_forward_avx512(count, x, y);
-    return true;
-}
-
-inline bool elu_backward_fast(int64_t count, const float* grad, const float* x, float* grad_x) {
-    elu_backward_avx512(count, grad, x, grad_x);
-    return true;
-}
-
+// The vectorised ELU serves float, and bf16 where the CPU converts to it (store16 above).
+template <typename S>
+constexpr bool kVectorisedElu = std::is_same_v<S, float>
 #if defined(__AVX512BF16__)
-inline bool elu_forward_fast(int64_t count, const uint16_t* x, uint16_t* y) {
-    elu_forward_avx512(count, x, y);
-    return true;
-}
-
-inline bool elu_backward_fast(int64_t count, const uint16_t* grad, const uint16_t* x, uint16_t* grad_x) {
-    elu_backward_avx512(count, grad, x, grad_x);
-    return true;
-}
+                                || std::is_same_v<S, uint16_t>
 #endif
+    ;
+#define STM_RL_HAS_VECTORISED_ELU 1
 
 inline bool tanh_forward_fast(int64_t batch, int64_t size, const float* x, int64_t stride, float* out) {
     tanh_forward_avx512(batch, size, x, stride, out);
@@ -944,13 +932,26 @@ inline bool tanh_forward_fast(int64_t, int64_t, const T*, int64_t, T*) {
     return false;
 }
 
+// The vectorised ELU where it serves S (kVectorisedElu); false where the portable loops must run.
 template <typename S>
-inline bool elu_forward_fast(int64_t, const S*, S*) {
+inline bool elu_forward_fast(int64_t count, const S* x, S* y) {
+#if defined(STM_RL_HAS_VECTORISED_ELU)
+    if constexpr (kVectorisedElu<S>) {
+        elu_forward_avx512(count, x, y);
+        return true;
+    }
+#endif
     return false;
 }
 
 template <typename S>
-inline bool elu_backward_fast(int64_t, const S*, const S*, S*) {
+inline bool elu_backward_fast(int64_t count, const S* grad, const S* x, S* grad_x) {
+#if defined(STM_RL_HAS_VECTORISED_ELU)
+    if constexpr (kVectorisedElu<S>) {
+        elu_backward_avx512(count, grad, x, grad_x);
+        return true;
+    }
+#endif
     return false;
 }
 
