@@ -617,17 +617,22 @@ void tanh_backward_add(int64_t count, T* grad, const T* upstream, const T* y) {
 // transfer to item memory), summed here rather than by autograd into a new tensor:
 //   pre = (g + g_other) (1 - scores^2),  d q_n[a] = sum_j pre[j][n][a] k_j[a],  d k_j[a] = sum_n pre[j][n][a] q_n[a]
 
+// One row of scores, tanh(key (.) query); the AVX-512 overload for float is defined below.
+template <typename T>
+inline void tanh_product_row(const T* key, const T* query, int64_t d, T* row) {
+    for (int64_t a = 0; a < d; ++a) row[a] = tanh_by_sigmoid(key[a] * query[a]);
+}
+#if defined(__AVX512F__)
+inline void tanh_product_row(const float* key, const float* query, int64_t d, float* row);  // below, vectorised
+#endif
+
 template <typename T>
 void scores_forward(int64_t batch, int64_t slots, int64_t d, const T* q, const T* k, T* out) {
     for (int64_t b = 0; b < batch; ++b)
-        for (int64_t j = 0; j < slots; ++j) {
-            const T* key = k + (b * slots + j) * d;
-            for (int64_t n = 0; n < slots; ++n) {
-                const T* query = q + (b * slots + n) * d;
-                T* row = out + ((b * slots + j) * slots + n) * d;
-                for (int64_t a = 0; a < d; ++a) row[a] = tanh_by_sigmoid(key[a] * query[a]);
-            }
-        }
+        for (int64_t j = 0; j < slots; ++j)
+            for (int64_t n = 0; n < slots; ++n)
+                tanh_product_row(k + (b * slots + j) * d, q + (b * slots + n) * d, d,
+                                 out + ((b * slots + j) * slots + n) * d);
 }
 
 template <typename T>
@@ -818,94 +823,13 @@ void tanh_forward_avx512(int64_t batch, int64_t size, const float* x, int64_t st
         }
 }
 
-void scores_forward_avx512(int64_t batch, int64_t slots, int64_t d, const float* q, const float* k, float* out) {
-    for (int64_t b = 0; b < batch; ++b)
-        for (int64_t j = 0; j < slots; ++j) {
-            const float* key = k + (b * slots + j) * d;
-            for (int64_t n = 0; n < slots; ++n) {
-                const float* query = q + (b * slots + n) * d;
-                float* row = out + ((b * slots + j) * slots + n) * d;
-                for (int64_t a = 0; a < d; a += 16) {
-                    const __mmask16 m = chunk_mask(a, d);
-                    _mm512_mask_storeu_ps(row + a, m, tanh_avx512(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, key + a),
-                                                                                _mm512_maskz_loadu_ps(m, query + a))));
-                }
-            }
-        }
-}
-
-inline bool scores_forward_fast(int64_t batch, int64_t slots, int64_t d, const float* q, const float* k, float* out) {
-    scores_forward_avx512(batch, slots, d, q, k, out);
-    return true;
-}
-
-// exp(x) - 1 and exp(x) of 16 floats for x <= 0 (ELU's negative side), sharing one reduction: with
-// x = n ln2 + r, exp(x) = 2^n (1 + q(r)); expm1 is formed as 2^n q + (2^n - 1), exact in the leading term
-// near 0 where exp(x) - 1 would cancel.
-inline void expm1_and_exp_avx512(__m512 x, __m512* expm1_out, __m512* exp_out) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    const __m512 q = _mm512_fmadd_ps(_mm512_mul_ps(r, r), p, r);  // exp(r) - 1
-    const __m512 scale = _mm512_scalef_ps(_mm512_set1_ps(1.0f), n);
-    if (expm1_out != nullptr) *expm1_out = _mm512_fmadd_ps(scale, q, _mm512_sub_ps(scale, _mm512_set1_ps(1.0f)));
-    if (exp_out != nullptr) *exp_out = _mm512_fmadd_ps(scale, q, scale);
-}
-
-inline __m512 load16(const float* data, __mmask16 m) { return _mm512_maskz_loadu_ps(m, data); }
-inline __m512 load16(const uint16_t* data, __mmask16 m) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, data)), 16));
-}
-inline void store16(float* data, __mmask16 m, __m512 value) { _mm512_mask_storeu_ps(data, m, value); }
-#if defined(__AVX512BF16__)
-inline void store16(uint16_t* data, __mmask16 m, __m512 value) {
-    _mm256_mask_storeu_epi16(data, m, reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(value)));
-}
-#endif
-
-template <typename S>
-void elu_forward_avx512(int64_t count, const S* x, S* y) {
-    const __m512 zero = _mm512_setzero_ps();
-    for (int64_t i = 0; i < count; i += 16) {
-        const __mmask16 m = chunk_mask(i, count);
-        __builtin_prefetch(x + i + kPrefetchFlat);
-        const __m512 v = load16(x + i, m);
-        __m512 negative;
-        expm1_and_exp_avx512(_mm512_min_ps(v, zero), &negative, nullptr);
-        const __m512 out = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, zero, _CMP_GT_OQ), negative, v);
-        store16(y + i, m, _mm512_mask_mov_ps(out, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), v));  // NaN stays NaN
+inline void tanh_product_row(const float* key, const float* query, int64_t d, float* row) {
+    for (int64_t a = 0; a < d; a += 16) {
+        const __mmask16 m = chunk_mask(a, d);
+        _mm512_mask_storeu_ps(row + a, m, tanh_avx512(_mm512_mul_ps(_mm512_maskz_loadu_ps(m, key + a),
+                                                                    _mm512_maskz_loadu_ps(m, query + a))));
     }
 }
-
-template <typename S>
-void elu_backward_avx512(int64_t count, const S* grad, const S* x, S* grad_x) {
-    const __m512 zero = _mm512_setzero_ps();
-    for (int64_t i = 0; i < count; i += 16) {
-        const __mmask16 m = chunk_mask(i, count);
-        prefetch_lines(64, {x + i + kPrefetchFlat, grad + i + kPrefetchFlat});
-        const __m512 v = load16(x + i, m), g = load16(grad + i, m);
-        __m512 slope;
-        expm1_and_exp_avx512(_mm512_min_ps(v, zero), nullptr, &slope);
-        store16(grad_x + i, m, _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, zero, _CMP_GT_OQ), _mm512_mul_ps(g, slope), g));
-    }
-}
-
-// The vectorised ELU serves float, and bf16 where the CPU converts to it (store16 above).
-template <typename S>
-constexpr bool kVectorisedElu = std::is_same_v<S, float>
-#if defined(__AVX512BF16__)
-                                || std::is_same_v<S, uint16_t>
-#endif
-    ;
-#define STM_RL_HAS_VECTORISED_ELU 1
 
 inline bool tanh_forward_fast(int64_t batch, int64_t size, const float* x, int64_t stride, float* out) {
     tanh_forward_avx512(batch, size, x, stride, out);
@@ -952,11 +876,6 @@ inline bool elu_backward_fast(int64_t count, const S* grad, const S* x, S* grad_
         return true;
     }
 #endif
-    return false;
-}
-
-template <typename T>
-inline bool scores_forward_fast(int64_t, int64_t, int64_t, const T*, const T*, T*) {
     return false;
 }
 
@@ -1031,7 +950,7 @@ inline bool gated_write_backward_fast(int64_t, int64_t, const T*, const T*, int6
     }                                                                                                        \
     extern "C" void stm_scores_forward_##SUFFIX(int64_t batch, int64_t slots, int64_t d, const T* q, const T* k, \
                                                 T* out) {                                                    \
-        if (!scores_forward_fast(batch, slots, d, q, k, out)) scores_forward<T>(batch, slots, d, q, k, out);   \
+        scores_forward<T>(batch, slots, d, q, k, out);                                                       \
     }                                                                                                        \
     extern "C" void stm_scores_backward_##SUFFIX(int64_t batch, int64_t slots, int64_t d, const T* grad,      \
                                                  const T* grad_other, const T* scores, const T* q, const T* k, \
