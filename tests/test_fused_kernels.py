@@ -8,6 +8,7 @@ then runs the PyTorch path, which the rest of the suite covers).
 from __future__ import annotations
 
 import shutil
+import subprocess
 
 import pytest
 import torch
@@ -266,6 +267,27 @@ def test_kernels_are_used_only_on_one_thread_on_cpu(kernels):
     assert fused_kernels.fused_kernels_for(memory.to(torch.bfloat16)) is None
     torch.set_num_threads(2)  # the kernels are single-threaded: PyTorch's threaded operations instead
     assert fused_kernels.fused_kernels_for(memory) is None
+
+
+def _compiler_macros() -> set[str]:
+    """The macros the kernels' compiler defines with their flags (what ``#if defined(...)`` in the source sees)."""
+    result = subprocess.run([fused_kernels._compiler(), *fused_kernels.COMPILE_FLAGS[:2], "-dM", "-E", "-x", "c++",
+                             "-"], input="", capture_output=True, text=True, check=True)
+    return {line.split()[1] for line in result.stdout.splitlines() if line.startswith("#define ")}
+
+
+def test_every_vectorised_path_the_compiler_allows_is_taken(kernels):
+    # The portable loops compute the same values as the AVX-512 ones, so the value tests above cannot see a
+    # lost fast path (one was lost once in a refactor: ELU ran 10x slower and every test passed).
+    macros = _compiler_macros()
+    expected = set()
+    if "__AVX512F__" in macros:
+        expected |= {"update_backward", "gated_write_forward", "gated_write_backward", "tanh_forward",
+                     "elu_forward", "elu_backward"}
+        if "__AVX512BF16__" in macros:
+            expected |= {"elu_forward_bf16", "elu_backward_bf16"}
+    assert kernels.vectorised_paths == expected
+    assert set(fused_kernels.VECTORISED_PATHS) >= expected
 
 
 def test_build_is_keyed_by_source_and_cpu(tmp_path, monkeypatch):

@@ -831,6 +831,75 @@ inline void tanh_product_row(const float* key, const float* query, int64_t d, fl
     }
 }
 
+// exp(x) - 1 and exp(x) of 16 floats for x <= 0 (ELU's negative side), sharing one reduction: with
+// x = n ln2 + r, exp(x) = 2^n (1 + q(r)); expm1 is formed as 2^n q + (2^n - 1), exact in the leading term
+// near 0 where exp(x) - 1 would cancel.
+inline void expm1_and_exp_avx512(__m512 x, __m512* expm1_out, __m512* exp_out) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
+    const __m512 q = _mm512_fmadd_ps(_mm512_mul_ps(r, r), p, r);  // exp(r) - 1
+    const __m512 scale = _mm512_scalef_ps(_mm512_set1_ps(1.0f), n);
+    if (expm1_out != nullptr) *expm1_out = _mm512_fmadd_ps(scale, q, _mm512_sub_ps(scale, _mm512_set1_ps(1.0f)));
+    if (exp_out != nullptr) *exp_out = _mm512_fmadd_ps(scale, q, scale);
+}
+
+inline __m512 load16(const float* data, __mmask16 m) { return _mm512_maskz_loadu_ps(m, data); }
+inline __m512 load16(const uint16_t* data, __mmask16 m) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, data)), 16));
+}
+inline void store16(float* data, __mmask16 m, __m512 value) { _mm512_mask_storeu_ps(data, m, value); }
+#if defined(__AVX512BF16__)
+inline void store16(uint16_t* data, __mmask16 m, __m512 value) {
+    _mm256_mask_storeu_epi16(data, m, reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(value)));
+}
+#endif
+
+template <typename S>
+void elu_forward_avx512(int64_t count, const S* x, S* y) {
+    const __m512 zero = _mm512_setzero_ps();
+    for (int64_t i = 0; i < count; i += 16) {
+        const __mmask16 m = chunk_mask(i, count);
+        __builtin_prefetch(x + i + kPrefetchFlat);
+        const __m512 v = load16(x + i, m);
+        __m512 negative;
+        expm1_and_exp_avx512(_mm512_min_ps(v, zero), &negative, nullptr);
+        const __m512 out = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, zero, _CMP_GT_OQ), negative, v);
+        store16(y + i, m, _mm512_mask_mov_ps(out, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), v));  // NaN stays NaN
+    }
+}
+
+template <typename S>
+void elu_backward_avx512(int64_t count, const S* grad, const S* x, S* grad_x) {
+    const __m512 zero = _mm512_setzero_ps();
+    for (int64_t i = 0; i < count; i += 16) {
+        const __mmask16 m = chunk_mask(i, count);
+        prefetch_lines(64, {x + i + kPrefetchFlat, grad + i + kPrefetchFlat});
+        const __m512 v = load16(x + i, m), g = load16(grad + i, m);
+        __m512 slope;
+        expm1_and_exp_avx512(_mm512_min_ps(v, zero), nullptr, &slope);
+        store16(grad_x + i, m, _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, zero, _CMP_GT_OQ), _mm512_mul_ps(g, slope), g));
+    }
+}
+
+// The vectorised ELU serves float, and bf16 where the CPU converts to it (store16 above).
+template <typename S>
+constexpr bool kVectorisedElu = std::is_same_v<S, float>
+#if defined(__AVX512BF16__)
+                                || std::is_same_v<S, uint16_t>
+#endif
+    ;
+#define STM_RL_HAS_VECTORISED_ELU 1
+
+
 inline bool tanh_forward_fast(int64_t batch, int64_t size, const float* x, int64_t stride, float* out) {
     tanh_forward_avx512(batch, size, x, stride, out);
     return true;
@@ -974,4 +1043,29 @@ STM_RL_ELU(float, f32)
 STM_RL_ELU(double, f64)
 STM_RL_ELU(uint16_t, bf16)
 
-extern "C" int stm_abi_version() { return 7; }
+extern "C" int stm_abi_version() { return 8; }
+
+// Which vectorised paths this build took, one bit each (VECTORISED_PATHS in fused_kernels.py): each
+// dispatcher is asked with an empty input and answers whether it would run its vectorised version. The
+// portable loops compute the same values, so without this a lost fast path would go unnoticed by tests.
+extern "C" int64_t stm_vectorised_paths() {
+    const GradientParts<float> no_grad{nullptr, nullptr, nullptr};
+    const Carried<float> no_carried{nullptr, 0.0f, nullptr, nullptr, nullptr};
+    const float* none = nullptr;
+    float* out = nullptr;
+    const uint16_t* none_low = nullptr;
+    uint16_t* out_low = nullptr;
+    const bool answers[] = {
+        update_backward_fast(0, 1, 96, no_grad, no_carried, none, none, out, out, out, nullptr),
+        gated_write_forward_fast(0, 96, none, 0, none, none, none, out),
+        gated_write_backward_fast(0, 96, none, none, 0, none, none, none, out, out, out, out),
+        tanh_forward_fast(0, 0, none, 0, out),
+        elu_forward_fast(0, none, out),
+        elu_backward_fast(0, none, none, out),
+        elu_forward_fast(0, none_low, out_low),
+        elu_backward_fast(0, none_low, none_low, out_low),
+    };
+    int64_t bits = 0;
+    for (size_t i = 0; i < sizeof(answers) / sizeof(answers[0]); ++i) bits |= int64_t(answers[i]) << i;
+    return bits;
+}

@@ -51,7 +51,8 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -64,7 +65,29 @@ SETTING_VARIABLE = "STM_RL_FUSED_KERNELS"
 SETTINGS = ("auto", "off")
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fPIC", "-shared", "-std=c++17")
 MAX_SIDE, MAX_SLOTS = 1024, 256  # d and N; kMaxSide and kMaxSlots in the source
-_ABI_VERSION = 7
+_ABI_VERSION = 8
+# The bits of ``stm_vectorised_paths()``: the kernels whose AVX-512 version this build runs (float32; the
+# last two bf16).
+VECTORISED_PATHS = ("update_backward", "gated_write_forward", "gated_write_backward", "tanh_forward",
+                    "elu_forward", "elu_backward", "elu_forward_bf16", "elu_backward_bf16")
+
+
+class _Calls(NamedTuple):
+    """The C functions of one dtype (``stm_<name>_f32`` or ``_f64``), by name."""
+
+    update_forward: Callable[..., None]
+    update_backward: Callable[..., None]
+    memory_backward: Callable[..., None]
+    gated_write_forward: Callable[..., None]
+    gated_write_backward: Callable[..., None]
+    tanh_forward: Callable[..., None]
+    tanh_backward_add: Callable[..., None]
+    scores_forward: Callable[..., None]
+    scores_backward: Callable[..., None]
+    read_forward: Callable[..., None]
+
+
+_FourGradients = tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor], Optional[Tensor]]
 
 
 class FusedKernelsError(RuntimeError):
@@ -197,8 +220,8 @@ class FusedKernels:
                                         _POINTER]
             read_forward = getattr(self.library, f"stm_read_forward_{suffix}")
             read_forward.argtypes = [_INT, _INT, _INT, _POINTER, _INT, _POINTER, _POINTER, _POINTER, _POINTER]
-            calls = (update_forward, update_backward, memory_backward, gated_write_forward, gated_write_backward,
-                     tanh_forward, tanh_backward_add, scores_forward, scores_backward, read_forward)
+            calls = _Calls(update_forward, update_backward, memory_backward, gated_write_forward, gated_write_backward,
+                           tanh_forward, tanh_backward_add, scores_forward, scores_backward, read_forward)
             for function in calls:
                 function.restype = None
             self.functions[suffix] = calls
@@ -211,7 +234,15 @@ class FusedKernels:
             elu_forward.restype = elu_backward.restype = None
             self.elu_functions[dtype] = (elu_forward, elu_backward)
 
-    def _calls(self, dtype: torch.dtype):
+    @property
+    def vectorised_paths(self) -> frozenset[str]:
+        """The kernels (names in :data:`VECTORISED_PATHS`) that run their AVX-512 version in this build; the
+        rest run portable loops, with the same values and more time."""
+        self.library.stm_vectorised_paths.restype = ctypes.c_int64
+        bits = self.library.stm_vectorised_paths()
+        return frozenset(name for i, name in enumerate(VECTORISED_PATHS) if bits >> i & 1)
+
+    def _calls(self, dtype: torch.dtype) -> _Calls:
         return self.functions["f32" if dtype == torch.float32 else "f64"]
 
     def update_forward(self, memory: Tensor, alpha: Tensor, scores: Tensor, values: Tensor,
@@ -221,13 +252,13 @@ class FusedKernels:
         batch, slots, d = values.shape
         out = torch.empty(batch, slots, d, d, dtype=memory.dtype)
         low = torch.empty(out.shape, dtype=torch.bfloat16) if bf16_copy else None
-        self._calls(memory.dtype)[0](batch, slots, d, memory.data_ptr(), stride, float(alpha), _ptr(scores),
-                                     _ptr(values), out.data_ptr(), _ptr(low))
+        self._calls(memory.dtype).update_forward(batch, slots, d, memory.data_ptr(), stride, float(alpha),
+                                                 _ptr(scores), _ptr(values), out.data_ptr(), _ptr(low))
         return out, low
 
     def update_backward(self, grad: Optional[Tensor], grad_readout: Optional[Tensor], scores: Tensor,
-                        values: Tensor, need_scores: bool, need_values: bool, carried: Optional["CarriedGradient"] = None,
-                        need_full: bool = False) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+                        values: Tensor, need_scores: bool, need_values: bool,
+                        carried: Optional["CarriedGradient"] = None, need_full: bool = False) -> _FourGradients:
         """Gradients of the scores and the values from ``dM_r = grad + grad_readout`` (either may be None;
         ``grad_readout`` is bf16, the gradient of the bf16 copy, or the memory's dtype, that of its alias) plus
         what ``carried`` brings from the next step's read (:class:`~stm_rl.memory.relational_read.CarriedGradient`).
@@ -245,9 +276,10 @@ class FusedKernels:
         else:
             carried_pointers = (_ptr(carried.next), float(carried.alpha), _ptr(carried.slot_weights),
                                 _ptr(carried.grad_mixed), _ptr(carried.memory))
-        self._calls(values.dtype)[1](batch, slots, d, _ptr(grad), *_readout_parts(grad_readout, values.dtype),
-                                     *carried_pointers, _ptr(scores), _ptr(values), _ptr(grad_scores),
-                                     _ptr(grad_values), _ptr(full), ctypes.byref(carried_alpha) if want_alpha else None)
+        self._calls(values.dtype).update_backward(
+            batch, slots, d, _ptr(grad), *_readout_parts(grad_readout, values.dtype), *carried_pointers,
+            _ptr(scores), _ptr(values), _ptr(grad_scores), _ptr(grad_values), _ptr(full),
+            ctypes.byref(carried_alpha) if want_alpha else None)
         grad_alpha = values.new_tensor(carried_alpha.value) if want_alpha else None
         return grad_scores, grad_values, full, grad_alpha
 
@@ -258,8 +290,8 @@ class FusedKernels:
         batch, slots, d = memory.shape[0], memory.shape[1], memory.shape[-1]
         mixed = torch.empty(batch, d, d, dtype=memory.dtype)
         reads = torch.empty(batch, slots, d, dtype=memory.dtype)
-        self._calls(memory.dtype)[9](batch, slots, d, memory.data_ptr(), stride, _ptr(slot_weights), _ptr(key),
-                                     mixed.data_ptr(), reads.data_ptr())
+        self._calls(memory.dtype).read_forward(batch, slots, d, memory.data_ptr(), stride, _ptr(slot_weights),
+                                               _ptr(key), mixed.data_ptr(), reads.data_ptr())
         return mixed, reads
 
     def memory_backward(self, grad: Optional[Tensor], grad_readout: Optional[Tensor], memory: Tensor,
@@ -277,10 +309,10 @@ class FusedKernels:
         need_weights = need_weights and grad_mixed is not None
         grad_weights = torch.empty(batch, slots, dtype=memory.dtype) if need_weights else None
         alpha_total = ctypes.c_double(0.0)
-        self._calls(memory.dtype)[2](batch, slots, d, _ptr(grad), *_readout_parts(grad_readout, memory.dtype),
-                                     memory.data_ptr(), stride, float(alpha), _ptr(slot_weights), _ptr(grad_mixed),
-                                     _ptr(grad_memory), _ptr(grad_weights),
-                                     ctypes.byref(alpha_total) if need_alpha else None)
+        self._calls(memory.dtype).memory_backward(
+            batch, slots, d, _ptr(grad), *_readout_parts(grad_readout, memory.dtype), memory.data_ptr(), stride,
+            float(alpha), _ptr(slot_weights), _ptr(grad_mixed), _ptr(grad_memory), _ptr(grad_weights),
+            ctypes.byref(alpha_total) if need_alpha else None)
         grad_alpha = alpha.new_tensor(alpha_total.value) if need_alpha else None
         return grad_memory, grad_weights, grad_alpha
 
@@ -289,12 +321,12 @@ class FusedKernels:
         ``item`` is expanded over the batch."""
         item, stride = _memory_operand(item)
         out = torch.empty(item.shape, dtype=item.dtype)
-        self._calls(item.dtype)[5](item.shape[0], item[0].numel(), item.data_ptr(), stride, out.data_ptr())
+        self._calls(item.dtype).tanh_forward(item.shape[0], item[0].numel(), item.data_ptr(), stride, out.data_ptr())
         return out
 
     def tanh_backward_add(self, grad: Tensor, upstream: Tensor, output: Tensor) -> None:
         """``grad += upstream * (1 - output^2)`` in place: tanh's backward pass added to ``grad``."""
-        self._calls(grad.dtype)[6](grad.numel(), _ptr(grad), _ptr(upstream), _ptr(output))
+        self._calls(grad.dtype).tanh_backward_add(grad.numel(), _ptr(grad), _ptr(upstream), _ptr(output))
 
     def gated_write_forward(self, item: Tensor, u: Tensor, preactivation: Tensor, offset: Tensor) -> Tensor:
         """The gated write ``M'`` (``[B, d, d]``) from ``M_i_prev`` (``item``, may be expanded over the batch),
@@ -303,13 +335,12 @@ class FusedKernels:
         item, stride = _memory_operand(item)
         batch, d = u.shape
         out = torch.empty(batch, d, d, dtype=item.dtype)
-        self._calls(item.dtype)[3](batch, d, item.data_ptr(), stride, _ptr(u), _ptr(preactivation), _ptr(offset),
-                                   out.data_ptr())
+        self._calls(item.dtype).gated_write_forward(batch, d, item.data_ptr(), stride, _ptr(u), _ptr(preactivation),
+                                                    _ptr(offset), out.data_ptr())
         return out
 
     def gated_write_backward(self, grad: Tensor, item: Tensor, u: Tensor, preactivation: Tensor, offset: Tensor,
-                             need_item: bool, need_u: bool,
-                             need_gates: bool) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
+                             need_item: bool, need_u: bool, need_gates: bool) -> _FourGradients:
         """Gradients of :meth:`gated_write_forward` from ``dM'``: ``(d item, d u, d preactivation, d offset)``;
         ``d item`` is the direct path only (``dM' * forget gate``). ``need_gates`` asks for the last two."""
         item, stride = _memory_operand(item)
@@ -318,8 +349,9 @@ class FusedKernels:
         grad_u = torch.empty_like(u) if need_u else None
         grad_pre = torch.empty_like(preactivation) if need_gates else None
         grad_offset = torch.empty_like(offset) if need_gates else None
-        self._calls(item.dtype)[4](batch, d, _ptr(grad), item.data_ptr(), stride, _ptr(u), _ptr(preactivation),
-                                   _ptr(offset), _ptr(grad_item), _ptr(grad_u), _ptr(grad_pre), _ptr(grad_offset))
+        self._calls(item.dtype).gated_write_backward(
+            batch, d, _ptr(grad), item.data_ptr(), stride, _ptr(u), _ptr(preactivation), _ptr(offset),
+            _ptr(grad_item), _ptr(grad_u), _ptr(grad_pre), _ptr(grad_offset))
         return grad_item, grad_u, grad_pre, grad_offset
 
 
@@ -328,7 +360,7 @@ class FusedKernels:
         keys (each ``[B, N, d]``, contiguous); see :mod:`stm_rl.memory.tanh_scores`."""
         batch, slots, d = queries.shape
         out = torch.empty(batch, slots, slots, d, dtype=queries.dtype)
-        self._calls(queries.dtype)[7](batch, slots, d, _ptr(queries), _ptr(keys), out.data_ptr())
+        self._calls(queries.dtype).scores_forward(batch, slots, d, _ptr(queries), _ptr(keys), out.data_ptr())
         return out
 
     def scores_backward(self, grad: Optional[Tensor], grad_other: Optional[Tensor], scores: Tensor, queries: Tensor,
@@ -336,8 +368,8 @@ class FusedKernels:
         """Gradients of the queries and the keys from the scores' gradient ``grad + grad_other`` (one may be None)."""
         batch, slots, d = queries.shape
         grad_queries, grad_keys = torch.empty_like(queries), torch.empty_like(keys)
-        self._calls(queries.dtype)[8](batch, slots, d, _ptr(grad), _ptr(grad_other), _ptr(scores), _ptr(queries),
-                                      _ptr(keys), _ptr(grad_queries), _ptr(grad_keys))
+        self._calls(queries.dtype).scores_backward(batch, slots, d, _ptr(grad), _ptr(grad_other), _ptr(scores),
+                                                   _ptr(queries), _ptr(keys), _ptr(grad_queries), _ptr(grad_keys))
         return grad_queries, grad_keys
 
 
