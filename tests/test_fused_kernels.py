@@ -135,6 +135,26 @@ def test_backward_kernels_match_the_gradients_written_out(kernels, parts, shape)
     torch.testing.assert_close(grad_values, scores @ lazy_total.view(b, n * d, d))
     torch.testing.assert_close(carried_alpha, (following * output).sum())
 
+    # under bf16 autocast: the next step's dM_r and this step's M_r come in bf16, dM_r goes out in bf16
+    low_following, low_output = following.to(torch.bfloat16), output.to(torch.bfloat16)
+    carried = CarriedGradient(low_following, alpha, slot_weights, grad_mixed, low_output)
+    lazy_total = total + alpha * low_following.float() + slot_weights.view(b, n, 1, 1) * grad_mixed.unsqueeze(1)
+    grad_scores, grad_values, full, carried_alpha = kernels.update_backward(
+        grad, grad_readout, scores, values, True, True, carried, need_full=True, full_dtype=torch.bfloat16)
+    assert full.dtype == torch.bfloat16
+    # rounded as PyTorch rounds: equal but where the two fp32 sums differ in their last bit next to a rounding
+    # boundary, and there at most one bf16 step apart
+    rounded = lazy_total.to(torch.bfloat16)
+    assert (full != rounded).float().mean() < 1e-3
+    torch.testing.assert_close(full.float(), rounded.float(), rtol=2**-7, atol=0)
+    torch.testing.assert_close(grad_scores, values @ lazy_total.view(b, n * d, d).transpose(1, 2))
+    torch.testing.assert_close(grad_values, scores @ lazy_total.view(b, n * d, d))
+    torch.testing.assert_close(carried_alpha, (low_following.float() * low_output.float()).sum())
+    # that bf16 dM_r is the first step's gradient for memory_backward (no link to an earlier update)
+    grad_memory, _, grad_alpha = kernels.memory_backward(full, None, memory, alpha, None, None, True, False, True)
+    torch.testing.assert_close(grad_memory, alpha * full.float())
+    torch.testing.assert_close(grad_alpha, (full.float() * memory).sum())
+
     grad_memory, grad_weights, grad_alpha = kernels.memory_backward(
         grad, grad_readout, memory, alpha, slot_weights, grad_mixed, True, True, True)
     torch.testing.assert_close(grad_memory, alpha * total + slot_weights.view(b, n, 1, 1) * grad_mixed.unsqueeze(1))
@@ -220,12 +240,14 @@ def _sequence_gradients(dtype, bf16: bool):
 
 
 @pytest.mark.parametrize("dtype,bf16,tolerance", [(torch.float64, False, 1e-12), (torch.float32, False, 1e-4),
-                                                 (torch.float32, True, 1e-4)])
+                                                 (torch.float32, True, 1e-2)])
 def test_the_stm_computes_the_same_with_and_without_the_kernels(kernels, monkeypatch, dtype, bf16, tolerance):
     """The whole STM, values and every parameter's gradient, fused kernels against the PyTorch path;
     under bf16 autocast the readout reads the kernels' bf16 copy of M_r instead of autocast's cast. The
     tolerance is relative to each tensor's largest entry: in fp32 five recurrent steps amplify rounding
-    differences (both paths differ from float64 by about 1e-5 of the largest gradient)."""
+    differences (both paths differ from float64 by about 1e-5 of the largest gradient). Under bf16 autocast
+    the kernels carry dM_r from step to step in bf16 and take alpha1's gradient from the bf16 copy of M_r
+    (about 3e-3 of the largest gradient here: a few bf16 roundings); the forward values stay the same."""
     fused = _sequence_gradients(dtype, bf16)
     monkeypatch.setenv(fused_kernels.SETTING_VARIABLE, "off")
     plain = _sequence_gradients(dtype, bf16)

@@ -63,6 +63,10 @@ inline void row_to_bf16(const float* row, uint16_t* low, int64_t d) {
 }
 #endif
 
+constexpr int64_t kMaxSide = 1024;  // d; the Python side refuses larger memories
+constexpr int64_t kMaxSlots = 256;  // N; likewise
+constexpr int64_t kChunk = 16;  // row entries kept in registers (one AVX-512 register of floats)
+
 // The gradient dM_r, in up to three parts that are summed where they are read (any may be absent):
 // `recurrent` from the next step, and the readout's, `readout_low` (bf16, the gradient of the bf16 copy)
 // or `readout` (same type, the gradient of the readout's alias of M_r).
@@ -102,26 +106,55 @@ inline T dot(const T* a, const T* b, int64_t d) {
     return total;
 }
 
+// Elements [offset, offset + d) of a tensor given in T (`same`) or in bf16 (`low`), into `row`.
+template <typename T>
+inline void load_numbers(const T* same, const uint16_t* low, int64_t offset, int64_t d, T* row) {
+    if (same != nullptr) {
+        std::memcpy(row, same + offset, sizeof(T) * d);
+    } else {
+#pragma omp simd
+        for (int64_t c = 0; c < d; ++c) row[c] = static_cast<T>(bf16_to_float(low[offset + c]));
+    }
+}
+
+// Where a kernel writes dM_r in full: in T (`same`), in bf16 (`low`, under bf16 autocast), or nowhere.
+template <typename T>
+struct GradientOut {
+    T* same;
+    uint16_t* low;
+
+    bool any() const { return same != nullptr || low != nullptr; }
+};
+
 // The next step's relational read's share of this step's dM_r, carried into this step's update backward pass
 // (the lazy gradient of stm_rl/memory/relational_read.py) instead of formed into a tensor by the read's own
 // backward pass:
 //   dM_r[n][a] += alpha * dM_r_next[n][a] + p_next[n] * dmixed_next[a]
 // and, while dM_r_next is read, the next step's alpha gradient <dM_r_next, M_r> (M_r: this step's output, the
-// next step's M_r_prev). `next` null: nothing carried.
+// next step's M_r_prev). Under bf16 autocast dM_r_next and M_r come in bf16 (`next_low`, `memory_low`: the
+// bf16 copy the readout read) instead. `next` and `next_low` null: nothing carried.
 template <typename T>
 struct Carried {
-    const T* next;          // dM_r of the next step [B, R, d]
+    const T* next;                // dM_r of the next step [B, R, d], or
+    const uint16_t* next_low;     // the same in bf16
     T alpha;
-    const T* slot_weights;  // p of the next step [B, N]; null without a relational read
-    const T* grad_mixed;    // w (x) d v_r of the next step [B, d, d]; null without a relational read
-    const T* memory;        // this step's M_r [B, R, d] for alpha's gradient; null if it is not wanted
+    const T* slot_weights;        // p of the next step [B, N]; null without a relational read
+    const T* grad_mixed;          // w (x) d v_r of the next step [B, d, d]; null without a relational read
+    const T* memory;              // this step's M_r [B, R, d] for alpha's gradient, or
+    const uint16_t* memory_low;   // its bf16 copy; both null if alpha's gradient is not wanted
+
+    bool any() const { return next != nullptr || next_low != nullptr; }
 
     // Adds the carried terms to `row` (row r of sample b) and the row's share of alpha's gradient to `alpha_total`.
     void add_to_row(int64_t b, int64_t r, int64_t slots, int64_t d, T* row, double& alpha_total) const {
-        if (next == nullptr) return;
+        if (!any()) return;
         const int64_t offset = (b * slots * d + r) * d;
-        const T* carried = next + offset;
-        if (memory != nullptr) alpha_total += static_cast<double>(dot(carried, memory + offset, d));
+        T carried[kMaxSide], own[kMaxSide];
+        load_numbers(next, next_low, offset, d, carried);
+        if (memory != nullptr || memory_low != nullptr) {
+            load_numbers(memory, memory_low, offset, d, own);
+            alpha_total += static_cast<double>(dot(carried, own, d));
+        }
         if (slot_weights != nullptr) {
             const T weight = slot_weights[b * slots + r / d];
             const T* mixed = grad_mixed + (b * d + r % d) * d;
@@ -185,9 +218,6 @@ inline void prefetch_lines(int64_t bytes, std::initializer_list<const void*> str
 template <typename T>
 inline const T* at(const T* base, int64_t offset) { return base == nullptr ? nullptr : base + offset; }
 
-constexpr int64_t kMaxSide = 1024;  // d; the Python side refuses larger memories
-constexpr int64_t kMaxSlots = 256;  // N; likewise
-constexpr int64_t kChunk = 16;  // row entries kept in registers (one AVX-512 register of floats)
 
 // M_r = alpha * M_r_prev + sum_j scores[j] (x) v_j, and its bf16 copy when `out_low` is given.
 template <typename T>
@@ -237,15 +267,18 @@ void update_forward(int64_t batch, int64_t slots, int64_t d, const T* memory, in
 
 // The update's factors' gradients from dM_r:
 //   d scores[j][r] = <v_j, dM_r[r]>,  d v_j = sum_r scores[j][r] dM_r[r],
-// with dM_r = grad's parts + what `carried` brings from the next step; `full` (if not null) receives that dM_r
+// with dM_r = grad's parts + what `carried` brings from the next step; `full` (if given) receives that dM_r
 // (for this step's relational read), and `grad_alpha` (if not null) the carried alpha gradient.
 template <typename T>
 void update_backward(int64_t batch, int64_t slots, int64_t d, GradientParts<T> grad, const Carried<T>& carried,
-                     const T* scores, const T* values, T* grad_scores, T* grad_values, T* full, double* grad_alpha) {
+                     const T* scores, const T* values, T* grad_scores, T* grad_values, GradientOut<T> full,
+                     double* grad_alpha) {
     const int64_t rows = slots * d;
-    const bool stream = batch * rows * d * int64_t(sizeof(T)) >= kStreamBytes;
+    const int64_t full_size = full.same != nullptr ? int64_t(sizeof(T)) : int64_t(sizeof(uint16_t));
+    const bool stream = batch * rows * d * full_size >= kStreamBytes;
     double alpha_total = 0;
     T row[kMaxSide];
+    uint16_t low[kMaxSide];
     for (int64_t b = 0; b < batch; ++b) {
         const T* sample_scores = scores + b * slots * rows;
         const T* sample_values = values + b * slots * d;
@@ -255,7 +288,11 @@ void update_backward(int64_t batch, int64_t slots, int64_t d, GradientParts<T> g
             const int64_t offset = (b * rows + r) * d;
             grad.load_row(offset, d, row);
             carried.add_to_row(b, r, slots, d, row, alpha_total);
-            if (full != nullptr) store_row(full + offset, row, int64_t(sizeof(T)) * d, stream);
+            if (full.same != nullptr) store_row(full.same + offset, row, int64_t(sizeof(T)) * d, stream);
+            if (full.low != nullptr) {
+                row_to_bf16(row, low, d);
+                store_row(full.low + offset, low, int64_t(sizeof(uint16_t)) * d, stream);
+            }
             // Four values at a time: four dot products and four accumulations share each load of the row.
             for (int64_t j = 0; j < slots; j += 4) {
                 const int64_t count = slots - j < 4 ? slots - j : 4;
@@ -285,7 +322,7 @@ void update_backward(int64_t batch, int64_t slots, int64_t d, GradientParts<T> g
             }
         }
     }
-    if (stream && full != nullptr) finish_streaming();
+    if (stream && full.any()) finish_streaming();
     if (grad_alpha != nullptr) *grad_alpha += alpha_total;
 }
 
@@ -293,6 +330,29 @@ void update_backward(int64_t batch, int64_t slots, int64_t d, GradientParts<T> g
 // update_backward for float on AVX-512 with d a multiple of 16 (CHUNKS = d / 16 registers per row): two
 // rows of dM_r held in registers, each load of a value v_j serving both rows' dot products and each
 // load of d v_j both rows' contributions (the portable version above reloads them per row).
+inline __m512 bf16x16_to_float(const uint16_t* low) {
+    const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(low));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+
+// Sixteen floats at `offset` of a tensor given in float (`same`) or in bf16 (`low`).
+inline __m512 load_chunk(const float* same, const uint16_t* low, int64_t offset) {
+    return same != nullptr ? _mm512_loadu_ps(same + offset) : bf16x16_to_float(low + offset);
+}
+
+// Sixteen floats rounded to bf16 (to nearest even, as float_to_bf16).
+inline __m256i float_to_bf16x16(__m512 value) {
+#if defined(__AVX512BF16__)
+    return reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(value));
+#else
+    const __m512i bits = _mm512_castps_si512(value);
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), odd)), 16);
+    rounded = _mm512_mask_mov_epi32(rounded, _mm512_cmp_ps_mask(value, value, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
+    return _mm512_cvtepi32_epi16(rounded);
+#endif
+}
+
 inline __m512 load_gradient_chunk(const GradientParts<float>& grad, int64_t offset) {
     __m512 value = grad.recurrent != nullptr ? _mm512_loadu_ps(grad.recurrent + offset) : _mm512_setzero_ps();
     if (grad.readout_low != nullptr) {
@@ -306,11 +366,15 @@ inline __m512 load_gradient_chunk(const GradientParts<float>& grad, int64_t offs
 template <int CHUNKS>
 void update_backward_avx512(int64_t batch, int64_t slots, const GradientParts<float>& grad,
                             const Carried<float>& carried, const float* scores, const float* values,
-                            float* grad_scores, float* grad_values, float* full, double* grad_alpha) {
+                            float* grad_scores, float* grad_values, GradientOut<float> full, double* grad_alpha) {
     constexpr int64_t d = 16 * CHUNKS;
     const int64_t rows = slots * d;
-    const bool stream = batch * rows * d * int64_t(sizeof(float)) >= kStreamBytes;
-    const bool stream_full = stream && full != nullptr && (reinterpret_cast<uintptr_t>(full) & 63) == 0;
+    const int64_t full_size = full.same != nullptr ? int64_t(sizeof(float)) : int64_t(sizeof(uint16_t));
+    const bool stream = batch * rows * d * full_size >= kStreamBytes;
+    const bool stream_full = stream && full.any() &&
+                             (reinterpret_cast<uintptr_t>(full.same != nullptr ? static_cast<void*>(full.same)
+                                                                               : static_cast<void*>(full.low)) & 63) == 0;
+    const bool want_alpha = carried.memory != nullptr || carried.memory_low != nullptr;
     const __m512 alpha_next = _mm512_set1_ps(carried.alpha);
     double alpha_total = 0;
     for (int64_t b = 0; b < batch; ++b) {
@@ -322,28 +386,31 @@ void update_backward_avx512(int64_t batch, int64_t slots, const GradientParts<fl
             const int64_t offset = (b * rows + r) * d;
             if (r + kPrefetchRows < rows) {  // every stream this pass reads, two rows at a time
                 const int64_t ahead = offset + kPrefetchRows * d;
-                prefetch_lines(2 * d * int64_t(sizeof(float)),
-                               {at(grad.recurrent, ahead), at(grad.readout, ahead), at(grad.readout_low, ahead),
-                                at(carried.next, ahead), at(carried.memory, ahead)});
+                prefetch_lines(2 * d * int64_t(sizeof(float)), {at(grad.recurrent, ahead), at(grad.readout, ahead),
+                                                                at(carried.next, ahead), at(carried.memory, ahead)});
+                prefetch_lines(2 * d * int64_t(sizeof(uint16_t)),
+                               {at(grad.readout_low, ahead), at(carried.next_low, ahead), at(carried.memory_low, ahead)});
             }
             __m512 g0[CHUNKS], g1[CHUNKS];
             for (int k = 0; k < CHUNKS; ++k) {
                 g0[k] = load_gradient_chunk(grad, offset + 16 * k);
                 g1[k] = load_gradient_chunk(grad, offset + d + 16 * k);
             }
-            if (carried.next != nullptr) {  // the next step's read's share (Carried), rows r and r + 1
-                const float* next = carried.next + offset;
+            if (carried.any()) {  // the next step's read's share (Carried), rows r and r + 1
                 __m512 alpha_sum = _mm512_setzero_ps();
                 for (int k = 0; k < CHUNKS; ++k) {
-                    const __m512 n0 = _mm512_loadu_ps(next + 16 * k), n1 = _mm512_loadu_ps(next + d + 16 * k);
-                    if (carried.memory != nullptr) {
-                        alpha_sum = _mm512_fmadd_ps(n0, _mm512_loadu_ps(carried.memory + offset + 16 * k), alpha_sum);
-                        alpha_sum = _mm512_fmadd_ps(n1, _mm512_loadu_ps(carried.memory + offset + d + 16 * k), alpha_sum);
+                    const __m512 n0 = load_chunk(carried.next, carried.next_low, offset + 16 * k);
+                    const __m512 n1 = load_chunk(carried.next, carried.next_low, offset + d + 16 * k);
+                    if (want_alpha) {
+                        alpha_sum = _mm512_fmadd_ps(n0, load_chunk(carried.memory, carried.memory_low, offset + 16 * k),
+                                                    alpha_sum);
+                        alpha_sum = _mm512_fmadd_ps(
+                            n1, load_chunk(carried.memory, carried.memory_low, offset + d + 16 * k), alpha_sum);
                     }
                     g0[k] = _mm512_fmadd_ps(alpha_next, n0, g0[k]);
                     g1[k] = _mm512_fmadd_ps(alpha_next, n1, g1[k]);
                 }
-                if (carried.memory != nullptr) alpha_total += static_cast<double>(_mm512_reduce_add_ps(alpha_sum));
+                if (want_alpha) alpha_total += static_cast<double>(_mm512_reduce_add_ps(alpha_sum));
                 if (carried.slot_weights != nullptr) {  // rows r and r + 1 are rows a, a + 1 of slot n
                     const __m512 weight = _mm512_set1_ps(carried.slot_weights[b * slots + r / d]);
                     const float* mixed = carried.grad_mixed + (b * d + r % d) * d;
@@ -353,14 +420,27 @@ void update_backward_avx512(int64_t batch, int64_t slots, const GradientParts<fl
                     }
                 }
             }
-            if (full != nullptr) {
+            if (full.same != nullptr) {
                 for (int k = 0; k < CHUNKS; ++k) {
                     if (stream_full) {
-                        _mm512_stream_ps(full + offset + 16 * k, g0[k]);
-                        _mm512_stream_ps(full + offset + d + 16 * k, g1[k]);
+                        _mm512_stream_ps(full.same + offset + 16 * k, g0[k]);
+                        _mm512_stream_ps(full.same + offset + d + 16 * k, g1[k]);
                     } else {
-                        _mm512_storeu_ps(full + offset + 16 * k, g0[k]);
-                        _mm512_storeu_ps(full + offset + d + 16 * k, g1[k]);
+                        _mm512_storeu_ps(full.same + offset + 16 * k, g0[k]);
+                        _mm512_storeu_ps(full.same + offset + d + 16 * k, g1[k]);
+                    }
+                }
+            }
+            if (full.low != nullptr) {  // rows of 32 bytes per chunk: 32-byte aligned where the tensor is 64-byte aligned
+                for (int k = 0; k < CHUNKS; ++k) {
+                    __m256i* at0 = reinterpret_cast<__m256i*>(full.low + offset + 16 * k);
+                    __m256i* at1 = reinterpret_cast<__m256i*>(full.low + offset + d + 16 * k);
+                    if (stream_full) {
+                        _mm256_stream_si256(at0, float_to_bf16x16(g0[k]));
+                        _mm256_stream_si256(at1, float_to_bf16x16(g1[k]));
+                    } else {
+                        _mm256_storeu_si256(at0, float_to_bf16x16(g0[k]));
+                        _mm256_storeu_si256(at1, float_to_bf16x16(g1[k]));
                     }
                 }
             }
@@ -403,7 +483,8 @@ void update_backward_avx512(int64_t batch, int64_t slots, const GradientParts<fl
 // The AVX-512 version where it applies (float, d = 16..128 in steps of 16); false where it does not.
 inline bool update_backward_fast(int64_t batch, int64_t slots, int64_t d, const GradientParts<float>& grad,
                                  const Carried<float>& carried, const float* scores, const float* values,
-                                 float* grad_scores, float* grad_values, float* full, double* grad_alpha) {
+                                 float* grad_scores, float* grad_values, GradientOut<float> full,
+                                 double* grad_alpha) {
     switch (d) {
 #define STM_RL_CASE(CHUNKS)                                                                                     \
     case 16 * CHUNKS:                                                                                          \
@@ -421,7 +502,7 @@ inline bool update_backward_fast(int64_t batch, int64_t slots, int64_t d, const 
 
 template <typename T>
 inline bool update_backward_fast(int64_t, int64_t, int64_t, const GradientParts<T>&, const Carried<T>&, const T*,
-                                 const T*, T*, T*, T*, double*) {
+                                 const T*, T*, T*, GradientOut<T>, double*) {
     return false;
 }
 
@@ -969,17 +1050,19 @@ inline bool gated_write_backward_fast(int64_t, int64_t, const T*, const T*, int6
         update_forward<T>(batch, slots, d, memory, memory_stride, static_cast<T>(alpha), scores, values, out,  \
                           out_low);                                                                          \
     }                                                                                                        \
-    extern "C" void stm_update_backward_##SUFFIX(int64_t batch, int64_t slots, int64_t d, const T* recurrent, \
-                                                 const uint16_t* readout_low, const T* readout,              \
-                                                 const T* next, double alpha_next, const T* slot_weights_next, \
-                                                 const T* grad_mixed_next, const T* memory, const T* scores,  \
-                                                 const T* values, T* grad_scores, T* grad_values, T* full,   \
-                                                 double* grad_alpha_next) {                                  \
+    extern "C" void stm_update_backward_##SUFFIX(                                                          \
+        int64_t batch, int64_t slots, int64_t d, const T* recurrent, const uint16_t* readout_low,            \
+        const T* readout, const T* next, const uint16_t* next_low, double alpha_next,                        \
+        const T* slot_weights_next, const T* grad_mixed_next, const T* memory, const uint16_t* memory_low,   \
+        const T* scores, const T* values, T* grad_scores, T* grad_values, T* full, uint16_t* full_low,       \
+        double* grad_alpha_next) {                                                                           \
         const GradientParts<T> grad{recurrent, readout_low, readout};                                        \
-        const Carried<T> carried{next, static_cast<T>(alpha_next), slot_weights_next, grad_mixed_next, memory}; \
+        const Carried<T> carried{next, next_low, static_cast<T>(alpha_next), slot_weights_next,              \
+                                 grad_mixed_next, memory, memory_low};                                       \
+        const GradientOut<T> out{full, full_low};                                                            \
         if (!update_backward_fast(batch, slots, d, grad, carried, scores, values, grad_scores, grad_values,   \
-                                  full, grad_alpha_next))                                                    \
-            update_backward<T>(batch, slots, d, grad, carried, scores, values, grad_scores, grad_values, full, \
+                                  out, grad_alpha_next))                                                     \
+            update_backward<T>(batch, slots, d, grad, carried, scores, values, grad_scores, grad_values, out,  \
                                grad_alpha_next);                                                             \
     }                                                                                                        \
     extern "C" void stm_read_forward_##SUFFIX(int64_t batch, int64_t slots, int64_t d, const T* memory,       \
@@ -1043,20 +1126,21 @@ STM_RL_ELU(float, f32)
 STM_RL_ELU(double, f64)
 STM_RL_ELU(uint16_t, bf16)
 
-extern "C" int stm_abi_version() { return 8; }
+extern "C" int stm_abi_version() { return 9; }
 
 // Which vectorised paths this build took, one bit each (VECTORISED_PATHS in fused_kernels.py): each
 // dispatcher is asked with an empty input and answers whether it would run its vectorised version. The
 // portable loops compute the same values, so without this a lost fast path would go unnoticed by tests.
 extern "C" int64_t stm_vectorised_paths() {
     const GradientParts<float> no_grad{nullptr, nullptr, nullptr};
-    const Carried<float> no_carried{nullptr, 0.0f, nullptr, nullptr, nullptr};
+    const Carried<float> no_carried{nullptr, nullptr, 0.0f, nullptr, nullptr, nullptr, nullptr};
     const float* none = nullptr;
     float* out = nullptr;
     const uint16_t* none_low = nullptr;
     uint16_t* out_low = nullptr;
     const bool answers[] = {
-        update_backward_fast(0, 1, 96, no_grad, no_carried, none, none, out, out, out, nullptr),
+        update_backward_fast(0, 1, 96, no_grad, no_carried, none, none, out, out, GradientOut<float>{out, out_low},
+                             nullptr),
         gated_write_forward_fast(0, 96, none, 0, none, none, none, out),
         gated_write_backward_fast(0, 96, none, none, 0, none, none, none, out, out, out, out),
         tanh_forward_fast(0, 0, none, 0, out),

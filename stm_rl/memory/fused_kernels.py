@@ -65,7 +65,7 @@ SETTING_VARIABLE = "STM_RL_FUSED_KERNELS"
 SETTINGS = ("auto", "off")
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fPIC", "-shared", "-std=c++17")
 MAX_SIDE, MAX_SLOTS = 1024, 256  # d and N; kMaxSide and kMaxSlots in the source
-_ABI_VERSION = 8
+_ABI_VERSION = 9
 # The bits of ``stm_vectorised_paths()``: the kernels whose AVX-512 version this build runs (float32; the
 # last two bf16).
 VECTORISED_PATHS = ("update_backward", "gated_write_forward", "gated_write_backward", "tanh_forward",
@@ -198,9 +198,9 @@ class FusedKernels:
             update_forward.argtypes = [_INT, _INT, _INT, _POINTER, _INT, _DOUBLE, _POINTER, _POINTER, _POINTER,
                                        _POINTER]
             update_backward = getattr(self.library, f"stm_update_backward_{suffix}")
-            update_backward.argtypes = [_INT, _INT, _INT, _POINTER, _POINTER, _POINTER, _POINTER, _DOUBLE, _POINTER,
+            update_backward.argtypes = [_INT, _INT, _INT, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER, _DOUBLE,
                                         _POINTER, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER,
-                                        _POINTER]
+                                        _POINTER, _POINTER, _POINTER, _POINTER]
             memory_backward = getattr(self.library, f"stm_memory_backward_{suffix}")
             memory_backward.argtypes = [_INT, _INT, _INT, _POINTER, _POINTER, _POINTER, _POINTER, _INT, _DOUBLE,
                                         _POINTER, _POINTER, _POINTER, _POINTER, _POINTER]
@@ -258,27 +258,32 @@ class FusedKernels:
 
     def update_backward(self, grad: Optional[Tensor], grad_readout: Optional[Tensor], scores: Tensor,
                         values: Tensor, need_scores: bool, need_values: bool,
-                        carried: Optional["CarriedGradient"] = None, need_full: bool = False) -> _FourGradients:
+                        carried: Optional["CarriedGradient"] = None, need_full: bool = False,
+                        full_dtype: Optional[torch.dtype] = None) -> _FourGradients:
         """Gradients of the scores and the values from ``dM_r = grad + grad_readout`` (either may be None;
         ``grad_readout`` is bf16, the gradient of the bf16 copy, or the memory's dtype, that of its alias) plus
-        what ``carried`` brings from the next step's read (:class:`~stm_rl.memory.relational_read.CarriedGradient`).
+        what ``carried`` brings from the next step's read (:class:`~stm_rl.memory.relational_read.CarriedGradient`;
+        its ``next`` and ``memory`` in the memory's dtype or in bf16).
 
-        Returns ``(d scores, d values, dM_r, d alpha1)``: ``dM_r`` as a tensor with ``need_full``, and the
-        carried alpha1 gradient where ``carried.memory`` is given (else None)."""
+        Returns ``(d scores, d values, dM_r, d alpha1)``: ``dM_r`` as a tensor with ``need_full`` (in
+        ``full_dtype``: the memory's dtype, the default, or bf16), and the carried alpha1 gradient where
+        ``carried.memory`` is given (else None)."""
         grad_scores = torch.empty_like(scores) if need_scores else None
         grad_values = torch.empty_like(values) if need_values else None
         batch, slots, d = values.shape
-        full = torch.empty(batch, slots, d, d, dtype=values.dtype) if need_full else None
+        full_dtype = values.dtype if full_dtype is None else full_dtype
+        full = torch.empty(batch, slots, d, d, dtype=full_dtype) if need_full else None
         carried_alpha = ctypes.c_double(0.0)
         want_alpha = carried is not None and carried.memory is not None
         if carried is None:
-            carried_pointers = (None, 0.0, None, None, None)
+            carried_pointers = (None, None, 0.0, None, None, None, None)
         else:
-            carried_pointers = (_ptr(carried.next), float(carried.alpha), _ptr(carried.slot_weights),
-                                _ptr(carried.grad_mixed), _ptr(carried.memory))
+            carried_pointers = (*_same_or_low(carried.next, values.dtype), float(carried.alpha),
+                                _ptr(carried.slot_weights), _ptr(carried.grad_mixed),
+                                *_same_or_low(carried.memory, values.dtype))
         self._calls(values.dtype).update_backward(
             batch, slots, d, _ptr(grad), *_readout_parts(grad_readout, values.dtype), *carried_pointers,
-            _ptr(scores), _ptr(values), _ptr(grad_scores), _ptr(grad_values), _ptr(full),
+            _ptr(scores), _ptr(values), _ptr(grad_scores), _ptr(grad_values), *_same_or_low(full, values.dtype),
             ctypes.byref(carried_alpha) if want_alpha else None)
         grad_alpha = values.new_tensor(carried_alpha.value) if want_alpha else None
         return grad_scores, grad_values, full, grad_alpha
@@ -302,7 +307,12 @@ class FusedKernels:
 
         ``memory`` may be expanded over the batch (its gradient is then per sample, as autograd expects
         from the expanded tensor). Without ``slot_weights`` and ``grad_mixed`` (no relational read) the
-        read's terms are left out."""
+        read's terms are left out. ``grad`` may be bf16 (the update's ``dM_r`` under bf16 autocast) where
+        ``grad_readout`` is None."""
+        if grad is not None and grad.dtype == torch.bfloat16 and memory.dtype != torch.bfloat16:
+            if grad_readout is not None:
+                raise ValueError("memory_backward: a bf16 grad goes without grad_readout")
+            grad, grad_readout = None, grad
         batch, slots, d = memory.shape[0], memory.shape[1], memory.shape[2]
         memory, stride = _memory_operand(memory)
         grad_memory = torch.empty(batch, slots, d, d, dtype=memory.dtype) if need_memory else None
@@ -394,6 +404,17 @@ def _ptr(tensor: Optional[Tensor]) -> Optional[int]:
     if not tensor.is_contiguous():
         raise ValueError("fused STM kernels need contiguous operands")  # callers make them so
     return tensor.data_ptr()
+
+
+def _same_or_low(tensor: Optional[Tensor], dtype: torch.dtype) -> tuple[Optional[int], Optional[int]]:
+    """A tensor the kernels take in ``dtype`` or in bf16, as their two pointers (one of them None)."""
+    if tensor is None:
+        return None, None
+    if tensor.dtype == torch.bfloat16 and dtype != torch.bfloat16:
+        return None, _ptr(tensor)
+    if tensor.dtype != dtype:
+        raise ValueError(f"fused STM kernels: a {tensor.dtype} operand where {dtype} or bfloat16 is expected")
+    return _ptr(tensor), None
 
 
 def _readout_parts(grad_readout: Optional[Tensor], dtype: torch.dtype) -> tuple[Optional[int], Optional[int]]:

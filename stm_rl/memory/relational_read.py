@@ -35,6 +35,7 @@ autocast does not cover, meets no mixed dtypes. Each gradient is returned in its
 
 from __future__ import annotations
 
+import weakref
 from typing import NamedTuple, Optional
 
 import torch
@@ -86,24 +87,34 @@ class CarriedGradient(NamedTuple):
     grad_mixed: Tensor
     """``w (x) d v_r`` of the read's step, ``[B, d, d]``."""
     memory: Optional[Tensor]
-    """``M_r_prev`` where alpha1's gradient ``<next, M_r_prev>`` is wanted, else None."""
+    """``M_r_prev`` (or its bf16 copy) where alpha1's gradient ``<next, M_r_prev>`` is wanted, else None."""
 
 
 class GradientLink:
     """Joins an update's output ``M_r`` (the fused path's) to the next step's read of it (the lazy gradient,
     module docstring). The update makes it and :func:`link_of` finds it on its output; one read may claim it;
     that read's backward pass leaves a :class:`CarriedGradient` in it, which the update's backward pass takes.
+
+    Under bf16 autocast it also knows the bf16 copy of ``M_r`` the readout read: alpha1's gradient
+    ``<dM_r_next, M_r>`` is then taken from it, half the bytes of ``M_r`` (a weak reference: the link lives on
+    ``M_r`` and the copy's graph leads back to the update that holds the link).
     """
 
-    __slots__ = ("claimed", "carried")
+    __slots__ = ("claimed", "carried", "_copy")
     ATTRIBUTE = "_stm_gradient_link"
 
     def __init__(self) -> None:
         self.claimed = False
         self.carried: Optional[CarriedGradient] = None
+        self._copy: Optional[weakref.ref] = None
 
-    def attach(self, memory: Tensor) -> None:
+    def attach(self, memory: Tensor, bf16_copy: Optional[Tensor] = None) -> None:
         setattr(memory, self.ATTRIBUTE, self)
+        self._copy = None if bf16_copy is None else weakref.ref(bf16_copy)
+
+    def bf16_copy(self) -> Optional[Tensor]:
+        """The bf16 copy of the linked ``M_r`` (None without one, or once nothing else keeps it)."""
+        return None if self._copy is None else self._copy()
 
     def claim(self) -> bool:
         """True for the first reader only (a second reader forms its gradient itself)."""
@@ -137,7 +148,10 @@ class _RelationalRead(torch.autograd.Function):
         with torch.autocast(memory.device.type, enabled=False):  # explicit dtypes instead (module docstring)
             if kernels is not None:  # one pass: the slot mix and the per-slot reads, which give p's gradient
                 mixed, reads = kernels.read_forward(memory, slot_weights, key)
-                ctx.save_for_backward(memory, slot_weights, key, mixed, alpha, reads)
+                # alpha1's gradient on the lazy path reads M_r_prev's bf16 copy where the readout made one
+                low = link.bf16_copy() if link is not None else None
+                ctx.save_for_backward(memory, slot_weights, key, mixed, alpha, reads,
+                                      *(() if low is None else (low,)))
                 return (slot_weights.unsqueeze(1) @ reads).squeeze(1)  # v_r = sum_n p_n w^T M_r[n]
             with mkl_matmul():  # a vector-matrix product: MKL's shape (stm_rl.fp32_matmul)
                 mixed = (slot_weights.unsqueeze(1) @ memory.flatten(2)).view(batch, d, d)  # sum_n p_n M_r[n]
@@ -146,7 +160,7 @@ class _RelationalRead(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_read: Tensor):
-        memory, slot_weights, key, mixed, alpha, *reads = ctx.saved_tensors
+        memory, slot_weights, key, mixed, alpha, *reads_and_copy = ctx.saved_tensors
         batch, n, d, _ = memory.shape
         grad_read = grad_read.to(memory.dtype)
         weights_dtype, key_dtype, alpha_dtype = ctx.input_dtypes
@@ -156,11 +170,12 @@ class _RelationalRead(torch.autograd.Function):
         need_alpha = ctx.needs_input_grad[4] and (update_grad is not None or update_grad_readout is not None)
         if ctx.kernels is not None:
             if ctx.needs_input_grad[1]:  # d p_n = <w^T M_r[n], d v_r>, as the row d v_r^T reads^T
-                grad_weights = (grad_read.unsqueeze(1) @ reads[0].transpose(1, 2)).squeeze(1)
+                grad_weights = (grad_read.unsqueeze(1) @ reads_and_copy[0].transpose(1, 2)).squeeze(1)
             lazy = ctx.link is not None and update_grad is not None and update_grad_readout is None
             if lazy:  # the previous step's update forms dM_r_prev and alpha1's gradient (module docstring)
+                memory_for_alpha = reads_and_copy[1] if len(reads_and_copy) > 1 else memory
                 ctx.link.carry(CarriedGradient(update_grad, alpha, slot_weights, grad_mixed,
-                                               memory if need_alpha else None))
+                                               memory_for_alpha if need_alpha else None))
             else:  # everything that reads M_r_prev or dM_r, in one pass
                 grad_memory, _, grad_alpha = ctx.kernels.memory_backward(
                     update_grad, update_grad_readout, memory, alpha, slot_weights, grad_mixed,

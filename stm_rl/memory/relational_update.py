@@ -59,6 +59,7 @@ class _RelationalUpdate(torch.autograd.Function):
                 updated = memory * alpha
                 updated.view(batch, n * d, d).baddbmm_(scores.transpose(1, 2), values)
         ctx.save_for_backward(memory, alpha, scores, values)
+        ctx.bf16_copy = copy is not None
         return updated, updated.view_as(updated) if copy is None else copy
 
     @staticmethod
@@ -72,9 +73,11 @@ class _RelationalUpdate(torch.autograd.Function):
         grad = None if grad is None else grad.to(memory.dtype).contiguous()
         grad_readout = None if grad_readout is None else grad_readout.contiguous()
         if ctx.kernels is not None:  # dM_r = grad + grad_readout (+ carried), read once for both products
+            # dM_r in full for the read: in bf16 under bf16 autocast (where the readout's share already is)
             grad_scores, grad_values, full, grad_alpha = ctx.kernels.update_backward(
                 grad, grad_readout, scores, values, ctx.needs_input_grad[2], ctx.needs_input_grad[3], carried,
-                need_full=ctx.handoff is not None or carried is not None)
+                need_full=ctx.handoff is not None or carried is not None,
+                full_dtype=torch.bfloat16 if ctx.bf16_copy else None)
             if full is not None:  # dM_r in one tensor, for the read (or the memory gradient below)
                 grad, grad_readout = full, None
         else:
@@ -141,5 +144,5 @@ def relational_update_with_readout(memory: Tensor, alpha: Tensor, scores: Tensor
     link = GradientLink() if kernels is not None and torch.is_grad_enabled() else None
     updated, readout = _RelationalUpdate.apply(memory, alpha, scores, values, handoff, bf16_readout, kernels, link)
     if link is not None:
-        link.attach(updated)
+        link.attach(updated, readout if readout.dtype != updated.dtype else None)
     return updated, readout
