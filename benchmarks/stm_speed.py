@@ -37,6 +37,7 @@ import time
 import torch
 
 from stm_rl import STM, STMCell
+from stm_rl.memory.fused_kernels import describe_fused_kernels
 from stm_rl.memory.stm import STMState
 from stm_rl.process import setup_compute_process
 
@@ -148,6 +149,7 @@ def main() -> None:
     impls = IMPLEMENTATIONS if args.bf16 else IMPLEMENTATIONS[:2]
     print(f"STM cell d={D} N={N} n_r={NR}, input {INPUT}, {STEPS} steps, forward+backward, 1 thread "
           f"(ms: median; best in brackets)")
+    print(describe_fused_kernels())
     print(f"{'batch':>5}  {'implementation':<16} {'ms/step':>16} {'ms/sample':>9} {'peak MB':>9} {'saved MB':>9}")
     per_sample: dict[tuple[str, int], float] = {}
     for batch in batches:

@@ -20,7 +20,6 @@ minutes of wall time, stops it cleanly (SIGINT: final checkpoint, resumable with
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import signal
 import subprocess
@@ -32,9 +31,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from stm_rl.a3c.config import TrainConfig
 from stm_rl.a3c.scores import Milestone, Milestones
-from stm_rl.config_cli import flag_name
+from stm_rl.a3c.config import training_command
 from stm_rl.plotting import find_run_dirs, moving_average, read_run_config
 from stm_rl.run_dir import StmRlError, machine_description, read_json, read_jsonl
 
@@ -57,33 +55,6 @@ class RunScore:
     milestones: dict[float, Optional[Milestone]]
     best: Optional[Milestone]
     """Where the best full-window average was first reached (threshold and average hold its value)."""
-
-
-def training_command(config: TrainConfig) -> str:
-    """``stm-rl train`` with every setting that differs from its default (the run dir always)."""
-    defaults = TrainConfig()
-    parts = ["stm-rl train"]
-    for section in ("agent", "env", "a3c", "run"):
-        value, default = getattr(config, section), getattr(defaults, section)
-        for field in dataclasses.fields(value):
-            if field.name in ("obs_size", "clip_reward", "seed") and section == "env":
-                continue  # derived from the encoder and the run seed
-            if field.name == "progress":
-                continue
-            own, base = getattr(value, field.name), getattr(default, field.name)
-            if own == base and field.name != "run_dir":
-                continue
-            if isinstance(own, bool):
-                parts.append(flag_name(field.name) if own else "--no-" + flag_name(field.name)[2:])
-            else:
-                parts += [flag_name(field.name), _format_value(own)]
-    return " ".join(parts)
-
-
-def _format_value(value: object) -> str:
-    if isinstance(value, int) and value >= 1_000_000 and value % 1_000_000 == 0:
-        return f"{value // 1_000_000}M"
-    return str(value)
 
 
 def score_run(run_dir: Path, window: int, thresholds: Sequence[float]) -> RunScore:
@@ -110,7 +81,9 @@ def score_run(run_dir: Path, window: int, thresholds: Sequence[float]) -> RunSco
     label = (f"{config.agent.agent}-{config.agent.encoder} skip {config.env.frame_skip}, {config.run.workers} "
              f"workers x {a3c.envs_per_worker} games, lr {a3c.lr:g}, eps {a3c.adam_eps:g}, "
              f"{a3c.rollout_steps}-step rollouts, {config.agent.precision}, seed {config.run.seed}")
-    return RunScore(Path(run_dir), label, training_command(config),
+    # the command recorded when the run started (the defaults of the code that ran it); older runs: rebuilt
+    command = record.get("command") or f"{training_command(config)} (rebuilt with today's defaults)"
+    return RunScore(Path(run_dir), label, command,
                     record.get("machine", f"{machine_description()} (this machine; the run did not record one)"),
                     record.get("versions", {}).get("torch", "?"), column["wall_time"], column["frames"], average,
                     milestones, best)

@@ -34,6 +34,7 @@ from stm_rl.a3c import A3CConfig, RunConfig, SharedAdam, TrainConfig
 from stm_rl.a3c.worker import FRAMES, AGENT_STEPS, WorkerContext, worker_main
 from stm_rl.fp32_matmul import CHOICE_VARIABLE, CHOICES
 from stm_rl.memory.fused_kernels import SETTING_VARIABLE as FUSED_VARIABLE, SETTINGS as FUSED_SETTINGS
+from stm_rl.memory.fused_kernels import describe_fused_kernels
 
 
 def random_actions(rank: int, env_config: EnvConfig, counters: torch.Tensor, stop) -> None:
@@ -133,6 +134,7 @@ def main() -> None:
 
     print(f"A3C throughput, {args.workers} workers, frame skip {args.frame_skip}, {args.seconds:.0f} s each "
           f"(torch {torch.__version__}, 1 thread per worker)")
+    print(describe_fused_kernels())
     print(f"{'configuration':<44} {'frames/s':>9} {'steps/s':>9} {'/ emulator':>11}")
     limits = {}
     for size in sorted({AgentConfig(encoder=c.split('-')[1]).obs_size for c in args.configs}):

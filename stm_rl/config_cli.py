@@ -106,12 +106,16 @@ def add_dataclass_flags(parser: argparse.ArgumentParser | Any, cls: type, exclud
             group.add_argument(flag_name(f.name), type=_CONVERTERS.get(kind, str), metavar=f.name.upper(), **options)
 
 
+def given_settings(cls: type, args: argparse.Namespace, exclude: Iterable[str] = ()) -> dict[str, Any]:
+    """The fields of ``cls`` whose flags were given (those :func:`add_dataclass_flags` added), by field name."""
+    given = {f.name: getattr(args, f"{cls.__name__}.{f.name}") for f in dataclasses.fields(cls)
+             if f.name not in exclude and getattr(args, f"{cls.__name__}.{f.name}", None) is not None}
+    return {name: tuple(value) if isinstance(value, list) else value for name, value in given.items()}
+
+
 def dataclass_from_flags(cls: type, args: argparse.Namespace, base: Any = None, **fixed: Any) -> Any:
     """Build ``cls`` from the flags that were given, over ``base`` (or the defaults) and ``fixed`` values."""
-    given = {f.name: getattr(args, f"{cls.__name__}.{f.name}") for f in dataclasses.fields(cls)
-             if getattr(args, f"{cls.__name__}.{f.name}", None) is not None}
-    given = {name: tuple(value) if isinstance(value, list) else value for name, value in given.items()}
-    values = {**given, **fixed}
+    values = {**given_settings(cls, args), **fixed}
     try:
         return dataclasses.replace(base, **values) if base is not None else cls(**values)
     except ValueError as error:

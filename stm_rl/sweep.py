@@ -34,9 +34,9 @@ from tqdm import tqdm
 from agents import AgentConfig
 from envs import EnvConfig
 from stm_rl import sweep_run
-from stm_rl.a3c.config import PRESETS, A3CConfig, RunConfig, TrainConfig, preset_config
+from stm_rl.a3c.config import PRESETS, A3CConfig, RunConfig, TrainConfig, build_train_config
 from stm_rl.a3c.limits import validate_for_training
-from stm_rl.config_cli import add_dataclass_flags, flag_name, with_flag_names
+from stm_rl.config_cli import add_dataclass_flags, flag_name, given_settings, with_flag_names
 from stm_rl.conventions import ExitCode
 from stm_rl.run_dir import RunDir, StmRlError, check_can_write, read_json, write_json_atomic
 
@@ -174,9 +174,7 @@ def options_from_args(args: argparse.Namespace) -> SweepOptions:
             raise StmRlError(f"{flag} must be >= 0, got {negative[0]}")
     for agent in args.agents:
         AgentConfig(agent=agent)  # "unknown agent 'x'; choose 'lstm' or 'stm'"
-    settings = {cls.__name__: {f.name: getattr(args, f"{cls.__name__}.{f.name}") for f in dataclasses.fields(cls)
-                               if f.name not in owned and not (cls is RunConfig and f.name == "frames")
-                               and getattr(args, f"{cls.__name__}.{f.name}", None) is not None}
+    settings = {cls.__name__: given_settings(cls, args, exclude=(*owned, *(("frames",) if cls is RunConfig else ())))
                 for cls, owned in _SWEEP_OWNED.items()}
     out = args.out.expanduser()
     options = SweepOptions(
@@ -198,16 +196,12 @@ def options_from_args(args: argparse.Namespace) -> SweepOptions:
 
 
 def run_config(spec: RunSpec, options: SweepOptions) -> TrainConfig:
-    """The complete config of one run (as ``stm-rl train`` would build it from the same flags and preset)."""
-    given, base = options.settings, preset_config(options.preset or "cpu")
-    agent = dataclasses.replace(base.agent, **{**given.get("AgentConfig", {}), "agent": spec.agent})
-    env = dataclasses.replace(base.env, **{**given.get("EnvConfig", {}), "frame_skip": spec.frame_skip,
-                                           "obs_size": agent.obs_size})
-    run_settings = dataclasses.replace(base.run, **{**given.get("RunConfig", {}), "run_dir": spec.run_dir,
-                                                    "frames": options.frames, "workers": options.workers_per_run,
-                                                    "seed": spec.seed, "progress": False})
-    a3c = dataclasses.replace(base.a3c, **given.get("A3CConfig", {}))
-    return TrainConfig(env=env, agent=agent, a3c=a3c, run=run_settings)
+    """The complete config of one run: the sweep's settings and preset by the rule of ``stm-rl train``
+    (:func:`~stm_rl.a3c.config.build_train_config`), with what the sweep owns fixed per run."""
+    return build_train_config(options.settings, options.preset, fixed={
+        "AgentConfig": {"agent": spec.agent}, "EnvConfig": {"frame_skip": spec.frame_skip},
+        "RunConfig": {"run_dir": spec.run_dir, "frames": options.frames, "workers": options.workers_per_run,
+                      "seed": spec.seed, "progress": False}})
 
 
 def run(args: argparse.Namespace) -> int:

@@ -40,6 +40,7 @@ def test_short_pong_run_writes_everything(tmp_path, agent, skip, frames, summary
     config = json.loads((run_dir / "config.json").read_text())
     assert config["config"]["agent"]["agent"] == agent and config["config"]["env"]["frame_skip"] == skip
     assert "torch" in config["versions"]
+    assert config["command"].startswith("stm-rl train") and f"--run-dir {run_dir}" in config["command"]
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     assert (run_dir / "games.jsonl").exists()
     # every finished game is also a metric (metrics.jsonl and tensorboard), at the run's frame count

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
+import shlex
 import sys
 from pathlib import Path
 
 import pytest
 
-from stm_rl.a3c.config import TrainConfig
+from stm_rl.a3c.config import TrainConfig, training_command
 from stm_rl.run_dir import to_jsonable, write_json_atomic
 
 _SPEC = importlib.util.spec_from_file_location(
@@ -19,10 +21,10 @@ sys.modules["time_to_score"] = time_to_score  # dataclasses look their module up
 _SPEC.loader.exec_module(time_to_score)
 
 
-def _write_run(run_dir: Path, scores: list[float], config: TrainConfig) -> None:
+def _write_run(run_dir: Path, scores: list[float], config: TrainConfig, **record) -> None:
     run_dir.mkdir(parents=True)
     write_json_atomic(run_dir / "config.json", {"config": to_jsonable(config), "versions": {"torch": "x"},
-                                                "machine": "2 cores, test CPU"})
+                                                "machine": "2 cores, test CPU", **record})
     with open(run_dir / "games.jsonl", "w") as log:
         for i, score in enumerate(scores):
             log.write(json.dumps({"game": i + 1, "wall_time": 10.0 * (i + 1), "frames": 1000 * (i + 1),
@@ -51,10 +53,33 @@ def test_command_lists_the_settings_that_differ_from_the_defaults(tmp_path):
     config = TrainConfig.from_dict({**to_jsonable(TrainConfig()),
                                     "a3c": {**to_jsonable(TrainConfig().a3c), "lr": 0.003},
                                     "agent": {**to_jsonable(TrainConfig().agent), "agent": "lstm"}})
-    command = time_to_score.training_command(config)
+    command = training_command(config)
     assert command.startswith("stm-rl train")
     assert "--lr 0.003" in command and "--agent lstm" in command
     assert "--gamma" not in command  # unchanged settings are left out
+
+
+@pytest.mark.parametrize("preset", ["cpu", "paper"])
+def test_the_command_starts_the_same_run(preset):
+    from stm_rl.a3c.config import preset_config
+    from stm_rl.a3c.train_command import config_from_args
+    from stm_rl.cli import build_parser
+
+    base = preset_config(preset)
+    config = dataclasses.replace(base, a3c=dataclasses.replace(base.a3c, lr=0.003, amsgrad=not base.a3c.amsgrad),
+                                 run=dataclasses.replace(base.run, run_dir=Path("runs/x"), seed=3, frames=2_000_000))
+    arguments = shlex.split(training_command(config))[1:]  # after "stm-rl"
+    assert config_from_args(build_parser().parse_args(arguments)) == config
+
+
+def test_the_recorded_command_is_reported_and_an_older_run_gets_a_rebuilt_one(tmp_path):
+    # The command recorded when the run started holds with the defaults of the code that ran it; a run without
+    # one gets the command rebuilt against today's defaults, marked so.
+    _write_run(tmp_path / "new", [0.0] * 5, TrainConfig(), command="stm-rl train --lr 0.001 --run-dir x")
+    _write_run(tmp_path / "old", [0.0] * 5, TrainConfig())
+    assert time_to_score.score_run(tmp_path / "new", 5, (0.0,)).command == "stm-rl train --lr 0.001 --run-dir x"
+    rebuilt = time_to_score.score_run(tmp_path / "old", 5, (0.0,)).command
+    assert rebuilt.startswith(training_command(TrainConfig())) and rebuilt.endswith("(rebuilt with today's defaults)")
 
 
 def test_report_and_figure_are_written(tmp_path):

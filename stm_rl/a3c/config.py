@@ -10,10 +10,12 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from types import MappingProxyType
+from typing import Any, Literal, Mapping, Optional
 
 from agents import AgentConfig
 from envs import EnvConfig
+from stm_rl.config_cli import flag_name
 
 
 @dataclass(frozen=True)
@@ -163,4 +165,54 @@ def _require(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
-__all__ = ["A3CConfig", "AgentConfig", "EnvConfig", "PRESETS", "RunConfig", "TrainConfig", "preset_config"]
+def build_train_config(settings: Mapping[str, Mapping[str, Any]], preset: Optional[str] = None,
+                       fixed: Mapping[str, Mapping[str, Any]] = MappingProxyType({})) -> TrainConfig:
+    """The one rule by which ``stm-rl train`` and ``stm-rl sweep`` build a run's config: the preset
+    (:data:`PRESETS`, default "cpu"), then the settings given (by config class, ``{"A3CConfig": {"lr": 1e-3}}``),
+    then the values the caller fixes (same keys). The frame size always follows the encoder. A bad value raises
+    ``ValueError`` with the dataclass's one-line message."""
+    base = preset_config(preset or "cpu")
+
+    def section(name: str, current: Any, **derived: Any) -> Any:
+        return dataclasses.replace(current, **{**settings.get(name, {}), **fixed.get(name, {}), **derived})
+
+    agent = section("AgentConfig", base.agent)
+    return TrainConfig(agent=agent, env=section("EnvConfig", base.env, obs_size=agent.obs_size),
+                       a3c=section("A3CConfig", base.a3c), run=section("RunConfig", base.run))
+
+
+ENV_FLAGS_HIDDEN = ("seed", "obs_size", "clip_reward")
+"""EnvConfig fields with no flag of their own: derived from the run seed and the encoder."""
+
+
+def training_command(config: TrainConfig) -> str:
+    """``stm-rl train`` with every setting that differs from its default (the run dir always): the command that
+    starts this run again. The trainer records it in the run's config.json, with the defaults of the code
+    that ran it."""
+    defaults = TrainConfig()
+    parts = ["stm-rl train"]
+    for section in ("agent", "env", "a3c", "run"):
+        value, default = getattr(config, section), getattr(defaults, section)
+        for entry in dataclasses.fields(value):
+            if section == "env" and entry.name in ENV_FLAGS_HIDDEN:
+                continue  # derived from the encoder and the run seed
+            if entry.name == "progress":
+                continue
+            own, base = getattr(value, entry.name), getattr(default, entry.name)
+            if own == base and entry.name != "run_dir":
+                continue
+            if isinstance(own, bool):
+                parts.append(flag_name(entry.name) if own else "--no-" + flag_name(entry.name)[2:])
+            else:
+                parts += [flag_name(entry.name), _format_value(own)]
+    return " ".join(parts)
+
+
+def _format_value(value: object) -> str:
+    if isinstance(value, int) and value >= 1_000_000 and value % 1_000_000 == 0:
+        return f"{value // 1_000_000}M"
+    return str(value)
+
+
+__all__ = ["A3CConfig", "AgentConfig", "EnvConfig", "ENV_FLAGS_HIDDEN", "PRESETS", "RunConfig", "TrainConfig",
+           "build_train_config", "preset_config", "training_command"]

@@ -15,16 +15,16 @@ from pathlib import Path
 from agents import AgentConfig, count_parameters
 from envs import EnvConfig
 from stm_rl.a3c.checkpoint import RESUMABLE_RUN_FLAGS, load_resume_checkpoint
-from stm_rl.a3c.config import PRESETS, A3CConfig, RunConfig, TrainConfig, preset_config
+from stm_rl.a3c.config import ENV_FLAGS_HIDDEN, PRESETS, A3CConfig, RunConfig, TrainConfig, build_train_config
 from stm_rl.a3c.limits import validate_for_training
 from stm_rl.a3c.trainer import Trainer
-from stm_rl.config_cli import add_dataclass_flags, dataclass_from_flags, flag_name, given_flags
+from stm_rl.config_cli import (add_dataclass_flags, dataclass_from_flags, flag_name, given_flags, given_settings,
+                               with_flag_names)
 from stm_rl.conventions import EXIT_CODES, RunStatus, suggest
 from stm_rl.run_dir import RunDir, StmRlError, check_can_write, read_json
 
 __all__ = ["RESUMABLE_RUN_FLAGS", "add_parser", "config_from_args", "default_run_dir", "run"]
 
-ENV_FLAGS_HIDDEN = ("seed", "obs_size", "clip_reward")  # derived from the run seed / the encoder
 DEFAULT_RUN_DIR_TEXT = "runs/<agent>-<encoder>-skip<frame skip>-seed<seed>"
 
 
@@ -50,14 +50,20 @@ def add_parser(subparsers) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """The flags given, over the chosen preset (:data:`stm_rl.a3c.config.PRESETS`)."""
-    base = preset_config(getattr(args, "preset", None) or "cpu")
-    agent = dataclass_from_flags(AgentConfig, args, base=base.agent)
-    env = dataclass_from_flags(EnvConfig, args, base=base.env, obs_size=agent.obs_size)
-    a3c = dataclass_from_flags(A3CConfig, args, base=base.a3c)
-    run_dir = getattr(args, "RunConfig.run_dir") or default_run_dir(agent, env, getattr(args, "RunConfig.seed") or 0)
-    run = dataclass_from_flags(RunConfig, args, base=base.run, run_dir=run_dir)
-    return TrainConfig(env=env, agent=agent, a3c=a3c, run=run)
+    """The flags given, over the chosen preset (:func:`stm_rl.a3c.config.build_train_config`, as ``stm-rl sweep``
+    builds its runs); without ``--run-dir`` the run goes to :func:`default_run_dir`."""
+    sections = (AgentConfig, EnvConfig, A3CConfig, RunConfig)
+    settings = {cls.__name__: given_settings(cls, args) for cls in sections}
+    try:
+        config = build_train_config(settings, getattr(args, "preset", None))
+    except ValueError as error:  # the dataclass's message, with the flags' names
+        fields = [f.name for cls in sections for f in dataclasses.fields(cls)
+                  if hasattr(args, f"{cls.__name__}.{f.name}")]
+        raise ValueError(with_flag_names(str(error), fields)) from None
+    if "run_dir" in settings["RunConfig"]:
+        return config
+    run_dir = default_run_dir(config.agent, config.env, config.run.seed)
+    return dataclasses.replace(config, run=dataclasses.replace(config.run, run_dir=run_dir))
 
 
 def default_run_dir(agent: AgentConfig, env: EnvConfig, seed: int) -> Path:

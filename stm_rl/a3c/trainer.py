@@ -34,7 +34,7 @@ from stm_rl.a3c.checkpoint import (CHECKPOINT_KIND, NonFiniteWeightsError, check
                                    checkpoint_paths, finite_or_none, load_agent_from_checkpoint,
                                    load_training_checkpoint, non_finite_tensors, save_training_checkpoint,
                                    saved_num_actions)
-from stm_rl.a3c.config import TrainConfig
+from stm_rl.a3c.config import TrainConfig, training_command
 from stm_rl.a3c.evaluator import evaluator_main
 from stm_rl.a3c.limits import validate_for_training
 from stm_rl.a3c.messages import (EvaluationDone, GameFinished, NonFinite, ProcessFailed, UpdateDone,
@@ -166,7 +166,7 @@ class Trainer:
             if self.layout.games.exists():
                 self.milestones = Milestones.from_game_log(list(read_jsonl(self.layout.games)), self.scores.window)
         write_config(self.run_dir, self.config, segment=self.counters.segments,
-                     num_actions=self.shared_model.num_actions)
+                     num_actions=self.shared_model.num_actions, command=training_command(self.config))
 
     def _run(self) -> TrainResult:
         config = self.config

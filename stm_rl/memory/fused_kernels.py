@@ -463,6 +463,19 @@ def prepare_fused_kernels() -> bool:
         return False
 
 
+def describe_fused_kernels() -> str:
+    """One line for benchmark headers: whether the kernels run here, and which of them are vectorised."""
+    if fused_kernels_setting() == "off":
+        return f"fused STM kernels: off ({SETTING_VARIABLE}=off)"
+    try:
+        kernels = load_fused_kernels()
+    except FusedKernelsError as error:
+        return f"fused STM kernels: unavailable ({error})"
+    fast = kernels.vectorised_paths
+    return (f"fused STM kernels: on (one PyTorch thread); AVX-512 versions: {', '.join(sorted(fast)) or 'none'}"
+            + ("" if fast else " (portable loops: same numbers, slower)"))
+
+
 def _report_unavailable(error: FusedKernelsError) -> None:
     if not _loaded.get("reported"):
         _loaded["reported"] = True
