@@ -37,6 +37,8 @@ from stm_rl.plotting import find_run_dirs, moving_average, read_run_config
 from stm_rl.run_dir import StmRlError, machine_description, read_json, read_jsonl
 
 THRESHOLDS = (-15.0, 0.0, 18.0)
+REBUILT = "(rebuilt)"
+"""Marks a command rebuilt from a run's settings against today's defaults: the run recorded none."""
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ def score_run(run_dir: Path, window: int, thresholds: Sequence[float]) -> RunSco
              f"workers x {a3c.envs_per_worker} games, lr {a3c.lr:g}, eps {a3c.adam_eps:g}, "
              f"{a3c.rollout_steps}-step rollouts, {config.agent.precision}, seed {config.run.seed}")
     # the command recorded when the run started (the defaults of the code that ran it); older runs: rebuilt
-    command = record.get("command") or f"{training_command(config)} (rebuilt with today's defaults)"
+    command = record.get("command") or f"{training_command(config)} {REBUILT}"
     return RunScore(Path(run_dir), label, command,
                     record.get("machine", f"{machine_description()} (this machine; the run did not record one)"),
                     record.get("versions", {}).get("torch", "?"), column["wall_time"], column["frames"], average,
@@ -106,9 +108,13 @@ def format_markdown(scores: Sequence[RunScore], thresholds: Sequence[float], win
         best = "-" if score.best is None else f"{score.best.threshold:+.2f} at {cell(score.best)}"
         lines.append(f"| {score.run_dir.name} | {score.label} | {so_far} | "
                      + " | ".join(cell(score.milestones[t]) for t in thresholds) + f" | {best} |")
-    lines += ["", "Runs:"]
+    rebuilt = any(score.command.endswith(REBUILT) for score in scores)
+    lines += ["", "Runs" + (f" (a command marked {REBUILT} was rebuilt from the run's settings against today's "
+                            "defaults: the run recorded none):" if rebuilt else ":")]
     for score in scores:
-        lines.append(f"- `{score.run_dir.name}` ({score.machine}; torch {score.torch}): `{score.command}`")
+        command = score.command.removesuffix(f" {REBUILT}")
+        mark = f" {REBUILT}" if command != score.command else ""
+        lines.append(f"- `{score.run_dir.name}` ({score.machine}; torch {score.torch}): `{command}`{mark}")
     return "\n".join(lines) + "\n"
 
 
