@@ -125,10 +125,12 @@ def plot(scores: Sequence[RunScore], thresholds: Sequence[float], path: Path) ->
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5 + 0.25 * len(scores)), sharey=True)
-    for score in scores:
-        line, = axes[0].plot(score.wall_time / 60, score.average, label=f"{score.run_dir.name}: {score.label}", linewidth=1.2)
-        axes[1].plot(score.frames / 1e6, score.average, color=line.get_color(), linewidth=1.2)
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5 + 0.2 * len(scores)), sharey=True, layout="constrained")
+    colours = plt.get_cmap("tab10" if len(scores) <= 10 else "tab20").colors  # one colour per run
+    for score, colour in zip(scores, colours * (len(scores) // len(colours) + 1)):
+        axes[0].plot(score.wall_time / 60, score.average, label=f"{score.run_dir.name}: {score.label}",
+                     color=colour, linewidth=1.2)
+        axes[1].plot(score.frames / 1e6, score.average, color=colour, linewidth=1.2)
     for axis, xlabel in zip(axes, ("wall time (minutes)", "emulator frames (millions)")):
         for threshold in thresholds:
             axis.axhline(threshold, color="grey", linestyle=":", linewidth=0.8)
@@ -136,8 +138,7 @@ def plot(scores: Sequence[RunScore], thresholds: Sequence[float], path: Path) ->
         axis.grid(alpha=0.3)
     axes[0].set_ylabel("100-game average score")
     figure.suptitle(f"Time to score on Pong ({scores[0].machine.split(' (')[0]})", fontsize=10)
-    figure.tight_layout(rect=(0, 0.04 * len(scores) + 0.04, 1, 1))
-    figure.legend(loc="lower center", fontsize=8, frameon=False)
+    figure.legend(loc="outside lower center", fontsize=8, frameon=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     plt.close(figure)
