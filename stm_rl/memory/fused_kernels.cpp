@@ -782,13 +782,17 @@ void elu_backward(int64_t count, const S* grad, const S* x, S* grad_x) {
 }
 
 #if defined(__AVX512F__)
-// exp of 16 floats: x = n ln2 + r with |r| <= ln2 / 2, exp(r) by its Taylor polynomial of degree 7 (error
-// below 1e-8 relative), scaled by 2^n; saturates to 0 and infinity like expf.
-inline __m512 exp_avx512(__m512 x) {
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-104.0f)), _mm512_set1_ps(89.0f));
+// The range reduction of the exps below: x = n ln2 + r with |r| <= ln2 / 2 (ln2 in two parts, Cody-Waite), and
+// the inner part of exp(r)'s Taylor polynomial of degree 7, inner = 1/2 + r/6 + ... + r^5/5040, so that
+// exp(r) = 1 + r + r^2 inner (error below 1e-8 relative).
+struct ExpReduction {
+    __m512 n, r, inner;
+};
+
+inline ExpReduction reduce_exp(__m512 x) {
     const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);  // ln2 in two parts (Cody-Waite)
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
     r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
     __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
@@ -796,9 +800,16 @@ inline __m512 exp_avx512(__m512 x) {
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
     p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
-    return _mm512_scalef_ps(p, n);
+    return {n, r, p};
+}
+
+// exp of 16 floats, 2^n exp(r) (reduce_exp); saturates to 0 and infinity like expf.
+inline __m512 exp_avx512(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-104.0f)), _mm512_set1_ps(89.0f));
+    const ExpReduction e = reduce_exp(x);
+    __m512 p = _mm512_fmadd_ps(e.inner, e.r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, e.r, _mm512_set1_ps(1.0f));
+    return _mm512_scalef_ps(p, e.n);
 }
 
 inline __m512 sigmoid_avx512(__m512 x) {
@@ -916,19 +927,9 @@ inline void tanh_product_row(const float* key, const float* query, int64_t d, fl
 // x = n ln2 + r, exp(x) = 2^n (1 + q(r)); expm1 is formed as 2^n q + (2^n - 1), exact in the leading term
 // near 0 where exp(x) - 1 would cancel.
 inline void expm1_and_exp_avx512(__m512 x, __m512* expm1_out, __m512* exp_out) {
-    x = _mm512_max_ps(x, _mm512_set1_ps(-104.0f));
-    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.0f / 5040.0f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 720.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 120.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 24.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f / 6.0f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.5f));
-    const __m512 q = _mm512_fmadd_ps(_mm512_mul_ps(r, r), p, r);  // exp(r) - 1
-    const __m512 scale = _mm512_scalef_ps(_mm512_set1_ps(1.0f), n);
+    const ExpReduction e = reduce_exp(_mm512_max_ps(x, _mm512_set1_ps(-104.0f)));
+    const __m512 q = _mm512_fmadd_ps(_mm512_mul_ps(e.r, e.r), e.inner, e.r);  // exp(r) - 1
+    const __m512 scale = _mm512_scalef_ps(_mm512_set1_ps(1.0f), e.n);
     if (expm1_out != nullptr) *expm1_out = _mm512_fmadd_ps(scale, q, _mm512_sub_ps(scale, _mm512_set1_ps(1.0f)));
     if (exp_out != nullptr) *exp_out = _mm512_fmadd_ps(scale, q, scale);
 }

@@ -192,6 +192,7 @@ class FusedKernels:
             raise FusedKernelsError(f"cannot load {path}: {error}") from None
         if self.library.stm_abi_version() != _ABI_VERSION:
             raise FusedKernelsError(f"{path} is from another version of stm_rl (delete it to rebuild)")
+        self.library.stm_vectorised_paths.restype = ctypes.c_int64
         self.functions = {}
         for suffix in ("f32", "f64"):
             update_forward = getattr(self.library, f"stm_update_forward_{suffix}")
@@ -238,7 +239,6 @@ class FusedKernels:
     def vectorised_paths(self) -> frozenset[str]:
         """The kernels (names in :data:`VECTORISED_PATHS`) that run their AVX-512 version in this build; the
         rest run portable loops, with the same values and more time."""
-        self.library.stm_vectorised_paths.restype = ctypes.c_int64
         bits = self.library.stm_vectorised_paths()
         return frozenset(name for i, name in enumerate(VECTORISED_PATHS) if bits >> i & 1)
 
