@@ -160,7 +160,8 @@ class _RelationalRead(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_read: Tensor):
-        memory, slot_weights, key, mixed, alpha, *reads_and_copy = ctx.saved_tensors
+        memory, slot_weights, key, mixed, alpha, *fused = ctx.saved_tensors
+        reads, bf16_copy = (fused + [None, None])[:2]  # the fused path's per-slot reads and M_r_prev's bf16 copy
         batch, n, d, _ = memory.shape
         grad_read = grad_read.to(memory.dtype)
         weights_dtype, key_dtype, alpha_dtype = ctx.input_dtypes
@@ -170,10 +171,10 @@ class _RelationalRead(torch.autograd.Function):
         need_alpha = ctx.needs_input_grad[4] and (update_grad is not None or update_grad_readout is not None)
         if ctx.kernels is not None:
             if ctx.needs_input_grad[1]:  # d p_n = <w^T M_r[n], d v_r>, as the row d v_r^T reads^T
-                grad_weights = (grad_read.unsqueeze(1) @ reads_and_copy[0].transpose(1, 2)).squeeze(1)
+                grad_weights = (grad_read.unsqueeze(1) @ reads.transpose(1, 2)).squeeze(1)
             lazy = ctx.link is not None and update_grad is not None and update_grad_readout is None
             if lazy:  # the previous step's update forms dM_r_prev and alpha1's gradient (module docstring)
-                memory_for_alpha = reads_and_copy[1] if len(reads_and_copy) > 1 else memory
+                memory_for_alpha = memory if bf16_copy is None else bf16_copy
                 ctx.link.carry(CarriedGradient(update_grad, alpha, slot_weights, grad_mixed,
                                                memory_for_alpha if need_alpha else None))
             else:  # everything that reads M_r_prev or dM_r, in one pass
