@@ -98,8 +98,8 @@ def test_outputs_past_the_streaming_size_are_the_definition(kernels):
 
 
 SHAPES = {"N4-d5": (4, 5), "N3-d32": (3, 32), "N8-d16": (8, 16)}
-"""(slots, d): d = 5 takes the portable loops; multiples of 16 the AVX-512 ones where the CPU has them,
-with N = 3 leaving a partial group of the four values those process at once."""
+"""(slots, d): d = 5 takes the portable loops; multiples of 16 the AVX-512 ones where the CPU has them, which
+take the N*d rows in blocks of 16 (d = 32: two blocks per slot)."""
 
 
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
@@ -122,6 +122,12 @@ def test_backward_kernels_match_the_gradients_written_out(kernels, parts, shape)
     assert full is None
     torch.testing.assert_close(grad_scores, values @ total.view(b, n * d, d).transpose(1, 2))
     torch.testing.assert_close(grad_values, scores @ total.view(b, n * d, d))
+    # either factor's gradient alone (the other not wanted) is the same
+    scores_alone, no_values, _, _ = kernels.update_backward(grad, grad_readout, scores, values, True, False)
+    no_scores, values_alone, _, _ = kernels.update_backward(grad, grad_readout, scores, values, False, True)
+    assert no_values is None and no_scores is None
+    torch.testing.assert_close(scores_alone, grad_scores, rtol=0, atol=0)
+    torch.testing.assert_close(values_alone, grad_values, rtol=0, atol=0)
 
     # the lazy gradient: the next step's read's share carried in, dM_r written out, its alpha1 gradient taken
     following = torch.randn(b, n, d, d, generator=generator)  # dM_r of the next step

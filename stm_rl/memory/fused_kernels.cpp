@@ -363,12 +363,81 @@ inline __m512 load_gradient_chunk(const GradientParts<float>& grad, int64_t offs
     return value;
 }
 
+// Sixteen sums of sixteen lanes each into one register, by a tree of shuffles and adds (a horizontal sum per
+// vector costs about four times the shuffles). Each level halves the lanes given to each vector and pairs the
+// vectors up, so that the sixteen row sums of a block leave as one store. The levels in order:
+//   fold_halves(a, b):   128-bit quarters [a: 0+2, a: 1+3, b: 0+2, b: 1+3]
+//   fold_quarters(A, B): quarters [A's first source, A's second, B's first, B's second], four lanes each
+//   fold_pairs(u, w):    quarter k: two lanes of u's source k, two of w's
+//   fold_lanes(x, y):    quarter k: [x's source k, x's source k + 4, y's source k, y's source k + 4]
+// and unfold_sums puts lane 4k + m (source k + 4m) back at lane k + 4m.
+inline __m512 fold_halves(__m512 a, __m512 b) {
+    return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
+}
+inline __m512 fold_quarters(__m512 a, __m512 b) {
+    return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x88), _mm512_shuffle_f32x4(a, b, 0xDD));
+}
+inline __m512 fold_pairs(__m512 u, __m512 w) {
+    const __m512d left = _mm512_castps_pd(u), right = _mm512_castps_pd(w);
+    return _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(left, right)),
+                         _mm512_castpd_ps(_mm512_unpackhi_pd(left, right)));
+}
+inline __m512 fold_lanes(__m512 x, __m512 y) {
+    return _mm512_add_ps(_mm512_shuffle_ps(x, y, _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_ps(x, y, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+inline __m512 unfold_sums(__m512 folded) {
+    return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), folded);
+}
+
+constexpr int64_t kBlockRows = 16;  // rows of dM_r per block of update_backward_avx512: one register of row sums
+
+// One value v_j's factor gradients over a block of kBlockRows rows of dM_r (`block`, in L1):
+//   grad_scores[i] = <v_j, block[i]>   (SCORES)    and    grad_value += sum_i weights[i] block[i]   (VALUES)
+// Each load of a row chunk serves both; the row sums are folded as the rows come (fold_* above).
+template <int CHUNKS, bool SCORES, bool VALUES>
+inline void factor_gradients_block(const float* block, const float* value, const float* weights, float* grad_scores,
+                                   float* grad_value) {
+    constexpr int d = 16 * CHUNKS;
+    __m512 v[CHUNKS], total[CHUNKS];
+    for (int k = 0; k < CHUNKS; ++k) {
+        if (SCORES) v[k] = _mm512_loadu_ps(value + 16 * k);
+        if (VALUES) total[k] = _mm512_loadu_ps(grad_value + 16 * k);
+    }
+    __m512 quarters[4];
+    for (int q = 0; q < 4; ++q) {
+        __m512 halves[2];
+        for (int h = 0; h < 2; ++h) {
+            __m512 sums[2];
+            for (int e = 0; e < 2; ++e) {
+                const int i = 4 * q + 2 * h + e;
+                const float* row = block + i * d;
+                const __m512 weight = VALUES ? _mm512_set1_ps(weights[i]) : _mm512_setzero_ps();
+                __m512 sum = _mm512_setzero_ps();
+                for (int k = 0; k < CHUNKS; ++k) {
+                    const __m512 g = _mm512_load_ps(row + 16 * k);
+                    if (SCORES) sum = _mm512_fmadd_ps(v[k], g, sum);
+                    if (VALUES) total[k] = _mm512_fmadd_ps(weight, g, total[k]);
+                }
+                sums[e] = sum;
+            }
+            if (SCORES) halves[h] = fold_halves(sums[0], sums[1]);
+        }
+        if (SCORES) quarters[q] = fold_quarters(halves[0], halves[1]);
+    }
+    if (SCORES) {
+        const __m512 folded = fold_lanes(fold_pairs(quarters[0], quarters[1]), fold_pairs(quarters[2], quarters[3]));
+        _mm512_storeu_ps(grad_scores, unfold_sums(folded));
+    }
+    if (VALUES)
+        for (int k = 0; k < CHUNKS; ++k) _mm512_storeu_ps(grad_value + 16 * k, total[k]);
+}
+
 template <int CHUNKS>
 void update_backward_avx512(int64_t batch, int64_t slots, const GradientParts<float>& grad,
                             const Carried<float>& carried, const float* scores, const float* values,
                             float* grad_scores, float* grad_values, GradientOut<float> full, double* grad_alpha) {
     constexpr int64_t d = 16 * CHUNKS;
-    const int64_t rows = slots * d;
+    const int64_t rows = slots * d;  // a multiple of kBlockRows
     const int64_t full_size = full.same != nullptr ? int64_t(sizeof(float)) : int64_t(sizeof(uint16_t));
     const bool stream = batch * rows * d * full_size >= kStreamBytes;
     const bool stream_full = stream && full.any() &&
@@ -377,101 +446,95 @@ void update_backward_avx512(int64_t batch, int64_t slots, const GradientParts<fl
     const bool want_alpha = carried.memory != nullptr || carried.memory_low != nullptr;
     const __m512 alpha_next = _mm512_set1_ps(carried.alpha);
     double alpha_total = 0;
+    alignas(64) float block[kBlockRows * d];  // this block's rows of dM_r, for the factor gradients
     for (int64_t b = 0; b < batch; ++b) {
         const float* sample_scores = scores + b * slots * rows;
         const float* sample_values = values + b * slots * d;
         float* sample_grad_values = grad_values == nullptr ? nullptr : grad_values + b * slots * d;
         if (sample_grad_values != nullptr) std::memset(sample_grad_values, 0, sizeof(float) * slots * d);
-        for (int64_t r = 0; r < rows; r += 2) {
-            const int64_t offset = (b * rows + r) * d;
-            if (r + kPrefetchRows < rows) {  // every stream this pass reads, two rows at a time
-                const int64_t ahead = offset + kPrefetchRows * d;
-                prefetch_lines(2 * d * int64_t(sizeof(float)), {at(grad.recurrent, ahead), at(grad.readout, ahead),
-                                                                at(carried.next, ahead), at(carried.memory, ahead)});
-                prefetch_lines(2 * d * int64_t(sizeof(uint16_t)),
-                               {at(grad.readout_low, ahead), at(carried.next_low, ahead), at(carried.memory_low, ahead)});
-            }
-            __m512 g0[CHUNKS], g1[CHUNKS];
-            for (int k = 0; k < CHUNKS; ++k) {
-                g0[k] = load_gradient_chunk(grad, offset + 16 * k);
-                g1[k] = load_gradient_chunk(grad, offset + d + 16 * k);
-            }
-            if (carried.any()) {  // the next step's read's share (Carried), rows r and r + 1
-                __m512 alpha_sum = _mm512_setzero_ps();
-                for (int k = 0; k < CHUNKS; ++k) {
-                    const __m512 n0 = load_chunk(carried.next, carried.next_low, offset + 16 * k);
-                    const __m512 n1 = load_chunk(carried.next, carried.next_low, offset + d + 16 * k);
-                    if (want_alpha) {
-                        alpha_sum = _mm512_fmadd_ps(n0, load_chunk(carried.memory, carried.memory_low, offset + 16 * k),
-                                                    alpha_sum);
-                        alpha_sum = _mm512_fmadd_ps(
-                            n1, load_chunk(carried.memory, carried.memory_low, offset + d + 16 * k), alpha_sum);
-                    }
-                    g0[k] = _mm512_fmadd_ps(alpha_next, n0, g0[k]);
-                    g1[k] = _mm512_fmadd_ps(alpha_next, n1, g1[k]);
+        for (int64_t r0 = 0; r0 < rows; r0 += kBlockRows) {
+            // dM_r for the block, two rows at a time: the parts given, plus what the next step carries.
+            for (int64_t r = r0; r < r0 + kBlockRows; r += 2) {
+                const int64_t offset = (b * rows + r) * d;
+                if (r + kPrefetchRows < rows) {  // every stream this pass reads, two rows at a time
+                    const int64_t ahead = offset + kPrefetchRows * d;
+                    prefetch_lines(2 * d * int64_t(sizeof(float)), {at(grad.recurrent, ahead), at(grad.readout, ahead),
+                                                                    at(carried.next, ahead), at(carried.memory, ahead)});
+                    prefetch_lines(2 * d * int64_t(sizeof(uint16_t)), {at(grad.readout_low, ahead),
+                                                                       at(carried.next_low, ahead),
+                                                                       at(carried.memory_low, ahead)});
                 }
-                if (want_alpha) alpha_total += static_cast<double>(_mm512_reduce_add_ps(alpha_sum));
-                if (carried.slot_weights != nullptr) {  // rows r and r + 1 are rows a, a + 1 of slot n
-                    const __m512 weight = _mm512_set1_ps(carried.slot_weights[b * slots + r / d]);
-                    const float* mixed = carried.grad_mixed + (b * d + r % d) * d;
+                __m512 g0[CHUNKS], g1[CHUNKS];
+                for (int k = 0; k < CHUNKS; ++k) {
+                    g0[k] = load_gradient_chunk(grad, offset + 16 * k);
+                    g1[k] = load_gradient_chunk(grad, offset + d + 16 * k);
+                }
+                if (carried.any()) {  // the next step's read's share (Carried), rows r and r + 1
+                    __m512 alpha_sum = _mm512_setzero_ps();
                     for (int k = 0; k < CHUNKS; ++k) {
-                        g0[k] = _mm512_fmadd_ps(weight, _mm512_loadu_ps(mixed + 16 * k), g0[k]);
-                        g1[k] = _mm512_fmadd_ps(weight, _mm512_loadu_ps(mixed + d + 16 * k), g1[k]);
-                    }
-                }
-            }
-            if (full.same != nullptr) {
-                for (int k = 0; k < CHUNKS; ++k) {
-                    if (stream_full) {
-                        _mm512_stream_ps(full.same + offset + 16 * k, g0[k]);
-                        _mm512_stream_ps(full.same + offset + d + 16 * k, g1[k]);
-                    } else {
-                        _mm512_storeu_ps(full.same + offset + 16 * k, g0[k]);
-                        _mm512_storeu_ps(full.same + offset + d + 16 * k, g1[k]);
-                    }
-                }
-            }
-            if (full.low != nullptr) {  // rows of 32 bytes per chunk: 32-byte aligned where the tensor is 64-byte aligned
-                for (int k = 0; k < CHUNKS; ++k) {
-                    __m256i* at0 = reinterpret_cast<__m256i*>(full.low + offset + 16 * k);
-                    __m256i* at1 = reinterpret_cast<__m256i*>(full.low + offset + d + 16 * k);
-                    if (stream_full) {
-                        _mm256_stream_si256(at0, float_to_bf16x16(g0[k]));
-                        _mm256_stream_si256(at1, float_to_bf16x16(g1[k]));
-                    } else {
-                        _mm256_storeu_si256(at0, float_to_bf16x16(g0[k]));
-                        _mm256_storeu_si256(at1, float_to_bf16x16(g1[k]));
-                    }
-                }
-            }
-            for (int64_t j = 0; j < slots; j += 4) {
-                const int64_t count = slots - j < 4 ? slots - j : 4;
-                if (grad_scores != nullptr) {
-                    __m512 sum0[4], sum1[4];
-                    for (int i = 0; i < 4; ++i) sum0[i] = sum1[i] = _mm512_setzero_ps();
-                    for (int k = 0; k < CHUNKS; ++k) {
-                        for (int i = 0; i < 4; ++i) {  // past the last value: a repeat of it, result dropped
-                            const __m512 v = _mm512_loadu_ps(sample_values + (j + (i < count ? i : count - 1)) * d + 16 * k);
-                            sum0[i] = _mm512_fmadd_ps(v, g0[k], sum0[i]);
-                            sum1[i] = _mm512_fmadd_ps(v, g1[k], sum1[i]);
+                        const __m512 n0 = load_chunk(carried.next, carried.next_low, offset + 16 * k);
+                        const __m512 n1 = load_chunk(carried.next, carried.next_low, offset + d + 16 * k);
+                        if (want_alpha) {
+                            alpha_sum = _mm512_fmadd_ps(
+                                n0, load_chunk(carried.memory, carried.memory_low, offset + 16 * k), alpha_sum);
+                            alpha_sum = _mm512_fmadd_ps(
+                                n1, load_chunk(carried.memory, carried.memory_low, offset + d + 16 * k), alpha_sum);
                         }
+                        g0[k] = _mm512_fmadd_ps(alpha_next, n0, g0[k]);
+                        g1[k] = _mm512_fmadd_ps(alpha_next, n1, g1[k]);
                     }
-                    for (int64_t i = 0; i < count; ++i) {
-                        grad_scores[(b * slots + j + i) * rows + r] = _mm512_reduce_add_ps(sum0[i]);
-                        grad_scores[(b * slots + j + i) * rows + r + 1] = _mm512_reduce_add_ps(sum1[i]);
-                    }
-                }
-                if (sample_grad_values != nullptr) {
-                    for (int64_t i = 0; i < count; ++i) {
-                        const __m512 w0 = _mm512_set1_ps(sample_scores[(j + i) * rows + r]);
-                        const __m512 w1 = _mm512_set1_ps(sample_scores[(j + i) * rows + r + 1]);
-                        float* out = sample_grad_values + (j + i) * d;
+                    if (want_alpha) alpha_total += static_cast<double>(_mm512_reduce_add_ps(alpha_sum));
+                    if (carried.slot_weights != nullptr) {  // rows r and r + 1 are rows a, a + 1 of slot n
+                        const __m512 weight = _mm512_set1_ps(carried.slot_weights[b * slots + r / d]);
+                        const float* mixed = carried.grad_mixed + (b * d + r % d) * d;
                         for (int k = 0; k < CHUNKS; ++k) {
-                            __m512 total = _mm512_loadu_ps(out + 16 * k);
-                            total = _mm512_fmadd_ps(w0, g0[k], total);
-                            _mm512_storeu_ps(out + 16 * k, _mm512_fmadd_ps(w1, g1[k], total));
+                            g0[k] = _mm512_fmadd_ps(weight, _mm512_loadu_ps(mixed + 16 * k), g0[k]);
+                            g1[k] = _mm512_fmadd_ps(weight, _mm512_loadu_ps(mixed + d + 16 * k), g1[k]);
                         }
                     }
+                }
+                float* kept = block + (r - r0) * d;
+                for (int k = 0; k < CHUNKS; ++k) {
+                    _mm512_store_ps(kept + 16 * k, g0[k]);
+                    _mm512_store_ps(kept + d + 16 * k, g1[k]);
+                }
+                if (full.same != nullptr) {
+                    for (int k = 0; k < CHUNKS; ++k) {
+                        if (stream_full) {
+                            _mm512_stream_ps(full.same + offset + 16 * k, g0[k]);
+                            _mm512_stream_ps(full.same + offset + d + 16 * k, g1[k]);
+                        } else {
+                            _mm512_storeu_ps(full.same + offset + 16 * k, g0[k]);
+                            _mm512_storeu_ps(full.same + offset + d + 16 * k, g1[k]);
+                        }
+                    }
+                }
+                if (full.low != nullptr) {  // rows of 32 bytes per chunk: 32-byte aligned where the tensor is 64-byte aligned
+                    for (int k = 0; k < CHUNKS; ++k) {
+                        __m256i* at0 = reinterpret_cast<__m256i*>(full.low + offset + 16 * k);
+                        __m256i* at1 = reinterpret_cast<__m256i*>(full.low + offset + d + 16 * k);
+                        if (stream_full) {
+                            _mm256_stream_si256(at0, float_to_bf16x16(g0[k]));
+                            _mm256_stream_si256(at1, float_to_bf16x16(g1[k]));
+                        } else {
+                            _mm256_storeu_si256(at0, float_to_bf16x16(g0[k]));
+                            _mm256_storeu_si256(at1, float_to_bf16x16(g1[k]));
+                        }
+                    }
+                }
+            }
+            // The factors' gradients over the block, one value at a time.
+            for (int64_t j = 0; j < slots; ++j) {
+                const float* value = sample_values + j * d;
+                const float* weights = sample_scores + j * rows + r0;
+                float* score_out = grad_scores == nullptr ? nullptr : grad_scores + (b * slots + j) * rows + r0;
+                float* value_out = sample_grad_values == nullptr ? nullptr : sample_grad_values + j * d;
+                if (score_out != nullptr && value_out != nullptr) {
+                    factor_gradients_block<CHUNKS, true, true>(block, value, weights, score_out, value_out);
+                } else if (score_out != nullptr) {
+                    factor_gradients_block<CHUNKS, true, false>(block, value, weights, score_out, value_out);
+                } else if (value_out != nullptr) {
+                    factor_gradients_block<CHUNKS, false, true>(block, value, weights, score_out, value_out);
                 }
             }
         }
