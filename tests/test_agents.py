@@ -46,6 +46,33 @@ def test_unroll_replays_acting_exactly(agent, encoder):
         torch.testing.assert_close(replay_state.stm.relational, state.stm.relational, atol=1e-5 * scale, rtol=1e-5)
 
 
+def test_large_batches_of_frames_are_encoded_in_chunks_with_the_same_numbers(monkeypatch):
+    """On the CPU a replay's frames go through the encoder CPU_FRAMES_PER_CALL at a time (oneDNN's fp32
+    convolutions slow down on very large batches); features and weight gradients are those of one call."""
+    import agents.encoders as encoders
+
+    torch.manual_seed(0)
+    encoder = encoders.make_encoder("small")
+    frames = torch.rand(2, 5, 1, encoder.input_size, encoder.input_size)
+    batch_sizes = []
+    encoder.register_forward_pre_hook(lambda module, args: batch_sizes.append(args[0].shape[0]))
+
+    def encode_and_differentiate():
+        encoder.zero_grad()
+        features = encoders.encode_frames(encoder, frames)
+        features.square().sum().backward()
+        return features.detach(), [p.grad.clone() for p in encoder.parameters()]
+
+    whole, whole_grads = encode_and_differentiate()
+    monkeypatch.setattr(encoders, "CPU_FRAMES_PER_CALL", 4)
+    chunked, chunked_grads = encode_and_differentiate()
+    assert batch_sizes == [10, 4, 4, 2]
+    assert chunked.shape == whole.shape == (2, 5, encoder.output_size)
+    torch.testing.assert_close(chunked, whole)
+    for chunked_grad, whole_grad in zip(chunked_grads, whole_grads):
+        torch.testing.assert_close(chunked_grad, whole_grad)
+
+
 def test_stm_agent_carries_both_memories_and_resets_to_learned_initial_state():
     torch.manual_seed(0)
     model = _with_nonzero_alphas(build_agent(AgentConfig(agent="stm", encoder="small"), 6))
