@@ -11,8 +11,9 @@ gradient, alpha1's dot product). The three kernels here do the same arithmetic i
   the bf16 copy of ``M_r`` that the readout (eq. 14) consumes, written from the same registers;
 - :meth:`FusedKernels.update_backward`: the gradients of the scores and the values from ``dM_r``, read
   as the recurrent gradient plus the readout's (bf16 for the copy, fp32 for the view of ``M_r`` the
-  readout reads otherwise) without forming their sum; on AVX-512 CPUs two rows of ``dM_r`` at a time in
-  registers (``d`` a multiple of 16 up to 128; portable loops elsewhere);
+  readout reads otherwise) without forming their sum; on AVX-512 CPUs in blocks of 16 rows of ``dM_r`` kept
+  in L1, each value's 16 score gradients folded into one register (``d`` a multiple of 16 up to 128;
+  portable loops elsewhere);
 - :meth:`FusedKernels.memory_backward`: ``dM_r_prev = alpha1 dM_r + p (x) d mixed``, ``d p`` and
   ``d alpha1`` in one pass over ``dM_r`` and ``M_r_prev``.
 - :meth:`FusedKernels.gated_write_forward` and :meth:`FusedKernels.gated_write_backward`: eq. 10's gates
