@@ -4,6 +4,13 @@ The encoders run in the channels-last memory layout (weights and activations), w
 convolutions are fastest: the paper encoder's forward+backward per frame is 2-3x faster than in the
 default layout, in fp32 and in bf16 alike (issue 10: at batch 320, 4.4 -> 2.0 ms fp32). The layout changes
 no number: the flattened features keep the channel-major order of the default layout.
+
+On the CPU a batch of frames goes through an encoder ``cpu_frames_per_call`` frames at a time. In fp32, oneDNN's
+convolutions slow down by a third to a half once the first layer's output reaches a few hundred MB in one
+call, as in the replay of a large rollout (issue 10, forward and backward, one thread: the small encoder on
+5,120 frames, 289 MB, 829 ms in one call against 531 in calls of 640 or 1,280; the paper encoder on 640
+frames, 524 MB, 1,558 ms against 1,164 in calls of 256 or 160). At 145 MB (small) and 262 MB (paper) one call
+is as fast, and bf16 is not affected.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ class PaperEncoder(nn.Sequential):
 
     input_size = 80
     output_size = 1024
+    cpu_frames_per_call = 256  # first layer's output: 210 MB in fp32
 
     def __init__(self) -> None:
         def block(c_in: int, c_out: int, kernel: int, pad: int) -> list[nn.Module]:
@@ -40,6 +48,7 @@ class SmallEncoder(nn.Sequential):
 
     input_size = 42
     output_size = 288
+    cpu_frames_per_call = 1024  # first layer's output: 58 MB in fp32
 
     def __init__(self) -> None:
         layers: list[nn.Module] = []
@@ -58,18 +67,12 @@ def make_encoder(name: str) -> nn.Sequential:
     return ENCODERS[name]().to(memory_format=torch.channels_last)
 
 
-CPU_FRAMES_PER_CALL = 1024
-"""Frames per encoder call on the CPU. oneDNN's fp32 convolutions of the small encoder slow down by half
-past a few thousand frames in one batch: a 256-game rollout replayed in one call (5,120 frames) took 829 ms
-forward and backward, against 531 ms in calls of 640 or 1,280 frames; 2,560 frames are as fast either way,
-and bf16 is not affected (issue 10). GPUs take the whole batch."""
-
-
 def encode_frames(encoder: nn.Module, frames: Tensor) -> Tensor:
     """Encode frames with any leading dimensions ``[..., 1, S, S]`` -> ``[..., F]``: one batched call, or on
-    the CPU one call per :data:`CPU_FRAMES_PER_CALL` frames (the same numbers)."""
+    the CPU one call per ``encoder.cpu_frames_per_call`` frames where the encoder sets it (the same numbers)."""
     lead = frames.shape[:-3]
     batch = frames.reshape(-1, *frames.shape[-3:]).contiguous(memory_format=torch.channels_last)
-    if batch.device.type != "cpu" or batch.shape[0] <= CPU_FRAMES_PER_CALL:
+    per_call = getattr(encoder, "cpu_frames_per_call", None)
+    if batch.device.type != "cpu" or per_call is None or batch.shape[0] <= per_call:
         return encoder(batch).view(*lead, -1)
-    return torch.cat([encoder(part) for part in batch.split(CPU_FRAMES_PER_CALL)]).view(*lead, -1)
+    return torch.cat([encoder(part) for part in batch.split(per_call)]).view(*lead, -1)

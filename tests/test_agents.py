@@ -46,13 +46,14 @@ def test_unroll_replays_acting_exactly(agent, encoder):
         torch.testing.assert_close(replay_state.stm.relational, state.stm.relational, atol=1e-5 * scale, rtol=1e-5)
 
 
-def test_large_batches_of_frames_are_encoded_in_chunks_with_the_same_numbers(monkeypatch):
-    """On the CPU a replay's frames go through the encoder CPU_FRAMES_PER_CALL at a time (oneDNN's fp32
+@pytest.mark.parametrize("name", ["small", "paper"])
+def test_large_batches_of_frames_are_encoded_in_chunks_with_the_same_numbers(name):
+    """On the CPU a replay's frames go through the encoder cpu_frames_per_call at a time (oneDNN's fp32
     convolutions slow down on very large batches); features and weight gradients are those of one call."""
     import agents.encoders as encoders
 
     torch.manual_seed(0)
-    encoder = encoders.make_encoder("small")
+    encoder = encoders.make_encoder(name)
     frames = torch.rand(2, 5, 1, encoder.input_size, encoder.input_size)
     batch_sizes = []
     encoder.register_forward_pre_hook(lambda module, args: batch_sizes.append(args[0].shape[0]))
@@ -63,8 +64,9 @@ def test_large_batches_of_frames_are_encoded_in_chunks_with_the_same_numbers(mon
         features.square().sum().backward()
         return features.detach(), [p.grad.clone() for p in encoder.parameters()]
 
+    assert encoder.cpu_frames_per_call >= 10
     whole, whole_grads = encode_and_differentiate()
-    monkeypatch.setattr(encoders, "CPU_FRAMES_PER_CALL", 4)
+    encoder.cpu_frames_per_call = 4
     chunked, chunked_grads = encode_and_differentiate()
     assert batch_sizes == [10, 4, 4, 2]
     assert chunked.shape == whole.shape == (2, 5, encoder.output_size)
