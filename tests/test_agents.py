@@ -71,8 +71,8 @@ def test_large_batches_of_frames_are_encoded_in_chunks_with_the_same_numbers(nam
     assert batch_sizes == [10, 4, 4, 2]
     assert chunked.shape == whole.shape == (2, 5, encoder.output_size)
     torch.testing.assert_close(chunked, whole)
-    for chunked_grad, whole_grad in zip(chunked_grads, whole_grads):
-        torch.testing.assert_close(chunked_grad, whole_grad)
+    for chunked_grad, whole_grad in zip(chunked_grads, whole_grads):  # sums over frames in another order
+        torch.testing.assert_close(chunked_grad, whole_grad, rtol=1e-5, atol=1e-5 * whole_grad.abs().max().item())
 
 
 def test_stm_agent_carries_both_memories_and_resets_to_learned_initial_state():
