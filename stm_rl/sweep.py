@@ -441,6 +441,9 @@ class Sweep:
         self._write_manifest()
         bar = tqdm(total=len(self.entries), initial=skipped, unit="run", desc="sweep", dynamic_ncols=True,
                    disable=not self.options.progress, mininterval=0.5 if sys.stderr.isatty() else 30.0)
+        # Ctrl-C and SIGTERM stop the runs. Python's own Ctrl-C handler is not there when the sweep starts with
+        # SIGINT ignored (a background job of a script), so the sweep sets both, as the trainer does.
+        previous_int = signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
         previous_term = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
         try:
             self._loop(backend, capacity, bar)
@@ -456,6 +459,7 @@ class Sweep:
             print(results_table(self.entries))
             return ExitCode.INTERRUPTED
         finally:
+            signal.signal(signal.SIGINT, previous_int)
             signal.signal(signal.SIGTERM, previous_term)
         bar.close()
         return self._report()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -177,6 +178,32 @@ def test_a_killed_sweep_stops_its_runs_with_a_final_checkpoint(tmp_path):
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "interrupted" and "SIGTERM" in summary["message"]
     assert (run_dir / "checkpoints" / "final.pt").exists() and RunDir(run_dir).lock_holder() is None
+
+
+def test_ctrl_c_stops_a_sweep_started_with_sigint_ignored(tmp_path):
+    """A background job of a script starts with SIGINT ignored, and Python then installs no Ctrl-C handler of its
+    own: the sweep still stops on SIGINT, its run with a final checkpoint."""
+    out = tmp_path / "sweep"
+    command = [sys.executable, "-m", "stm_rl.cli", "sweep", *FLAGS, "--seeds", "0", "--frames", "10M",
+               "--checkpoint-interval", "1", "--out", str(out)]
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by the sweep
+    try:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    run_dir = out / "lstm-skip32-seed0"
+    try:
+        deadline = time.monotonic() + 120
+        while not ((run_dir / "checkpoints" / "latest.pt").exists() and RunDir(run_dir).lock_holder()):
+            assert time.monotonic() < deadline and process.poll() is None, "the run never checkpointed"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=120) == 130
+    finally:
+        process.kill()  # a sweep that ignored the signal; its run follows it (SIGTERM, die_with_parent)
+        process.wait()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and (run_dir / "checkpoints" / "final.pt").exists()
 
 
 def _alive(pid: int) -> bool:
