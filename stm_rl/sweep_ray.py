@@ -28,6 +28,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,11 @@ def train_run(run_file: str, log_path: str) -> int:
     ``ray.cancel`` (a KeyboardInterrupt here) is passed on as SIGINT: the trainer stops after its current
     update and writes its final checkpoint; past the grace period, or on a second cancel, the run is killed.
     """
+    # ray.cancel raises the KeyboardInterrupt through Python's SIGINT handling, which a worker process lacks
+    # when its node was started with SIGINT ignored (from a script's background job): Python's default handler,
+    # the one a worker started otherwise has.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     command = sweep_run.command(Path(run_file))
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"\n$ [{socket.gethostname()}] {' '.join(command)}\n")
