@@ -450,6 +450,12 @@ void update_backward_avx512(int64_t batch, int64_t slots, const GradientParts<fl
     const __m512 alpha_next = _mm512_set1_ps(carried.alpha);
     double alpha_total = 0;
     alignas(64) float block[kBlockRows * d];  // this block's rows of dM_r, for the factor gradients
+    // The factor gradients wanted, chosen once (null: neither, dM_r alone).
+    void (*const factor_gradients)(const float*, const float*, const float*, float*, float*) =
+        grad_scores != nullptr && grad_values != nullptr ? &factor_gradients_block<CHUNKS, true, true>
+        : grad_scores != nullptr                         ? &factor_gradients_block<CHUNKS, true, false>
+        : grad_values != nullptr                         ? &factor_gradients_block<CHUNKS, false, true>
+                                                         : nullptr;
     for (int64_t b = 0; b < batch; ++b) {
         const float* sample_scores = scores + b * slots * rows;
         const float* sample_values = values + b * slots * d;
@@ -527,18 +533,10 @@ void update_backward_avx512(int64_t batch, int64_t slots, const GradientParts<fl
                 }
             }
             // The factors' gradients over the block, one value at a time.
-            for (int64_t j = 0; j < slots; ++j) {
-                const float* value = sample_values + j * d;
-                const float* weights = sample_scores + j * rows + r0;
-                float* score_out = grad_scores == nullptr ? nullptr : grad_scores + (b * slots + j) * rows + r0;
-                float* value_out = sample_grad_values == nullptr ? nullptr : sample_grad_values + j * d;
-                if (score_out != nullptr && value_out != nullptr) {
-                    factor_gradients_block<CHUNKS, true, true>(block, value, weights, score_out, value_out);
-                } else if (score_out != nullptr) {
-                    factor_gradients_block<CHUNKS, true, false>(block, value, weights, score_out, value_out);
-                } else if (value_out != nullptr) {
-                    factor_gradients_block<CHUNKS, false, true>(block, value, weights, score_out, value_out);
-                }
+            for (int64_t j = 0; factor_gradients != nullptr && j < slots; ++j) {
+                factor_gradients(block, sample_values + j * d, sample_scores + j * rows + r0,
+                                 grad_scores == nullptr ? nullptr : grad_scores + (b * slots + j) * rows + r0,
+                                 sample_grad_values == nullptr ? nullptr : sample_grad_values + j * d);
             }
         }
     }
