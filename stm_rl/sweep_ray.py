@@ -55,10 +55,20 @@ def train_run(run_file: str, log_path: str) -> int:
     update and writes its final checkpoint; past the grace period, or on a second cancel, the run is killed.
     """
     # ray.cancel raises the KeyboardInterrupt through Python's SIGINT handling, which a worker process lacks
-    # when its node was started with SIGINT ignored (from a script's background job): Python's default handler,
-    # the one a worker started otherwise has.
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+    # when its node was started with SIGINT ignored (from a script's background job): Python's default handler
+    # for the time of the run, the one a worker started otherwise has; the worker's own is back afterwards.
+    if threading.current_thread() is not threading.main_thread():
+        return _run_trainer(run_file, log_path)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return _run_trainer(run_file, log_path)
+    finally:
+        if previous is not None:  # None: a handler not set from Python, which cannot be put back from here
+            signal.signal(signal.SIGINT, previous)
+
+
+def _run_trainer(run_file: str, log_path: str) -> int:
+    """The body of :func:`train_run`: start the run's trainer, pass a cancellation on as SIGINT."""
     command = sweep_run.command(Path(run_file))
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"\n$ [{socket.gethostname()}] {' '.join(command)}\n")
