@@ -6,8 +6,9 @@ run lock as ``stm-rl train``::
 
     config.json                   the resolved SupervisedConfig, versions, argv
     evaluations.jsonl             one line per evaluation: iteration, split, elapsed_s, metrics
-    metrics.jsonl, tb/            scalars train/loss, train/<metric>, valid/<metric>, test/<metric> by iteration
-                                  (stm_rl.logger.MetricLogger, the RL side's logger)
+    metrics.jsonl, tb/            scalars train/loss, train/<metric>, train/lr, the model's own diagnostics (the
+                                  STM's learned alphas and gate biases, ``stm/*``), valid/<metric>, test/<metric>
+                                  by iteration (stm_rl.logger.MetricLogger, the RL side's logger)
     checkpoints/latest.pt, best.pt   model, optimizer, iteration, config, RNG state, best metric
     summary.json                  how the last session ended (a RunStatus), best and final metrics, test metrics
     .lock                         held by the process training the run
@@ -71,12 +72,27 @@ class TrainState:
     best_metric: Optional[float] = None
     best_iteration: int = 0
     elapsed_s: float = 0.0
+    lr_decayed: bool = False
+    """Whether the one decay of ``decay_below_valid_loss`` has happened."""
 
 
 def make_optimizer(model: nn.Module, settings: OptimizerConfig) -> torch.optim.Optimizer:
     if settings.optimizer == "rmsprop":
-        return torch.optim.RMSprop(model.parameters(), lr=settings.lr, momentum=settings.momentum)
+        return torch.optim.RMSprop(model.parameters(), lr=settings.lr, alpha=settings.rmsprop_alpha,
+                                   momentum=settings.momentum)
     return torch.optim.Adam(model.parameters(), lr=settings.lr, betas=tuple(settings.betas))
+
+
+def learning_rate(settings: OptimizerConfig, iteration: int, decayed: bool) -> float:
+    """The learning rate of the iteration after ``iteration`` (0-based count of those done): ``lr``, times
+    ``warmup_factor`` during the first ``warmup_iterations``, times ``decay_factor`` once decayed."""
+    rate = settings.lr * (settings.warmup_factor if iteration < settings.warmup_iterations else 1.0)
+    return rate * (settings.decay_factor if decayed else 1.0)
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, rate: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = rate
 
 
 def clip_gradients(model: nn.Module, settings: OptimizerConfig) -> None:
@@ -202,6 +218,11 @@ def _train(config: SupervisedConfig, layout: RunDir, task: Task, model: Sequence
         record("valid", values)
         last_valid.update(values)
         metric = values[task.main_metric]
+        threshold = config.optimization.decay_below_valid_loss
+        if threshold is not None and not state.lr_decayed and values["loss"] < threshold:
+            state.lr_decayed = True
+            bar.write(f"iteration {state.iteration}: validation loss {values['loss']:.4g} < {threshold}: learning rate "
+                      f"x {config.optimization.decay_factor} from now on")
         if state.best_metric is None or better(metric, state.best_metric):
             state.best_metric, state.best_iteration = metric, state.iteration
             best_weights.update(copy.deepcopy(model.state_dict()))
@@ -233,6 +254,7 @@ def _train(config: SupervisedConfig, layout: RunDir, task: Task, model: Sequence
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             clip_gradients(model, config.optimization)
+            set_learning_rate(optimizer, learning_rate(config.optimization, state.iteration, state.lr_decayed))
             optimizer.step()
             state.iteration += 1
             state.elapsed_s = time.monotonic() - started
@@ -241,7 +263,8 @@ def _train(config: SupervisedConfig, layout: RunDir, task: Task, model: Sequence
                 with torch.no_grad():
                     totals = task.metrics(outputs.detach(), batch)
                 values = task.summarize({k: t / c if c else float("nan") for k, (t, c) in totals.items()})
-                scalars = {"train/loss": loss.item()}
+                scalars = {"train/loss": loss.item(), "train/lr": optimizer.param_groups[0]["lr"],
+                           **model.diagnostics()}
                 if task.main_metric in values:
                     scalars[f"train/{task.main_metric}"] = values[task.main_metric]
                     bar.set_postfix(loss=f"{loss.item():.4f}", **{task.main_metric: f"{values[task.main_metric]:.3g}"})

@@ -5,8 +5,9 @@ A model is a task's input encoder (:mod:`.encoders`) followed by a sequence *cor
 2014), ``dnc`` (Graves et al. 2016), ``rmc`` (Santoro et al. 2018) and ``tpr`` (Schlag & Schmidhuber 2018).
 A core module defines ``DESCRIPTION``; ``Options``, a frozen dataclass of its settings with a docstring per
 field (the ``--model-option`` names); its sizes per preset (``PRESETS``, an ``Options`` per preset name, or a
-function ``preset_options(task_name, preset)`` where they depend on the task); and ``CORE``, the class whose
-``CORE(input_size, output_size, **fields of Options)`` maps ``[B, T, I]`` to ``[B, T, O]``. Adding a model is
+function ``preset_options(task_name, preset)`` where they depend on the task); and ``CORE``, the class (or the
+function) whose ``CORE(input_size, output_size, **fields of Options)`` is a module mapping ``[B, T, I]`` to
+``[B, T, O]``, optionally with a ``diagnostics()`` method (scalars logged during training). Adding a model is
 one module and one line below.
 """
 
@@ -38,6 +39,12 @@ class SequenceModel(nn.Module):
 
     def forward(self, inputs: Tensor) -> Tensor:
         return self.core(self.encoder(inputs))
+
+    def diagnostics(self) -> dict[str, float]:
+        """Scalars the core reports about itself (the STM's learned alphas and gate biases), logged by training
+        with the other metrics; ``{}`` for cores that report nothing."""
+        report = getattr(self.core, "diagnostics", None)
+        return report() if report is not None else {}
 
 
 def model_module(name: str) -> ModuleType:

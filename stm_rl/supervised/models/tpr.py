@@ -22,6 +22,7 @@ Sizes: the paper's bAbI setting (entity 90, relation 20) in the ``paper`` preset
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -61,6 +62,22 @@ def outer3(entity: Tensor, relation: Tensor, value: Tensor) -> Tensor:
     return (entity.unsqueeze(2) * relation.unsqueeze(1)).unsqueeze(-1) * value.view(value.shape[0], 1, 1, -1)
 
 
+def tanh_mlp(input_size: int, hidden_size: int, output_size: int) -> nn.Module:
+    """The input module's MLP: ``tanh(W2 tanh(W1 x + b1) + b2)``."""
+    return nn.Sequential(nn.Linear(input_size, hidden_size), nn.Tanh(), nn.Linear(hidden_size, output_size), nn.Tanh())
+
+
+def infer(unbind: Callable[[Tensor, Tensor], Tensor], entity: Tensor, relations: Sequence[Tensor],
+          norms: Sequence[nn.Module]) -> Tensor:
+    """The inference module (section 3.3): ``i1 = LN(unbind(e1, r1))``, ``i_{k+1} = LN(unbind(i_k, r_{k+1}))``;
+    returns ``i1 + i2 + i3`` (one hop per relation). ``unbind(e, r)`` is ``F . e . r`` for the memory at hand."""
+    total, hop = None, entity
+    for relation, norm in zip(relations, norms):
+        hop = norm(unbind(hop, relation))
+        total = hop if total is None else total + hop
+    return total
+
+
 def tpr_update(f: Tensor, e1: Tensor, e2: Tensor, r1: Tensor, r2: Tensor, r3: Tensor) -> Tensor:
     """The update module: ``F_{t-1} -> F_t`` (dF above, then the norm bound)."""
     w1, w2, w3 = bind(f, e1, r1), bind(f, e1, r2), bind(f, e2, r3)
@@ -75,11 +92,8 @@ class TPRRNN(RecurrentCore):
         super().__init__()
         self.entity_size, self.relation_size = entity_size, relation_size
 
-        def mlp(out: int) -> nn.Module:
-            return nn.Sequential(nn.Linear(input_size, hidden_size), nn.Tanh(), nn.Linear(hidden_size, out), nn.Tanh())
-
-        self.entities = mlp(2 * entity_size)
-        self.relations = mlp(3 * relation_size)
+        self.entities = tanh_mlp(input_size, hidden_size, 2 * entity_size)
+        self.relations = tanh_mlp(input_size, hidden_size, 3 * relation_size)
         self.norms = nn.ModuleList(nn.LayerNorm(entity_size) for _ in range(3))
         self.readout = nn.Linear(entity_size, output_size)
 
@@ -91,10 +105,7 @@ class TPRRNN(RecurrentCore):
         e1, e2 = self.entities(x).chunk(2, dim=-1)
         r1, r2, r3 = self.relations(x).chunk(3, dim=-1)
         f = tpr_update(state, e1, e2, r1, r2, r3)
-        i1 = self.norms[0](bind(f, e1, r1))
-        i2 = self.norms[1](bind(f, i1, r2))
-        i3 = self.norms[2](bind(f, i2, r3))
-        return self.readout(i1 + i2 + i3), f
+        return self.readout(infer(lambda e, r: bind(f, e, r), e1, (r1, r2, r3), self.norms)), f
 
 
 CORE = TPRRNN

@@ -291,6 +291,41 @@ def check_range(name: str, value: int, low: int, high: Optional[int] = None) -> 
         raise ValueError(f"{name} must be {bound}, got {value}")
 
 
+class LengthPerBatchTask(Task):
+    """A task whose samples have a drawn length, which the authors' code draws once per training batch.
+
+    Subclasses implement :meth:`draw_lengths` (``rng`` -> the lengths of one sample, a tuple) and
+    :meth:`generate_with` (one sample of those lengths), and set ``one_length_per_batch``. When it is set, a
+    training batch (:meth:`sample`) shares one draw, as ``run_toys.py`` does (one copy length, one RAR item count
+    or item length per batch: no padding, so about half the steps of per-sample lengths at the same batch size);
+    the fixed validation and test sets (:meth:`dataset`) keep one draw per sample either way, so that they
+    cover every length in the same proportions whatever the option.
+    """
+
+    one_length_per_batch: bool = False
+
+    def draw_lengths(self, rng: np.random.Generator) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def generate_with(self, rng: np.random.Generator, lengths: tuple[int, ...]) -> Sample:
+        raise NotImplementedError
+
+    def generate(self, rng: np.random.Generator) -> Sample:
+        return self.generate_with(rng, self.draw_lengths(rng))
+
+    def sample(self, batch_size: int, rng: np.random.Generator) -> Batch:
+        if not self.one_length_per_batch:
+            return super().sample(batch_size, rng)
+        lengths = self.draw_lengths(rng)
+        return collate([self.generate_with(rng, lengths) for _ in range(batch_size)])
+
+    def dataset(self, split: str, size: int, seed: int) -> Batch:
+        if not self.one_length_per_batch:
+            return super().dataset(split, size, seed)
+        rng = split_rng(seed, split)
+        return collate([self.generate(rng) for _ in range(size)])  # the same samples as without the option
+
+
 class AnswerSequenceTask(ClassOutputTask):
     """Tasks that answer with a sequence of node/point features, then END (geometry and graph tasks).
 

@@ -7,7 +7,8 @@ FARTHEST from the query (Euclidean distance between flattened items) if the quer
 the NEAREST one. Metrics: bit error per sequence and the fraction of items reconstructed perfectly.
 
 The paper preset is K in 2..5 items of L = 3 steps; the authors' run actually used 3 items of random length
-2..5 (an argument-order slip, spec), offered as the task ``rar-as-run``.
+2..5 (an argument-order slip, spec), offered as the task ``rar-as-run``. ``one_length_per_batch``: one (K, L)
+per training batch, as the authors' ``run_toys.py`` draws them (``base.LengthPerBatchTask``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 from torch import Tensor
 
 from stm_rl.supervised.tasks.base import (
-    Batch, BitOutputTask, MetricTotals, Sample, VectorInput, check_range, random_bits, wrong_bits,
+    Batch, BitOutputTask, LengthPerBatchTask, MetricTotals, Sample, VectorInput, check_range, random_bits, wrong_bits,
 )
 
 
@@ -32,13 +33,13 @@ def rar_answer(items: np.ndarray, query_index: int) -> int:
     return min(others, key=lambda i: (key(i), i))
 
 
-class RARTask(BitOutputTask):
+class RARTask(LengthPerBatchTask, BitOutputTask):
     name = "rar"
     description = "relational associative recall: recall the farthest/nearest item to a query (2..5 items of 3 steps)"
     paper_result = "~1 bit error, 87% items perfect (NTM/DNC/RMC stuck at ~30 bits)"
 
     def __init__(self, bits: int = 32, min_items: int = 2, max_items: int = 5,
-                 min_item_length: int = 3, max_item_length: int = 3) -> None:
+                 min_item_length: int = 3, max_item_length: int = 3, one_length_per_batch: bool = False) -> None:
         check_range("bits", bits, 1)
         check_range("min_items", min_items, 2)
         check_range("max_items", max_items, min_items)
@@ -47,12 +48,17 @@ class RARTask(BitOutputTask):
         self.bits = bits
         self.min_items, self.max_items = min_items, max_items
         self.min_item_length, self.max_item_length = min_item_length, max_item_length
+        self.one_length_per_batch = bool(one_length_per_batch)
         self.input_spec = VectorInput(bits + 2)
         self.output_size = bits
 
-    def generate(self, rng: np.random.Generator) -> Sample:
-        count = int(rng.integers(self.min_items, self.max_items + 1))
-        length = int(rng.integers(self.min_item_length, self.max_item_length + 1))
+    def draw_lengths(self, rng: np.random.Generator) -> tuple[int, int]:
+        """(K items, L steps per item)."""
+        return (int(rng.integers(self.min_items, self.max_items + 1)),
+                int(rng.integers(self.min_item_length, self.max_item_length + 1)))
+
+    def generate_with(self, rng: np.random.Generator, lengths: tuple[int, int]) -> Sample:
+        count, length = lengths
         items = random_bits(rng, (count, length, self.bits))
         query = int(rng.integers(count))
         answer = items[rar_answer(items, query)]
@@ -81,5 +87,5 @@ class RARAsRunTask(RARTask):
     description = "RAR as the authors ran it: 3 items of random length 2..5 steps"
 
     def __init__(self, bits: int = 32, min_items: int = 3, max_items: int = 3,
-                 min_item_length: int = 2, max_item_length: int = 5) -> None:
-        super().__init__(bits, min_items, max_items, min_item_length, max_item_length)
+                 min_item_length: int = 2, max_item_length: int = 5, one_length_per_batch: bool = False) -> None:
+        super().__init__(bits, min_items, max_items, min_item_length, max_item_length, one_length_per_batch)
