@@ -16,12 +16,19 @@ TORCH_FROM  := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 BENCH ?= train_speed
 
 .DEFAULT_GOAL := setup
-.PHONY: help setup train test sweep evaluate plot supervised bench clean
+# The Figure 3 campaign (docs/figure3.md): every run of the paper's figure, one at a time on this machine's cores,
+# skip 32 seed pairs first; resumable: the same command continues it after a stop, in a later sitting too.
+FIGURE3_OUT ?= runs/figure3
+FIGURE3 := --agents lstm stm --frame-skips 32 0 16 4 --seeds 0 1 2 --agent-steps 32=4M 0=10M 16=4M 4=5M \
+           --workers-per-run 2 --out $(FIGURE3_OUT)
+
+.PHONY: help setup train test sweep figure3 evaluate plot supervised bench clean
 
 help:
 	@echo "make setup                       create $(VENV) and install (TORCH_INDEX=<url> picks torch's index)"
 	@echo "make train      ARGS=...         stm-rl train (default run; ARGS=\"--resume RUN_DIR\" continues one)"
 	@echo "make sweep      ARGS=...         stm-rl sweep (the paper's Figure 3 runs)"
+	@echo "make figure3    ARGS=...         the Figure 3 campaign: stm-rl sweep with its fixed grid (resumable)"
 	@echo "make evaluate   ARGS=RUN_DIR     stm-rl evaluate (play games with a saved agent)"
 	@echo "make plot       ARGS=DIR         stm-rl plot (Figure 3 and a table from game logs)"
 	@echo "make supervised ARGS=...         python -m stm_rl.supervised (copy, retrieval, bAbI...)"
@@ -44,6 +51,9 @@ train: $(STAMP)
 
 sweep: $(STAMP)
 	$(VENV)/bin/stm-rl sweep $(ARGS)
+
+figure3: $(STAMP)
+	$(VENV)/bin/stm-rl sweep $(FIGURE3) $(ARGS)
 
 evaluate: $(STAMP)
 	$(VENV)/bin/stm-rl evaluate $(ARGS)

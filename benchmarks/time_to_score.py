@@ -34,7 +34,7 @@ import numpy as np
 from stm_rl.a3c.scores import Milestone, Milestones
 from stm_rl.a3c.config import training_command
 from stm_rl.plotting import find_run_dirs, moving_average, read_run_config
-from stm_rl.run_dir import StmRlError, machine_description, read_json, read_jsonl
+from stm_rl.run_dir import RunDir, StmRlError, machine_description, read_json, read_jsonl
 
 THRESHOLDS = (-15.0, 0.0, 18.0)
 REBUILT = "(rebuilt)"
@@ -63,7 +63,8 @@ def score_run(run_dir: Path, window: int, thresholds: Sequence[float]) -> RunSco
     """Milestones of one run (StmRlError if it has no game log)."""
     config = read_run_config(run_dir)
     record = read_json(Path(run_dir) / "config.json")
-    games = list(read_jsonl(Path(run_dir) / "games.jsonl")) if (Path(run_dir) / "games.jsonl").exists() else []
+    game_log = RunDir(run_dir).game_log
+    games = list(read_jsonl(game_log)) if game_log.exists() else []
     if not games:
         raise StmRlError(f"{run_dir} has no finished training game yet")
     column = {key: np.array([g[key] for g in games], dtype=float)

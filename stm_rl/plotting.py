@@ -37,7 +37,7 @@ GRID_POINTS = 400
 """Points of the common x grid on which runs are averaged for --x frames|time."""
 FIGURE_FORMATS = (".png", ".svg", ".pdf")
 MAY_DIFFER_IN_A_GROUP = {("env", "seed"), ("env", "obs_size"), ("env", "clip_reward"), *(("run", name) for name in (
-    "seed", "run_dir", "frames", "progress", "progress_interval", "checkpoint_interval", "eval_every_updates",
+    "seed", "run_dir", "frames", "agent_steps", "progress", "progress_interval", "checkpoint_interval", "eval_every_updates",
     "eval_games", "moving_average_window"))}
 """Settings that runs averaged into one curve may differ in: the seed, what does not change learning, and what
 is derived from other settings (the env's observation size follows the encoder)."""
@@ -143,7 +143,7 @@ def read_run_config(run_dir: Path) -> TrainConfig:
 def load_run(run_dir: Path) -> RunLog:
     """A run's configuration and game log (StmRlError if it has no finished game)."""
     config = read_run_config(run_dir)
-    games_path = RunDir(run_dir).games
+    games_path = RunDir(run_dir).game_log
     records = list(read_jsonl(games_path)) if games_path.exists() else []
     if not records:
         raise NoGamesError(f"{run_dir} has no finished training game yet ({games_path} is missing or empty)")

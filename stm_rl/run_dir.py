@@ -4,7 +4,8 @@ Shared by the A3C trainer and the supervised benchmarks, so both write the same 
 (:class:`RunDir` spells every name once)::
 
     runs/<name>/config.json        every setting, the seed, package versions
-    runs/<name>/games.jsonl        one JSON object per line (also evaluations.jsonl)
+    runs/<name>/games.jsonl        one JSON object per line (also evaluations.jsonl); games.jsonl.gz when
+                                   published compressed (results/), read the same way
     runs/<name>/summary.json       how the last segment ended: status, counters, milestones
     runs/<name>/checkpoints/*.pt   latest / best / final: model, optimizer, counters, config
     runs/<name>/tb/                tensorboard events
@@ -21,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import fcntl
+import gzip
 import json
 import os
 import platform
@@ -67,6 +69,8 @@ class RunDir:
 
     CONFIG = "config.json"
     GAMES = "games.jsonl"
+    GAMES_COMPRESSED = "games.jsonl.gz"
+    """The game log as published (gzip): readers take it where a run has no plain ``games.jsonl``."""
     EVALUATIONS = "evaluations.jsonl"
     METRICS = "metrics.jsonl"
     SUMMARY = "summary.json"
@@ -85,6 +89,12 @@ class RunDir:
     @property
     def games(self) -> Path:
         return self.path / self.GAMES
+
+    @property
+    def game_log(self) -> Path:
+        """The game log to read: ``games.jsonl``, else ``games.jsonl.gz`` if only that exists (a published run)."""
+        compressed = self.path / self.GAMES_COMPRESSED
+        return compressed if compressed.exists() and not self.games.exists() else self.games
 
     @property
     def evaluations(self) -> Path:
@@ -305,8 +315,9 @@ class JsonlWriter:
 
 
 def read_jsonl(path: Path) -> Iterator[dict]:
-    """The records of a JSONL file; a torn last line (a run killed mid-write) is skipped."""
-    with open(path, encoding="utf-8") as f:
+    """The records of a JSONL file (gzip-compressed if its name ends in ``.gz``); a torn last line (a run killed
+    mid-write) is skipped."""
+    with (gzip.open if Path(path).suffix == ".gz" else open)(path, "rt", encoding="utf-8") as f:
         lines = f.readlines()
     for number, line in enumerate(lines, start=1):
         if not line.strip():

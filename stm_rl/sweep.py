@@ -36,7 +36,7 @@ from envs import EnvConfig
 from stm_rl import sweep_run
 from stm_rl.a3c.config import PRESETS, A3CConfig, RunConfig, TrainConfig, build_train_config
 from stm_rl.a3c.limits import validate_for_training
-from stm_rl.config_cli import add_dataclass_flags, flag_name, given_settings, with_flag_names
+from stm_rl.config_cli import add_dataclass_flags, flag_name, given_settings, parse_count, with_flag_names
 from stm_rl.conventions import ExitCode
 from stm_rl.run_dir import RunDir, StmRlError, check_can_write, read_json, write_json_atomic
 
@@ -96,8 +96,11 @@ class SweepOptions:
     seeds: tuple[int, ...]
     out: Path
     frames: int
-    """Budget of each run in emulator frames."""
+    """Budget of each run in emulator frames; 0 = none (the runs' budget is ``agent_steps``)."""
     workers_per_run: int
+    agent_steps: Mapping[int, int] = field(default_factory=dict)
+    """Budget of each run in agent steps, by frame skip (``{32: 4_000_000, 0: 10_000_000}``); a skip not here has
+    none. A run ends at the first of its budgets."""
     max_parallel: Optional[int] = None
     """Runs alive at the same time; None: 1 on the local backend, as many as the Ray cluster's CPUs hold."""
     settings: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -112,8 +115,17 @@ class SweepOptions:
     progress: bool = True
 
     def runs(self) -> list[RunSpec]:
+        """Every configuration, in the order they start: frame skips in the order given, then seeds, then
+        agents, so that a sweep cut short leaves complete agent pairs of the skips named first."""
         return [RunSpec(agent, skip, seed, self.out / f"{agent}-skip{skip}-seed{seed}")
-                for agent in self.agents for skip in self.frame_skips for seed in self.seeds]
+                for skip in self.frame_skips for seed in self.seeds for agent in self.agents]
+
+    def describe_budget(self) -> str:
+        """``"4M agent steps at skip 32, 10M at skip 0"`` or ``"20.0M frames"`` (each run)."""
+        steps = ", ".join(f"{readable_frames(self.agent_steps[skip])} agent steps at skip {skip}"
+                          for skip in self.frame_skips if self.agent_steps.get(skip))
+        frames = f"{readable_frames(self.frames)} frames" if self.frames else ""
+        return " or ".join(part for part in (frames, steps) if part) + " each"
 
     def settings_as_flags(self) -> dict[str, Any]:
         return {flag_name(name): value for values in self.settings.values() for name, value in values.items()}
@@ -151,12 +163,17 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--ray-address", default="auto", metavar="auto|HOST:PORT",
                         help="the Ray cluster to use with --backend ray: the address `ray start --head` printed, "
                              "or auto for the cluster this machine belongs to (default: auto)")
+    parser.add_argument("--agent-steps", nargs="+", metavar="[SKIP=]STEPS",
+                        help="budget of each run in agent steps instead of frames (the unit in which frame skips "
+                             "compare): one count for every run (4M), or one per frame skip (32=4M 16=4M 4=5M 0=10M); "
+                             "with --frames too, a run ends at the first budget it reaches")
     parser.add_argument("--dry-run", action="store_true",
                         help="list every run with its state and frames done, and start nothing")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                         help="show the sweep's progress bar (default: on)")
     parser.add_argument("--poll-interval", type=float, default=1.0, help=argparse.SUPPRESS)
     for cls, owned in _SWEEP_OWNED.items():
+        owned = (*owned, "agent_steps") if cls is RunConfig else owned  # the sweep's --agent-steps, by skip
         add_dataclass_flags(parser, cls, exclude=owned, title=f"training settings ({cls.__name__})")
     parser.set_defaults(run=run)
 
@@ -174,13 +191,16 @@ def options_from_args(args: argparse.Namespace) -> SweepOptions:
             raise StmRlError(f"{flag} must be >= 0, got {negative[0]}")
     for agent in args.agents:
         AgentConfig(agent=agent)  # "unknown agent 'x'; choose 'lstm' or 'stm'"
-    settings = {cls.__name__: given_settings(cls, args, exclude=(*owned, *(("frames",) if cls is RunConfig else ())))
+    settings = {cls.__name__: given_settings(cls, args, exclude=(*owned, *(("frames", "agent_steps")
+                                                                           if cls is RunConfig else ())))
                 for cls, owned in _SWEEP_OWNED.items()}
+    agent_steps = parse_agent_steps(args.agent_steps, tuple(dict.fromkeys(args.frame_skips)))
+    frames = getattr(args, "RunConfig.frames")
     out = args.out.expanduser()
     options = SweepOptions(
         agents=tuple(dict.fromkeys(args.agents)), frame_skips=tuple(dict.fromkeys(args.frame_skips)),
         seeds=tuple(dict.fromkeys(args.seeds)), out=out.absolute() if args.backend == "ray" else out,
-        frames=getattr(args, "RunConfig.frames") or RunConfig.frames,
+        frames=frames if frames is not None else (0 if agent_steps else RunConfig.frames), agent_steps=agent_steps,
         workers_per_run=args.workers_per_run, max_parallel=args.max_parallel,
         settings={name: values for name, values in settings.items() if values}, preset=args.preset,
         retries=args.retries,
@@ -195,12 +215,41 @@ def options_from_args(args: argparse.Namespace) -> SweepOptions:
     return options
 
 
+def parse_agent_steps(values: Optional[list[str]], frame_skips: tuple[int, ...]) -> dict[int, int]:
+    """``--agent-steps 4M`` (every skip) or ``--agent-steps 32=4M 0=10M`` (one per skip, every skip named)."""
+    if not values:
+        return {}
+    try:
+        if len(values) == 1 and "=" not in values[0]:
+            steps = {skip: parse_count(values[0]) for skip in frame_skips}
+        else:
+            pairs = [value.split("=", 1) for value in values]
+            if any(len(pair) != 2 for pair in pairs):
+                raise StmRlError("--agent-steps takes one count, or SKIP=COUNT for each frame skip "
+                                 f"(e.g. 32=4M 0=10M), got {' '.join(values)}")
+            steps = {int(skip): parse_count(count) for skip, count in pairs}
+    except (ValueError, argparse.ArgumentTypeError) as error:
+        raise StmRlError(f"--agent-steps: {error}; give one count for every run, or SKIP=COUNT for each frame "
+                         "skip (e.g. 32=4M 0=10M)") from None
+    missing = [skip for skip in frame_skips if skip not in steps]
+    extra = [skip for skip in steps if skip not in frame_skips]
+    if missing or extra:
+        raise StmRlError(f"--agent-steps must give one budget for each of --frame-skips {' '.join(map(str, frame_skips))}"
+                         + (f"; none for {' '.join(map(str, missing))}" if missing else "")
+                         + (f"; {' '.join(map(str, extra))} is not swept" if extra else ""))
+    bad = [skip for skip, count in steps.items() if count <= 0]
+    if bad:
+        raise StmRlError(f"--agent-steps must be > 0, got {steps[bad[0]]} for skip {bad[0]}")
+    return steps
+
+
 def run_config(spec: RunSpec, options: SweepOptions) -> TrainConfig:
     """The complete config of one run: the sweep's settings and preset by the rule of ``stm-rl train``
     (:func:`~stm_rl.a3c.config.build_train_config`), with what the sweep owns fixed per run."""
     return build_train_config(options.settings, options.preset, fixed={
         "AgentConfig": {"agent": spec.agent}, "EnvConfig": {"frame_skip": spec.frame_skip},
-        "RunConfig": {"run_dir": spec.run_dir, "frames": options.frames, "workers": options.workers_per_run,
+        "RunConfig": {"run_dir": spec.run_dir, "frames": options.frames,
+                      "agent_steps": options.agent_steps.get(spec.frame_skip, 0), "workers": options.workers_per_run,
                       "seed": spec.seed, "progress": False}})
 
 
@@ -232,12 +281,18 @@ def run_status(run_dir: Path) -> Optional[str]:
 
 def frames_done(run_dir: Path) -> int:
     """Emulator frames a run has trained: from its summary, or the last line of its game log if newer."""
+    return trained(run_dir)[0]
+
+
+def trained(run_dir: Path) -> tuple[int, int]:
+    """``(emulator frames, agent steps)`` a run has trained: from its summary, or the last line of its game log
+    if newer."""
+    counters = run_summary(run_dir).get("counters") or {}
+    last = _last_jsonl_record(RunDir(run_dir).games) or {}
     try:
-        frames = int(run_summary(run_dir)["counters"]["frames"])
-    except (KeyError, TypeError, ValueError):
-        frames = 0
-    last = _last_jsonl_record(RunDir(run_dir).games)
-    return max(frames, int(last.get("frames", 0))) if last else frames
+        return tuple(max(int(counters.get(key, 0)), int(last.get(key, 0))) for key in ("frames", "agent_steps"))
+    except (TypeError, ValueError):
+        return 0, 0
 
 
 def _last_jsonl_record(path: Path, tail_bytes: int = 4096) -> Optional[dict]:
@@ -262,18 +317,20 @@ def train_command(spec: RunSpec, options: SweepOptions) -> list[str]:
     return sweep_run.command(sweep_run.run_file(spec.run_dir))
 
 
-def is_finished(spec: RunSpec, frames_budget: int) -> bool:
-    """Completed with at least this sweep's budget (a larger --frames makes a completed run resume)."""
-    return run_status(spec.run_dir) == "completed" and frames_done(spec.run_dir) >= frames_budget
+def is_finished(spec: RunSpec, options: SweepOptions) -> bool:
+    """Completed with at least this sweep's budget (a larger --frames or --agent-steps makes a completed run
+    resume)."""
+    return (run_status(spec.run_dir) == "completed"
+            and run_config(spec, options).run.budget_reached(*trained(spec.run_dir)))
 
 
-def disk_state(spec: RunSpec, frames_budget: int) -> str:
+def disk_state(spec: RunSpec, options: SweepOptions) -> str:
     """What a sweep would do with the run now: done, running (host pid), resume (last status) or start."""
     layout = RunDir(spec.run_dir)
     holder = layout.lock_holder()
     if holder:
         return f"running ({holder})"
-    if is_finished(spec, frames_budget):
+    if is_finished(spec, options):
         return "done"
     if layout.checkpoint("latest").exists():
         return f"resume ({run_status(spec.run_dir) or 'killed'})"
@@ -411,10 +468,10 @@ class Sweep:
 
     def dry_run(self) -> int:
         """Print every run with what a sweep would do with it; start nothing, write nothing."""
-        states = {entry.spec.name: disk_state(entry.spec, self.options.frames) for entry in self.entries}
+        states = {entry.spec.name: disk_state(entry.spec, self.options) for entry in self.entries}
         changed = changed_settings(self.options) if self.options.out.is_dir() else {}
         print(f"sweep {self.options.out} ({self.options.backend} backend): {len(self.entries)} runs, "
-              f"{self.options.frames:,} frames each; nothing started (--dry-run)")
+              f"{self.options.describe_budget()}; nothing started (--dry-run)")
         print(results_table(self.entries, states))
         for name, differences in changed.items():
             print(f"  {name} was trained with other settings: {'; '.join(differences)}")
@@ -431,12 +488,12 @@ class Sweep:
 
     def _run(self, backend: Backend) -> int:
         for entry in self.entries:
-            if is_finished(entry.spec, self.options.frames):
+            if is_finished(entry.spec, self.options):
                 entry.state, entry.message = "done", "completed earlier"
         skipped = sum(entry.state == "done" for entry in self.entries)
         capacity = backend.capacity(len(self.entries))
         print(f"sweep {self.options.out}: {len(self.entries)} runs ({skipped} already completed), "
-              f"{self.options.frames:,} frames each, {self.options.backend} backend, at most {capacity} at a time",
+              f"{self.options.describe_budget()}, {self.options.backend} backend, at most {capacity} at a time",
               flush=True)
         self._write_manifest()
         bar = tqdm(total=len(self.entries), initial=skipped, unit="run", desc="sweep", dynamic_ncols=True,
@@ -512,17 +569,21 @@ class Sweep:
             entry.state, entry.message = "failed", reason
 
     def _frames_postfix(self, backend: Backend) -> str:
-        done = sum(frames_done(entry.spec.run_dir) for entry in self.entries)
-        total = self.options.frames * len(self.entries)
-        return f"running {', '.join(backend.running())} | frames {readable_frames(done)}/{readable_frames(total)}"
+        done = [trained(entry.spec.run_dir) for entry in self.entries]
+        used = sum(min(run_config(entry.spec, self.options).run.budget_used(*counts), 1.0)
+                   for entry, counts in zip(self.entries, done))
+        return (f"running {', '.join(backend.running())} | frames {readable_frames(sum(f for f, _ in done))} | "
+                f"agent steps {readable_frames(sum(s for _, s in done))} | budget {100 * used / len(self.entries):.1f}%")
 
     def _write_manifest(self) -> None:
         write_json_atomic(self.manifest_path, {
-            "out": str(self.options.out), "frames": self.options.frames, "backend": self.options.backend,
+            "out": str(self.options.out), "frames": self.options.frames,
+            "agent_steps": {str(skip): steps for skip, steps in self.options.agent_steps.items()},
+            "backend": self.options.backend,
             "workers_per_run": self.options.workers_per_run, "max_parallel": self.options.max_parallel,
             "retries": self.options.retries, "settings": self.options.settings_as_flags(),
             "preset": self.options.preset or "cpu", "argv": sys.argv,
-            "runs": [{**entry.to_json(), "frames_done": frames_done(entry.spec.run_dir)}
+            "runs": [{**entry.to_json(), **dict(zip(("frames_done", "agent_steps_done"), trained(entry.spec.run_dir)))}
                      for entry in self.entries]})
 
     def _report(self) -> int:
@@ -540,12 +601,12 @@ class Sweep:
 def results_table(entries: list[RunEntry], states: Optional[Mapping[str, str]] = None) -> str:
     """One line per run: state, frames done, games, final and best moving average of the score (from
     summary.json; the window is the runs' --moving-average-window, 100 games by default)."""
-    rows = [("run", "state", "frames", "games", "final avg", "best avg")]
+    rows = [("run", "state", "frames", "agent steps", "games", "final avg", "best avg")]
     for entry in entries:
         summary = run_summary(entry.spec.run_dir)
         games = (summary.get("counters") or {}).get("games")
         rows.append((entry.spec.name, (states or {}).get(entry.spec.name, entry.state),
-                     readable_frames(frames_done(entry.spec.run_dir)), "-" if games is None else str(games),
+                     *map(readable_frames, trained(entry.spec.run_dir)), "-" if games is None else str(games),
                      _average(summary.get("moving_average")), _average(summary.get("best_moving_average"))))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  " + "  ".join(cell.ljust(width) if i < 2 else cell.rjust(width)

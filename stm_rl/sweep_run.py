@@ -101,7 +101,8 @@ def start_or_resume(config: TrainConfig) -> Trainer:
     if changed:
         raise StmRlError(f"{run_dir} was trained with other settings ({'; '.join(changed)}); "
                          "a sweep cannot change them: use another --out")
-    run = dataclasses.replace(saved.run, run_dir=run_dir, frames=config.run.frames, workers=config.run.workers,
+    run = dataclasses.replace(saved.run, run_dir=run_dir, frames=config.run.frames,
+                              agent_steps=config.run.agent_steps, workers=config.run.workers,
                               checkpoint_interval=config.run.checkpoint_interval, progress=config.run.progress)
     return Trainer(dataclasses.replace(saved, run=run), resume_from=record)
 
@@ -154,10 +155,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         config = trainer.config
         print(f"run {config.run.run_dir} on {socket.gethostname()} (pid {os.getpid()}): {config.agent.agent} "
               f"agent, frame skip {config.env.frame_skip}, seed {config.run.seed}, {config.run.workers} "
-              f"worker(s), budget {config.run.frames:,} frames"
-              + (f", resuming at {trainer.counters.frames:,}" if trainer.counters.frames else ""), flush=True)
+              f"worker(s), budget {config.run.describe_budget()}"
+              + (f", resuming at {trainer.counters.frames:,} frames, {trainer.counters.agent_steps:,} agent steps"
+                 if trainer.counters.frames else ""), flush=True)
         # A run killed after its last update but before its summary has nothing left to train.
-        spent = trainer.counters.frames >= config.run.frames
+        spent = config.run.budget_reached(trainer.counters.frames, trainer.counters.agent_steps)
         result = trainer.finish_spent_run() if spent else trainer.run()
     except (StmRlError, ValueError) as error:
         print(f"stm-rl sweep run: error: {error}", file=sys.stderr)
@@ -166,7 +168,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("stm-rl sweep run: interrupted", file=sys.stderr)
         return ExitCode.INTERRUPTED
     average = "n/a" if math.isnan(result.moving_average) else f"{result.moving_average:+.2f}"
-    print(f"{result.status.value}: {result.counters.games} games, {result.counters.frames:,} frames; "
+    print(f"{result.status.value}: {result.counters.games} games, {result.counters.agent_steps:,} agent steps, "
+          f"{result.counters.frames:,} frames; "
           f"moving average score {average}" + (f"; {result.message}" if result.message else ""), flush=True)
     return EXIT_CODES[result.status]
 

@@ -19,6 +19,7 @@ import torch
 import torch.multiprocessing as mp
 
 from stm_rl.a3c import SharedAdam, TrainConfig, load_agent_from_checkpoint
+from stm_rl.a3c.config import RunConfig
 from stm_rl.a3c.messages import NonFinite
 from stm_rl.a3c.worker import WorkerContext, advantages_and_returns, train_worker
 from stm_rl.cli import main as cli_main
@@ -77,6 +78,35 @@ def test_resume_continues_the_counters(tmp_path, games_of, summary_of):
     assert len(games) > len(games_before)
     # resuming a run whose budget is spent says so
     assert cli_main(["train", "--resume", str(run_dir), "--no-progress"]) == 2
+
+
+def test_an_agent_step_budget_ends_the_run_and_a_larger_one_resumes_it(tmp_path, summary_of, capsys):
+    """--agent-steps alone replaces the frame budget: at skip 32 the run ends after its steps, not after the
+    default 20M frames; --agent-steps on --resume raises it, and the counters go on."""
+    run_dir = tmp_path / "run"
+    assert cli_main(["train", "--agent", "lstm", "--frame-skip", "32", "--agent-steps", "300",
+                     "--run-dir", str(run_dir), *FAST]) == 0
+    first = summary_of(run_dir)["counters"]
+    # two workers x one env: each update is 20 steps, and a worker finishing its update may pass the budget
+    assert 300 <= first["agent_steps"] < 300 + 2 * 20
+    config = json.loads((run_dir / "config.json").read_text())["config"]["run"]
+    assert (config["frames"], config["agent_steps"]) == (0, 300)
+    assert "budget 300 agent steps" in capsys.readouterr().out
+    assert cli_main(["train", "--resume", str(run_dir), "--agent-steps", "600", "--no-progress"]) == 0
+    second = summary_of(run_dir)["counters"]
+    assert 600 <= second["agent_steps"] < 600 + 2 * 20 and second["segments"] == 2
+    assert cli_main(["train", "--resume", str(run_dir), "--no-progress"]) == 2
+    assert "already used its budget of 600 agent steps" in capsys.readouterr().err
+
+
+def test_the_first_budget_reached_ends_a_run():
+    run = RunConfig(frames=1000, agent_steps=100)
+    assert not run.budget_reached(999, 99)
+    assert run.budget_reached(1000, 10) and run.budget_reached(10, 100)
+    assert RunConfig(frames=0, agent_steps=100).budget_used(10**9, 50) == 0.5, "frames=0: no frame budget"
+    assert RunConfig(frames=1000).budget_used(500, 10**9) == 0.5, "agent_steps=0: no step budget"
+    with pytest.raises(ValueError, match="frames must be > 0 when there is no --agent-steps budget"):
+        RunConfig(frames=0)
 
 
 # ---------------------------------------------------------------- it learns
@@ -318,6 +348,8 @@ def test_corrupt_checkpoint_gives_a_clear_error_on_resume(tmp_path, capsys):
     (["--workers", "0"], "--workers must be >= 1"),
     (["--frames", "lots"], "not a count: 'lots'"),
     (["--lr", "0"], "--lr must be > 0"),
+    (["--agent-steps", "-5"], "--agent-steps must be >= 0"),
+    (["--frames", "0"], "--frames must be > 0 when there is no --agent-steps budget"),
 ])
 def test_bad_flags_give_clear_errors(tmp_path, capsys, argv, message):
     try:

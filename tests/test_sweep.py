@@ -3,6 +3,7 @@ run lock, a killed sweep, and bad input (the training itself is covered by test_
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -40,7 +41,7 @@ def fake_trained_run(spec: sweep.RunSpec, config: TrainConfig, status: str, fram
     (spec.run_dir / "checkpoints" / "latest.pt").write_bytes(b"")
     (spec.run_dir / "config.json").write_text(json.dumps({"config": to_jsonable(config)}))
     (spec.run_dir / "summary.json").write_text(json.dumps({
-        "status": status, "counters": {"frames": frames, "games": 7}, "moving_average": -20.5,
+        "status": status, "counters": {"frames": frames, "agent_steps": frames // 32, "games": 7}, "moving_average": -20.5,
         "best_moving_average": -19.25}))
 
 
@@ -70,6 +71,49 @@ def test_a_preset_is_every_runs_base_and_the_flags_given_override_it(tmp_path, c
         cli_main(["sweep", *FLAGS, "--preset", "fast", "--out", str(tmp_path / "s")])
     assert exit_info.value.code == 2
     assert "--preset" in capsys.readouterr().err
+
+
+def test_runs_start_by_frame_skip_then_seed_with_both_agents_of_a_seed_together(tmp_path):
+    both = options(tmp_path, agents=("lstm", "stm"), frame_skips=(32, 0), seeds=(0, 1))
+    assert [spec.name for spec in both.runs()] == [
+        "lstm-skip32-seed0", "stm-skip32-seed0", "lstm-skip32-seed1", "stm-skip32-seed1",
+        "lstm-skip0-seed0", "stm-skip0-seed0", "lstm-skip0-seed1", "stm-skip0-seed1"]
+
+
+def test_agent_step_budgets_per_frame_skip(tmp_path, capsys):
+    assert sweep.parse_agent_steps(["4M"], (32, 0)) == {32: 4_000_000, 0: 4_000_000}
+    assert sweep.parse_agent_steps(["32=4M", "0=10M"], (32, 0)) == {32: 4_000_000, 0: 10_000_000}
+    assert sweep.parse_agent_steps(None, (32,)) == {}
+    per_skip = options(tmp_path, frame_skips=(32, 0), frames=0, agent_steps={32: 4_000_000, 0: 10_000_000})
+    runs = {spec.frame_skip: sweep.run_config(spec, per_skip).run for spec in per_skip.runs()}
+    assert (runs[32].frames, runs[32].agent_steps, runs[0].agent_steps) == (0, 4_000_000, 10_000_000)
+    assert per_skip.describe_budget() == "4.0M agent steps at skip 32, 10.0M agent steps at skip 0 each"
+    # a completed run is done when its own skip's budget is reached, and resumes when that budget grows
+    spec = per_skip.runs()[0]
+    fake_trained_run(spec, sweep.run_config(spec, per_skip), "completed", frames=128_000_000)
+    assert sweep.trained(spec.run_dir) == (128_000_000, 4_000_000)
+    assert sweep.is_finished(spec, per_skip)
+    assert not sweep.is_finished(spec, dataclasses.replace(per_skip, agent_steps={32: 5_000_000, 0: 10_000_000}))
+    assert cli_main(["sweep", *FLAGS, "--frame-skips", "32", "0", "--seeds", "0", "--agent-steps", "32=4M", "0=10M",
+                     "--out", str(tmp_path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "4.0M agent steps at skip 32, 10.0M agent steps at skip 0 each" in out
+    assert "lstm-skip32-seed0  done" in out and "lstm-skip0-seed0   start" in out
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--frame-skips", "32", "0", "--agent-steps", "32=4M"], "--agent-steps must give one budget for each of "
+                                                            "--frame-skips 32 0; none for 0"),
+    (["--frame-skips", "32", "--agent-steps", "32=4M", "16=4M"], "16 is not swept"),
+    (["--frame-skips", "32", "--agent-steps", "32:4M"], "SKIP=COUNT for each frame skip"),
+    (["--frame-skips", "32", "--agent-steps", "lots"], "--agent-steps: not a count: 'lots'"),
+    (["--frame-skips", "32", "--agent-steps", "32=0"], "--agent-steps must be > 0, got 0 for skip 32"),
+])
+def test_bad_agent_step_budgets_are_one_line_errors(tmp_path, capsys, flags, message):
+    assert cli_main(["sweep", *FLAGS, "--seeds", "0", *flags, "--out", str(tmp_path / "s")]) == 2
+    error = capsys.readouterr().err
+    assert message in error and error.count("\n") == 1 and "Traceback" not in error
+    assert not (tmp_path / "s").exists()
 
 
 def test_settings_that_may_change_between_segments(tmp_path):
@@ -115,9 +159,9 @@ def test_dry_run_lists_what_a_sweep_would_do(tmp_path, capsys):
                      "--dry-run"]) == 0
     rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()
             if line.strip().startswith("lstm-")}
-    assert rows["lstm-skip32-seed0"] == ["done", "5.1k", "7", "-20.50", "-19.25"]
-    assert rows["lstm-skip32-seed1"] == ["resume", "(interrupted)", "2.0k", "7", "-20.50", "-19.25"]
-    assert rows["lstm-skip32-seed2"] == ["start", "0", "-", "-", "-"]
+    assert rows["lstm-skip32-seed0"] == ["done", "5.1k", "160", "7", "-20.50", "-19.25"]
+    assert rows["lstm-skip32-seed1"] == ["resume", "(interrupted)", "2.0k", "64", "7", "-20.50", "-19.25"]
+    assert rows["lstm-skip32-seed2"] == ["start", "0", "0", "-", "-", "-"]
     assert sorted(p.name for p in out.iterdir()) == ["lstm-skip32-seed0", "lstm-skip32-seed1"], "nothing written"
 
 

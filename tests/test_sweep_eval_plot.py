@@ -63,12 +63,12 @@ def test_sweep_resumes_interrupted_runs_and_starts_new_ones(tmp_path):
                                  workers_per_run=1, max_parallel=1, settings={"AgentConfig": {"encoder": "small"}})
     spec = options.runs()[0]
     assert sweep.train_command(spec, options)[1:] == ["-m", "stm_rl.sweep_run", str(spec.run_dir / "sweep-run.json")]
-    assert sweep.disk_state(spec, options.frames) == "start"
+    assert sweep.disk_state(spec, options) == "start"
     (spec.run_dir / "checkpoints").mkdir(parents=True)
     (spec.run_dir / "checkpoints" / "latest.pt").write_bytes(b"")
     (spec.run_dir / "summary.json").write_text(json.dumps({"status": "interrupted", "counters": {"frames": 900}}))
-    assert sweep.disk_state(spec, options.frames) == "resume (interrupted)"
-    assert not sweep.is_finished(spec, options.frames)
+    assert sweep.disk_state(spec, options) == "resume (interrupted)"
+    assert not sweep.is_finished(spec, options)
 
 
 def test_sweep_reports_a_failed_run_and_goes_on(tmp_path, monkeypatch, capsys):

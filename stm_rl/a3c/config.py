@@ -78,7 +78,12 @@ class RunConfig:
     run_dir: Path = Path("runs/pong")
     """Directory of the run: config, game log, tensorboard events, checkpoints."""
     frames: int = 20_000_000
-    """Budget in emulator frames for the whole run (all workers); accepts 10M, 2.5e6, 500k."""
+    """Budget in emulator frames for the whole run (all workers); accepts 10M, 2.5e6, 500k. 0 = no frame budget
+    (only with --agent-steps)."""
+    agent_steps: int = 0
+    """Budget in agent steps (decisions, all workers) for the whole run; 0 = none. The run ends at the first
+    budget it reaches; --agent-steps given without --frames replaces the frame budget (the unit in which runs
+    at different frame skips compare: a step at skip 32 is 32 frames, at skip 0 one)."""
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     """Worker processes, each with its own environment(s) and one torch thread (default: one per CPU core)."""
     seed: int = 0
@@ -99,7 +104,9 @@ class RunConfig:
     """Greedy games per evaluation (with eval_every_updates)."""
 
     def __post_init__(self) -> None:
-        _require(self.frames > 0, "frames must be > 0")
+        _require(self.frames >= 0, "frames must be >= 0")
+        _require(self.agent_steps >= 0, "agent_steps must be >= 0")
+        _require(self.frames > 0 or self.agent_steps > 0, "frames must be > 0 when there is no --agent-steps budget")
         _require(self.workers >= 1, "workers must be >= 1")
         _require(self.checkpoint_interval > 0, "checkpoint_interval must be > 0")
         _require(self.progress_interval > 0, "progress_interval must be > 0")
@@ -107,6 +114,19 @@ class RunConfig:
         _require(self.eval_every_updates >= 0, "eval_every_updates must be >= 0 (0 = no evaluation)")
         _require(self.eval_games >= 1, "eval_games must be >= 1")
         _require(self.device == "cpu", "device must be 'cpu': Hogwild A3C shares the model through CPU shared memory")
+
+    def budget_used(self, frames: int, agent_steps: int) -> float:
+        """Fraction of the run's budget that ``frames`` and ``agent_steps`` have used (>= 1: the run is done)."""
+        return max(frames / self.frames if self.frames else 0.0,
+                   agent_steps / self.agent_steps if self.agent_steps else 0.0)
+
+    def budget_reached(self, frames: int, agent_steps: int) -> bool:
+        return self.budget_used(frames, agent_steps) >= 1.0
+
+    def describe_budget(self) -> str:
+        """``"20,000,000 frames"``, ``"4,000,000 agent steps"`` or both, for messages."""
+        parts = [f"{self.frames:,} frames"] * bool(self.frames) + [f"{self.agent_steps:,} agent steps"] * bool(self.agent_steps)
+        return " or ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -178,7 +198,14 @@ def build_train_config(settings: Mapping[str, Mapping[str, Any]], preset: Option
 
     agent = section("AgentConfig", base.agent)
     return TrainConfig(agent=agent, env=section("EnvConfig", base.env, obs_size=agent.obs_size),
-                       a3c=section("A3CConfig", base.a3c), run=section("RunConfig", base.run))
+                       a3c=section("A3CConfig", base.a3c),
+                       run=section("RunConfig", base.run, **budget_rule(settings.get("RunConfig", {}))))
+
+
+def budget_rule(run_settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The one budget rule of train, resume and sweep: an agent-step budget given without a frame budget
+    replaces it (``{"frames": 0}``), so that ``--agent-steps 4M`` alone is not cut short by the default frames."""
+    return {"frames": 0} if "agent_steps" in run_settings and "frames" not in run_settings else {}
 
 
 ENV_FLAGS_HIDDEN = ("seed", "obs_size", "clip_reward")
@@ -214,5 +241,5 @@ def _format_value(value: object) -> str:
     return str(value)
 
 
-__all__ = ["A3CConfig", "AgentConfig", "EnvConfig", "ENV_FLAGS_HIDDEN", "PRESETS", "RunConfig", "TrainConfig",
+__all__ = ["A3CConfig", "AgentConfig", "EnvConfig", "ENV_FLAGS_HIDDEN", "budget_rule", "PRESETS", "RunConfig", "TrainConfig",
            "build_train_config", "preset_config", "training_command"]

@@ -31,6 +31,9 @@ def validate_for_training(config: TrainConfig) -> None:
     if run.frames > MAX_FRAMES:
         raise StmRlError(f"--frames {run.frames:.3g} is beyond any run's reach (at most {MAX_FRAMES:.0e}); "
                          "budgets are emulator frames, e.g. 20M")
+    if run.agent_steps > MAX_FRAMES:
+        raise StmRlError(f"--agent-steps {run.agent_steps:.3g} is beyond any run's reach (at most {MAX_FRAMES:.0e}); "
+                         "e.g. 4M")
     if env.frame_skip > MAX_FRAME_SKIP:
         raise StmRlError(f"--frame-skip must be at most {MAX_FRAME_SKIP} (the paper uses 0, 4, 16, 32), "
                          f"got {env.frame_skip}")

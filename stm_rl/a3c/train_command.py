@@ -15,7 +15,8 @@ from pathlib import Path
 from agents import AgentConfig, count_parameters
 from envs import EnvConfig
 from stm_rl.a3c.checkpoint import RESUMABLE_RUN_FLAGS, load_resume_checkpoint
-from stm_rl.a3c.config import ENV_FLAGS_HIDDEN, PRESETS, A3CConfig, RunConfig, TrainConfig, build_train_config
+from stm_rl.a3c.config import (ENV_FLAGS_HIDDEN, PRESETS, A3CConfig, RunConfig, TrainConfig, budget_rule,
+                              build_train_config)
 from stm_rl.a3c.limits import validate_for_training
 from stm_rl.a3c.trainer import Trainer
 from stm_rl.config_cli import (add_dataclass_flags, dataclass_from_flags, flag_name, given_flags, given_settings,
@@ -78,8 +79,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"run {config.run.run_dir}: {config.agent.agent} agent ({config.agent.encoder} encoder, "
           f"{count_parameters(trainer.shared_model):,} parameters), frame skip {config.env.frame_skip}, "
           f"{config.run.workers} workers x {config.a3c.envs_per_worker} env(s), "
-          f"budget {config.run.frames:,} frames" + (f", resuming at {trainer.counters.frames:,}"
-                                                     if trainer.counters.frames else ""), flush=True)
+          f"budget {config.run.describe_budget()}"
+          + (f", resuming at {trainer.counters.frames:,} frames, {trainer.counters.agent_steps:,} agent steps"
+             if trainer.counters.frames else ""), flush=True)
     result = trainer.run()
     counters = result.counters
     average = "n/a" if math.isnan(result.moving_average) else f"{result.moving_average:+.2f}"
@@ -126,7 +128,8 @@ def _resumed_trainer(args: argparse.Namespace) -> Trainer:
         return _restarted_trainer(layout, args)
     record = load_resume_checkpoint(layout.path)
     saved: TrainConfig = record["config"]
-    run_config = dataclass_from_flags(RunConfig, args, base=saved.run, run_dir=layout.path)
+    run_config = dataclass_from_flags(RunConfig, args, base=saved.run, run_dir=layout.path,
+                                      **budget_rule(given_settings(RunConfig, args)))
     return Trainer(dataclasses.replace(saved, run=run_config), resume_from=record)
 
 
@@ -138,7 +141,8 @@ def _restarted_trainer(layout: RunDir, args: argparse.Namespace) -> Trainer:
     except (KeyError, TypeError, ValueError) as error:
         raise StmRlError(f"cannot resume: {layout.path} has no checkpoint and its {RunDir.CONFIG} is not a "
                          f"training config ({error})") from None
-    run_config = dataclass_from_flags(RunConfig, args, base=saved.run, run_dir=layout.path)
+    run_config = dataclass_from_flags(RunConfig, args, base=saved.run, run_dir=layout.path,
+                                      **budget_rule(given_settings(RunConfig, args)))
     orphan = layout.set_aside_game_log()
     kept = f"; its game log is kept as {orphan.name}" if orphan else ""
     print(f"{layout.path} has no checkpoint (stopped before its first one): starting it over with the settings "

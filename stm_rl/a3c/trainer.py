@@ -133,9 +133,10 @@ class Trainer:
     # ------------------------------------------------------------------ the run
     def check_budget(self) -> None:
         """Refuse to start a segment with nothing left to do."""
-        if self.counters.frames >= self.config.run.frames:
-            raise StmRlError(f"{self.run_dir} already used its budget of {self.config.run.frames:,} frames "
-                             f"({self.counters.frames:,} done); pass a larger --frames to continue it")
+        if self.config.run.budget_reached(self.counters.frames, self.counters.agent_steps):
+            raise StmRlError(f"{self.run_dir} already used its budget of {self.config.run.describe_budget()} "
+                             f"({self.counters.frames:,} frames, {self.counters.agent_steps:,} agent steps done); "
+                             "pass a larger --frames or --agent-steps to continue it")
 
     def finish_spent_run(self) -> TrainResult:
         """Record as completed a resumed run that had used its budget when it was killed (before its summary)."""
@@ -181,7 +182,7 @@ class Trainer:
         worker_counters = torch.zeros(config.run.workers, 3, dtype=torch.int64).share_memory_()
         stop, events = ctx.Event(), ctx.Queue()
         worker_ctx = WorkerContext(config, self.shared_model, self.optimizer, worker_counters,
-                                   frames_done_before=self.counters.frames,
+                                   frames_done_before=self.counters.frames, steps_done_before=self.counters.agent_steps,
                                    seed_offset=10_000 * (self.counters.segments - 1), stop=stop, events=events)
         workers = [ctx.Process(target=worker_main, args=(rank, worker_ctx), name=f"a3c-worker-{rank}",
                                daemon=True) for rank in range(config.run.workers)]
@@ -422,12 +423,16 @@ class _RunLog:
         self.last_score: Optional[float] = None
         self.rate_window: deque = deque(maxlen=40)  # (time, frames, steps) over the last ~10 s
         self.last_rate_log = time.monotonic()
-        self.budget = config.run.frames
+        # Progress counts in the budget's unit: agent steps when that is the only budget, else frames.
+        self.in_steps = config.run.frames == 0
+        self.unit = "agent steps" if self.in_steps else "frames"
+        self.budget = config.run.agent_steps if self.in_steps else config.run.frames
         self.live = progress and sys.stderr.isatty()
         self.plain_interval = config.run.progress_interval
         self.last_plain = time.monotonic()
         agent = f"{config.agent.agent}-{config.agent.encoder}"
-        self.bar = tqdm(total=config.run.frames, initial=counters.frames, unit="frame", unit_scale=True,
+        self.bar = tqdm(total=self.budget, initial=self._done(counters), unit="step" if self.in_steps else "frame",
+                        unit_scale=True,
                         dynamic_ncols=True, disable=not self.live, mininterval=0.5,
                         desc=f"{agent} skip {config.env.frame_skip}", smoothing=0.05)
 
@@ -485,20 +490,29 @@ class _RunLog:
         last = "-" if self.last_score is None else f"{self.last_score:+.0f}"
         average = "-" if not scores.recent else f"{scores.average:+.1f}"
         if self.live:
-            self.bar.set_postfix_str(f"steps {counters.agent_steps:,} | games {counters.games} | "
+            other = f"frames {format_count(counters.frames)}" if self.in_steps else f"steps {counters.agent_steps:,}"
+            self.bar.set_postfix_str(f"{other} | games {counters.games} | "
                                      f"last {last} | avg{scores.window} {average}", refresh=False)
-            self.bar.update(min(counters.frames, self.bar.total) - self.bar.n)  # rate and ETA come from tqdm
+            self.bar.update(min(self._done(counters), self.bar.total) - self.bar.n)  # rate and ETA come from tqdm
         elif now - self.last_plain >= self.plain_interval:
             self.last_plain = now
-            _note(self.plain_line(counters, scores, (f1 - f0) / (t1 - t0) if t1 > t0 else math.nan))
+            rates = ((s1 - s0) if self.in_steps else (f1 - f0)) / (t1 - t0) if t1 > t0 else math.nan
+            _note(self.plain_line(counters, scores, rates))
+
+    def _done(self, counters: Counters) -> int:
+        return counters.agent_steps if self.in_steps else counters.frames
 
     def plain_line(self, counters: Counters, scores: ScoreTracker, rate: float) -> str:
-        """``progress: 1.20M/20.00M frames (6.0%) | 850 frames/s | ETA 6:08:00 | games 123 | avg100 -20.3``."""
-        remaining = max(self.budget - counters.frames, 0)
+        """``progress: 1.20M/20.00M frames (6.0%) | 850 frames/s | ETA 6:08:00 | games 123 | avg100 -20.3``
+        (in agent steps, with the frames beside them, when the run's budget is agent steps)."""
+        done = self._done(counters)
+        remaining = max(self.budget - done, 0)
         eta = _clock(remaining / rate) if rate > 0 else "-"
         average = "-" if not scores.recent else f"{scores.average:+.1f}"
-        return (f"progress: {format_count(counters.frames)}/{format_count(self.budget)} frames "
-                f"({100.0 * counters.frames / self.budget:.1f}%) | {rate:,.0f} frames/s | ETA {eta} | "
+        rate_unit = "steps/s" if self.in_steps else "frames/s"
+        frames = f" | frames {format_count(counters.frames)}" if self.in_steps else ""
+        return (f"progress: {format_count(done)}/{format_count(self.budget)} {self.unit} "
+                f"({100.0 * done / self.budget:.1f}%) | {rate:,.0f} {rate_unit} | ETA {eta}{frames} | "
                 f"elapsed {_clock(counters.wall_time)} | games {counters.games} | avg{scores.window} {average}")
 
     def close(self, counters: Counters, scores: ScoreTracker) -> None:

@@ -61,6 +61,8 @@ class WorkerContext:
     trainer_pid: int = dataclasses.field(default_factory=os.getpid)
     """The trainer's process id (taken where the context is made): a worker whose parent is no longer
     this process has been orphaned, even if the trainer died before the worker looked."""
+    steps_done_before: int = 0
+    """Agent steps of earlier segments of a resumed run (they count against an --agent-steps budget)."""
 
 
 def worker_main(rank: int, ctx: WorkerContext) -> None:
@@ -100,7 +102,8 @@ def train_worker(rank: int, ctx: WorkerContext) -> None:
     dones = torch.empty(num_envs, steps, dtype=torch.bool)
 
     while not ctx.stop.is_set() and trainer_alive(ctx):
-        if ctx.frames_done_before + int(ctx.counters[:, FRAMES].sum()) >= config.run.frames:
+        if config.run.budget_reached(ctx.frames_done_before + int(ctx.counters[:, FRAMES].sum()),
+                                     ctx.steps_done_before + int(ctx.counters[:, AGENT_STEPS].sum())):
             return
 
         # 1. Sync the local model from the shared one.
