@@ -11,9 +11,13 @@ prefer iterations for comparisons). Re-running the command skips finished runs a
 interrupted ones from their latest checkpoint, so the whole table can be built over several sessions.
 ``--report-only`` rebuilds the outputs from the run directories without training.
 
-Writes ``OUT/table.md`` and ``OUT/table.csv`` (per task: the paper's value where the spec gives it, then
-each model's test value of the task's main metric, mean +- std over the finished seeds, with iterations
-and wall time) and ``OUT/curves.png`` (validation main metric against iterations, one panel per task,
+Writes ``OUT/table.md`` and ``OUT/table.csv`` (per task and model: the paper's value with the setting it was
+measured in, where the paper has one, and, for bit errors, the same share of this table's answer bits; the task's
+shortcut plateaus (``Task.plateaus``: e.g. Nth-farthest's label-only 0.25, associative retrieval's key-blind
+most-frequent digit, RAR's query-only and bit-vote rules, chance for the bit tasks); the test value of the main
+metric, mean +- std over the finished seeds; whether it left each plateau, i.e. is past it by more than 3
+standard errors of the mean over seeds (one seed: the test set's binomial error for accuracies, else n/a);
+iterations and wall time) and ``OUT/curves.png`` (validation main metric against iterations, one panel per task,
 mean over seeds). A run counts as finished when its ``summary.json`` says it completed its budget. Exit status
 (:mod:`stm_rl.conventions`): 0 done, 1 a run failed (e.g. a non-finite loss), 2 bad input, 130 interrupted
 (Ctrl-C / SIGTERM; rerun to resume).
@@ -23,9 +27,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import signal
 import statistics
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -33,25 +39,47 @@ import torch
 
 from stm_rl.conventions import ExitCode, RunStatus
 from stm_rl.run_dir import RunDir, RunFailed, StmRlError, read_json, read_jsonl
-from stm_rl.supervised.config import PRESETS, resolve_config
+from stm_rl.supervised.config import PRESETS, SupervisedConfig, preset_config, resolve_config
 from stm_rl.supervised.models import MODELS
-from stm_rl.supervised.tasks import TASKS
+from stm_rl.supervised.tasks import TASKS, Task, make_task
+from stm_rl.supervised.tasks.base import BitOutputTask, Plateau
 from stm_rl.supervised.train import TrainingInterrupted, resume, train
 
-PAPER_VALUES: dict[tuple[str, str], str] = {
-    ("associative-retrieval-30", "stm"): "accuracy 1.00",
-    ("associative-retrieval-50", "stm"): "accuracy 1.00",
-    ("nth-farthest", "stm"): "accuracy 0.98",
-    ("nth-farthest", "rmc"): "accuracy 0.91",
-    ("nth-farthest", "tpr"): "accuracy 0.13",
-    ("copy", "stm"): "bit_error ~0",
-    ("priority-sort", "stm"): "bit_error ~0",
-    ("rar", "stm"): "bit_error ~1 (87% items perfect)",
-    ("rar", "ntm"): "bit_error ~30",
-    ("rar", "dnc"): "bit_error ~30",
-    ("rar", "rmc"): "bit_error ~30",
+@dataclass(frozen=True)
+class PaperValue:
+    """One number of the paper, with the setting it was measured in."""
+
+    value: str
+    """The number as the paper states it, e.g. ``"~30"``."""
+    setting: str
+    """Item width, sequence length and model size of that number."""
+    answer_bits: Optional[float] = None
+    """Bit tasks: the answer bits of the paper's setting, so that the number can be given as a fraction of them and
+    scaled to a run's own answer bits."""
+    bits: Optional[float] = None
+    """Bit tasks: the number in bits (``~30`` -> 30)."""
+
+
+_AR = "100k training samples, validated per epoch (batch 128); STM N = 2, d = 96"
+_NTH = "8 vectors in R^16"
+_RAR = "K = 2..5 items of 3 steps x 32 bits (96 answer bits)"
+PAPER_VALUES: dict[tuple[str, str], PaperValue] = {
+    ("associative-retrieval-30", "stm"): PaperValue("1.00", f"14 pairs (length 30), converged in 10 epochs; {_AR}"),
+    ("associative-retrieval-50", "stm"): PaperValue("1.00", f"24 pairs (length 50), converged in 20 epochs; {_AR}"),
+    ("nth-farthest", "stm"): PaperValue("0.98", f"{_NTH}; STM N = 8, d = 128"),
+    ("nth-farthest", "rmc"): PaperValue("0.91", _NTH),
+    ("nth-farthest", "dnc"): PaperValue("0.25", _NTH),
+    ("nth-farthest", "tpr"): PaperValue("0.13", _NTH),
+    ("copy", "stm"): PaperValue("~0", "L = 1..20 items of 32 bits (336 answer bits on average); STM N = 8, d = 96",
+                                336, 0.0),
+    ("priority-sort", "stm"): PaperValue("~0", "20 -> 16 items of 32 bits (512 answer bits); STM N = 8, d = 96",
+                                         512, 0.0),
+    ("rar", "stm"): PaperValue("~1 (87% items perfect)", f"{_RAR}; STM N = 16, d = 72", 96, 1.0),
+    **{("rar", model): PaperValue("~30", f"{_RAR}; the paper's baselines (it ran no DNC here)", 96, 30.0)
+       for model in ("lstm", "attn-lstm", "ntm", "rmc")},
 }
-"""The paper's values as ``../shared/spec/SUPERVISED.md`` states them (at the paper's sizes and budgets)."""
+"""The paper's values (``../shared/spec/SUPERVISED.md``; Nth-farthest's DNC from the paper's table), each with its
+setting; (task, model) pairs the paper did not run have none."""
 
 
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
@@ -124,7 +152,7 @@ def run_one(args: argparse.Namespace, task: str, model: str, seed: int) -> None:
 
 
 def load_runs(out: Path, tasks: Sequence[str], models: Sequence[str], seeds: Sequence[int]) -> dict:
-    """``{(task, model): [run record, ...]}`` of the finished runs: summary plus validation curve."""
+    """``{(task, model): [run record, ...]}`` of the finished runs: summary, config and validation curve."""
     runs: dict[tuple[str, str], list[dict]] = {}
     for task in tasks:
         for model in models:
@@ -133,10 +161,12 @@ def load_runs(out: Path, tasks: Sequence[str], models: Sequence[str], seeds: Seq
                 if not finished(run_dir, None):
                     continue
                 summary = read_json(RunDir(run_dir).summary)
+                config = SupervisedConfig.from_dict(read_json(run_dir / "config.json")["config"])
                 metric = summary["main_metric"]
                 curve = [(r["iteration"], r[metric]) for r in read_jsonl(RunDir(run_dir).evaluations)
                          if r["split"] == "valid"]
-                runs.setdefault((task, model), []).append({**summary, "seed": seed, "curve": curve})
+                runs.setdefault((task, model), []).append({**summary, "seed": seed, "curve": curve,
+                                                           "config": config})
     return runs
 
 
@@ -146,9 +176,75 @@ def mean_std(values: Sequence[float]) -> str:
     return f"{statistics.mean(values):.3g} +- {statistics.stdev(values):.2g}"
 
 
-def table_rows(runs: dict, tasks: Sequence[str], models: Sequence[str]) -> list[dict[str, str]]:
+def task_of(task: str, records: Sequence[dict], preset: str) -> Optional[Task]:
+    """The task as the runs trained it (their task options; without runs, the preset's), or None where it cannot
+    be built here (bAbI without its files)."""
+    options = records[0]["config"].task_options if records else preset_config(task, "lstm", preset).task_options
+    try:
+        return make_task(task, **options)
+    except (StmRlError, ValueError):
+        return None
+
+
+def standard_error(records: Sequence[dict], metric: str) -> Optional[float]:
+    """The standard error of the mean test value: over seeds (std / sqrt(n)) with two or more; with one seed, the
+    binomial one of its test set where the metric is a share of answers (accuracy; one answer per test sample
+    assumed, which overstates the error for answers of several steps), else None."""
+    values = [r["test"][metric] for r in records]
+    if len(values) >= 2:
+        return statistics.stdev(values) / math.sqrt(len(values))
+    if metric == "accuracy" and records:
+        answers = records[0]["config"].training.test_size
+        return math.sqrt(values[0] * (1 - values[0]) / answers) if answers > 0 else None
+    return None
+
+
+def left_plateau(records: Sequence[dict], metric: str, plateau: Plateau, higher_is_better: bool) -> str:
+    """``yes`` where the mean test value is past the plateau by more than 3 standard errors, with the distance in
+    standard errors; ``n/a`` where one seed gives no standard error."""
+    mean = statistics.mean(r["test"][metric] for r in records)
+    gain = (mean - plateau.value) if higher_is_better else (plateau.value - mean)
+    error = standard_error(records, metric)
+    if error is None:
+        return f"{plateau.name}: n/a (1 seed)"
+    if error == 0:
+        return f"{plateau.name}: {'yes' if gain > 0 else 'no'} (SE 0)"
+    seeds = "" if len(records) >= 2 else ", test-set SE"
+    distance = gain / error
+    shown = f"{distance:+.1f}" if abs(distance) < 10 else f"{distance:+.0f}" if abs(distance) < 1000 else \
+        (">+999" if distance > 0 else "<-999")
+    return f"{plateau.name}: {'yes' if gain > 3 * error else 'no'} ({shown} SE{seeds})"
+
+
+def paper_text(paper: Optional[PaperValue], metric: str) -> str:
+    """The paper's value with its setting (and the share of the answer bits for bit errors)."""
+    if paper is None:
+        return "-"
+    share = f" = {paper.bits / paper.answer_bits:.0%} of the answer bits" if paper.answer_bits and paper.bits else ""
+    return f"{metric} {paper.value}{share} ({paper.setting})"
+
+
+def paper_here(paper: Optional[PaperValue], task: Optional[Task]) -> str:
+    """The paper's bit error scaled to this table's answer bits (the same share of them); other metrics do not
+    scale with the item width."""
+    if paper is None:
+        return "-"
+    if paper.answer_bits is None or not isinstance(task, BitOutputTask):
+        return "not scaled"
+    return f"{paper.bits / paper.answer_bits * task.answer_bits():.2g} of {task.answer_bits():.3g} bits"
+
+
+def plateau_text(plateaus: Sequence[Plateau]) -> str:
+    return "; ".join(f"{p.name} {p.value:.3g}" + (f" (loss {p.loss:.3g})" if p.loss is not None else "")
+                     for p in plateaus) or "-"
+
+
+def table_rows(runs: dict, tasks: Sequence[str], models: Sequence[str], preset: str = "small") -> list[dict[str, str]]:
     rows = []
     for task in tasks:
+        task_records = [r for model in models for r in runs.get((task, model), [])]
+        built = task_of(task, task_records, preset)
+        plateaus = built.plateaus() if built is not None else []
         for model in models:
             records = runs.get((task, model), [])
             metric = records[0]["main_metric"] if records else TASKS[task].main_metric
@@ -156,10 +252,16 @@ def table_rows(runs: dict, tasks: Sequence[str], models: Sequence[str]) -> list[
             extra = ""
             if records and "items_perfect" in records[0]["test"]:
                 extra = f"items_perfect {mean_std([r['test']['items_perfect'] for r in records])}"
+            paper = PAPER_VALUES.get((task, model))
+            left = "; ".join(left_plateau(records, metric, p, TASKS[task].higher_is_better)
+                             for p in plateaus) if records else ""
             rows.append({
                 "task": task, "model": model, "metric": metric,
-                "paper": PAPER_VALUES.get((task, model), "-"),
+                "paper (its setting)": paper_text(paper, metric),
+                "paper at this size": paper_here(paper, built),
+                "shortcut plateau": plateau_text(plateaus),
                 "here (test, mean +- std)": mean_std(tests) if tests else "not run",
+                "left the plateau (> 3 SE)": left or "-",
                 "seeds": str(len(records)),
                 "iterations": "/".join(sorted({str(r["iterations"]) for r in records})) or "-",
                 "wall min (mean)": f"{statistics.mean(r['elapsed_s'] for r in records) / 60:.1f}" if records else "-",
@@ -241,7 +343,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     for model in args.models:
                         run_one(args, task, model, seed)
                         runs = load_runs(out, args.tasks, args.models, args.seeds)
-                        write_outputs(out, table_rows(runs, args.tasks, args.models), runs, args.tasks, command)
+                        write_outputs(out, table_rows(runs, args.tasks, args.models, args.preset), runs, args.tasks,
+                                      command)
     except (StmRlError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return ExitCode.BAD_INPUT
@@ -252,7 +355,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"interrupted ({stop}); rerun the same command to resume", file=sys.stderr)
         return ExitCode.INTERRUPTED
     runs = load_runs(out, args.tasks, args.models, args.seeds)
-    rows = table_rows(runs, args.tasks, args.models)
+    rows = table_rows(runs, args.tasks, args.models, args.preset)
     write_outputs(out, rows, runs, args.tasks, command)
     print((out / "table.md").read_text())
     if args.babi_run:

@@ -6,12 +6,15 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 from stm_rl.supervised.config import resolve_config
+from stm_rl.supervised.tasks import make_task
+from stm_rl.supervised.tasks.base import Plateau
 from stm_rl.supervised.train import train
 
 torch.set_num_threads(1)
@@ -22,6 +25,7 @@ SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "supervised_tab
 def table():
     spec = importlib.util.spec_from_file_location("supervised_table", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
@@ -45,7 +49,10 @@ def test_table_trains_resumes_skips_and_reports(table, tmp_path, capsys):
     tests = [json.loads((out / f"copy-rmc-seed{s}" / "summary.json").read_text())["test"]["bit_error"] for s in (0, 1)]
     mean = sum(tests) / 2
     assert rows[3]["here (test, mean +- std)"].startswith(f"{mean:.3g} +- ")
-    assert rows[1]["paper"] == "accuracy 0.91"  # RMC's Nth-farthest value from the spec
+    assert rows[1]["paper (its setting)"] == "accuracy 0.91 (8 vectors in R^16)"  # RMC's, from the spec
+    assert rows[0]["paper (its setting)"] == "-" and rows[0]["shortcut plateau"].startswith("label-only 0.5 (loss")
+    assert rows[0]["left the plateau (> 3 SE)"].startswith("label-only: ")  # smoke: 4 vectors, 2/4
+    assert rows[2]["shortcut plateau"].startswith("chance 4 (loss 0.693)")  # smoke copy: 4 bits x 2 steps / 2
     assert "| copy | rmc |" in (out / "table.md").read_text() and (out / "curves.png").stat().st_size > 0
     stamp = (out / "copy-rmc-seed0" / "summary.json").stat().st_mtime_ns
     capsys.readouterr()
@@ -79,3 +86,27 @@ def test_babi_report_lists_every_task_of_the_latest_evaluation(table, tmp_path):
     report = table.babi_report(run)
     assert "valid split at iteration 20" in report
     assert "| qa1 | 4.0 | yes |" in report and "| qa2 | 30.0 | no |" in report and "| mean | 17.00" in report
+
+
+def plateau_record(values, test_size=1000):
+    config = resolve_config("nth-farthest", "lstm", "smoke", test_size=test_size)
+    return [{"test": {"accuracy": v}, "config": config} for v in values]
+
+
+def test_left_the_plateau_by_three_standard_errors_over_seeds(table):
+    plateau = Plateau("label-only", 0.25, None, "")
+    assert table.left_plateau(plateau_record([0.30, 0.31, 0.29]), "accuracy", plateau, True).startswith(
+        "label-only: yes (+8.7 SE")
+    assert table.left_plateau(plateau_record([0.24, 0.30, 0.25]), "accuracy", plateau, True).startswith(
+        "label-only: no")
+    one = table.left_plateau(plateau_record([0.27], test_size=10_000), "accuracy", plateau, True)
+    assert one == "label-only: yes (+4.5 SE, test-set SE)"  # binomial SE sqrt(0.27 x 0.73 / 10000)
+    bits = [{"test": {"bit_error": 3.0}, "config": None}]
+    assert table.left_plateau(bits, "bit_error", Plateau("chance", 12.0, None, ""), False) == "chance: n/a (1 seed)"
+
+
+def test_paper_values_carry_their_setting_and_scale_to_the_answer_bits(table):
+    assert ("rar", "dnc") not in table.PAPER_VALUES  # the paper ran no DNC on RAR
+    rmc = table.PAPER_VALUES[("rar", "rmc")]
+    assert "32 bits" in rmc.setting and table.paper_text(rmc, "bit_error").startswith("bit_error ~30 = 31% of")
+    assert table.paper_here(rmc, make_task("rar", bits=8)) == "7.5 of 24 bits"  # 30/96 of 3 x 8 bits

@@ -13,6 +13,7 @@ import torch
 from stm_rl.run_dir import StmRlError
 from stm_rl.supervised.models.encoders import PositionWeightedSentenceEncoder
 from stm_rl.supervised.tasks import TASKS, make_task
+from stm_rl.supervised.tasks.associative_retrieval import most_frequent_value_plateau
 from stm_rl.supervised.tasks.babi import BabiFormatError, parse_babi_file
 from stm_rl.supervised.tasks.base import Batch
 from stm_rl.supervised.tasks.geometry import brute_force_tour, convex_hull, optimal_tours, tour_length
@@ -302,6 +303,44 @@ def test_tsp_tour_length_metric_counts_valid_tours_only():
     metrics = task.metrics(logits, batch)
     assert metrics["valid_tours"] == (1.0, 2.0)
     assert metrics["tour_length"][0] == pytest.approx(float(batch.extras["optimal_length"][0]), rel=1e-5)
+
+
+# ---- shortcut plateaus --------------------------------------------------------------------------------------
+
+def test_associative_retrieval_plateau_exact_and_by_the_generator():
+    assert most_frequent_value_plateau(1)[0] == 1.0
+    assert most_frequent_value_plateau(2) == pytest.approx((0.1 + 0.9 * 0.5, 0.9 * math.log(2)))
+    task = make_task("associative-retrieval-30")
+    (plateau,) = task.plateaus()
+    assert (plateau.value, plateau.loss) == pytest.approx((0.2466, 1.9211), abs=1e-4)  # the 0.247 / 1.92
+    generator, hits, samples = rng(), 0.0, 4000
+    for _ in range(samples):  # the key-blind rule on the task's own samples: the most frequent digit, ties shared
+        sample = task.generate(generator)
+        counts = np.bincount(sample.inputs[1 : 2 * task.num_pairs : 2] - 26, minlength=10)
+        answer_count = counts[sample.targets[-1]]
+        hits += (answer_count == counts.max()) / (counts == counts.max()).sum()
+    assert hits / samples == pytest.approx(plateau.value, abs=0.02)  # 3 standard errors of 4000 samples
+
+
+def test_nth_farthest_plateau_is_two_over_k_by_the_generator():
+    task = make_task("nth-farthest")
+    (plateau,) = task.plateaus()
+    assert (plateau.value, plateau.loss) == pytest.approx((0.25, 7 / 8 * math.log(7)))
+    generator, hits, samples = rng(), 0, 4000
+    for _ in range(samples):  # answer m when n = 7, else a fixed other label (label 0, or 1 when m = 0)
+        sample = task.generate(generator)
+        n, m = (int(np.argmax(sample.inputs[0, 16 + 8 * i : 24 + 8 * i])) for i in (1, 2))
+        hits += int(sample.targets[-1]) == (m if n == 7 else int(m == 0))
+    assert hits / samples == pytest.approx(0.25, abs=0.02)
+
+
+def test_bit_task_plateaus_chance_and_rar_shortcuts():
+    (chance,) = make_task("copy", bits=8, max_length=10).plateaus()
+    assert (chance.value, chance.loss) == pytest.approx((22.0, math.log(2)))  # 5.5 steps x 8 bits / 2
+    plateaus = make_task("rar", bits=8).plateaus()
+    assert [p.name for p in plateaus] == ["chance", "query-only", "bit vote"]
+    assert 12.0 > plateaus[1].value > plateaus[2].value > 0
+    assert make_task("rar", bits=4, max_items=2).plateaus()[2].value == 0  # K = 2: the other item, bit by bit
 
 
 # ---- bAbI --------------------------------------------------------------------------------------------

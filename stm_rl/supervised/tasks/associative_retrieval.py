@@ -8,9 +8,13 @@ K = 14 gives sequences of 31 tokens ("length 30"), K = 24 gives 51 ("length 50")
 
 from __future__ import annotations
 
+import math
+from collections import Counter
+from typing import Iterator
+
 import numpy as np
 
-from stm_rl.supervised.tasks.base import ClassOutputTask, Sample, TokenInput, check_range
+from stm_rl.supervised.tasks.base import ClassOutputTask, Plateau, Sample, TokenInput, check_range
 
 LETTERS = 26
 DIGITS = 10
@@ -39,6 +43,35 @@ def decode_tokens(tokens: np.ndarray) -> str:
     return "".join(chars)
 
 
+def partitions(total: int, parts: int, largest: int | None = None) -> Iterator[tuple[int, ...]]:
+    """The ways to write ``total`` as a sum of at most ``parts`` positive integers, largest first."""
+    if total == 0:
+        yield ()
+        return
+    for first in range(min(total, total if largest is None else largest), 0, -1):
+        if parts > 0:
+            for rest in partitions(total - first, parts - 1, first):
+                yield (first, *rest)
+
+
+def most_frequent_value_plateau(num_pairs: int, values: int = DIGITS) -> tuple[float, float]:
+    """Accuracy and cross-entropy of answering without the query, from the K = ``num_pairs`` values shown
+    (i.i.d. uniform over ``values`` digits), computed exactly over the partitions of K.
+
+    The best such predictor puts probability c_v / K on digit v (c_v: how often v is among the K values; the
+    query picks one of the K pairs uniformly), so its accuracy is E[max_v c_v] / K (answer the most frequent
+    digit) and its cross-entropy E[-sum_v c_v/K ln(c_v/K)]. A partition (c_1 >= c_2 >= ...) of K has probability
+    K! / prod c_i! x values! / ((values - len)! prod_j m_j!) / values^K (m_j: how many parts are equal)."""
+    accuracy = cross_entropy = 0.0
+    for counts in partitions(num_pairs, values):
+        sequences = math.factorial(num_pairs) / math.prod(math.factorial(c) for c in counts)
+        digits = math.perm(values, len(counts)) / math.prod(math.factorial(m) for m in Counter(counts).values())
+        probability = sequences * digits / values ** num_pairs
+        accuracy += probability * counts[0] / num_pairs
+        cross_entropy -= probability * sum(c / num_pairs * math.log(c / num_pairs) for c in counts)
+    return accuracy, cross_entropy
+
+
 class AssociativeRetrievalTask(ClassOutputTask):
     name = "associative-retrieval-30"
     description = "K letter-digit pairs, '??', a letter: answer its digit (K=14: length 30, K=24: length 50)"
@@ -53,6 +86,12 @@ class AssociativeRetrievalTask(ClassOutputTask):
     @property
     def sequence_length(self) -> int:
         return 2 * self.num_pairs + 3
+
+    def plateaus(self) -> list[Plateau]:
+        accuracy, cross_entropy = most_frequent_value_plateau(self.num_pairs)
+        return [Plateau("key-blind", accuracy, cross_entropy,
+                        f"no binding: answer the most frequent of the {self.num_pairs} digits shown, whatever the "
+                        f"query (chance is {1 / DIGITS:.2f})")]
 
     def generate(self, rng: np.random.Generator) -> Sample:
         keys = rng.choice(LETTERS, size=self.num_pairs, replace=False)

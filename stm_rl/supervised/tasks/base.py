@@ -140,6 +140,20 @@ def _as_tensor(array: np.ndarray) -> Tensor:
     return torch.from_numpy(array.astype(np.float32))
 
 
+@dataclass(frozen=True)
+class Plateau:
+    """What a model scores by a shortcut that uses none of what the task tests (``Task.plateaus``)."""
+
+    name: str
+    """A few words, e.g. ``"label-only"``."""
+    value: float
+    """The task's main metric under the shortcut (its expectation over the task's samples)."""
+    loss: Optional[float]
+    """The training loss of the best predictor that follows the shortcut, where it is computed."""
+    rule: str
+    """The shortcut in one sentence."""
+
+
 class Task(abc.ABC):
     """A supervised memory task (``../shared/spec/SUPERVISED.md``, one row of its table).
 
@@ -197,8 +211,13 @@ class Task(abc.ABC):
         """Metrics derived from the aggregated ones (bAbI's mean error); default: unchanged."""
         return dict(values)
 
+    def plateaus(self) -> list[Plateau]:
+        """The task's shortcut plateaus, weakest first: where a model that has not learned the task sits
+        (``benchmarks/supervised_table.py`` prints them and whether a model left them); none by default."""
+        return []
 
-SPLIT_STREAMS = {"train": 1, "valid": 2, "test": 3, "sampling": 4}
+
+SPLIT_STREAMS = {"train": 1, "valid": 2, "test": 3, "sampling": 4, "shortcut": 5}
 
 
 def split_rng(seed: int, split: str) -> np.random.Generator:
@@ -219,9 +238,22 @@ class BitOutputTask(Task):
 
     main_metric = "bit_error"
     higher_is_better = False
+    bits: int
 
     def loss(self, outputs: Tensor, batch: Batch) -> Tensor:
         return masked_bce(outputs, batch.targets, batch.mask)
+
+    def mean_answer_steps(self) -> float:
+        """The expected number of answer steps of a sample."""
+        raise NotImplementedError
+
+    def answer_bits(self) -> float:
+        """The expected number of answer bits of a sample (the scale of the bit error)."""
+        return self.bits * self.mean_answer_steps()
+
+    def plateaus(self) -> list[Plateau]:
+        return [Plateau("chance", self.answer_bits() / 2, float(np.log(2)),
+                        "no memory: every answer bit at probability 1/2 (half the answer bits wrong, BCE ln 2)")]
 
     def metrics(self, outputs: Tensor, batch: Batch) -> MetricTotals:
         return {"bit_error": (float(wrong_bits(outputs, batch.targets, batch.mask).sum()), float(batch.size))}

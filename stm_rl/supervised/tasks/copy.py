@@ -29,6 +29,9 @@ class CopyTask(LengthPerBatchTask, BitOutputTask):
         self.input_spec = VectorInput(bits + 2)
         self.output_size = bits
 
+    def mean_answer_steps(self) -> float:
+        return (self.min_length + self.max_length) / 2
+
     def draw_lengths(self, rng: np.random.Generator) -> tuple[int]:
         return (int(rng.integers(self.min_length, self.max_length + 1)),)
 

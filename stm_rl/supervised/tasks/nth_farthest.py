@@ -8,9 +8,11 @@ input step the model answers the label of the (n+1)-th farthest vector from the 
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
-from stm_rl.supervised.tasks.base import ClassOutputTask, Sample, VectorInput, check_range, one_hot
+from stm_rl.supervised.tasks.base import ClassOutputTask, Plateau, Sample, VectorInput, check_range, one_hot
 
 
 def nth_farthest_label(vectors: np.ndarray, labels: np.ndarray, n: int, m: int) -> int:
@@ -33,6 +35,15 @@ class NthFarthestTask(ClassOutputTask):
         self.num_vectors, self.dim = num_vectors, dim
         self.input_spec = VectorInput(dim + 3 * num_vectors)
         self.output_size = num_vectors
+
+    def plateaus(self) -> list[Plateau]:
+        """With k vectors, n = k - 1 (probability 1/k) asks for the reference itself; otherwise the answer is, by
+        symmetry, any of the k - 1 other labels: accuracy 1/k + (k-1)/k x 1/(k-1) = 2/k, cross-entropy
+        (k-1)/k ln(k-1) (k = 8: 0.25 and 7/8 ln 7 = 1.703; chance is 1/k = 0.125)."""
+        k = self.num_vectors
+        return [Plateau("label-only", 2 / k, (k - 1) / k * math.log(k - 1),
+                        f"no distances: answer m when n = {k - 1} (the reference itself), one of the other labels "
+                        "otherwise")]
 
     def generate(self, rng: np.random.Generator) -> Sample:
         k = self.num_vectors

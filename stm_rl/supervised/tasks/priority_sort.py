@@ -31,6 +31,9 @@ class PrioritySortTask(BitOutputTask):
         self.input_spec = VectorInput(bits + 2)
         self.output_size = bits
 
+    def mean_answer_steps(self) -> float:
+        return float(self.num_outputs)
+
     def generate(self, rng: np.random.Generator) -> Sample:
         n, k = self.num_items, self.num_outputs
         items = random_bits(rng, (n, self.bits))
