@@ -4,7 +4,7 @@
     nice -n 10 .venv/bin/python benchmarks/supervised_results.py --minutes-stm 7 --minutes-lstm 4
 
 Prints a markdown table (and writes it to runs/supervised/results.md): iterations, wall time, best
-validation metric and the test metric of the best checkpoint.
+validation metric, the test metric of the best checkpoint and the task's shortcut plateaus (``Task.plateaus``).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from stm_rl.supervised.config import resolve_config
-from stm_rl.supervised.tasks import TASKS
+from stm_rl.supervised.tasks import TASKS, make_task
 from stm_rl.supervised.train import train
 
 RUNS = [("copy", "stm"), ("copy", "lstm"), ("associative-retrieval-30", "stm"), ("associative-retrieval-30", "lstm"),
@@ -30,8 +30,8 @@ def main() -> None:
     parser.add_argument("--out", default="runs/supervised/results")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    rows = ["| task | model | preset | iterations | wall time | best valid | test (best checkpoint) | paper (STM) |",
-            "|---|---|---|---|---|---|---|---|"]
+    rows = ["| task | model | preset | iterations | wall time | best valid | test (best checkpoint) | shortcut plateau "
+            "| paper (STM) |", "|---|---|---|---|---|---|---|---|---|"]
     for task, model in RUNS:
         minutes = args.minutes_stm if model == "stm" else args.minutes_lstm
         run_dir = Path(args.out) / f"{task}-{model}-{int(time.time())}"
@@ -41,9 +41,10 @@ def main() -> None:
         summary = train(config, progress=False)
         wall = time.monotonic() - started
         metric = summary["main_metric"]
+        plateaus = "; ".join(f"{p.name} {p.value:.3g}" for p in make_task(task, **config.task_options).plateaus())
         rows.append(f"| {task} | {model} | small | {summary['iterations']} | {wall / 60:.1f} min | "
                     f"{metric} {summary['best_valid']:.4g} | {metric} {summary['test'][metric]:.4g} | "
-                    f"{TASKS[task].paper_result} |")
+                    f"{plateaus or '-'} | {TASKS[task].paper_result} |")
         print(rows[-1], flush=True)
     table = "\n".join(rows)
     Path(args.out).mkdir(parents=True, exist_ok=True)
