@@ -20,7 +20,7 @@ BENCH ?= train_speed
 # skip 32 seed pairs first; resumable: the same command continues it after a stop, in a later sitting too.
 FIGURE3_OUT ?= runs/figure3
 FIGURE3 := --agents lstm stm --frame-skips 32 0 16 4 --seeds 0 1 2 --agent-steps 32=4M 0=10M 16=4M 4=5M \
-           --workers-per-run 2 --out $(FIGURE3_OUT)
+           --final-eval-games 20 --workers-per-run 2 --out $(FIGURE3_OUT)
 
 .PHONY: help setup train test sweep figure3 evaluate plot supervised bench clean
 

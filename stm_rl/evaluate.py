@@ -26,7 +26,7 @@ from stm_rl.a3c.checkpoint import checkpoint_paths, load_agent_from_checkpoint
 from stm_rl.a3c.limits import MAX_FRAME_SKIP, MAX_SEED
 from stm_rl.a3c.play import GameResult, play_game
 from stm_rl.config_cli import parse_count
-from stm_rl.run_dir import RunDir, StmRlError, check_can_write, describe_os_error, write_json_atomic
+from stm_rl.run_dir import RunDir, StmRlError, check_can_write, describe_os_error, read_json, write_json_atomic
 from stm_rl.process import setup_compute_process
 
 CHECKPOINT_PREFERENCE = ("best", "final", "latest")
@@ -197,6 +197,32 @@ def evaluate(options: EvalOptions) -> dict[str, Any]:
     except OSError as error:
         raise StmRlError(f"could not write --output {output} ({describe_os_error(error)}); "
                          f"the scores were {scores}") from None
+    return report
+
+
+def final_evaluation_path(run_dir: Path, frame_skip: int) -> Path:
+    """Where :func:`evaluate_final_agent` (and ``stm-rl evaluate RUN --checkpoint final``) write the report."""
+    return default_output(RunDir(run_dir).checkpoint("final"), frame_skip)
+
+
+def has_final_evaluation(run_dir: Path, frame_skip: int, games: int) -> bool:
+    """The run has a greedy report of its final weights with at least ``games`` games."""
+    try:
+        report = read_json(final_evaluation_path(run_dir, frame_skip))
+        return report["greedy"] and len(report["scores"]) >= games
+    except (StmRlError, KeyError, TypeError):
+        return False
+
+
+def evaluate_final_agent(run_dir: Path, frame_skip: int, games: int) -> Optional[dict[str, Any]]:
+    """The evaluation a completed run owes (``RunConfig.final_eval_games``): ``games`` greedy games with its final
+    weights on its own environment, seed 0; None when there is nothing to do (0 games, or done already)."""
+    if games <= 0 or has_final_evaluation(run_dir, frame_skip, games):
+        return None
+    print(f"final evaluation: {games} greedy games with {RunDir(run_dir).checkpoint('final')}", flush=True)
+    report = evaluate(EvalOptions(target=Path(run_dir), checkpoint="final", episodes=games, progress=False))
+    print(f"final evaluation: mean score {report['mean']:+.2f} +- {report['std']:.2f} over {games} games "
+          f"({report['output']})", flush=True)
     return report
 
 

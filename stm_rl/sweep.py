@@ -38,6 +38,7 @@ from stm_rl.a3c.config import PRESETS, A3CConfig, RunConfig, TrainConfig, build_
 from stm_rl.a3c.limits import validate_for_training
 from stm_rl.config_cli import add_dataclass_flags, flag_name, given_settings, parse_count, with_flag_names
 from stm_rl.conventions import ExitCode
+from stm_rl.evaluate import has_final_evaluation
 from stm_rl.run_dir import RunDir, StmRlError, check_can_write, read_json, write_json_atomic
 
 MANIFEST_NAME = "sweep.json"
@@ -110,7 +111,10 @@ class SweepOptions:
     retries: int = 2
     """Times a failed run is started again from its latest checkpoint before it is reported failed."""
     backend: str = "local"
-    ray_address: str = "auto"
+    ray_address: Optional[str] = None
+    """The Ray cluster to join (``auto`` or ``HOST:PORT``); None: Ray's own rule for ``ray.init()`` without an
+    address (``RAY_ADDRESS``, else a cluster started on this machine with ``ray start``, else a local instance that
+    lives as long as the sweep)."""
     poll_interval: float = 1.0
     progress: bool = True
 
@@ -160,9 +164,11 @@ def add_parser(subparsers) -> None:
                         help="times a failed run is restarted from its latest checkpoint (default: 2)")
     parser.add_argument("--backend", choices=BACKENDS, default="local",
                         help="where runs train: local child processes or tasks on a Ray cluster (default: local)")
-    parser.add_argument("--ray-address", default="auto", metavar="auto|HOST:PORT",
-                        help="the Ray cluster to use with --backend ray: the address `ray start --head` printed, "
-                             "or auto for the cluster this machine belongs to (default: auto)")
+    parser.add_argument("--ray-address", default=None, metavar="auto|HOST:PORT",
+                        help="the Ray cluster to join with --backend ray: the address `ray start --head` printed, "
+                             "or auto for the cluster this machine belongs to (default: none, Ray's rule for "
+                             "ray.init(): $RAY_ADDRESS, else a cluster started here with `ray start`, else a local "
+                             "Ray instance for this sweep alone)")
     parser.add_argument("--agent-steps", nargs="+", metavar="[SKIP=]STEPS",
                         help="budget of each run in agent steps instead of frames (the unit in which frame skips "
                              "compare): one count for every run (4M), or one per frame skip (32=4M 16=4M 4=5M 0=10M); "
@@ -320,8 +326,10 @@ def train_command(spec: RunSpec, options: SweepOptions) -> list[str]:
 def is_finished(spec: RunSpec, options: SweepOptions) -> bool:
     """Completed with at least this sweep's budget (a larger --frames or --agent-steps makes a completed run
     resume)."""
-    return (run_status(spec.run_dir) == "completed"
-            and run_config(spec, options).run.budget_reached(*trained(spec.run_dir)))
+    run = run_config(spec, options).run
+    return (run_status(spec.run_dir) == "completed" and run.budget_reached(*trained(spec.run_dir))
+            and (run.final_eval_games == 0
+                 or has_final_evaluation(spec.run_dir, spec.frame_skip, run.final_eval_games)))
 
 
 def disk_state(spec: RunSpec, options: SweepOptions) -> str:

@@ -143,12 +143,17 @@ class RayBackend:
     @classmethod
     def connect(cls, options: SweepOptions) -> "RayBackend":
         """Connect to the cluster at ``--ray-address`` and check it can train the sweep (clear errors otherwise)."""
-        check_reachable(options.ray_address)
-        try:
-            ray.init(address=options.ray_address, logging_level=logging.WARNING, log_to_driver=False)
+        address = options.ray_address
+        if address is not None:
+            check_reachable(address)
+        try:  # no address: Ray's own rule ($RAY_ADDRESS, a `ray start` cluster here, else a local instance)
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False, include_dashboard=False)
         except (ConnectionError, RuntimeError, ValueError) as error:
             first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise StmRlError(f"--ray-address {options.ray_address}: cannot join a Ray cluster ({first_line})") from None
+            if address is None:
+                raise StmRlError(f"--backend ray: could not start a local Ray instance ({first_line}); "
+                                 "pass --ray-address to join a running cluster") from None
+            raise StmRlError(f"--ray-address {address}: cannot join a Ray cluster ({first_line})") from None
         backend = cls(options)
         try:
             backend.check_cluster()

@@ -35,7 +35,8 @@ from stm_rl.a3c.config import TrainConfig
 from stm_rl.a3c.train_command import ENV_FLAGS_HIDDEN
 from stm_rl.a3c.trainer import Trainer
 from stm_rl.config_cli import describe_changes, differing_settings
-from stm_rl.conventions import EXIT_CODES, ExitCode
+from stm_rl.conventions import EXIT_CODES, ExitCode, RunStatus
+from stm_rl.evaluate import evaluate_final_agent
 from stm_rl.run_dir import RunDir, StmRlError, read_json, to_jsonable, write_json_atomic
 
 RUN_FILE = "sweep-run.json"
@@ -102,7 +103,8 @@ def start_or_resume(config: TrainConfig) -> Trainer:
         raise StmRlError(f"{run_dir} was trained with other settings ({'; '.join(changed)}); "
                          "a sweep cannot change them: use another --out")
     run = dataclasses.replace(saved.run, run_dir=run_dir, frames=config.run.frames,
-                              agent_steps=config.run.agent_steps, workers=config.run.workers,
+                              agent_steps=config.run.agent_steps, final_eval_games=config.run.final_eval_games,
+                              workers=config.run.workers,
                               checkpoint_interval=config.run.checkpoint_interval, progress=config.run.progress)
     return Trainer(dataclasses.replace(saved, run=run), resume_from=record)
 
@@ -161,6 +163,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         # A run killed after its last update but before its summary has nothing left to train.
         spent = config.run.budget_reached(trainer.counters.frames, trainer.counters.agent_steps)
         result = trainer.finish_spent_run() if spent else trainer.run()
+        if result.status == RunStatus.COMPLETED:
+            evaluate_final_agent(config.run.run_dir, config.env.frame_skip, config.run.final_eval_games)
     except (StmRlError, ValueError) as error:
         print(f"stm-rl sweep run: error: {error}", file=sys.stderr)
         return ExitCode.BAD_INPUT

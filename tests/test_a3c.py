@@ -85,13 +85,17 @@ def test_an_agent_step_budget_ends_the_run_and_a_larger_one_resumes_it(tmp_path,
     default 20M frames; --agent-steps on --resume raises it, and the counters go on."""
     run_dir = tmp_path / "run"
     assert cli_main(["train", "--agent", "lstm", "--frame-skip", "32", "--agent-steps", "300",
-                     "--run-dir", str(run_dir), *FAST]) == 0
+                     "--final-eval-games", "2", "--run-dir", str(run_dir), *FAST]) == 0
     first = summary_of(run_dir)["counters"]
     # two workers x one env: each update is 20 steps, and a worker finishing its update may pass the budget
     assert 300 <= first["agent_steps"] < 300 + 2 * 20
     config = json.loads((run_dir / "config.json").read_text())["config"]["run"]
     assert (config["frames"], config["agent_steps"]) == (0, 300)
     assert "budget 300 agent steps" in capsys.readouterr().out
+    # the completed run played its greedy games with its final weights, as `stm-rl evaluate --checkpoint final`
+    report = json.loads((run_dir / "eval-final-skip32.json").read_text())
+    assert report["greedy"] and report["checkpoint_name"] == "final" and len(report["scores"]) == 2
+    assert report["trained_frames"] == first["frames"] and all(-21 <= score <= 21 for score in report["scores"])
     assert cli_main(["train", "--resume", str(run_dir), "--agent-steps", "600", "--no-progress"]) == 0
     second = summary_of(run_dir)["counters"]
     assert 600 <= second["agent_steps"] < 600 + 2 * 20 and second["segments"] == 2

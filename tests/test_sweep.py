@@ -94,6 +94,11 @@ def test_agent_step_budgets_per_frame_skip(tmp_path, capsys):
     assert sweep.trained(spec.run_dir) == (128_000_000, 4_000_000)
     assert sweep.is_finished(spec, per_skip)
     assert not sweep.is_finished(spec, dataclasses.replace(per_skip, agent_steps={32: 5_000_000, 0: 10_000_000}))
+    # a run that owes a final evaluation is finished only with its report
+    evaluated = dataclasses.replace(per_skip, settings={**SETTINGS, "RunConfig": {"final_eval_games": 20}})
+    assert not sweep.is_finished(spec, evaluated)
+    (spec.run_dir / "eval-final-skip32.json").write_text(json.dumps({"greedy": True, "scores": [1.0] * 20}))
+    assert sweep.is_finished(spec, evaluated)
     assert cli_main(["sweep", *FLAGS, "--frame-skips", "32", "0", "--seeds", "0", "--agent-steps", "32=4M", "0=10M",
                      "--out", str(tmp_path), "--dry-run"]) == 0
     out = capsys.readouterr().out

@@ -81,6 +81,21 @@ def assert_spawned_single_threaded(trainer: int) -> None:
     assert not any("stm_rl.sweep_run" in command for command in commands), commands
 
 
+def test_without_an_address_the_sweep_starts_its_own_ray_instance(tmp_path):
+    """Ray's convention for ray.init() without an address: with no RAY_ADDRESS and no cluster started here, the
+    sweep starts a local instance for itself (first in this module: before the module's own cluster exists)."""
+    out = tmp_path / "sweep"
+    environment = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"}
+    command = [sys.executable, "-m", "stm_rl.cli", "sweep", "--backend", "ray", "--out", str(out), *TINY,
+               "--seeds", "0", "--frames", "2000"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=240, env=environment)
+    assert result.returncode == 0, result.stdout + result.stderr
+    run = manifest_runs(out)["lstm-skip32-seed0"]
+    assert (run["state"], run["exit_code"]) == ("done", 0)
+    assert json.loads((out / "sweep.json").read_text())["backend"] == "ray"
+    assert not ray.is_initialized(), "the instance was the sweep's, not this test process's"
+
+
 def manifest_runs(out: Path) -> dict[str, dict]:
     return {run["name"]: run for run in json.loads((out / "sweep.json").read_text())["runs"]}
 

@@ -30,7 +30,7 @@ from stm_rl.run_dir import CheckpointError, RunDir, load_checkpoint, read_json, 
 CHECKPOINT_KIND = "a3c"
 LEGACY_NUM_ACTIONS = 6
 """The action count of checkpoints written before it was saved: those runs were all Pong (minimal action set)."""
-RESUMABLE_RUN_FLAGS = ("frames", "agent_steps", "workers", "checkpoint_interval", "progress", "progress_interval")
+RESUMABLE_RUN_FLAGS = ("frames", "agent_steps", "final_eval_games", "workers", "checkpoint_interval", "progress", "progress_interval")
 """RunConfig fields that a resumed segment may change; every other setting comes from the checkpoint."""
 NORMALIZER = "normalizer"
 """Name of the agent's observation normaliser in its state dict (``normalizer.mean``...)."""

@@ -102,6 +102,10 @@ class RunConfig:
     """Every this many updates (all workers together), an extra process plays eval_games greedy games with the current weights (evaluations.jsonl, eval/* in tensorboard); 0 = off."""
     eval_games: int = 3
     """Greedy games per evaluation (with eval_every_updates)."""
+    final_eval_games: int = 0
+    """When the run completes its budget, play this many greedy games with its final weights on its own
+    environment (eval-final-skip<N>.json in the run directory, as ``stm-rl evaluate RUN --checkpoint final``
+    writes it; the Figure 3 table reports them); 0 = none."""
 
     def __post_init__(self) -> None:
         _require(self.frames >= 0, "frames must be >= 0")
@@ -113,6 +117,7 @@ class RunConfig:
         _require(self.moving_average_window >= 1, "moving_average_window must be >= 1")
         _require(self.eval_every_updates >= 0, "eval_every_updates must be >= 0 (0 = no evaluation)")
         _require(self.eval_games >= 1, "eval_games must be >= 1")
+        _require(self.final_eval_games >= 0, "final_eval_games must be >= 0 (0 = no final evaluation)")
         _require(self.device == "cpu", "device must be 'cpu': Hogwild A3C shares the model through CPU shared memory")
 
     def budget_used(self, frames: int, agent_steps: int) -> float:

@@ -19,6 +19,7 @@ from stm_rl.a3c.config import (ENV_FLAGS_HIDDEN, PRESETS, A3CConfig, RunConfig, 
                               build_train_config)
 from stm_rl.a3c.limits import validate_for_training
 from stm_rl.a3c.trainer import Trainer
+from stm_rl.evaluate import evaluate_final_agent
 from stm_rl.config_cli import (add_dataclass_flags, dataclass_from_flags, flag_name, given_flags, given_settings,
                                with_flag_names)
 from stm_rl.conventions import EXIT_CODES, RunStatus, suggest
@@ -83,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
           + (f", resuming at {trainer.counters.frames:,} frames, {trainer.counters.agent_steps:,} agent steps"
              if trainer.counters.frames else ""), flush=True)
     result = trainer.run()
+    if result.status == RunStatus.COMPLETED:
+        evaluate_final_agent(config.run.run_dir, config.env.frame_skip, config.run.final_eval_games)
     counters = result.counters
     average = "n/a" if math.isnan(result.moving_average) else f"{result.moving_average:+.2f}"
     print(f"{result.status}: {counters.games} games, {counters.agent_steps:,} agent steps, "
