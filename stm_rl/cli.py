@@ -1,4 +1,4 @@
-"""The ``stm-rl`` command: ``stm-rl train | sweep | evaluate | plot | supervised`` (``stm-rl COMMAND --help``).
+"""The ``stm-rl`` command: ``stm-rl train | sweep | evaluate | plot | publish | supervised`` (``stm-rl COMMAND --help``).
 
 Each subcommand lives in its own module with ``add_parser(subparsers)`` and ``run(args) -> int``, registered
 in :data:`COMMANDS` (adding a command is that module and one line there); this module only dispatches, and
@@ -14,14 +14,14 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from stm_rl import evaluate, plotting, sweep
+from stm_rl import evaluate, plotting, publish, sweep
 from stm_rl.a3c import train_command
 from stm_rl.conventions import run_command
 from stm_rl.fp32_matmul import requested_library
 from stm_rl.memory.fused_kernels import fused_kernels_setting
 from stm_rl.supervised import command as supervised_command
 
-COMMANDS = {"train": train_command, "sweep": sweep, "evaluate": evaluate, "plot": plotting,
+COMMANDS = {"train": train_command, "sweep": sweep, "evaluate": evaluate, "plot": plotting, "publish": publish,
             "supervised": supervised_command}
 
 

@@ -1,0 +1,144 @@
+"""``stm-rl publish``: the part of runs worth committing, in a folder of the repository (``results/``).
+
+A run directory holds checkpoints, tensorboard events and logs of every kind; what a reader of the results needs
+is small: the game log (every training game: what ``stm-rl plot`` and ``benchmarks/time_to_score.py`` read),
+the config, the summary and the greedy evaluations (``eval-*.json``). ``stm-rl publish`` copies those, and only
+those, into ``--to DIR/<run name>/``:
+
+- ``games.jsonl`` becomes ``games.jsonl.gz`` (gzip with a fixed timestamp, so an unchanged log gives the same
+  bytes and git sees no change); every reader of game logs takes the compressed file where the plain one is
+  absent (:attr:`stm_rl.run_dir.RunDir.game_log`);
+- JSON files are copied with the machine's absolute paths taken out: the working directory becomes relative,
+  the home directory ``~``, any other absolute path keeps only its last component (a committed file names no
+  folder of the machine that ran it);
+- a run still training is published as far as it got (its complete game lines); publishing again later
+  replaces the files with their newer state. A sweep folder's ``sweep.json`` comes along as ``DIR/sweep.json``.
+
+Nothing is deleted from ``DIR``, so runs published from several sweeps or machines can sit side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import io
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from stm_rl.run_dir import RunDir, StmRlError, check_can_write, read_json, read_jsonl, write_json_atomic
+
+COPIED_JSON = (RunDir.CONFIG, RunDir.SUMMARY)
+"""JSON files of a run that are published (with ``eval-*.json``)."""
+EVALUATION_PATTERN = "eval-*.json"
+SWEEP_MANIFEST = "sweep.json"
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/-])/(?:[^\s/\"',;:=]+/)+")
+"""The folders of an absolute path (``/a/b/`` of ``/a/b/c``) not preceded by a word, ``~``, ``:`` or ``/``
+(so URLs and relative paths are left alone)."""
+
+
+@dataclass(frozen=True)
+class Published:
+    """What publishing one run wrote."""
+
+    name: str
+    games: int
+    bytes: int
+
+
+def scrub_paths(value: Any, cwd: Path, home: Path) -> Any:
+    """``value`` (JSON data) with no absolute path of this machine in any string: below ``cwd`` relative, below
+    ``home`` as ``~/...``, elsewhere only the last component."""
+    if isinstance(value, dict):
+        return {key: scrub_paths(item, cwd, home) for key, item in value.items()}
+    if isinstance(value, list):
+        return [scrub_paths(item, cwd, home) for item in value]
+    if not isinstance(value, str):
+        return value
+    text = value.replace(f"{cwd}{os.sep}", "").replace(str(cwd), ".")
+    text = text.replace(f"{home}{os.sep}", f"~{os.sep}")
+    return _ABSOLUTE_PATH.sub("", text)
+
+
+def write_gzip_jsonl(records: Sequence[dict], path: Path) -> bool:
+    """Write ``records`` as gzip-compressed JSONL with a fixed timestamp, atomically; False if the file already
+    held exactly these records (nothing written)."""
+    text = "".join(json.dumps(record) + "\n" for record in records).encode("utf-8")
+    if path.exists():
+        with gzip.open(path, "rb") as existing:
+            if existing.read() == text:
+                return False
+    buffer = io.BytesIO()
+    with gzip.GzipFile(filename="", mode="wb", fileobj=buffer, mtime=0, compresslevel=9) as compressed:
+        compressed.write(text)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_bytes(buffer.getvalue())
+    temporary.replace(path)
+    return True
+
+
+def publish_run(run_dir: Path, target: Path, cwd: Path, home: Path) -> Published:
+    """Copy one run's game log (compressed), config, summary and evaluations into ``target``."""
+    layout = RunDir(run_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    games = list(read_jsonl(layout.game_log)) if layout.game_log.exists() else []
+    if games:
+        write_gzip_jsonl(games, target / RunDir.GAMES_COMPRESSED)
+    sources = [layout.path / name for name in COPIED_JSON] + sorted(layout.path.glob(EVALUATION_PATTERN))
+    for source in sources:
+        if source.is_file():
+            write_json_atomic(target / source.name, scrub_paths(read_json(source), cwd, home))
+    size = sum(path.stat().st_size for path in target.iterdir() if path.is_file())
+    return Published(layout.path.name, len(games), size)
+
+
+def find_runs(paths: Sequence[Path]) -> list[Path]:
+    """Run directories (holding config.json) given directly or found below the given folders."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            raise StmRlError(f"no such directory: {path}")
+        found += [path] if (path / RunDir.CONFIG).is_file() else sorted(c.parent for c in path.rglob(RunDir.CONFIG))
+    if not found:
+        raise StmRlError(f"no runs found under {', '.join(map(str, paths))} (a run directory holds {RunDir.CONFIG})")
+    names = [run.name for run in found]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise StmRlError(f"two runs are named {repeated[0]}: publish them to different --to folders")
+    return list(dict.fromkeys(found))
+
+
+# ---------------------------------------------------------------- command line
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "publish", help="copy runs' game logs (compressed), configs, summaries and evaluations for committing",
+        description="Copy what is worth committing of runs (games.jsonl as games.jsonl.gz, config.json, "
+                    "summary.json, eval-*.json; no checkpoints or tensorboard events) into --to DIR/<run>/, with "
+                    "this machine's absolute paths taken out of every file. Runs still training are copied as far "
+                    "as they got; publishing again updates them.")
+    parser.add_argument("paths", nargs="+", type=Path, metavar="SWEEP_DIR_OR_RUN",
+                        help="run directories, or folders searched for runs (e.g. a sweep's --out)")
+    parser.add_argument("--to", type=Path, required=True, metavar="DIR",
+                        help="folder to publish into (e.g. results/figure3); one subfolder per run")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    runs = find_runs(args.paths)
+    target = check_can_write(args.to, "--to", directory=True)
+    cwd, home = Path.cwd().resolve(), Path.home().resolve()
+    total_games = 0
+    for run_dir in runs:
+        published = publish_run(run_dir, target / run_dir.name, cwd, home)
+        total_games += published.games
+        print(f"  {published.name:<22} {published.games:>7,} games  {published.bytes / 1e6:6.2f} MB")
+    for path in map(Path, args.paths):
+        if (path / SWEEP_MANIFEST).is_file():
+            write_json_atomic(target / SWEEP_MANIFEST, scrub_paths(read_json(path / SWEEP_MANIFEST), cwd, home))
+    size = sum(path.stat().st_size for path in target.rglob("*") if path.is_file())
+    print(f"published {len(runs)} run(s), {total_games:,} games, to {target} ({size / 1e6:.2f} MB in all there)")
+    return 0
