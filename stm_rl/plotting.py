@@ -3,9 +3,16 @@
 Runs are found under the given directories (any folder holding a ``config.json`` and a ``games.jsonl``)
 and grouped by (agent, frame skip) as read from their config.json. For each run the moving average of the
 raw score over the last ``--window`` games (the first games average what there is, as in training) is
-taken against games, frames or wall time; each group shows the mean over its runs and a band of one
-standard deviation (``--band std``, default) or one standard error of the mean (``--band sem``). Runs of a
-group are compared over the range all of them reached (the shortest run sets the end of the curve).
+taken against games (the paper's axis), agent steps, frames or wall time (``--x``, one row of panels per axis);
+each group shows the mean over its runs and a band of one standard deviation (``--band std``, default) or one
+standard error of the mean (``--band sem``). Runs of a group are compared over the range all of them reached
+(the shortest run sets the end of the curve).
+
+The table gives per (agent, frame skip): the runs' length, the final and best average, for each
+``--thresholds`` score the games, agent steps and frames until the full-window average first reached it, and
+the greedy play of the final agents where the runs have it (``eval-final-skip<N>.json``, written by
+``--final-eval-games`` or ``stm-rl evaluate RUN --checkpoint final``); as text, CSV (``--table-csv``) and
+Markdown (``--table-md``).
 
 A group must hold repetitions of one configuration: runs that differ in any other setting (encoder,
 learning rate, workers...) or repeat a seed are refused, naming the settings and the runs, unless
@@ -21,7 +28,7 @@ import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional, Sequence
+from typing import Literal, NamedTuple, Optional, Sequence
 
 import numpy as np
 
@@ -29,9 +36,10 @@ from stm_rl.a3c.config import TrainConfig
 from stm_rl.config_cli import differing_settings, format_count
 from stm_rl.run_dir import RunDir, StmRlError, check_can_write, read_json, read_jsonl, to_jsonable
 
-XAxis = Literal["games", "frames", "time"]
+XAxis = Literal["games", "steps", "frames", "time"]
 Band = Literal["std", "sem"]
-X_LABELS = {"games": "training games", "frames": "emulator frames", "time": "wall time (hours)"}
+X_LABELS = {"games": "training games", "steps": "agent steps", "frames": "emulator frames", "time": "wall time (hours)"}
+DEFAULT_THRESHOLDS = (-15.0, 0.0, 18.0)
 AGENT_COLORS = {"lstm": "tab:blue", "stm": "tab:red"}
 GRID_POINTS = 400
 """Points of the common x grid on which runs are averaged for --x frames|time."""
@@ -63,6 +71,10 @@ class RunLog:
     scores: np.ndarray
     settings: dict = dataclasses.field(default_factory=dict, compare=False)
     """The run's whole config in its JSON form (``{"agent": {...}, "env": {...}, ...}``)."""
+    agent_steps: Optional[np.ndarray] = dataclasses.field(default=None, compare=False)
+    """Agent steps of the run when each game ended (None: a log that did not record them)."""
+    greedy_scores: Optional[tuple[float, ...]] = None
+    """Scores of the greedy games played with the run's final weights (its final evaluation), if it has one."""
 
     @property
     def games(self) -> int:
@@ -72,7 +84,19 @@ class RunLog:
         """Position of each game on the x axis."""
         if axis == "games":
             return np.arange(1, self.games + 1, dtype=float)
+        if axis == "steps":
+            if self.agent_steps is None:
+                raise StmRlError(f"{self.run_dir}: its game log has no agent steps; plot it against games or frames")
+            return self.agent_steps.astype(float)
         return self.frames.astype(float) if axis == "frames" else self.wall_time / 3600.0
+
+
+class Reached(NamedTuple):
+    """Where a run's full-window moving average first reached a score."""
+
+    games: int
+    agent_steps: Optional[int]
+    frames: int
 
 
 @dataclass(frozen=True)
@@ -96,19 +120,28 @@ class ConfigSummary:
     frames: tuple[int, ...]
     final_average: tuple[float, ...]
     best_average: tuple[float, ...]
-    frames_to_threshold: dict[float, tuple[Optional[int], ...]]
-    """Per threshold, per run: frames when the moving average first reached it (None: never)."""
+    reached: dict[float, tuple[Optional[Reached], ...]]
+    """Per threshold, per run: where the full-window moving average first reached it (None: never)."""
+    agent_steps: tuple[Optional[int], ...] = ()
+    greedy: tuple[Optional[tuple[float, ...]], ...] = ()
+    """Per run: the scores of its final agent's greedy games (None: not evaluated)."""
+
+    @property
+    def frames_to_threshold(self) -> dict[float, tuple[Optional[int], ...]]:
+        return {t: tuple(None if r is None else r.frames for r in runs) for t, runs in self.reached.items()}
 
 
 @dataclass(frozen=True)
 class PlotOptions:
     paths: tuple[Path, ...]
     output: Path
-    x_axis: XAxis = "games"
+    x_axes: tuple[XAxis, ...] = ("games",)
+    """One row of panels per axis."""
     band: Band = "std"
     window: int = 100
-    thresholds: tuple[float, ...] = (0.0, 18.0)
+    thresholds: tuple[float, ...] = DEFAULT_THRESHOLDS
     table_csv: Optional[Path] = None
+    table_md: Optional[Path] = None
     skip_empty: bool = False
     """Leave out runs that have no finished game yet instead of failing."""
     force: bool = False
@@ -152,8 +185,23 @@ def load_run(run_dir: Path) -> RunLog:
                    for key in ("frames", "wall_time", "score")}
     except KeyError as error:
         raise StmRlError(f"{games_path}: a record lacks {error}") from None
+    steps = (np.array([record["agent_steps"] for record in records], dtype=float)
+             if all("agent_steps" in record for record in records) else None)
     return RunLog(Path(run_dir), config.agent.agent, config.agent.encoder, config.env.frame_skip,
-                  config.run.seed, columns["frames"], columns["wall_time"], columns["score"], to_jsonable(config))
+                  config.run.seed, columns["frames"], columns["wall_time"], columns["score"], to_jsonable(config),
+                  agent_steps=steps, greedy_scores=final_greedy_scores(Path(run_dir), config.env.frame_skip))
+
+
+def final_greedy_scores(run_dir: Path, frame_skip: int) -> Optional[tuple[float, ...]]:
+    """The scores of the run's final evaluation (``eval-final-skip<N>.json``), None if it has none."""
+    path = run_dir / f"eval-final-skip{frame_skip}.json"
+    if not path.is_file():
+        return None
+    report = read_json(path)
+    try:
+        return tuple(float(score) for score in report["scores"]) if report["greedy"] else None
+    except (KeyError, TypeError, ValueError):
+        raise StmRlError(f"{path} is not an evaluation report (stm-rl evaluate writes them)") from None
 
 
 def load_runs(paths: Sequence[Path], skip_empty: bool = False) -> list[RunLog]:
@@ -245,10 +293,21 @@ def aggregate(runs: Sequence[RunLog], axis: XAxis, window: int, band: Band) -> C
     return Curve(x=x, mean=values.mean(axis=0), band=spread, runs=len(runs))
 
 
+def first_reached(run: RunLog, threshold: float, window: int) -> Optional[Reached]:
+    """The first game whose moving average over a full window (``window`` games) is >= threshold."""
+    average = moving_average(run.scores, window)[window - 1:]
+    hits = np.nonzero(average >= threshold)[0]
+    if not len(hits):
+        return None
+    game = int(hits[0]) + window - 1  # index into the run's games
+    steps = None if run.agent_steps is None else int(run.agent_steps[game])
+    return Reached(games=game + 1, agent_steps=steps, frames=int(run.frames[game]))
+
+
 def frames_to_reach(run: RunLog, threshold: float, window: int) -> Optional[int]:
-    """Frames at the first game whose moving average is >= threshold, None if it never is."""
-    reached = np.nonzero(moving_average(run.scores, window) >= threshold)[0]
-    return int(run.frames[reached[0]]) if len(reached) else None
+    """Frames at the first game whose full-window moving average is >= threshold, None if it never is."""
+    reached = first_reached(run, threshold, window)
+    return None if reached is None else reached.frames
 
 
 def summarize(key: tuple[str, int], runs: Sequence[RunLog], window: int,
@@ -258,35 +317,42 @@ def summarize(key: tuple[str, int], runs: Sequence[RunLog], window: int,
         agent=key[0], frame_skip=key[1], seeds=tuple(run.seed for run in runs),
         games=tuple(run.games for run in runs), frames=tuple(int(run.frames[-1]) for run in runs),
         final_average=tuple(float(a[-1]) for a in averages), best_average=tuple(float(a.max()) for a in averages),
-        frames_to_threshold={t: tuple(frames_to_reach(run, t, window) for run in runs) for t in thresholds})
+        reached={t: tuple(first_reached(run, t, window) for run in runs) for t in thresholds},
+        agent_steps=tuple(None if run.agent_steps is None else int(run.agent_steps[-1]) for run in runs),
+        greedy=tuple(run.greedy_scores for run in runs))
 
 
 # ---------------------------------------------------------------- output
 def plot_figure(groups: dict[tuple[str, int], list[RunLog]], options: PlotOptions) -> Path:
-    """One panel per frame skip, one curve per agent; saved in the format of the output's extension."""
+    """The paper's layout: one panel per frame skip, one curve per agent; one row of panels per x axis.
+    Saved in the format of the output's extension."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     skips = sorted({skip for _, skip in groups})
-    fig, axes = plt.subplots(1, len(skips), figsize=(4.2 * len(skips), 3.6), sharey=True, squeeze=False)
-    for ax, skip in zip(axes[0], skips):
-        for (agent, group_skip), runs in groups.items():
-            if group_skip != skip:
-                continue
-            curve = aggregate(runs, options.x_axis, options.window, options.band)
-            color = AGENT_COLORS.get(agent)
-            ax.plot(curve.x, curve.mean, color=color, label=f"{agent.upper()} ({curve.runs} runs)")
-            ax.fill_between(curve.x, curve.mean - curve.band, curve.mean + curve.band, color=color, alpha=0.25,
-                            linewidth=0)
-        ax.set_title(f"frame skip {skip}")
-        ax.set_xlabel(X_LABELS[options.x_axis])
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower right", fontsize="small")
-    axes[0][0].set_ylabel(f"score, moving average of {options.window} games")
+    rows = len(options.x_axes)
+    fig, axes = plt.subplots(rows, len(skips), figsize=(4.2 * len(skips), 3.4 * rows + 0.4), sharey=True,
+                             squeeze=False)
+    for row, axis in enumerate(options.x_axes):
+        for ax, skip in zip(axes[row], skips):
+            for (agent, group_skip), runs in groups.items():
+                if group_skip != skip:
+                    continue
+                curve = aggregate(runs, axis, options.window, options.band)
+                color = AGENT_COLORS.get(agent)
+                ax.plot(curve.x, curve.mean, color=color, label=f"{agent.upper()} ({curve.runs} runs)")
+                ax.fill_between(curve.x, curve.mean - curve.band, curve.mean + curve.band, color=color, alpha=0.25,
+                                linewidth=0)
+            ax.set_title(f"frame skip {skip}")
+            ax.set_xlabel(X_LABELS[axis])
+            ax.set_ylim(-21.5, 21.5)
+            ax.grid(alpha=0.3)
+            ax.legend(loc="upper left", fontsize="small")
+        axes[row][0].set_ylabel(f"score, average of {options.window} games")
     band = "standard deviation" if options.band == "std" else "standard error"
-    fig.suptitle(f"Pong: mean over runs, band = 1 {band}", fontsize="medium")
+    fig.suptitle(f"Pong: mean over runs, band = 1 {band} over runs", fontsize="medium")
     fig.tight_layout()
     options.output.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(options.output, dpi=120)
@@ -295,35 +361,72 @@ def plot_figure(groups: dict[tuple[str, int], list[RunLog]], options: PlotOption
 
 
 def table_rows(summaries: Sequence[ConfigSummary], band: Band) -> list[dict[str, object]]:
-    """Flat rows (one per configuration) for the terminal table and the CSV."""
+    """Flat rows (one per configuration) for the terminal table, the CSV and the Markdown table."""
     rows = []
     for s in summaries:
+        steps = [value for value in s.agent_steps if value is not None]
         row: dict[str, object] = {
             "agent": s.agent, "frame_skip": s.frame_skip, "runs": len(s.seeds),
-            "seeds": " ".join(map(str, s.seeds)), "games_mean": _mean(s.games), "frames_mean": _mean(s.frames),
+            "seeds": " ".join(map(str, s.seeds)), "games_mean": _mean(s.games),
+            "agent_steps_mean": _mean(steps) if steps else None, "frames_mean": _mean(s.frames),
             "final_average_mean": _mean(s.final_average), f"final_average_{band}": _spread(s.final_average, band),
             "best_average_mean": _mean(s.best_average), f"best_average_{band}": _spread(s.best_average, band)}
-        for threshold, frames in s.frames_to_threshold.items():
-            reached = [f for f in frames if f is not None]
-            row[f"frames_to_{threshold:g}_mean"] = _mean(reached) if reached else None
-            row[f"reached_{threshold:g}"] = f"{len(reached)}/{len(frames)}"
+        for threshold, runs in s.reached.items():
+            reached = [r for r in runs if r is not None]
+            row[f"reached_{threshold:g}"] = f"{len(reached)}/{len(runs)}"
+            row[f"games_to_{threshold:g}_mean"] = _mean([r.games for r in reached]) if reached else None
+            steps_to = [r.agent_steps for r in reached if r.agent_steps is not None]
+            row[f"agent_steps_to_{threshold:g}_mean"] = _mean(steps_to) if steps_to else None
+            row[f"frames_to_{threshold:g}_mean"] = _mean([r.frames for r in reached]) if reached else None
+        evaluated = [scores for scores in s.greedy if scores]
+        run_means = [float(np.mean(scores)) for scores in evaluated]
+        row["greedy_runs"] = len(evaluated)
+        row["greedy_games"] = sum(len(scores) for scores in evaluated)
+        row["greedy_mean"] = _mean(run_means) if run_means else None
+        row[f"greedy_{band}"] = _spread(run_means, band) if run_means else None
         rows.append(row)
     return rows
 
 
+def table_cells(row: dict[str, object], band: Band, thresholds: Sequence[float]) -> list[str]:
+    """The cells of one row as the terminal and Markdown tables show them."""
+    cells = [str(row["agent"]), str(row["frame_skip"]), f"{row['runs']} ({row['seeds']})",
+             f"{row['games_mean']:,.0f}", _count(row["agent_steps_mean"]),
+             f"{row['final_average_mean']:+.2f} +- {row[f'final_average_{band}']:.2f}",
+             f"{row['best_average_mean']:+.2f} +- {row[f'best_average_{band}']:.2f}"]
+    for t in thresholds:
+        games = row[f"games_to_{t:g}_mean"]
+        cells.append("-" if games is None else
+                     f"{games:,.0f} g, {_count(row[f'agent_steps_to_{t:g}_mean'])} st ({row[f'reached_{t:g}']})")
+    greedy = row["greedy_mean"]
+    cells.append("-" if greedy is None else
+                 f"{greedy:+.2f} +- {row[f'greedy_{band}']:.2f} ({row['greedy_runs']} x "
+                 f"{int(row['greedy_games']) // max(int(row['greedy_runs']), 1)} g)")
+    return cells
+
+
+def table_header(band: Band, thresholds: Sequence[float]) -> list[str]:
+    return (["agent", "skip", "runs (seeds)", "games/run", "steps/run", f"final avg (+-{band})",
+             f"best avg (+-{band})"] + [f"to {t:+g}: games, steps (runs)" for t in thresholds]
+            + [f"greedy final (+-{band}, runs x games)"])
+
+
 def format_table(rows: Sequence[dict[str, object]], band: Band, thresholds: Sequence[float]) -> str:
-    header = ["agent", "skip", "runs", "games/run", "frames/run", f"final avg (+-{band})", f"best avg (+-{band})"]
-    header += [f"frames to {t:g} (runs)" for t in thresholds]
-    lines = [header]
-    for row in rows:
-        line = [str(row["agent"]), str(row["frame_skip"]), f"{row['runs']} (seeds {row['seeds']})",
-                f"{row['games_mean']:.0f}", _count(row["frames_mean"]),
-                f"{row['final_average_mean']:+.2f} +- {row[f'final_average_{band}']:.2f}",
-                f"{row['best_average_mean']:+.2f} +- {row[f'best_average_{band}']:.2f}"]
-        line += [f"{_count(row[f'frames_to_{t:g}_mean'])} ({row[f'reached_{t:g}']})" for t in thresholds]
-        lines.append(line)
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    lines = [table_header(band, thresholds)] + [table_cells(row, band, thresholds) for row in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)
+
+
+def format_markdown(rows: Sequence[dict[str, object]], band: Band, thresholds: Sequence[float],
+                    window: int) -> str:
+    header = table_header(band, thresholds)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(table_cells(row, band, thresholds)) + " |" for row in rows]
+    notes = (f"Averages over {window} games (mean +- {'standard deviation' if band == 'std' else 'standard error'} "
+             "over runs); 'to S': games (g) and agent steps (st) until the full-window average first reached S, "
+             "mean over the runs that did (k/n); greedy final: the final weights' greedy games, mean of the runs' "
+             "means.")
+    return "\n".join(lines) + "\n\n" + notes + "\n"
 
 
 def write_table_csv(path: Path, rows: Sequence[dict[str, object]]) -> None:
@@ -353,22 +456,25 @@ def _count(value: object) -> str:
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "plot", help="Figure 3: moving-average score of LSTM vs STM, one panel per frame skip",
-        description="Plot the paper's Figure 3 from the runs' games.jsonl and print a table per (agent, frame "
-                    "skip). Runs are grouped by their config.json; the band is 1 std (or standard error) over "
-                    "runs.")
+        description="Plot the paper's Figure 3 from the runs' game logs (games.jsonl or games.jsonl.gz) and print "
+                    "a table per (agent, frame skip). Runs are grouped by their config.json; the band is 1 std (or "
+                    "standard error) over runs.")
     parser.add_argument("paths", nargs="+", type=Path, metavar="SWEEP_DIR_OR_RUN",
                         help="run directories, or directories searched for runs (e.g. a sweep's --out)")
     parser.add_argument("--output", type=Path,
                         help="figure file; .png, .svg or .pdf, .png added to a name without a suffix "
                              "(default: figure3.png in the first directory given)")
-    parser.add_argument("--x", dest="x_axis", choices=list(X_LABELS), default="games",
-                        help="x axis: training games (the paper), emulator frames or wall time (default: games)")
+    parser.add_argument("--x", dest="x_axes", nargs="+", choices=list(X_LABELS), default=["games"], metavar="AXIS",
+                        help="x axis of each row of panels: games (the paper's), steps (agent steps), frames, time "
+                             "(hours of training); e.g. --x games frames (default: games)")
     parser.add_argument("--band", choices=["std", "sem"], default="std",
                         help="error band: standard deviation over runs or standard error of the mean (default: std)")
     parser.add_argument("--window", type=int, default=100, help="games in the moving average (default: 100)")
-    parser.add_argument("--thresholds", nargs="*", type=float, default=[0.0, 18.0], metavar="SCORE",
-                        help="report frames until the moving average reaches these scores (default: 0 18)")
+    parser.add_argument("--thresholds", nargs="*", type=float, default=list(DEFAULT_THRESHOLDS), metavar="SCORE",
+                        help="report games, agent steps and frames until the full-window average reaches these "
+                             "scores (default: -15 0 18)")
     parser.add_argument("--table-csv", type=Path, metavar="PATH", help="also write the table as CSV")
+    parser.add_argument("--table-md", type=Path, metavar="PATH", help="also write the table as Markdown")
     parser.add_argument("--skip-empty", action="store_true", help="leave out runs without a finished game")
     parser.add_argument("--force", action="store_true",
                         help="average runs of one (agent, frame skip) even if they differ in more than the seed "
@@ -382,11 +488,12 @@ def options_from_args(args: argparse.Namespace) -> PlotOptions:
     if not all(math.isfinite(t) for t in args.thresholds):
         raise StmRlError(f"--thresholds must be finite scores, got {args.thresholds}")
     output = check_can_write(figure_path(args.output or Path(args.paths[0]) / "figure3.png"), "--output")
-    if args.table_csv is not None:
-        check_can_write(args.table_csv, "--table-csv")
-    return PlotOptions(paths=tuple(args.paths), output=output, x_axis=args.x_axis, band=args.band,
-                       window=args.window, thresholds=tuple(args.thresholds), table_csv=args.table_csv,
-                       skip_empty=args.skip_empty, force=args.force)
+    for flag, path in (("--table-csv", args.table_csv), ("--table-md", args.table_md)):
+        if path is not None:
+            check_can_write(path, flag)
+    return PlotOptions(paths=tuple(args.paths), output=output, x_axes=tuple(dict.fromkeys(args.x_axes)),
+                       band=args.band, window=args.window, thresholds=tuple(args.thresholds),
+                       table_csv=args.table_csv, table_md=args.table_md, skip_empty=args.skip_empty, force=args.force)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -399,5 +506,10 @@ def run(args: argparse.Namespace) -> int:
     if options.table_csv:
         write_table_csv(options.table_csv, rows)
         print(f"table written to {options.table_csv}")
+    if options.table_md:
+        options.table_md.parent.mkdir(parents=True, exist_ok=True)
+        options.table_md.write_text(format_markdown(rows, options.band, options.thresholds, options.window),
+                                    encoding="utf-8")
+        print(f"table written to {options.table_md}")
     print(f"figure written to {plot_figure(groups, options)}")
     return 0

@@ -150,7 +150,7 @@ def write_run(run_dir: Path, agent: str, frame_skip: int, seed: int, scores, fra
     with open(run_dir / "games.jsonl", "w") as f:
         for game, score in enumerate(scores, start=1):
             f.write(json.dumps({"game": game, "frames": game * frames_per_game, "wall_time": game * 2.0,
-                                "score": score}) + "\n")
+                                "agent_steps": game * frames_per_game // max(frame_skip, 1), "score": score}) + "\n")
     return run_dir
 
 
@@ -169,9 +169,14 @@ def test_moving_average_mean_band_and_thresholds_by_hand(tmp_path):
     by_frames = plotting.aggregate([a, b], "frames", window=2, band="std")
     assert by_frames.x[0] == 1000 and by_frames.x[-1] == 4000
     assert plotting.frames_to_reach(a, 0, window=2) == 3000 and plotting.frames_to_reach(b, 2, window=2) is None
-    summary = plotting.summarize(("stm", 4), [a, b], window=2, thresholds=(0, 2))
+    summary = plotting.summarize(("stm", 4), [a, b], window=2, thresholds=(0, 2, -2.5))
     assert summary.final_average == (4.0, 1.0) and summary.best_average == (4.0, 1.0)
-    assert summary.frames_to_threshold == {0: (3000, 3000), 2: (4000, None)}
+    assert summary.frames_to_threshold == {0: (3000, 3000), 2: (4000, None), -2.5: (2000, 2000)}
+    # thresholds count only full windows: a's first game (-3 alone) is not an average of 2 games >= -2.5
+    assert summary.reached[2] == (plotting.Reached(games=4, agent_steps=1000, frames=4000), None)
+    row = plotting.table_rows([summary], "std")[0]
+    assert (row["reached_2"], row["games_to_2_mean"], row["agent_steps_to_2_mean"]) == ("1/2", 4.0, 1000.0)
+    assert row["agent_steps_mean"] == (1250 + 1000) / 2 and row["greedy_mean"] is None
 
 
 def test_plot_writes_the_figure_and_the_table(tmp_path, capsys):
@@ -181,14 +186,23 @@ def test_plot_writes_the_figure_and_the_table(tmp_path, capsys):
             for seed in (0, 1):
                 scores = np.clip(np.linspace(-21, 21 if agent == "stm" else 10, 150) + rng.normal(0, 2, 150), -21, 21)
                 write_run(tmp_path / "sweep" / f"run{agent}{skip}{seed}", agent, skip, seed, scores.tolist())
-    csv_path = tmp_path / "table.csv"
-    assert cli_main(["plot", str(tmp_path / "sweep"), "--table-csv", str(csv_path)]) == 0
+    # the final agents' greedy games of two runs
+    for seed, scores in ((0, [20.0, 21.0]), (1, [18.0, 19.0])):
+        (tmp_path / "sweep" / f"runstm32{seed}" / "eval-final-skip32.json").write_text(
+            json.dumps({"greedy": True, "scores": scores}))
+    csv_path, md_path = tmp_path / "table.csv", tmp_path / "table.md"
+    assert cli_main(["plot", str(tmp_path / "sweep"), "--table-csv", str(csv_path), "--table-md", str(md_path),
+                     "--x", "games", "frames"]) == 0
     figure = tmp_path / "sweep" / "figure3.png"
     assert figure.stat().st_size > 10_000 and figure.read_bytes()[:4] == b"\x89PNG"
     out = capsys.readouterr().out
-    assert "frames to 18" in out and "stm" in out
+    assert "to +18: games, steps (runs)" in out and "stm" in out
     lines = csv_path.read_text().splitlines()
     assert len(lines) == 5 and lines[0].startswith("agent,frame_skip,runs")
+    markdown = md_path.read_text().splitlines()
+    assert markdown[0].startswith("| agent | skip |") and len([line for line in markdown if line.startswith("| ")]) == 5
+    stm32 = next(line for line in markdown if line.startswith("| stm | 32 |"))
+    assert "+19.50 +- 1.41 (2 x 2 g)" in stm32, "greedy: mean of the runs' means +- their std"
     assert cli_main(["plot", str(tmp_path / "sweep"), "--x", "frames", "--band", "sem",
                      "--output", str(tmp_path / "f.svg")]) == 0
     assert (tmp_path / "f.svg").read_text().lstrip().startswith("<?xml")
