@@ -351,8 +351,8 @@ def plot_figure(groups: dict[tuple[str, int], list[RunLog]], options: PlotOption
             ax.grid(alpha=0.3)
             ax.legend(loc="upper left", fontsize="small")
         axes[row][0].set_ylabel(f"score, average of {options.window} games")
-    band = "standard deviation" if options.band == "std" else "standard error"
-    fig.suptitle(f"Pong: mean over runs, band = 1 {band} over runs", fontsize="medium")
+    band = "1 std" if options.band == "std" else "1 s.e."
+    fig.suptitle(f"Pong: mean over runs, band {band}", fontsize="medium")
     fig.tight_layout()
     options.output.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(options.output, dpi=120)
