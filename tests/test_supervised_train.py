@@ -152,6 +152,11 @@ def test_babi_trains_from_a_fixture(tmp_path, babi_dir):
     (["--task", "copy", "--model", "ntm", "--model-option", "slots=3"], "model ntm has no option 'slots'; its options: "
      "hidden_size, num_slots, slot_size, read_heads"),
     (["--task", "copy", "--model", "stm", "--model-option", "dd=3"], "model stm has no option 'dd'; its options: "),
+    (["--task", "copy", "--model", "stm", "--task-option", "one_length_per_batch=3"],
+     "task copy: one_length_per_batch must be True or False, got 3"),
+    (["--task", "copy", "--model", "stm", "--rmsprop-alpha", "1"], "--rmsprop-alpha must be in [0, 1), got 1.0"),
+    (["--task", "copy", "--model", "stm", "--model-option", "readout='tpr'"],
+     "model stm: readout must be head or unbind, got 'tpr'"),
 ])
 def test_cli_errors_are_one_line(args, message, capsys, tmp_path):
     assert main([*args, "--run-dir", str(tmp_path / "r")]) == 2

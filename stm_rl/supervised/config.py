@@ -350,5 +350,6 @@ def with_default_run_dir(config: SupervisedConfig) -> SupervisedConfig:
 
 
 __all__ = ["OptimizerConfig", "PRESETS", "RunConfig", "SupervisedConfig", "TASK_OPTIONS", "TrainingConfig",
-           "PAPER_OPTIMIZERS", "PAPER_TRAINING", "RESUMABLE_SETTINGS", "check_resumable", "default_run_dir", "preset_config", "resolve_config",
+           "PAPER_OPTIMIZERS", "PAPER_TRAINING",
+           "RESUMABLE_SETTINGS", "check_resumable", "default_run_dir", "preset_config", "resolve_config",
            "with_default_run_dir", "with_overrides"]

@@ -358,6 +358,13 @@ class LengthPerBatchTask(Task):
         return collate([self.generate(rng) for _ in range(size)])  # the same samples as without the option
 
 
+def check_flag(name: str, value: object) -> bool:
+    """Raise ``ValueError`` (a one-line CLI error) unless a task option is True or False."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
 class AnswerSequenceTask(ClassOutputTask):
     """Tasks that answer with a sequence of node/point features, then END (geometry and graph tasks).
 

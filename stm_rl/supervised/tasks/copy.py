@@ -2,7 +2,8 @@
 
 A start flag step (channel ``bits``), L ~ U{min_length..max_length} random bit vectors, an end flag
 step (channel ``bits + 1``), then L all-zero steps during which the model must output the L vectors.
-``one_length_per_batch``: one L per training batch, as the authors' ``run_toys.py`` draws it (``base.LengthPerBatchTask``).
+``one_length_per_batch``: one L per training batch, as the authors' ``run_toys.py`` draws it
+(``base.LengthPerBatchTask``).
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from stm_rl.supervised.tasks.base import (
-    BitOutputTask, LengthPerBatchTask, Sample, VectorInput, check_range, random_bits,
+    BitOutputTask, LengthPerBatchTask, Sample, VectorInput, check_flag, check_range, random_bits,
 )
 
 
@@ -25,7 +26,7 @@ class CopyTask(LengthPerBatchTask, BitOutputTask):
         check_range("min_length", min_length, 1)
         check_range("max_length", max_length, min_length)
         self.bits, self.min_length, self.max_length = bits, min_length, max_length
-        self.one_length_per_batch = bool(one_length_per_batch)
+        self.one_length_per_batch = check_flag("one_length_per_batch", one_length_per_batch)
         self.input_spec = VectorInput(bits + 2)
         self.output_size = bits
 

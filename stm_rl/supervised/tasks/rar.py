@@ -17,8 +17,8 @@ import numpy as np
 from torch import Tensor
 
 from stm_rl.supervised.tasks.base import (
-    Batch, BitOutputTask, LengthPerBatchTask, MetricTotals, Plateau, Sample, VectorInput, check_range, random_bits,
-    split_rng, wrong_bits,
+    Batch, BitOutputTask, LengthPerBatchTask, MetricTotals, Plateau, Sample, VectorInput, check_flag, check_range,
+    random_bits, split_rng, wrong_bits,
 )
 
 
@@ -66,7 +66,7 @@ class RARTask(LengthPerBatchTask, BitOutputTask):
         self.bits = bits
         self.min_items, self.max_items = min_items, max_items
         self.min_item_length, self.max_item_length = min_item_length, max_item_length
-        self.one_length_per_batch = bool(one_length_per_batch)
+        self.one_length_per_batch = check_flag("one_length_per_batch", one_length_per_batch)
         self.input_spec = VectorInput(bits + 2)
         self.output_size = bits
 
