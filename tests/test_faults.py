@@ -22,7 +22,8 @@ import torch
 from stm_rl.a3c.checkpoint import NonFiniteWeightsError, load_training_checkpoint, save_training_checkpoint
 from stm_rl.a3c.messages import ProcessFailed
 from stm_rl.a3c.scores import Counters, Milestones, ScoreTracker
-from stm_rl.a3c.trainer import RunStatus, StallWatch, Trainer
+from stm_rl.a3c.progress import StallWatch
+from stm_rl.a3c.trainer import RunStatus, Trainer
 from stm_rl.cli import main as cli_main
 from stm_rl.run_dir import RunDir, read_jsonl, repair_jsonl
 
@@ -226,8 +227,8 @@ def test_a_worker_that_stops_updating_is_reported_once_and_when_it_is_back():
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="needs Linux /proc")
 def test_a_sigstopped_worker_is_reported_and_sigterm_still_stops_the_run_quickly(tmp_path):
     run_dir = tmp_path / "run"
-    process = subprocess.Popen([sys.executable, "-c", "import sys; from stm_rl.a3c import trainer; "
-                                "trainer.STALL_SECONDS = 5.0; from stm_rl.cli import main; sys.exit(main(sys.argv[1:]))",
+    process = subprocess.Popen([sys.executable, "-c", "import sys; from stm_rl.a3c import progress; "
+                                "progress.STALL_SECONDS = 5.0; from stm_rl.cli import main; sys.exit(main(sys.argv[1:]))",
                                 "train", "--agent", "lstm", "--encoder", "small", "--workers", "2", "--no-progress",
                                 "--frames", "100M", "--run-dir", str(run_dir)],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -3,7 +3,7 @@
 The main process does no learning. It takes the run directory's lock (one trainer per run directory),
 starts ``workers`` processes (see :mod:`stm_rl.a3c.worker`), then watches them: it turns their messages
 (:mod:`stm_rl.a3c.messages`) into the game log, the metrics (:mod:`stm_rl.logger`: metrics.jsonl and
-tensorboard) and the progress display (with the time-to-score milestones), writes checkpoints
+tensorboard) and the progress display with the time-to-score milestones (:mod:`stm_rl.a3c.progress`), writes checkpoints
 (:mod:`stm_rl.a3c.checkpoint`: latest at the start and every ``checkpoint_interval`` seconds, best by moving
 average, final), reports a worker that stops making updates, and stops the run cleanly on Ctrl-C / SIGTERM,
 on a worker's error or death, on a non-finite loss or weights, or when a checkpoint cannot be written (the
@@ -19,7 +19,6 @@ import queue
 import signal
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -35,18 +34,18 @@ from stm_rl.a3c.checkpoint import (CHECKPOINT_KIND, NonFiniteWeightsError, check
                                    load_training_checkpoint, non_finite_tensors, save_training_checkpoint,
                                    saved_num_actions)
 from stm_rl.a3c.config import TrainConfig, training_command
+from stm_rl.a3c import progress
 from stm_rl.a3c.evaluator import evaluator_main
 from stm_rl.a3c.limits import validate_for_training
 from stm_rl.a3c.messages import (EvaluationDone, GameFinished, NonFinite, ProcessFailed, UpdateDone,
                                  source_name)
-from stm_rl.a3c.scores import Counters, Milestone, Milestones, ScoreTracker
+from stm_rl.a3c.progress import RunLog, StallWatch, note
+from stm_rl.a3c.scores import Counters, Milestones, ScoreTracker
 from stm_rl.a3c.shared_adam import SharedAdam
 from stm_rl.a3c.worker import AGENT_STEPS, FRAMES, UPDATES, WorkerContext, worker_main
-from stm_rl.config_cli import format_count
 from stm_rl.conventions import RunStatus
-from stm_rl.logger import MetricLogger
 from stm_rl.memory.fused_kernels import prepare_fused_kernels
-from stm_rl.run_dir import (CheckpointError, JsonlWriter, RunDir, StmRlError, describe_os_error, read_jsonl,
+from stm_rl.run_dir import (CheckpointError, RunDir, StmRlError, describe_os_error, read_jsonl,
                             repair_jsonl, truncate_jsonl, write_config, write_json_atomic)
 
 __all__ = ["CHECKPOINT_KIND", "GAME_LOG", "EVAL_LOG", "Counters", "RunStatus", "Trainer", "TrainResult",
@@ -58,35 +57,6 @@ BEST_CHECKPOINT_INTERVAL = 30.0
 """Seconds between two 'best' checkpoints: a new best average is saved at most this often (and at the end)."""
 STARTUP_GRACE = 3.0
 """Seconds a stopping run waits for workers that have not made an update yet (still starting up)."""
-STALL_SECONDS = 60.0
-"""A worker that has made no update for this long (while the run goes on) is reported as stalled."""
-
-
-@dataclass
-class StallWatch:
-    """Notices a worker whose update counter stands still (e.g. SIGSTOPped, or stuck) for ``seconds``."""
-
-    seconds: float
-    last_change: dict[int, tuple[int, float]] = field(default_factory=dict)
-    stalled: set = field(default_factory=set)
-
-    def check(self, updates: list[int], now: float) -> list[str]:
-        """One line per worker that just stalled or just came back."""
-        lines = []
-        for rank, count in enumerate(updates):
-            previous = self.last_change.get(rank)
-            if previous is None or previous[0] != count:
-                self.last_change[rank] = (count, now)
-                if rank in self.stalled:
-                    self.stalled.discard(rank)
-                    lines.append(f"worker {rank} is making updates again")
-            elif now - previous[1] >= self.seconds and rank not in self.stalled:
-                self.stalled.add(rank)
-                lines.append(f"worker {rank} has made no update for {now - previous[1]:.0f} s "
-                             "(stopped, e.g. by SIGSTOP, or stuck); the other workers go on")
-        return lines
-
-
 @dataclass
 class TrainResult:
     status: RunStatus
@@ -126,7 +96,7 @@ class Trainer:
             self.scores.best_average = resume_from["scores"]["best_average"]
         self.shared_model.share_memory()
         self.counters.segments += 1
-        self.stall_watch = StallWatch(seconds=STALL_SECONDS)
+        self.stall_watch = StallWatch(seconds=progress.STALL_SECONDS)
         self._stop_requested: Optional[str] = None
         self._best_pending, self._last_best_save = False, -math.inf
 
@@ -152,17 +122,17 @@ class Trainer:
         """Under the lock: tidy what a killed trainer left, align the game log with the weights, write the config."""
         stale = self.layout.remove_stale_temp_files()
         if stale:
-            _note(f"removed {len(stale)} temporary file(s) left by a trainer killed while writing")
+            note(f"removed {len(stale)} temporary file(s) left by a trainer killed while writing")
         if self.resuming:
             check_checkpoint_belongs_to_run(self.run_dir, self.config)
         if repair_jsonl(self.layout.games):
-            _note(f"{RunDir.GAMES} ended in a torn line (a killed run); it was cut off")
+            note(f"{RunDir.GAMES} ended in a torn line (a killed run); it was cut off")
         repair_jsonl(self.layout.evaluations)
         if self.resuming:
             # Games logged after the checkpoint (a killed run) belong to weights that were lost.
             dropped = truncate_jsonl(self.layout.games, self.counters.games)
             if dropped:
-                _note(f"resuming from the checkpoint at game {self.counters.games}: "
+                note(f"resuming from the checkpoint at game {self.counters.games}: "
                       f"dropped {dropped} later game(s) from {RunDir.GAMES}")
             if self.layout.games.exists():
                 self.milestones = Milestones.from_game_log(list(read_jsonl(self.layout.games)), self.scores.window)
@@ -192,7 +162,7 @@ class Trainer:
         previous_int, previous_term = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
         signal.signal(signal.SIGINT, self._request_stop)
         signal.signal(signal.SIGTERM, self._request_stop)
-        log = _RunLog(self.layout, config, self.counters, progress=config.run.progress)
+        log = RunLog(self.layout, config, self.counters, progress=config.run.progress)
         base = dataclasses.replace(self.counters)
         start = last_checkpoint = time.monotonic()
         try:
@@ -278,7 +248,7 @@ class Trainer:
         tqdm.write(f"{self._stop_requested}: stopping the workers after their current update "
                    "and writing a final checkpoint (Ctrl-C again to abort)...", file=sys.stderr)
 
-    def _drain_events(self, events, log: "_RunLog", base: Counters, worker_counters, start: float,
+    def _drain_events(self, events, log: RunLog, base: Counters, worker_counters, start: float,
                       timeout: float = 0.25) -> tuple[RunStatus, str]:
         """Handle the messages waiting (waiting up to ``timeout`` for the first; at most a few thousand,
         so that a flood of short games cannot keep the trainer from its other duties)."""
@@ -309,7 +279,7 @@ class Trainer:
                                           "were kept")
         return RunStatus.RUNNING, ""
 
-    def _game_finished(self, message: GameFinished, log: "_RunLog", base: Counters, worker_counters,
+    def _game_finished(self, message: GameFinished, log: RunLog, base: Counters, worker_counters,
                        start: float) -> None:
         self._update_totals(base, worker_counters, start)
         self.counters.games += 1
@@ -398,133 +368,3 @@ def _cause(error: BaseException) -> str:
             return describe_os_error(seen)
         seen = seen.__cause__ or seen.__context__
     return str(error).splitlines()[0] if str(error) else type(error).__name__
-
-
-def _note(line: str) -> None:
-    print(line, file=sys.stderr, flush=True)
-
-
-class _RunLog:
-    """Game log (JSONL), metrics (:class:`stm_rl.logger.MetricLogger`: metrics.jsonl and tensorboard) and the
-    progress display of one run. Every metric is logged at the run's emulator-frame count.
-
-    On a terminal (and with ``--progress``) a live bar; otherwise (``--no-progress``, a log file, nohup, CI)
-    one plain line every ``plain_interval`` seconds. Milestones and notes print as lines in both cases.
-    """
-
-    def __init__(self, layout: RunDir, config: TrainConfig, counters: Counters, progress: bool) -> None:
-        self.games = JsonlWriter(layout.games)
-        self.evaluations = JsonlWriter(layout.evaluations)
-        # Metrics logged after the frame count the run starts from belong to weights that were lost (a run
-        # killed after its last checkpoint, or before its first): dropped, like the games of such a run.
-        self.metrics = MetricLogger.in_run_dir(layout.path, resume_step=counters.frames)
-        self.pending_losses: list[dict[str, float]] = []
-        self.last_losses_log = time.monotonic()
-        self.last_score: Optional[float] = None
-        self.rate_window: deque = deque(maxlen=40)  # (time, frames, steps) over the last ~10 s
-        self.last_rate_log = time.monotonic()
-        # Progress counts in the budget's unit: agent steps when that is the only budget, else frames.
-        self.in_steps = config.run.frames == 0
-        self.unit = "agent steps" if self.in_steps else "frames"
-        self.budget = config.run.agent_steps if self.in_steps else config.run.frames
-        self.live = progress and sys.stderr.isatty()
-        self.plain_interval = config.run.progress_interval
-        self.last_plain = time.monotonic()
-        agent = f"{config.agent.agent}-{config.agent.encoder}"
-        self.bar = tqdm(total=self.budget, initial=self._done(counters), unit="step" if self.in_steps else "frame",
-                        unit_scale=True,
-                        dynamic_ncols=True, disable=not self.live, mininterval=0.5,
-                        desc=f"{agent} skip {config.env.frame_skip}", smoothing=0.05)
-
-    def note(self, line: str) -> None:
-        """A line for the user, above the live bar if there is one."""
-        if self.live:
-            tqdm.write(line, file=sys.stderr)
-        else:
-            _note(line)
-
-    def game(self, counters: Counters, rank: int, episode: dict[str, Any], average: float) -> None:
-        self.last_score = episode["score"]
-        record = {"game": counters.games, "worker": rank, "agent_steps": counters.agent_steps,
-                  "frames": counters.frames, "wall_time": round(counters.wall_time, 3),
-                  "score": episode["score"], "length": episode["length"],
-                  "episode_frames": episode["frames"], "moving_average": average}
-        self.games.write(record)
-        self.metrics.log(counters.frames, {"charts/episodic_return": episode["score"],
-                                           "charts/episodic_return_avg100": average,
-                                           "charts/episodic_length": episode["length"], "charts/games": counters.games})
-
-    def milestone(self, milestone: Milestone, window: int) -> None:
-        """Announce and record that the moving average reached a threshold for the first time."""
-        self.note(f"milestone: the {window}-game average reached {milestone.threshold:+g} "
-                  f"({milestone.average:+.2f}) after {_clock(milestone.wall_time)} of training, "
-                  f"{milestone.frames:,} frames, {milestone.games} games")
-        tag = f"milestones/avg{window}_reached_{milestone.threshold:+g}"
-        self.metrics.log(milestone.frames, {f"{tag}/wall_time_hours": milestone.wall_time / 3600.0,
-                                            f"{tag}/games": milestone.games})
-        self.metrics.flush()
-
-    def evaluation(self, counters: Counters, result: dict[str, Any]) -> None:
-        self.evaluations.write({**result, "agent_steps": counters.agent_steps,
-                                "wall_time": round(counters.wall_time, 3)})
-        self.metrics.log(result["frames"], {"eval/mean_score": result["mean_score"], "eval/updates": result["updates"]})
-
-    def update(self, counters: Counters, losses: dict[str, float]) -> None:
-        """Losses of one update; their means over the updates of the last 10 s are logged."""
-        self.pending_losses.append(losses)
-        if time.monotonic() - self.last_losses_log >= 10.0:
-            count = len(self.pending_losses)
-            self.metrics.log(counters.frames, {f"losses/{key}": sum(u[key] for u in self.pending_losses) / count
-                                               for key in losses})
-            self.pending_losses.clear()
-            self.last_losses_log = time.monotonic()
-
-    def refresh(self, counters: Counters, scores: ScoreTracker) -> None:
-        now = time.monotonic()
-        self.rate_window.append((now, counters.frames, counters.agent_steps))
-        (t0, f0, s0), (t1, f1, s1) = self.rate_window[0], self.rate_window[-1]
-        if now - self.last_rate_log >= 10.0 and t1 > t0:
-            self.metrics.log(counters.frames, {"charts/frames_per_second": (f1 - f0) / (t1 - t0),
-                                               "charts/steps_per_second": (s1 - s0) / (t1 - t0)})
-            self.last_rate_log = now
-        last = "-" if self.last_score is None else f"{self.last_score:+.0f}"
-        average = "-" if not scores.recent else f"{scores.average:+.1f}"
-        if self.live:
-            other = f"frames {format_count(counters.frames)}" if self.in_steps else f"steps {counters.agent_steps:,}"
-            self.bar.set_postfix_str(f"{other} | games {counters.games} | "
-                                     f"last {last} | avg{scores.window} {average}", refresh=False)
-            self.bar.update(min(self._done(counters), self.bar.total) - self.bar.n)  # rate and ETA come from tqdm
-        elif now - self.last_plain >= self.plain_interval:
-            self.last_plain = now
-            rates = ((s1 - s0) if self.in_steps else (f1 - f0)) / (t1 - t0) if t1 > t0 else math.nan
-            _note(self.plain_line(counters, scores, rates))
-
-    def _done(self, counters: Counters) -> int:
-        return counters.agent_steps if self.in_steps else counters.frames
-
-    def plain_line(self, counters: Counters, scores: ScoreTracker, rate: float) -> str:
-        """``progress: 1.20M/20.00M frames (6.0%) | 850 frames/s | ETA 6:08:00 | games 123 | avg100 -20.3``
-        (in agent steps, with the frames beside them, when the run's budget is agent steps)."""
-        done = self._done(counters)
-        remaining = max(self.budget - done, 0)
-        eta = _clock(remaining / rate) if rate > 0 else "-"
-        average = "-" if not scores.recent else f"{scores.average:+.1f}"
-        rate_unit = "steps/s" if self.in_steps else "frames/s"
-        frames = f" | frames {format_count(counters.frames)}" if self.in_steps else ""
-        return (f"progress: {format_count(done)}/{format_count(self.budget)} {self.unit} "
-                f"({100.0 * done / self.budget:.1f}%) | {rate:,.0f} {rate_unit} | ETA {eta}{frames} | "
-                f"elapsed {_clock(counters.wall_time)} | games {counters.games} | avg{scores.window} {average}")
-
-    def close(self, counters: Counters, scores: ScoreTracker) -> None:
-        self.refresh(counters, scores)
-        self.bar.close()
-        self.games.close()
-        self.evaluations.close()
-        self.metrics.close()
-
-
-def _clock(seconds: float) -> str:
-    """``1:02:03`` (hours:minutes:seconds)."""
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
