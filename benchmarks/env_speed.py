@@ -30,6 +30,7 @@ import ale_py  # noqa: E402
 import gymnasium as gym  # noqa: E402
 
 from envs import make_pong  # noqa: E402
+from stm_rl.conventions import run_command  # noqa: E402
 
 SKIPS = (0, 4, 16, 32)
 SIZES = (80, 42)
@@ -172,4 +173,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command("env_speed.py", main))

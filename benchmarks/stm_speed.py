@@ -36,6 +36,7 @@ import time
 
 import torch
 
+from stm_rl.conventions import run_command
 from stm_rl import STM, STMCell
 from stm_rl.memory.fused_kernels import describe_fused_kernels
 from stm_rl.memory.stm import STMState
@@ -171,4 +172,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command("stm_speed.py", main))

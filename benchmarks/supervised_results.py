@@ -10,11 +10,13 @@ validation metric, the test metric of the best checkpoint and the task's shortcu
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+from stm_rl.conventions import run_command
 from stm_rl.supervised.config import resolve_config
 from stm_rl.supervised.tasks import TASKS, make_task
 from stm_rl.supervised.train import train
@@ -53,4 +55,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command("supervised_results.py", main))

@@ -37,8 +37,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from stm_rl.conventions import ExitCode, RunStatus
-from stm_rl.run_dir import RunDir, RunFailed, StmRlError, read_json, read_jsonl
+from stm_rl.conventions import ExitCode, RunStatus, run_command
+from stm_rl.run_dir import Checkpoint, RunDir, StmRlError, read_json, read_jsonl
 from stm_rl.supervised.config import PRESETS, SupervisedConfig, preset_config, resolve_config
 from stm_rl.supervised.models import MODELS
 from stm_rl.supervised.tasks import TASKS, Task, make_task
@@ -144,7 +144,7 @@ def run_one(args: argparse.Namespace, task: str, model: str, seed: int) -> None:
     iterations = args.iterations if args.iterations is not None else 10_000_000
     minutes = args.minutes or 0.0
     print(f"== {task} / {model} / seed {seed}", flush=True)
-    if RunDir(run_dir).checkpoint("latest").exists():
+    if RunDir(run_dir).checkpoint(Checkpoint.LATEST).exists():
         resume(str(run_dir), progress=False, iterations=iterations, time_limit_minutes=minutes)
     else:
         train(resolve_config(task, model, args.preset, iterations=iterations, eval_every=args.eval_every, seed=seed,
@@ -161,7 +161,7 @@ def load_runs(out: Path, tasks: Sequence[str], models: Sequence[str], seeds: Seq
                 if not finished(run_dir, None):
                     continue
                 summary = read_json(RunDir(run_dir).summary)
-                config = SupervisedConfig.from_dict(read_json(run_dir / "config.json")["config"])
+                config = SupervisedConfig.from_dict(read_json(RunDir(run_dir).config)["config"])
                 metric = summary["main_metric"]
                 curve = [(r["iteration"], r[metric]) for r in read_jsonl(RunDir(run_dir).evaluations)
                          if r["split"] == "valid"]
@@ -310,7 +310,7 @@ BABI_PAPER_MEAN_ERROR = "0.39 +- 0.18 (10 runs)"
 
 def babi_report(run_dir: Path) -> str:
     """Markdown: the per-task error % of a bAbI run's latest evaluation (test if there is one) and the mean."""
-    records = list(read_jsonl(run_dir / "evaluations.jsonl"))
+    records = list(read_jsonl(RunDir(run_dir).evaluations))
     if not records:
         raise StmRlError(f"--babi-run {run_dir}: no evaluations yet")
     tests = [r for r in records if r["split"] == "test"]
@@ -334,36 +334,31 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     signal.signal(signal.SIGTERM, raise_interrupt)
-    out = Path(args.out)
     command = " ".join(["benchmarks/supervised_table.py", *(argv if argv is not None else sys.argv[1:])])
-    try:
-        if not args.report_only:
-            for task in args.tasks:
-                for seed in args.seeds:
-                    for model in args.models:
+    return run_command("supervised_table.py", lambda: build_table(args, command),
+                       interrupted_hint="rerun the same command to resume")
+
+
+def build_table(args: argparse.Namespace, command: str) -> int:
+    """Train the runs the table still lacks (resuming interrupted ones), then write and print the table."""
+    out = Path(args.out)
+    if not args.report_only:
+        for task in args.tasks:
+            for seed in args.seeds:
+                for model in args.models:
+                    try:
                         run_one(args, task, model, seed)
-                        runs = load_runs(out, args.tasks, args.models, args.seeds)
-                        write_outputs(out, table_rows(runs, args.tasks, args.models, args.preset), runs, args.tasks,
-                                      command)
-    except (StmRlError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return ExitCode.BAD_INPUT
-    except RunFailed as error:
-        print(f"error: {error}", file=sys.stderr)
-        return ExitCode.FAILED
-    except (TrainingInterrupted, KeyboardInterrupt) as stop:
-        print(f"interrupted ({stop}); rerun the same command to resume", file=sys.stderr)
-        return ExitCode.INTERRUPTED
+                    except TrainingInterrupted as stop:
+                        raise KeyboardInterrupt(str(stop)) from None
+                    runs = load_runs(out, args.tasks, args.models, args.seeds)
+                    write_outputs(out, table_rows(runs, args.tasks, args.models, args.preset), runs, args.tasks,
+                                  command)
     runs = load_runs(out, args.tasks, args.models, args.seeds)
     rows = table_rows(runs, args.tasks, args.models, args.preset)
     write_outputs(out, rows, runs, args.tasks, command)
     print((out / "table.md").read_text())
     if args.babi_run:
-        try:
-            report = babi_report(Path(args.babi_run))
-        except (StmRlError, OSError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return ExitCode.BAD_INPUT
+        report = babi_report(Path(args.babi_run))
         (out / "babi.md").write_text(report, encoding="utf-8")
         print(report)
     return ExitCode.COMPLETED

@@ -33,8 +33,9 @@ import numpy as np
 
 from stm_rl.a3c.scores import Milestone, Milestones
 from stm_rl.a3c.config import training_command
-from stm_rl.plotting import find_run_dirs, moving_average, read_run_config
-from stm_rl.run_dir import RunDir, StmRlError, machine_description, read_json, read_jsonl
+from stm_rl.plotting import moving_average, read_run_config
+from stm_rl.conventions import run_command
+from stm_rl.run_dir import RunDir, StmRlError, find_run_dirs, machine_description, read_json, read_jsonl
 
 THRESHOLDS = (-15.0, 0.0, 18.0)
 REBUILT = "(rebuilt)"
@@ -62,7 +63,7 @@ class RunScore:
 def score_run(run_dir: Path, window: int, thresholds: Sequence[float]) -> RunScore:
     """Milestones of one run (StmRlError if it has no game log)."""
     config = read_run_config(run_dir)
-    record = read_json(Path(run_dir) / "config.json")
+    record = read_json(RunDir(run_dir).config)
     game_log = RunDir(run_dir).game_log
     games = list(read_jsonl(game_log)) if game_log.exists() else []
     if not games:
@@ -148,7 +149,7 @@ def plot(scores: Sequence[RunScore], thresholds: Sequence[float], path: Path) ->
 
 def launch(minutes: float, run_dir: Path, train_args: Sequence[str]) -> Path:
     """Train a new run (or continue one that exists) for ``minutes`` of wall time, then stop it cleanly."""
-    resume = (run_dir / "config.json").exists()
+    resume = RunDir(run_dir).config.exists()
     command = [sys.executable, "-m", "stm_rl.cli", "train"]
     command += ["--resume", str(run_dir)] if resume else [*train_args, "--run-dir", str(run_dir)]
     command += ["--no-progress"]
@@ -186,27 +187,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         split = argv.index("--")
         argv, train_args = argv[:split], argv[split + 1:]
     args = parser.parse_args(argv)
-    try:
-        if args.window < 1:
-            raise StmRlError(f"--window must be >= 1, got {args.window}")
-        if args.launch is not None:
-            if not args.launch > 0 or not math.isfinite(args.launch):
-                raise StmRlError(f"--launch must be a positive number of minutes, got {args.launch}")
-            if args.run_dir is None:
-                raise StmRlError("--launch needs --run-dir (where the new run trains)")
-            args.runs.append(launch(args.launch, args.run_dir, train_args))
-        if not args.runs:
-            raise StmRlError("give at least one run directory (or --launch MINUTES --run-dir DIR)")
-        scores = [score_run(run_dir, args.window, args.thresholds) for run_dir in find_run_dirs(args.runs)]
-        report = format_markdown(scores, args.thresholds, args.window)
-        print(report, end="")
-        if args.markdown:
-            args.markdown.parent.mkdir(parents=True, exist_ok=True)
-            args.markdown.write_text(report)
-        print(f"figure: {plot(scores, args.thresholds, args.figure)}")
-    except (StmRlError, OSError) as error:
-        print(f"time_to_score.py: error: {error}", file=sys.stderr)
-        return 2
+    return run_command("time_to_score.py", lambda: score_runs(args, train_args))
+
+
+def score_runs(args: argparse.Namespace, train_args: list[str]) -> int:
+    """Score the runs (after training one with --launch) and write the table and the figure."""
+    if args.window < 1:
+        raise StmRlError(f"--window must be >= 1, got {args.window}")
+    if args.launch is not None:
+        if not args.launch > 0 or not math.isfinite(args.launch):
+            raise StmRlError(f"--launch must be a positive number of minutes, got {args.launch}")
+        if args.run_dir is None:
+            raise StmRlError("--launch needs --run-dir (where the new run trains)")
+        args.runs.append(launch(args.launch, args.run_dir, train_args))
+    if not args.runs:
+        raise StmRlError("give at least one run directory (or --launch MINUTES --run-dir DIR)")
+    scores = [score_run(run_dir, args.window, args.thresholds) for run_dir in find_run_dirs(args.runs)]
+    markdown = format_markdown(scores, args.thresholds, args.window)
+    print(markdown, end="")
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(markdown)
+    print(f"figure: {plot(scores, args.thresholds, args.figure)}")
     return 0
 
 

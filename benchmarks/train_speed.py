@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import itertools
 import os
+import sys
 import time
 
 import numpy as np
@@ -30,11 +31,16 @@ import torch.multiprocessing as mp
 from agents import AgentConfig, build_agent
 from agents.precision import PRECISIONS
 from envs import EnvConfig, make_env, probe_action_count
+from stm_rl.conventions import run_command
 from stm_rl.a3c import A3CConfig, RunConfig, SharedAdam, TrainConfig
 from stm_rl.a3c.worker import FRAMES, AGENT_STEPS, WorkerContext, worker_main
 from stm_rl.fp32_matmul import CHOICE_VARIABLE, CHOICES
 from stm_rl.memory.fused_kernels import SETTING_VARIABLE as FUSED_VARIABLE, SETTINGS as FUSED_SETTINGS
 from stm_rl.memory.fused_kernels import describe_fused_kernels
+
+
+CONFIGS = ("lstm-small", "stm-small", "lstm-paper", "stm-paper")
+"""The agent-encoder pairs this benchmark measures."""
 
 
 def random_actions(rank: int, env_config: EnvConfig, counters: torch.Tensor, stop) -> None:
@@ -109,7 +115,7 @@ def trainer_args(config: TrainConfig):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", nargs="+", default=["lstm-small", "stm-small", "lstm-paper", "stm-paper"],
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=CONFIGS, metavar="AGENT-ENCODER",
                         help="agent-encoder pairs to measure")
     parser.add_argument("--envs-per-worker", nargs="+", type=int, default=[1, 16])
     parser.add_argument("--workers", type=int, default=2)
@@ -186,4 +192,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_command("train_speed.py", main))

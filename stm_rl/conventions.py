@@ -71,11 +71,13 @@ def suggest(command: str, args: Sequence[str]) -> str:
     return f"stm-rl {command} {quoted}"
 
 
-def run_command(prog: str, body: Callable[[], int]) -> int:
+def run_command(prog: str, body: Callable[[], int], interrupted_hint: str = "") -> int:
     """Run a command's ``body`` under the conventions above and return its exit code: a user error
     (:class:`~stm_rl.run_dir.StmRlError`, a config's ``ValueError``) is one line ``PROG: error: ...`` and 2;
     a failure of the work (:class:`~stm_rl.run_dir.RunFailed`) or a file that could not be read or written
-    while working is one line and 1; Ctrl-C is 130."""
+    while working is one line and 1; Ctrl-C is 130 (with ``interrupted_hint``, e.g. how to resume, after the
+    line that says so). Every entry point (``stm-rl``, ``python -m stm_rl.supervised``, a sweep's run process,
+    the benchmark scripts) ends through here."""
     try:
         return int(body() or 0)
     except (StmRlError, ValueError) as error:
@@ -94,5 +96,5 @@ def run_command(prog: str, body: Callable[[], int]) -> int:
         print(f"{prog}: error: {describe_os_error(error)} (STM_RL_DEBUG=1 shows where)", file=sys.stderr)
         return ExitCode.FAILED
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+        print(f"{prog}: interrupted" + (f"; {interrupted_hint}" if interrupted_hint else ""), file=sys.stderr)
         return ExitCode.INTERRUPTED

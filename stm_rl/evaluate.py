@@ -26,10 +26,10 @@ from stm_rl.a3c.checkpoint import checkpoint_paths, load_agent_from_checkpoint
 from stm_rl.a3c.limits import MAX_FRAME_SKIP, MAX_SEED
 from stm_rl.a3c.play import GameResult, play_game
 from stm_rl.config_cli import parse_count
-from stm_rl.run_dir import RunDir, StmRlError, check_can_write, describe_os_error, read_json, write_json_atomic
+from stm_rl.run_dir import Checkpoint, RunDir, StmRlError, check_can_write, describe_os_error, read_json, write_json_atomic
 from stm_rl.process import setup_compute_process
 
-CHECKPOINT_PREFERENCE = ("best", "final", "latest")
+CHECKPOINT_PREFERENCE = (Checkpoint.BEST, Checkpoint.FINAL, Checkpoint.LATEST)
 
 
 @dataclass(frozen=True)
@@ -155,7 +155,7 @@ def evaluation_env_config(trained: EnvConfig, options: EvalOptions) -> EnvConfig
 def default_output(checkpoint: Path, frame_skip: int) -> Path:
     """``<run_dir>/eval-<checkpoint>-skip<N>.json`` (the run directory holds ``checkpoints/``)."""
     run_dir = checkpoint.parent.parent if checkpoint.parent.name == RunDir.CHECKPOINTS else checkpoint.parent
-    return run_dir / f"eval-{checkpoint.stem}-skip{frame_skip}.json"
+    return RunDir(run_dir).evaluation_report(checkpoint.stem, frame_skip)
 
 
 def evaluate(options: EvalOptions) -> dict[str, Any]:
@@ -202,7 +202,7 @@ def evaluate(options: EvalOptions) -> dict[str, Any]:
 
 def final_evaluation_path(run_dir: Path, frame_skip: int) -> Path:
     """Where :func:`evaluate_final_agent` (and ``stm-rl evaluate RUN --checkpoint final``) write the report."""
-    return default_output(RunDir(run_dir).checkpoint("final"), frame_skip)
+    return default_output(RunDir(run_dir).checkpoint(Checkpoint.FINAL), frame_skip)
 
 
 def has_final_evaluation(run_dir: Path, frame_skip: int, games: int) -> bool:
@@ -219,8 +219,8 @@ def evaluate_final_agent(run_dir: Path, frame_skip: int, games: int) -> Optional
     weights on its own environment, seed 0; None when there is nothing to do (0 games, or done already)."""
     if games <= 0 or has_final_evaluation(run_dir, frame_skip, games):
         return None
-    print(f"final evaluation: {games} greedy games with {RunDir(run_dir).checkpoint('final')}", flush=True)
-    report = evaluate(EvalOptions(target=Path(run_dir), checkpoint="final", episodes=games, progress=False))
+    print(f"final evaluation: {games} greedy games with {RunDir(run_dir).checkpoint(Checkpoint.FINAL)}", flush=True)
+    report = evaluate(EvalOptions(target=Path(run_dir), checkpoint=Checkpoint.FINAL, episodes=games, progress=False))
     print(f"final evaluation: mean score {report['mean']:+.2f} +- {report['std']:.2f} over {games} games "
           f"({report['output']})", flush=True)
     return report

@@ -34,7 +34,8 @@ import numpy as np
 
 from stm_rl.a3c.config import TrainConfig
 from stm_rl.config_cli import differing_settings, format_count
-from stm_rl.run_dir import RunDir, StmRlError, check_can_write, read_json, read_jsonl, to_jsonable
+from stm_rl.run_dir import (Checkpoint, RunDir, StmRlError, check_can_write, find_run_dirs, read_json, read_jsonl,
+                            to_jsonable)
 
 XAxis = Literal["games", "steps", "frames", "time"]
 Band = Literal["std", "sem"]
@@ -149,21 +150,6 @@ class PlotOptions:
 
 
 # ---------------------------------------------------------------- finding and reading runs
-def find_run_dirs(paths: Sequence[Path]) -> list[Path]:
-    """Run directories (holding config.json) given directly or found below the given directories."""
-    found: list[Path] = []
-    for path in map(Path, paths):
-        if not path.exists():
-            raise StmRlError(f"no such directory: {path}")
-        if (path / "config.json").is_file():
-            found.append(path)
-        else:
-            found += sorted(config.parent for config in path.rglob("config.json"))
-    if not found:
-        raise StmRlError(f"no runs found under {', '.join(map(str, paths))} (a run directory holds config.json)")
-    return list(dict.fromkeys(found))
-
-
 def read_run_config(run_dir: Path) -> TrainConfig:
     """The TrainConfig recorded in a run's config.json (StmRlError if missing or unreadable)."""
     data = read_json(RunDir(run_dir).config)
@@ -194,7 +180,7 @@ def load_run(run_dir: Path) -> RunLog:
 
 def final_greedy_scores(run_dir: Path, frame_skip: int) -> Optional[tuple[float, ...]]:
     """The scores of the run's final evaluation (``eval-final-skip<N>.json``), None if it has none."""
-    path = run_dir / f"eval-final-skip{frame_skip}.json"
+    path = RunDir(run_dir).evaluation_report(Checkpoint.FINAL, frame_skip)
     if not path.is_file():
         return None
     report = read_json(path)

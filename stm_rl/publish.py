@@ -29,12 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from stm_rl.run_dir import RunDir, StmRlError, check_can_write, read_json, read_jsonl, write_json_atomic
+from stm_rl.run_dir import (SWEEP_MANIFEST, RunDir, StmRlError, check_can_write, find_run_dirs, read_json, read_jsonl,
+                            write_json_atomic)
 
 COPIED_JSON = (RunDir.CONFIG, RunDir.SUMMARY)
-"""JSON files of a run that are published (with ``eval-*.json``)."""
-EVALUATION_PATTERN = "eval-*.json"
-SWEEP_MANIFEST = "sweep.json"
+"""JSON files of a run that are published (with its evaluation reports, ``eval-*.json``)."""
 
 _ABSOLUTE_PATH = re.compile(r"(?<![\w.~:/-])/(?:[^\s/\"',;:=]+/)+")
 """The folders of an absolute path (``/a/b/`` of ``/a/b/c``) not preceded by a word, ``~``, ``:`` or ``/``
@@ -88,7 +87,7 @@ def publish_run(run_dir: Path, target: Path, cwd: Path, home: Path) -> Published
     games = list(read_jsonl(layout.game_log)) if layout.game_log.exists() else []
     if games:
         write_gzip_jsonl(games, target / RunDir.GAMES_COMPRESSED)
-    sources = [layout.path / name for name in COPIED_JSON] + sorted(layout.path.glob(EVALUATION_PATTERN))
+    sources = [layout.path / name for name in COPIED_JSON] + layout.evaluation_reports()
     for source in sources:
         if source.is_file():
             write_json_atomic(target / source.name, scrub_paths(read_json(source), cwd, home))
@@ -97,19 +96,13 @@ def publish_run(run_dir: Path, target: Path, cwd: Path, home: Path) -> Published
 
 
 def find_runs(paths: Sequence[Path]) -> list[Path]:
-    """Run directories (holding config.json) given directly or found below the given folders."""
-    found: list[Path] = []
-    for path in map(Path, paths):
-        if not path.is_dir():
-            raise StmRlError(f"no such directory: {path}")
-        found += [path] if (path / RunDir.CONFIG).is_file() else sorted(c.parent for c in path.rglob(RunDir.CONFIG))
-    if not found:
-        raise StmRlError(f"no runs found under {', '.join(map(str, paths))} (a run directory holds {RunDir.CONFIG})")
+    """The runs to publish (:func:`~stm_rl.run_dir.find_run_dirs`); two with the same name cannot share ``--to``."""
+    found = find_run_dirs(paths)
     names = [run.name for run in found]
     repeated = sorted({name for name in names if names.count(name) > 1})
     if repeated:
         raise StmRlError(f"two runs are named {repeated[0]}: publish them to different --to folders")
-    return list(dict.fromkeys(found))
+    return found
 
 
 # ---------------------------------------------------------------- command line

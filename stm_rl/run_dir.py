@@ -31,10 +31,11 @@ import sys
 import tempfile
 import time
 from contextlib import contextmanager
+from enum import Enum
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import torch
 
@@ -59,6 +60,22 @@ class RunDirBusyError(StmRlError):
 
 
 TEMP_SUFFIX = ".tmp"
+SWEEP_MANIFEST = "sweep.json"
+"""A sweep folder's manifest (beside its run directories): every run's state, attempts and log."""
+
+
+class Checkpoint(str, Enum):
+    """A run's checkpoints by role; the value is the file's stem (``checkpoints/<value>.pt``)."""
+
+    LATEST = "latest"
+    """Written when a run starts, every checkpoint interval and when it stops: what a resume continues from."""
+    BEST = "best"
+    """The weights with the best moving average (RL) or validation score (supervised) so far."""
+    FINAL = "final"
+    """The weights when the last segment of an RL run ended."""
+
+    __str__ = str.__str__
+    __format__ = str.__format__
 
 
 @dataclass(frozen=True)
@@ -77,7 +94,11 @@ class RunDir:
     TENSORBOARD = "tb"
     CHECKPOINTS = "checkpoints"
     LOCK = ".lock"
-    CHECKPOINT_NAMES = ("latest", "best", "final")
+    SWEEP_RUN = "sweep-run.json"
+    """The whole config a sweep hands to the run (``python -m stm_rl.sweep_run <run>/sweep-run.json``)."""
+    TRAIN_LOG = "train.log"
+    """The output of a sweep's run process."""
+    CHECKPOINT_NAMES = tuple(Checkpoint)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "path", Path(self.path))
@@ -116,6 +137,22 @@ class RunDir:
     def checkpoints(self) -> Path:
         return self.path / self.CHECKPOINTS
 
+    @property
+    def sweep_run(self) -> Path:
+        return self.path / self.SWEEP_RUN
+
+    @property
+    def train_log(self) -> Path:
+        return self.path / self.TRAIN_LOG
+
+    def evaluation_report(self, checkpoint: Checkpoint | str, frame_skip: int) -> Path:
+        """``eval-<checkpoint>-skip<N>.json``: ``stm-rl evaluate``'s report of a checkpoint's games at skip N."""
+        return self.path / f"eval-{Checkpoint(checkpoint)}-skip{frame_skip}.json"
+
+    def evaluation_reports(self) -> list[Path]:
+        """Every ``stm-rl evaluate`` report in the run directory (:meth:`evaluation_report`), sorted."""
+        return sorted(self.path.glob("eval-*.json"))
+
     def set_aside_game_log(self) -> Optional[Path]:
         """Rename the game log of an attempt that left no checkpoint to ``games.orphan-<time>.jsonl`` (so a
         restarted run begins a fresh log without losing the old one); the new path, None if there was none."""
@@ -130,8 +167,9 @@ class RunDir:
         log.rename(target)
         return target
 
-    def checkpoint(self, name: str) -> Path:
-        """``checkpoints/<name>.pt`` (name: latest, best or final)."""
+    def checkpoint(self, name: Checkpoint | str) -> Path:
+        """``checkpoints/<name>.pt`` (name: a :class:`Checkpoint`, or its value)."""
+        name = Checkpoint(name)
         return self.checkpoints / f"{name}.pt"
 
     # ---------------------------------------------------------------- lock
@@ -280,6 +318,21 @@ def write_config(run_dir: Path, config: Any, **extra: Any) -> Path:
     write_json_atomic(path, {"config": config, "versions": package_versions(), "argv": sys.argv,
                              "machine": machine_description(), **extra})
     return path
+
+
+def find_run_dirs(paths: Sequence[Path]) -> list[Path]:
+    """Run directories (holding config.json) given directly or found below the given directories."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise StmRlError(f"no such directory: {path}")
+        if RunDir(path).config.is_file():
+            found.append(path)
+        else:
+            found += sorted(config.parent for config in path.rglob(RunDir.CONFIG))
+    if not found:
+        raise StmRlError(f"no runs found under {', '.join(map(str, paths))} (a run directory holds config.json)")
+    return list(dict.fromkeys(found))
 
 
 def read_json(path: Path) -> Any:

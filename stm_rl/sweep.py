@@ -22,7 +22,6 @@ import json
 import math
 import os
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -39,10 +38,8 @@ from stm_rl.a3c.limits import validate_for_training
 from stm_rl.config_cli import add_dataclass_flags, flag_name, given_settings, parse_count, with_flag_names
 from stm_rl.conventions import ExitCode
 from stm_rl.evaluate import has_final_evaluation
-from stm_rl.run_dir import RunDir, StmRlError, check_can_write, read_json, write_json_atomic
+from stm_rl.run_dir import SWEEP_MANIFEST, Checkpoint, RunDir, StmRlError, check_can_write, read_json, write_json_atomic
 
-MANIFEST_NAME = "sweep.json"
-LOG_NAME = "train.log"
 SHUTDOWN_GRACE_S = 300.0
 """Seconds a run gets to write its final checkpoint after Ctrl-C before it is killed."""
 BACKENDS = ("local", "ray")
@@ -79,7 +76,7 @@ class RunEntry:
 
     @property
     def log_path(self) -> Path:
-        return self.spec.run_dir / LOG_NAME
+        return RunDir(self.spec.run_dir).train_log
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.spec.name, "agent": self.spec.agent, "frame_skip": self.spec.frame_skip,
@@ -318,11 +315,6 @@ def _last_jsonl_record(path: Path, tail_bytes: int = 4096) -> Optional[dict]:
     return None
 
 
-def train_command(spec: RunSpec, options: SweepOptions) -> list[str]:
-    """The command that trains ``spec`` from its run file (it resumes from the latest checkpoint if there is one)."""
-    return sweep_run.command(sweep_run.run_file(spec.run_dir))
-
-
 def is_finished(spec: RunSpec, options: SweepOptions) -> bool:
     """Completed with at least this sweep's budget (a larger --frames or --agent-steps makes a completed run
     resume)."""
@@ -340,7 +332,7 @@ def disk_state(spec: RunSpec, options: SweepOptions) -> str:
         return f"running ({holder})"
     if is_finished(spec, options):
         return "done"
-    if layout.checkpoint("latest").exists():
+    if layout.checkpoint(Checkpoint.LATEST).exists():
         return f"resume ({run_status(spec.run_dir) or 'killed'})"
     return "start"
 
@@ -351,7 +343,7 @@ def changed_settings(options: SweepOptions) -> dict[str, list[str]]:
     for spec in options.runs():
         layout = RunDir(spec.run_dir)
         config_file = layout.config
-        if not (layout.checkpoint("latest").exists() and config_file.exists()):
+        if not (layout.checkpoint(Checkpoint.LATEST).exists() and config_file.exists()):
             continue  # nothing trained yet that a change could mix with
         try:
             saved = TrainConfig.from_dict(read_json(config_file)["config"])
@@ -403,27 +395,21 @@ class LocalBackend:
     the sweep, which forwards it once; if the sweep is killed, its children get SIGTERM (see sweep_run)."""
 
     options: SweepOptions
-    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    processes: dict[str, sweep_run.RunProcess] = field(default_factory=dict)
 
     def capacity(self, runs: int) -> int:
         return self.options.max_parallel or 1
 
     def start(self, entry: RunEntry) -> None:
-        command = train_command(entry.spec, self.options)
-        with open(entry.log_path, "a", encoding="utf-8") as log:
-            log.write(f"\n$ {' '.join(command)}\n")
-            log.flush()
-            self.processes[entry.spec.name] = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=sweep_run.child_environment(), start_new_session=True)
+        self.processes[entry.spec.name] = sweep_run.RunProcess.start(entry.spec.run_dir)
 
     def wait(self, timeout: float) -> list[tuple[str, Optional[int], str]]:
         deadline = time.monotonic() + timeout
         while True:
-            ended = [(name, p.returncode, "") for name, p in self.processes.items() if p.poll() is not None]
+            ended = [(name, code, "") for name, p in self.processes.items() if (code := p.poll()) is not None]
             if ended or time.monotonic() >= deadline:
                 for name, _, _ in ended:
-                    _kill_process_group(self.processes.pop(name))  # workers a killed trainer left behind
+                    self.processes.pop(name).kill()  # workers a killed trainer left behind
                 return ended
             time.sleep(min(0.2, timeout))
 
@@ -432,15 +418,9 @@ class LocalBackend:
 
     def stop(self, grace: float) -> dict[str, Optional[int]]:
         for process in self.processes.values():
-            _signal(process, signal.SIGINT)
-        deadline, codes = time.monotonic() + grace, {}
-        for name, process in self.processes.items():
-            try:
-                process.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except (subprocess.TimeoutExpired, KeyboardInterrupt):  # second Ctrl-C or too slow
-                _kill_process_group(process)
-                process.wait()
-            codes[name] = process.returncode
+            process.interrupt()
+        deadline = time.monotonic() + grace
+        codes = {name: process.stop(max(0.0, deadline - time.monotonic())) for name, process in self.processes.items()}
         self.processes.clear()
         return codes
 
@@ -472,7 +452,7 @@ class Sweep:
     def __post_init__(self) -> None:
         self.entries = [RunEntry(spec) for spec in self.options.runs()]
         self.by_name = {entry.spec.name: entry for entry in self.entries}
-        self.manifest_path = self.options.out / MANIFEST_NAME
+        self.manifest_path = self.options.out / SWEEP_MANIFEST
 
     def dry_run(self) -> int:
         """Print every run with what a sweep would do with it; start nothing, write nothing."""
@@ -551,7 +531,7 @@ class Sweep:
         spec = entry.spec
         spec.run_dir.mkdir(parents=True, exist_ok=True)
         sweep_run.write_run_file(run_config(spec, self.options))
-        resume = RunDir(spec.run_dir).checkpoint("latest").exists()
+        resume = RunDir(spec.run_dir).checkpoint(Checkpoint.LATEST).exists()
         backend.start(entry)
         entry.state, entry.exit_code, entry.message = "running", None, ""
         entry.attempts += 1
@@ -624,23 +604,6 @@ def results_table(entries: list[RunEntry], states: Optional[Mapping[str, str]] =
 
 def _average(value: Any) -> str:
     return f"{value:+.2f}" if isinstance(value, (int, float)) and math.isfinite(value) else "-"
-
-
-def _signal(process: subprocess.Popen, signum: int) -> None:
-    if process.poll() is None:
-        try:
-            process.send_signal(signum)
-        except ProcessLookupError:
-            pass
-
-
-def _kill_process_group(process: subprocess.Popen) -> None:
-    """SIGKILL a child and its worker processes (the child leads its own session and process group); after
-    the child has ended, this removes what is left of its group (the workers of a trainer killed outright)."""
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _raise_keyboard_interrupt(signum: int, _frame: Any) -> None:

@@ -27,7 +27,6 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import threading
 import uuid
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from stm_rl import sweep_run
 from stm_rl.run_dir import StmRlError
-from stm_rl.sweep import SHUTDOWN_GRACE_S, RunEntry, SweepOptions, _kill_process_group, _signal
+from stm_rl.sweep import SHUTDOWN_GRACE_S, RunEntry, SweepOptions
 
 CONNECT_TIMEOUT_S = 5.0
 """Seconds to wait for the head node's port to answer before giving up on --ray-address."""
@@ -48,7 +47,7 @@ NODE_CHECK_TIMEOUT_S = 120.0
 
 
 @ray.remote(max_retries=0)
-def train_run(run_file: str, log_path: str) -> int:
+def train_run(run_file: str) -> int:
     """Train one run on whichever node Ray chose; returns the exit code of its process.
 
     ``ray.cancel`` (a KeyboardInterrupt here) is passed on as SIGINT: the trainer stops after its current
@@ -58,47 +57,25 @@ def train_run(run_file: str, log_path: str) -> int:
     # when its node was started with SIGINT ignored (from a script's background job): Python's default handler
     # for the time of the run, the one a worker started otherwise has; the worker's own is back afterwards.
     if threading.current_thread() is not threading.main_thread():
-        return _run_trainer(run_file, log_path)
+        return _run_trainer(run_file)
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        return _run_trainer(run_file, log_path)
+        return _run_trainer(run_file)
     finally:
         if previous is not None:  # None: a handler not set from Python, which cannot be put back from here
             signal.signal(signal.SIGINT, previous)
 
 
-def _run_trainer(run_file: str, log_path: str) -> int:
-    """The body of :func:`train_run`: start the run's trainer, pass a cancellation on as SIGINT."""
-    command = sweep_run.command(Path(run_file))
-    with open(log_path, "a", encoding="utf-8") as log:
-        log.write(f"\n$ [{socket.gethostname()}] {' '.join(command)}\n")
-        log.flush()
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env=sweep_run.child_environment(), start_new_session=True)
+def _run_trainer(run_file: str) -> int:
+    """The body of :func:`train_run`: start the run's trainer, pass a cancellation on as SIGINT (a second one,
+    or the end of the grace period, kills it)."""
+    process = sweep_run.RunProcess.start(Path(run_file).parent)
     try:
-        try:
-            return _wait(process)
-        except KeyboardInterrupt:
-            _signal(process, signal.SIGINT)
-            return _wait(process, SHUTDOWN_GRACE_S)
-    except (subprocess.TimeoutExpired, KeyboardInterrupt):
-        _kill_process_group(process)
         return process.wait()
+    except KeyboardInterrupt:
+        return process.stop(SHUTDOWN_GRACE_S)
     finally:
-        _kill_process_group(process)  # workers a killed trainer left behind
-
-
-def _wait(process: subprocess.Popen, timeout: Optional[float] = None) -> int:
-    """``process.wait`` in short slices, so that Ray's cancellation (an exception raised between Python
-    instructions) is not held up by a blocking system call."""
-    waited = 0.0
-    while True:
-        try:
-            return process.wait(timeout=1.0)
-        except subprocess.TimeoutExpired:
-            waited += 1.0
-            if timeout is not None and waited >= timeout:
-                raise
+        process.kill()  # workers a killed trainer left behind
 
 
 @ray.remote(num_cpus=0, max_retries=0)
@@ -202,7 +179,7 @@ class RayBackend:
 
     def start(self, entry: RunEntry) -> None:
         task = train_run.options(num_cpus=self.options.workers_per_run + 1, name=f"stm-rl {entry.spec.name}")
-        self.tasks[task.remote(str(sweep_run.run_file(entry.spec.run_dir)), str(entry.log_path))] = entry.spec.name
+        self.tasks[task.remote(str(sweep_run.run_file(entry.spec.run_dir)))] = entry.spec.name
 
     def wait(self, timeout: float) -> list[tuple[str, Optional[int], str]]:
         if not self.tasks:

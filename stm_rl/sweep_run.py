@@ -25,21 +25,21 @@ import math
 import os
 import signal
 import socket
+import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
 
 from stm_rl.a3c.checkpoint import RESUMABLE_RUN_FLAGS, load_resume_checkpoint
-from stm_rl.a3c.config import TrainConfig
-from stm_rl.a3c.train_command import ENV_FLAGS_HIDDEN
+from stm_rl.a3c.config import RL_RESUME, TrainConfig
 from stm_rl.a3c.trainer import Trainer
-from stm_rl.config_cli import describe_changes, differing_settings
-from stm_rl.conventions import EXIT_CODES, ExitCode, RunStatus
+from stm_rl.config_cli import describe_changes
+from stm_rl.conventions import EXIT_CODES, RunStatus, run_command
 from stm_rl.evaluate import evaluate_final_agent
-from stm_rl.run_dir import RunDir, StmRlError, read_json, to_jsonable, write_json_atomic
+from stm_rl.run_dir import Checkpoint, RunDir, StmRlError, read_json, to_jsonable, write_json_atomic
 
-RUN_FILE = "sweep-run.json"
 PARENT_ENV = "STM_RL_SWEEP_PARENT"
 """Environment variable holding the pid of the process that started the run (the sweep or a Ray task)."""
 LOCK_WAIT_S = 600.0
@@ -48,7 +48,7 @@ _PR_SET_PDEATHSIG = 1
 
 
 def run_file(run_dir: Path) -> Path:
-    return Path(run_dir) / RUN_FILE
+    return RunDir(run_dir).sweep_run
 
 
 def write_run_file(config: TrainConfig) -> Path:
@@ -76,24 +76,81 @@ def child_environment() -> dict[str, str]:
     return {**os.environ, PARENT_ENV: str(os.getpid()), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-MAY_CHANGE_BETWEEN_SEGMENTS = frozenset({("run", name) for name in (*RESUMABLE_RUN_FLAGS, "run_dir")}
-                                       | {("env", name) for name in ENV_FLAGS_HIDDEN})
-"""``(group, field)`` settings a sweep's run may change between segments: those of ``stm-rl train --resume``, the
-run directory (where the run is found), and the environment settings that are not flags (they follow from
-others: the observation size from the encoder)."""
+@dataclass
+class RunProcess:
+    """A run's training process as both sweep backends start and stop it (the local one on this machine, the Ray
+    one inside a task on a node): ``python -m stm_rl.sweep_run RUN_FILE`` (:func:`command`) with its output
+    appended to the run's train.log after a line naming the host and the command, in a session of its own (a
+    terminal's Ctrl-C reaches only the sweep, which passes it on once), with :func:`child_environment`.
+
+    The trainer leads its own process group, so :meth:`kill` takes its A3C workers down with it; after the
+    trainer ended, :meth:`kill` removes what is left of the group (the workers of a trainer killed outright).
+    """
+
+    process: subprocess.Popen
+
+    @classmethod
+    def start(cls, run_dir: Path) -> "RunProcess":
+        line = command(run_file(run_dir))
+        with open(RunDir(run_dir).train_log, "a", encoding="utf-8") as log:
+            log.write(f"\n$ [{socket.gethostname()}] {' '.join(line)}\n")
+            log.flush()
+            return cls(subprocess.Popen(line, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        env=child_environment(), start_new_session=True))
+
+    def poll(self) -> Optional[int]:
+        return self.process.poll()
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        """The exit code, waiting in one-second slices (so that an exception raised between Python instructions,
+        as Ray's cancellation is, is not held up by a blocking system call); TimeoutExpired after ``timeout``."""
+        waited = 0.0
+        while True:
+            try:
+                return self.process.wait(timeout=1.0)
+            except subprocess.TimeoutExpired:
+                waited += 1.0
+                if timeout is not None and waited >= timeout:
+                    raise
+
+    def interrupt(self) -> None:
+        """SIGINT, as Ctrl-C: the trainer stops after its current update and writes its final checkpoint."""
+        if self.process.poll() is None:
+            try:
+                self.process.send_signal(signal.SIGINT)
+            except ProcessLookupError:
+                pass
+
+    def kill(self) -> None:
+        """SIGKILL the trainer and every process of its group."""
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def stop(self, grace: float) -> int:
+        """Interrupt, wait up to ``grace`` seconds for the final checkpoint, then kill; the exit code. A second
+        Ctrl-C while waiting kills at once."""
+        self.interrupt()
+        try:
+            return self.wait(grace)
+        except (subprocess.TimeoutExpired, KeyboardInterrupt):
+            self.kill()
+            return self.process.wait()
+        finally:
+            self.kill()  # workers a killed trainer left behind
 
 
 def settings_differ(saved: TrainConfig, wanted: TrainConfig) -> list[str]:
-    """The settings in which ``wanted`` differs from the config a run was trained with, as ``--flag old -> new``
-    (the shared comparison :func:`stm_rl.config_cli.differing_settings`, minus :data:`MAY_CHANGE_BETWEEN_SEGMENTS`)."""
-    return describe_changes(differing_settings([to_jsonable(saved), to_jsonable(wanted)],
-                                               ignore=MAY_CHANGE_BETWEEN_SEGMENTS))
+    """The settings in which ``wanted`` differs from the config a run was trained with and may not (the resume
+    rule, :data:`~stm_rl.a3c.config.RL_RESUME`), as ``--flag old -> new``."""
+    return describe_changes(RL_RESUME.differences(to_jsonable(saved), to_jsonable(wanted)))
 
 
 def start_or_resume(config: TrainConfig) -> Trainer:
     """A trainer for ``config``: resumed from the run's latest checkpoint if it has one, else a new run."""
     run_dir = Path(config.run.run_dir)
-    if not RunDir(run_dir).checkpoint("latest").exists():
+    if not RunDir(run_dir).checkpoint(Checkpoint.LATEST).exists():
         set_aside_orphan_log(run_dir)
         return Trainer(config)
     record = load_resume_checkpoint(run_dir)
@@ -102,17 +159,15 @@ def start_or_resume(config: TrainConfig) -> Trainer:
     if changed:
         raise StmRlError(f"{run_dir} was trained with other settings ({'; '.join(changed)}); "
                          "a sweep cannot change them: use another --out")
-    run = dataclasses.replace(saved.run, run_dir=run_dir, frames=config.run.frames,
-                              agent_steps=config.run.agent_steps, final_eval_games=config.run.final_eval_games,
-                              workers=config.run.workers,
-                              checkpoint_interval=config.run.checkpoint_interval, progress=config.run.progress)
+    run = dataclasses.replace(saved.run, run_dir=run_dir, **{name: getattr(config.run, name)
+                                                             for name in RESUMABLE_RUN_FLAGS})
     return Trainer(dataclasses.replace(saved, run=run), resume_from=record)
 
 
 def set_aside_orphan_log(run_dir: Path) -> Optional[Path]:
     """A run that died before its first checkpoint starts over: keep its old game log under another name."""
     layout = RunDir(run_dir)
-    return None if layout.checkpoint("latest").exists() else layout.set_aside_game_log()
+    return None if layout.checkpoint(Checkpoint.LATEST).exists() else layout.set_aside_game_log()
 
 
 # ---------------------------------------------------------------- process hygiene
@@ -146,31 +201,28 @@ def wait_for_previous_trainer(run_dir: Path, wait_s: float = LOCK_WAIT_S) -> Non
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    return run_command("stm-rl sweep run", lambda: train_from_run_file(argv))
+
+
+def train_from_run_file(argv: Sequence[str]) -> int:
+    """Train (start, resume or finish) the run of the run file ``argv[0]``; its exit code."""
     if len(argv) != 1:
-        print(f"usage: python -m stm_rl.sweep_run RUN_DIR/{RUN_FILE}", file=sys.stderr)
-        return ExitCode.BAD_INPUT
-    try:
-        die_with_parent()
-        config = read_run_file(Path(argv[0]))
-        wait_for_previous_trainer(config.run.run_dir)
-        trainer = start_or_resume(config)
-        config = trainer.config
-        print(f"run {config.run.run_dir} on {socket.gethostname()} (pid {os.getpid()}): {config.agent.agent} "
-              f"agent, frame skip {config.env.frame_skip}, seed {config.run.seed}, {config.run.workers} "
-              f"worker(s), budget {config.run.describe_budget()}"
-              + (f", resuming at {trainer.counters.frames:,} frames, {trainer.counters.agent_steps:,} agent steps"
-                 if trainer.counters.frames else ""), flush=True)
-        # A run killed after its last update but before its summary has nothing left to train.
-        spent = config.run.budget_reached(trainer.counters.frames, trainer.counters.agent_steps)
-        result = trainer.finish_spent_run() if spent else trainer.run()
-        if result.status == RunStatus.COMPLETED:
-            evaluate_final_agent(config.run.run_dir, config.env.frame_skip, config.run.final_eval_games)
-    except (StmRlError, ValueError) as error:
-        print(f"stm-rl sweep run: error: {error}", file=sys.stderr)
-        return ExitCode.BAD_INPUT
-    except KeyboardInterrupt:
-        print("stm-rl sweep run: interrupted", file=sys.stderr)
-        return ExitCode.INTERRUPTED
+        raise StmRlError(f"usage: python -m stm_rl.sweep_run RUN_DIR/{RunDir.SWEEP_RUN}")
+    die_with_parent()
+    config = read_run_file(Path(argv[0]))
+    wait_for_previous_trainer(config.run.run_dir)
+    trainer = start_or_resume(config)
+    config = trainer.config
+    print(f"run {config.run.run_dir} on {socket.gethostname()} (pid {os.getpid()}): {config.agent.agent} "
+          f"agent, frame skip {config.env.frame_skip}, seed {config.run.seed}, {config.run.workers} "
+          f"worker(s), budget {config.run.describe_budget()}"
+          + (f", resuming at {trainer.counters.frames:,} frames, {trainer.counters.agent_steps:,} agent steps"
+             if trainer.counters.frames else ""), flush=True)
+    # A run killed after its last update but before its summary has nothing left to train.
+    spent = config.run.budget_reached(trainer.counters.frames, trainer.counters.agent_steps)
+    result = trainer.finish_spent_run() if spent else trainer.run()
+    if result.status == RunStatus.COMPLETED:
+        evaluate_final_agent(config.run.run_dir, config.env.frame_skip, config.run.final_eval_games)
     average = "n/a" if math.isnan(result.moving_average) else f"{result.moving_average:+.2f}"
     print(f"{result.status.value}: {result.counters.games} games, {result.counters.agent_steps:,} agent steps, "
           f"{result.counters.frames:,} frames; "

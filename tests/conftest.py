@@ -46,6 +46,26 @@ def games_of() -> Callable[[Path], list[dict]]:
 
 
 @pytest.fixture
+def fit_fixed_batch() -> Callable[..., list[float]]:
+    """``fit_fixed_batch(model, task, batch, steps)``: train ``model`` on one batch of a supervised task with Adam
+    (lr 1e-2) for ``steps`` steps; the losses, one per step (a model that learns drives them down)."""
+    import torch
+
+    def fit(model, task, batch, steps: int) -> list[float]:
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+        losses = []
+        for _ in range(steps):
+            loss = task.loss(model(batch.inputs), batch)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        return losses
+
+    return fit
+
+
+@pytest.fixture
 def summary_of() -> Callable[[Path], dict]:
     """``summary_of(run_dir)``: the run's summary.json."""
     return lambda run_dir: json.loads(RunDir(run_dir).summary.read_text())

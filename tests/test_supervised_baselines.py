@@ -52,20 +52,11 @@ def sigmoid(x):
 
 
 @pytest.mark.parametrize("name", BASELINES)
-def test_registered_and_learns_a_little_on_copy(name):
+def test_registered_and_learns_a_little_on_copy(name, fit_fixed_batch):
     task = make_task("copy", bits=4, max_length=3)
     torch.manual_seed(0)
     model = build_model(name, task, model_options(name, "copy", "smoke"))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    rng = np.random.default_rng(0)
-    fixed = task.sample(16, rng)
-    losses = []
-    for _ in range(30):
-        loss = task.loss(model(fixed.inputs), fixed)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = fit_fixed_batch(model, task, task.sample(16, np.random.default_rng(0)), steps=30)
     assert name in MODELS
     assert losses[-1] < 0.9 * losses[0]
 

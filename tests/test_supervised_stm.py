@@ -100,19 +100,11 @@ def test_the_answer_is_the_storys_memory_unbound_with_the_question():
         torch.testing.assert_close(answer, core.answer(question[:, 0], state.relational))
 
 
-def test_babi_stm_learns_a_fixed_batch(tmp_path):
+def test_babi_stm_learns_a_fixed_batch(tmp_path, fit_fixed_batch):
     task = make_task("babi", data_dir=str(write_babi(tmp_path / "babi")), embedding_size=8)
     torch.manual_seed(0)
     model = build_model("stm", task, model_options("stm", "babi", "smoke"))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    batch = task.dataset("train", 0, seed=0)
-    losses = []
-    for _ in range(40):
-        loss = task.loss(model(batch.inputs), batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
+    losses = fit_fixed_batch(model, task, task.dataset("train", 0, seed=0), steps=40)
     assert losses[-1] < 0.2 * losses[0]
 
 

@@ -54,7 +54,7 @@ def test_each_run_is_handed_its_whole_config(tmp_path):
     assert config.env.obs_size == config.agent.obs_size and not config.run.progress
     path = sweep_run.write_run_file(config)
     assert sweep_run.read_run_file(path) == config
-    assert sweep.train_command(spec, sweep_options) == [sys.executable, "-m", "stm_rl.sweep_run", str(path)]
+    assert sweep_run.command(sweep_run.run_file(spec.run_dir)) == [sys.executable, "-m", "stm_rl.sweep_run", str(path)]
 
 
 def test_a_preset_is_every_runs_base_and_the_flags_given_override_it(tmp_path, capsys):
@@ -140,7 +140,7 @@ def test_a_rerun_with_other_flags_is_refused_before_anything_starts(tmp_path, mo
     def no_training(*args, **kwargs):
         raise AssertionError("a run was started")
 
-    monkeypatch.setattr(sweep.subprocess, "Popen", no_training)
+    monkeypatch.setattr(sweep_run.RunProcess, "start", no_training)
     argv = ["sweep", *FLAGS, "--seeds", "0", "1", "--frames", "5000", "--out", str(out)]
     assert cli_main([*argv, "--lr", str(DEFAULTS.lr * 2), "--entropy-coef", str(DEFAULTS.entropy_coef * 2)]) == 2
     error = capsys.readouterr().err

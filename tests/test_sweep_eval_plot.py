@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from stm_rl import plotting, sweep
+from stm_rl import plotting, sweep, sweep_run
 from stm_rl.a3c import TrainConfig
 from stm_rl.cli import main as cli_main
 from stm_rl.run_dir import to_jsonable
@@ -50,7 +50,7 @@ def test_rerunning_a_finished_sweep_starts_no_training(tiny_sweep, monkeypatch, 
     def no_training(*args, **kwargs):
         raise AssertionError("a completed run was started again")
 
-    monkeypatch.setattr(sweep.subprocess, "Popen", no_training)
+    monkeypatch.setattr(sweep_run.RunProcess, "start", no_training)
     start = time.monotonic()
     assert cli_main([*SWEEP, "--out", str(tiny_sweep)]) == 0
     assert time.monotonic() - start < 10
@@ -62,7 +62,7 @@ def test_sweep_resumes_interrupted_runs_and_starts_new_ones(tmp_path):
     options = sweep.SweepOptions(agents=("lstm",), frame_skips=(32,), seeds=(0,), out=tmp_path, frames=5000,
                                  workers_per_run=1, max_parallel=1, settings={"AgentConfig": {"encoder": "small"}})
     spec = options.runs()[0]
-    assert sweep.train_command(spec, options)[1:] == ["-m", "stm_rl.sweep_run", str(spec.run_dir / "sweep-run.json")]
+    assert sweep_run.command(sweep_run.run_file(spec.run_dir))[1:] == ["-m", "stm_rl.sweep_run", str(spec.run_dir / "sweep-run.json")]
     assert sweep.disk_state(spec, options) == "start"
     (spec.run_dir / "checkpoints").mkdir(parents=True)
     (spec.run_dir / "checkpoints" / "latest.pt").write_bytes(b"")
@@ -73,13 +73,14 @@ def test_sweep_resumes_interrupted_runs_and_starts_new_ones(tmp_path):
 
 def test_sweep_reports_a_failed_run_and_goes_on(tmp_path, monkeypatch, capsys):
     """A child that exits with an error is marked failed, the others still run, the sweep exits 1."""
-    def fake_command(spec, options):
-        code = 3 if spec.seed == 0 else 0
-        write_summary = (f"import json,pathlib; pathlib.Path({str(spec.run_dir)!r}, 'summary.json').write_text("
+    def fake_command(run_file):
+        run_dir = Path(run_file).parent
+        code = 3 if run_dir.name.endswith("-seed0") else 0
+        write_summary = (f"import json,pathlib; pathlib.Path({str(run_dir)!r}, 'summary.json').write_text("
                          f"json.dumps({{'status': 'completed', 'counters': {{'frames': 99999}}}}))")
         return ["python", "-c", f"import sys; {write_summary if code == 0 else 'pass'}; sys.exit({code})"]
 
-    monkeypatch.setattr(sweep, "train_command", fake_command)
+    monkeypatch.setattr(sweep_run, "command", fake_command)
     assert cli_main([*SWEEP, "--retries", "1", "--out", str(tmp_path)]) == 1
     runs = {r["seed"]: r for r in json.loads((tmp_path / "sweep.json").read_text())["runs"]}
     assert runs[0]["state"] == "failed" and runs[0]["exit_code"] == 3 and runs[0]["attempts"] == 2, "retried once"

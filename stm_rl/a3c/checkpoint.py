@@ -4,9 +4,9 @@ A checkpoint (``checkpoints/{latest,best,final}.pt``, written atomically by :fun
 holds the shared model and optimizer states, the run's counters and recent scores, its whole config, and the
 action count of its environment (probed when the run started; the agent's actor head is rebuilt from it).
 Weights that are not finite are never saved: a run whose shared model a NaN reached keeps its last good
-checkpoints. Resuming continues from ``latest.pt`` with the config it holds; only the settings in
-:data:`RESUMABLE_RUN_FLAGS` may change, and the checkpoint must belong to the run directory it is in (its
-config.json).
+checkpoints. Resuming continues from ``latest.pt`` with the config it holds; only the settings of the resume rule
+(:mod:`stm_rl.resume`, :data:`~stm_rl.a3c.config.RL_RESUME`) may change, and the checkpoint must belong to the
+run directory it is in (its config.json).
 
 This module imports no trainer and no tensorboard, so ``evaluate`` and ``sweep`` can load checkpoints cheaply.
 """
@@ -23,15 +23,14 @@ import torch
 
 from agents import ActorCritic, FrameNormalizer, build_agent
 from agents.precision import playing_precision
-from stm_rl.a3c.config import TrainConfig
-from stm_rl.config_cli import differing_settings
-from stm_rl.run_dir import CheckpointError, RunDir, load_checkpoint, read_json, save_checkpoint, to_jsonable
+from stm_rl.a3c.config import RL_RESUME, TrainConfig
+from stm_rl.run_dir import Checkpoint, CheckpointError, RunDir, load_checkpoint, read_json, save_checkpoint, to_jsonable
 
 CHECKPOINT_KIND = "a3c"
 LEGACY_NUM_ACTIONS = 6
 """The action count of checkpoints written before it was saved: those runs were all Pong (minimal action set)."""
-RESUMABLE_RUN_FLAGS = ("frames", "agent_steps", "final_eval_games", "workers", "checkpoint_interval", "progress", "progress_interval")
-"""RunConfig fields that a resumed segment may change; every other setting comes from the checkpoint."""
+RESUMABLE_RUN_FLAGS = tuple(name for name in RL_RESUME.fields_of("run") if name != "run_dir")
+"""RunConfig fields that ``stm-rl train --resume`` takes as flags (the directory is the one resumed)."""
 NORMALIZER = "normalizer"
 """Name of the agent's observation normaliser in its state dict (``normalizer.mean``...)."""
 
@@ -99,7 +98,7 @@ def load_resume_checkpoint(run_dir: Path) -> dict[str, Any]:
     """``latest.pt`` of a run directory, for resuming; if it is unreadable, the error says which other
     checkpoint of the run is intact (and how to resume from it)."""
     layout = RunDir(run_dir)
-    latest = layout.checkpoint("latest")
+    latest = layout.checkpoint(Checkpoint.LATEST)
     if not latest.is_file():
         raise CheckpointError(f"cannot resume: {run_dir} has no {RunDir.CHECKPOINTS}/latest.pt"
                               + _intact_alternative(layout, latest))
@@ -110,7 +109,7 @@ def load_resume_checkpoint(run_dir: Path) -> dict[str, Any]:
 
 
 def _intact_alternative(layout: RunDir, latest: Path) -> str:
-    for name in ("final", "best"):
+    for name in (Checkpoint.FINAL, Checkpoint.BEST):
         candidate = layout.checkpoint(name)
         if not candidate.is_file():
             continue
@@ -133,13 +132,12 @@ def check_checkpoint_belongs_to_run(run_dir: Path, checkpoint_config: TrainConfi
         recorded = to_jsonable(TrainConfig.from_dict(read_json(layout.config)["config"]))  # in today's form
     except (KeyError, TypeError, ValueError, CheckpointError) as error:
         raise CheckpointError(f"{layout.config} is not a training config ({error}); cannot check that "
-                              f"{layout.checkpoint('latest')} belongs to this run") from None
-    ignore = {("run", name) for name in (*RESUMABLE_RUN_FLAGS, "run_dir")}
-    differences = differing_settings([recorded, to_jsonable(checkpoint_config)], ignore=ignore)
+                              f"{layout.checkpoint(Checkpoint.LATEST)} belongs to this run") from None
+    differences = RL_RESUME.differences(recorded, to_jsonable(checkpoint_config))
     if differences:
         listed = "; ".join(f"{flag} {values[0]} in config.json, {values[1]} in the checkpoint"
                            for flag, values in differences.items())
-        raise CheckpointError(f"{layout.checkpoint('latest')} does not belong to the run in {run_dir} ({listed}); "
+        raise CheckpointError(f"{layout.checkpoint(Checkpoint.LATEST)} does not belong to the run in {run_dir} ({listed}); "
                               "restore the run's own checkpoint or start a new run elsewhere")
 
 

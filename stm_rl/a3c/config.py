@@ -16,6 +16,7 @@ from typing import Any, Literal, Mapping, Optional
 from agents import AgentConfig
 from envs import EnvConfig
 from stm_rl.config_cli import flag_name
+from stm_rl.resume import ResumeRule
 
 
 @dataclass(frozen=True)
@@ -217,6 +218,17 @@ ENV_FLAGS_HIDDEN = ("seed", "obs_size", "clip_reward")
 """EnvConfig fields with no flag of their own: derived from the run seed and the encoder."""
 
 
+RL_RESUME = ResumeRule(
+    budget=frozenset({("run", "frames"), ("run", "agent_steps")}),
+    execution=frozenset({("run", "workers")}),
+    bookkeeping=frozenset({("run", name) for name in ("run_dir", "checkpoint_interval", "progress", "progress_interval",
+                                                     "eval_every_updates", "eval_games", "final_eval_games")}),
+    derived=frozenset({("env", name) for name in ENV_FLAGS_HIDDEN}))
+"""What a resumed A3C run may change (the one rule of :mod:`stm_rl.resume`): its budget, its workers, and its
+bookkeeping (the directory it is found in, checkpoint interval, progress display, greedy evaluations); every
+other setting comes from its checkpoint."""
+
+
 def training_command(config: TrainConfig) -> str:
     """``stm-rl train`` with every setting that differs from its default (the run dir always): the command that
     starts this run again. The trainer records it in the run's config.json, with the defaults of the code
@@ -246,5 +258,5 @@ def _format_value(value: object) -> str:
     return str(value)
 
 
-__all__ = ["A3CConfig", "AgentConfig", "EnvConfig", "ENV_FLAGS_HIDDEN", "budget_rule", "PRESETS", "RunConfig", "TrainConfig",
-           "build_train_config", "preset_config", "training_command"]
+__all__ = ["A3CConfig", "AgentConfig", "EnvConfig", "ENV_FLAGS_HIDDEN", "budget_rule", "PRESETS", "RL_RESUME", "RunConfig",
+           "TrainConfig", "build_train_config", "preset_config", "training_command"]

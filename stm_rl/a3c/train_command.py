@@ -23,7 +23,7 @@ from stm_rl.evaluate import evaluate_final_agent
 from stm_rl.config_cli import (add_dataclass_flags, dataclass_from_flags, flag_name, given_flags, given_settings,
                                with_flag_names)
 from stm_rl.conventions import EXIT_CODES, RunStatus, suggest
-from stm_rl.run_dir import RunDir, StmRlError, check_can_write, read_json
+from stm_rl.run_dir import Checkpoint, RunDir, StmRlError, check_can_write, read_json
 
 __all__ = ["RESUMABLE_RUN_FLAGS", "add_parser", "config_from_args", "default_run_dir", "run"]
 
@@ -107,7 +107,7 @@ def _new_trainer(args: argparse.Namespace) -> Trainer:
     check_can_write(layout.path, "--run-dir", directory=True)
     layout.refuse_if_busy()
     resume = suggest("train", ["--resume", str(layout.path)])
-    if layout.checkpoint("latest").exists():
+    if layout.checkpoint(Checkpoint.LATEST).exists():
         raise StmRlError(f"{layout.path} already holds a run; continue it with `{resume}` or choose another "
                          "--run-dir")
     if layout.games.exists():

@@ -45,7 +45,7 @@ from stm_rl.a3c.shared_adam import SharedAdam
 from stm_rl.a3c.worker import AGENT_STEPS, FRAMES, UPDATES, WorkerContext, worker_main
 from stm_rl.conventions import RunStatus
 from stm_rl.memory.fused_kernels import prepare_fused_kernels
-from stm_rl.run_dir import (CheckpointError, RunDir, StmRlError, describe_os_error, read_jsonl,
+from stm_rl.run_dir import (Checkpoint, CheckpointError, RunDir, StmRlError, describe_os_error, read_jsonl,
                             repair_jsonl, truncate_jsonl, write_config, write_json_atomic)
 
 __all__ = ["CHECKPOINT_KIND", "GAME_LOG", "EVAL_LOG", "Counters", "RunStatus", "Trainer", "TrainResult",
@@ -143,7 +143,7 @@ class Trainer:
         config = self.config
         status, message = RunStatus.RUNNING, ""
         if not self.resuming:  # a run killed before its first periodic checkpoint resumes from its start
-            failure = self._save("latest")
+            failure = self._save(Checkpoint.LATEST)
             if failure:
                 return self._finish(RunStatus.FAILED, failure)
         if config.agent.agent == "stm":
@@ -188,7 +188,7 @@ class Trainer:
                     status = RunStatus.COMPLETED
                     break
                 if time.monotonic() - last_checkpoint >= config.run.checkpoint_interval:
-                    failure = self._save("latest")
+                    failure = self._save(Checkpoint.LATEST)
                     if failure:
                         status, message = RunStatus.FAILED, failure
                         break
@@ -208,7 +208,7 @@ class Trainer:
         """Final checkpoints (unless a NaN was seen: the last good ones stay) and summary.json."""
         problems = [message] if message else []
         if not (status == RunStatus.FAILED and message.startswith(_NON_FINITE)):
-            names = ["latest", "final"] + (["best"] if self._best_pending else [])
+            names = [Checkpoint.LATEST, Checkpoint.FINAL] + ([Checkpoint.BEST] if self._best_pending else [])
             for name in names:
                 failure = self._save(name)
                 if failure:
@@ -291,7 +291,7 @@ class Trainer:
             self.scores.best_average = average
             self._best_pending = True
         if self._best_pending and time.monotonic() - self._last_best_save >= BEST_CHECKPOINT_INTERVAL:
-            failure = self._save("best")
+            failure = self._save(Checkpoint.BEST)
             if failure:
                 log.note(failure)
 
@@ -332,9 +332,9 @@ class Trainer:
         events.close()
         events.cancel_join_thread()
 
-    def _save(self, name: str) -> Optional[str]:
+    def _save(self, name: Checkpoint) -> Optional[str]:
         """Write a checkpoint; on failure the previous file stays and a one-line reason is returned."""
-        if name == "best":
+        if name == Checkpoint.BEST:
             self._best_pending, self._last_best_save = False, time.monotonic()
         scores = {"recent": list(self.scores.recent), "best_average": self.scores.best_average}
         try:

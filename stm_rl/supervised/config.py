@@ -20,7 +20,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Mapping, Optional
 
-from stm_rl.config_cli import describe_changes, differing_settings
+from stm_rl.config_cli import describe_changes
+from stm_rl.resume import ResumeRule
 from stm_rl.run_dir import StmRlError, to_jsonable
 from stm_rl.supervised.models import model_module, model_options, options_from_json, with_model_options
 from stm_rl.supervised.tasks import TASKS
@@ -192,23 +193,24 @@ def _require(condition: bool, message: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- resume rule
-RESUMABLE_SETTINGS: frozenset[tuple[str, str]] = frozenset({
-    ("training", "iterations"), ("training", "eval_every"), ("run", "time_limit_minutes"), ("run", "device"),
-    ("run", "threads"), ("run", "progress"), ("run", "run_dir"),
-    ("task_options", "data_dir"), ("task_options", "fallback_dir"),
-})
-"""The settings a resumed run may change, as ``(group, field)``: the budget, the evaluation interval, where and
-how fast it runs, the display, and where the bAbI files are found. Everything else (task, model and its
-architecture, optimizer, data) comes from the checkpoint."""
+SUPERVISED_RESUME = ResumeRule(
+    budget=frozenset({("training", "iterations"), ("run", "time_limit_minutes")}),
+    execution=frozenset({("run", "device"), ("run", "threads")}),
+    bookkeeping=frozenset({("training", "eval_every"), ("run", "progress"), ("run", "run_dir"),
+                           ("task_options", "data_dir"), ("task_options", "fallback_dir")}))
+"""What a resumed supervised run may change (the one rule of :mod:`stm_rl.resume`): its budget, where and how
+fast it runs, and its bookkeeping (evaluation interval, display, its directory, where the bAbI files are).
+Everything else (task, model and its architecture, optimizer, data) comes from the checkpoint."""
+RESUMABLE_SETTINGS = SUPERVISED_RESUME.may_change
+"""The ``(group, field)`` settings of :data:`SUPERVISED_RESUME`."""
 OPTION_FLAGS = {"task_options": "--task-option", "model_options": "--model-option"}
 """The flags that set the free-form option groups (for error messages)."""
 
 
 def check_resumable(saved: SupervisedConfig, wanted: SupervisedConfig, run_dir: str) -> None:
     """Refuse to resume a run saved with ``saved`` as ``wanted`` if they differ in more than
-    :data:`RESUMABLE_SETTINGS` (the same rule, through the same comparison, as ``stm-rl train --resume``)."""
-    differences = differing_settings([to_jsonable(saved), to_jsonable(wanted)], ignore=RESUMABLE_SETTINGS,
-                                     option_flags=OPTION_FLAGS)
+    :data:`SUPERVISED_RESUME` (the resume rule of :mod:`stm_rl.resume`, as ``stm-rl train --resume``)."""
+    differences = SUPERVISED_RESUME.differences(to_jsonable(saved), to_jsonable(wanted), option_flags=OPTION_FLAGS)
     if differences:
         raise StmRlError(f"cannot change {', '.join(differences)} when resuming {run_dir} "
                          f"({'; '.join(describe_changes(differences))}); start a new run instead")
@@ -351,5 +353,5 @@ def with_default_run_dir(config: SupervisedConfig) -> SupervisedConfig:
 
 __all__ = ["OptimizerConfig", "PRESETS", "RunConfig", "SupervisedConfig", "TASK_OPTIONS", "TrainingConfig",
            "PAPER_OPTIMIZERS", "PAPER_TRAINING",
-           "RESUMABLE_SETTINGS", "check_resumable", "default_run_dir", "preset_config", "resolve_config",
+           "RESUMABLE_SETTINGS", "SUPERVISED_RESUME", "check_resumable", "default_run_dir", "preset_config", "resolve_config",
            "with_default_run_dir", "with_overrides"]

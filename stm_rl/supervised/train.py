@@ -38,7 +38,7 @@ from stm_rl.fp32_matmul import choose_fp32_matmul_library
 from stm_rl.logger import MetricLogger
 from stm_rl.memory.fused_kernels import fused_kernels_setting
 from stm_rl.run_dir import (
-    CheckpointError, JsonlWriter, RunDir, RunFailed, StmRlError, check_can_write, drop_records_after, load_checkpoint,
+    Checkpoint, CheckpointError, JsonlWriter, RunDir, RunFailed, StmRlError, check_can_write, drop_records_after, load_checkpoint,
     save_checkpoint, to_jsonable, write_config, write_json_atomic,
 )
 from stm_rl.supervised.config import (OptimizerConfig, SupervisedConfig, check_resumable, with_default_run_dir,
@@ -151,7 +151,7 @@ def train(config: SupervisedConfig, resume_from: Optional[dict[str, Any]] = None
     layout = RunDir(config.run.run_dir)
     check_can_write(layout.path, "--run-dir", directory=True)
     layout.refuse_if_busy()
-    if resume_from is None and layout.checkpoint("latest").exists():
+    if resume_from is None and layout.checkpoint(Checkpoint.LATEST).exists():
         raise StmRlError(f"{layout.path} already holds a run; continue it with --resume {layout.path} or pick "
                          "another --run-dir")
     task, model = build(config)
@@ -182,8 +182,8 @@ def _train(config: SupervisedConfig, layout: RunDir, task: Task, model: Sequence
     valid = task.eval_batches("valid", training.valid_size, config.run.seed, training.eval_batch_size)
     better = (lambda a, b: a > b) if task.higher_is_better else (lambda a, b: a < b)
     best_weights = copy.deepcopy(model.state_dict())
-    if resume_from is not None and layout.checkpoint("best").exists():
-        best_weights = load_checkpoint(layout.checkpoint("best"), CHECKPOINT_KIND)["model"]
+    if resume_from is not None and layout.checkpoint(Checkpoint.BEST).exists():
+        best_weights = load_checkpoint(layout.checkpoint(Checkpoint.BEST), CHECKPOINT_KIND)["model"]
     last_valid: dict[str, float] = {}
 
     def checkpoint(name: str) -> Path:
@@ -226,7 +226,7 @@ def _train(config: SupervisedConfig, layout: RunDir, task: Task, model: Sequence
         if state.best_metric is None or better(metric, state.best_metric):
             state.best_metric, state.best_iteration = metric, state.iteration
             best_weights.update(copy.deepcopy(model.state_dict()))
-            checkpoint("best")
+            checkpoint(Checkpoint.BEST)
         bar.write(f"iteration {state.iteration}: valid {task.main_metric} {metric:.4g} "
                   f"(best {state.best_metric:.4g} at {state.best_iteration})")
 
@@ -274,14 +274,14 @@ def _train(config: SupervisedConfig, layout: RunDir, task: Task, model: Sequence
                            and time.monotonic() - session_start >= 60 * config.run.time_limit_minutes)
             if state.iteration % training.eval_every == 0 or state.iteration == training.iterations or out_of_time:
                 validate()
-                checkpoint("latest")
+                checkpoint(Checkpoint.LATEST)
             if out_of_time:
                 bar.write(f"time limit of {config.run.time_limit_minutes} minutes reached at iteration "
                           f"{state.iteration}")
                 break
     except KeyboardInterrupt:
         state.elapsed_s = time.monotonic() - started
-        path = checkpoint("latest")
+        path = checkpoint(Checkpoint.LATEST)
         close()
         summary(RunStatus.INTERRUPTED, f"stopped at iteration {state.iteration}; continue with --resume")
         raise TrainingInterrupted(path, state.iteration) from None
@@ -300,8 +300,8 @@ def load_run(run_dir: str) -> tuple[dict[str, Any], SupervisedConfig]:
     """The latest checkpoint of the run in ``run_dir`` and the config it holds."""
     if not Path(run_dir).is_dir():
         raise StmRlError(f"cannot resume: no run directory at {run_dir}")
-    record = load_checkpoint(RunDir(run_dir).checkpoint("latest"), CHECKPOINT_KIND)
-    return record, config_of(record, RunDir(run_dir).checkpoint("latest"))
+    record = load_checkpoint(RunDir(run_dir).checkpoint(Checkpoint.LATEST), CHECKPOINT_KIND)
+    return record, config_of(record, RunDir(run_dir).checkpoint(Checkpoint.LATEST))
 
 
 def config_of(record: dict[str, Any], path: Path) -> SupervisedConfig:
