@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import sys
+from typing import Any
 
 import torch
 
-from stm_rl.fp32_matmul import choose_fp32_matmul_library
+from stm_rl.fp32_matmul import CHOICE_VARIABLE, choose_fp32_matmul_library, cpu_capabilities
+from stm_rl.memory.fused_kernels import SETTING_VARIABLE, fused_kernels_report
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 
@@ -33,6 +36,21 @@ def keep_freed_memory_in_process(mmap_threshold: int = 256 << 20, trim_threshold
             libc.mallopt(_M_TRIM_THRESHOLD, trim_threshold))
     except (OSError, AttributeError):
         return False
+
+
+def compute_report(threads_per_process: int) -> dict[str, Any]:
+    """What computes a run's numbers on this machine, as its config.json records it (``compute``): torch's
+    version and the threads of a compute process, the CPU's vector features, the library of fp32 matrix
+    products (:mod:`stm_rl.fp32_matmul`), the fused STM kernels (on or not, the compiler, which ones run
+    vectorised; :mod:`stm_rl.memory.fused_kernels`) and the environment variables that choose them. Figures from
+    runs on different machines compare only together with these."""
+    capabilities = cpu_capabilities()
+    vector_features = sorted(name for name, present in capabilities.items()
+                             if present and name.startswith(("avx", "amx", "fma")))
+    return {"torch": torch.__version__, "threads_per_process": threads_per_process, "cpu_vector_features": vector_features,
+            "fp32_matmul": "onednn" if choose_fp32_matmul_library() else "mkl",
+            "fused_kernels": fused_kernels_report(),
+            "settings": {name: os.environ.get(name) for name in (CHOICE_VARIABLE, SETTING_VARIABLE)}}
 
 
 def setup_compute_process(num_threads: int = 1) -> None:

@@ -314,7 +314,7 @@ def machine_description() -> str:
 
 def write_config(run_dir: Path, config: Any, **extra: Any) -> Path:
     """Record the resolved configuration of a run with the command line, package versions and machine."""
-    path = Path(run_dir) / "config.json"
+    path = RunDir(run_dir).config
     write_json_atomic(path, {"config": config, "versions": package_versions(), "argv": sys.argv,
                              "machine": machine_description(), **extra})
     return path

@@ -41,6 +41,9 @@ def test_short_pong_run_writes_everything(tmp_path, agent, skip, frames, summary
     config = json.loads((run_dir / "config.json").read_text())
     assert config["config"]["agent"]["agent"] == agent and config["config"]["env"]["frame_skip"] == skip
     assert "torch" in config["versions"]
+    compute = config["compute"]  # what computed the numbers: kernels, matrix-product library, CPU features
+    assert compute["threads_per_process"] == 1 and compute["fp32_matmul"] in ("onednn", "mkl")
+    assert compute["fused_kernels"]["state"] in ("on", "off") or compute["fused_kernels"]["state"].startswith("unavailable")
     assert config["command"].startswith("stm-rl train") and f"--run-dir {run_dir}" in config["command"]
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     assert (run_dir / "games.jsonl").exists()

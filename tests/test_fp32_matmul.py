@@ -87,3 +87,23 @@ def test_the_library_choice_is_read_from_the_environment(monkeypatch):
     monkeypatch.setenv(fp32_matmul.CHOICE_VARIABLE, "openblas")
     with pytest.raises(ValueError, match="STM_RL_FP32_MATMUL='openblas'"):
         fp32_matmul.requested_library()
+
+
+def test_a_runs_compute_report_follows_the_settings(monkeypatch):
+    """What config.json records as ``compute``: the library the settings choose and the state of the kernels."""
+    from stm_rl.memory.fused_kernels import SETTING_VARIABLE
+    from stm_rl.process import compute_report
+
+    previous = torch.backends.mkldnn.matmul.fp32_precision
+    try:
+        monkeypatch.setenv(fp32_matmul.CHOICE_VARIABLE, "mkl")
+        monkeypatch.setenv(SETTING_VARIABLE, "off")
+        report = compute_report(threads_per_process=3)
+        assert report["fp32_matmul"] == "mkl" and report["fused_kernels"] == {
+            "state": "off", "setting": f"{SETTING_VARIABLE}=off"}
+        assert report["settings"] == {fp32_matmul.CHOICE_VARIABLE: "mkl", SETTING_VARIABLE: "off"}
+        assert report["threads_per_process"] == 3 and report["torch"] == torch.__version__
+        monkeypatch.setenv(fp32_matmul.CHOICE_VARIABLE, "auto")
+        assert compute_report(1)["fp32_matmul"] == ("onednn" if fp32_matmul.use_onednn_for_fp32_matmul() else "mkl")
+    finally:
+        torch.backends.mkldnn.matmul.fp32_precision = previous

@@ -29,12 +29,12 @@ from tqdm import tqdm
 
 from agents import build_agent
 from envs import probe_action_count
+from stm_rl.a3c import progress
 from stm_rl.a3c.checkpoint import (CHECKPOINT_KIND, NonFiniteWeightsError, check_checkpoint_belongs_to_run,
                                    checkpoint_paths, finite_or_none, load_agent_from_checkpoint,
                                    load_training_checkpoint, non_finite_tensors, save_training_checkpoint,
                                    saved_num_actions)
 from stm_rl.a3c.config import TrainConfig, training_command
-from stm_rl.a3c import progress
 from stm_rl.a3c.evaluator import evaluator_main
 from stm_rl.a3c.limits import validate_for_training
 from stm_rl.a3c.messages import (EvaluationDone, GameFinished, NonFinite, ProcessFailed, UpdateDone,
@@ -45,6 +45,7 @@ from stm_rl.a3c.shared_adam import SharedAdam
 from stm_rl.a3c.worker import AGENT_STEPS, FRAMES, UPDATES, WorkerContext, worker_main
 from stm_rl.conventions import RunStatus
 from stm_rl.memory.fused_kernels import prepare_fused_kernels
+from stm_rl.process import compute_report
 from stm_rl.run_dir import (Checkpoint, CheckpointError, RunDir, StmRlError, describe_os_error, read_jsonl,
                             repair_jsonl, truncate_jsonl, write_config, write_json_atomic)
 
@@ -137,7 +138,8 @@ class Trainer:
             if self.layout.games.exists():
                 self.milestones = Milestones.from_game_log(list(read_jsonl(self.layout.games)), self.scores.window)
         write_config(self.run_dir, self.config, segment=self.counters.segments,
-                     num_actions=self.shared_model.num_actions, command=training_command(self.config))
+                     num_actions=self.shared_model.num_actions, command=training_command(self.config),
+                     compute=compute_report(threads_per_process=1))
 
     def _run(self) -> TrainResult:
         config = self.config

@@ -53,7 +53,7 @@ import sys
 import tempfile
 from pathlib import Path
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -475,6 +475,20 @@ def describe_fused_kernels() -> str:
     fast = kernels.vectorised_paths
     return (f"fused STM kernels: on (one PyTorch thread); AVX-512 versions: {', '.join(sorted(fast)) or 'none'}"
             + ("" if fast else " (portable loops: same numbers, slower)"))
+
+
+def fused_kernels_report() -> dict[str, Any]:
+    """The kernels as a run records them (its config.json's ``compute``): ``state`` (on, off, or unavailable with
+    the reason), the compiler, and the kernels that run their vectorised (AVX-512) versions here."""
+    if fused_kernels_setting() == "off":
+        return {"state": "off", "setting": f"{SETTING_VARIABLE}=off"}
+    try:
+        kernels = load_fused_kernels()
+        compiler = _compiler()
+    except FusedKernelsError as error:
+        return {"state": f"unavailable: {error}"}
+    return {"state": "on", "compiler": Path(compiler).name, "vectorised": sorted(kernels.vectorised_paths),
+            "portable": sorted(set(VECTORISED_PATHS) - kernels.vectorised_paths)}
 
 
 def _report_unavailable(error: FusedKernelsError) -> None:

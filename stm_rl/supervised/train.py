@@ -37,6 +37,7 @@ from stm_rl.conventions import RunStatus
 from stm_rl.fp32_matmul import choose_fp32_matmul_library
 from stm_rl.logger import MetricLogger
 from stm_rl.memory.fused_kernels import fused_kernels_setting
+from stm_rl.process import compute_report
 from stm_rl.run_dir import (
     Checkpoint, CheckpointError, JsonlWriter, RunDir, RunFailed, StmRlError, check_can_write, drop_records_after, load_checkpoint,
     save_checkpoint, to_jsonable, write_config, write_json_atomic,
@@ -175,7 +176,8 @@ def _train(config: SupervisedConfig, layout: RunDir, task: Task, model: Sequence
         drop_records_after(layout.evaluations, "iteration", state.iteration)
     else:
         layout.set_aside(layout.evaluations)  # the log of an attempt that died before its first checkpoint
-    write_config(layout.path, config, task_notes=getattr(task, "notes", []))
+    write_config(layout.path, config, task_notes=getattr(task, "notes", []),
+                 compute=compute_report(torch.get_num_threads()))
 
     training = config.training
     train_pool = task.dataset("train", training.train_size, config.run.seed) if training.train_size > 0 else None
