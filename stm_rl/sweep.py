@@ -42,6 +42,9 @@ from stm_rl.run_dir import SWEEP_MANIFEST, Checkpoint, RunDir, StmRlError, check
 
 SHUTDOWN_GRACE_S = 300.0
 """Seconds a run gets to write its final checkpoint after Ctrl-C before it is killed."""
+STATUS_INTERVAL_S = (10.0, 300.0)
+"""Seconds between two looks at the runs' progress: on a terminal (the bar's text), and otherwise (a plain line
+in the sweep's log)."""
 BACKENDS = ("local", "ray")
 
 # Settings the sweep sets itself for each run, so they are not flags of the sweep.
@@ -510,6 +513,8 @@ class Sweep:
         return self._report()
 
     def _loop(self, backend: Backend, capacity: int, bar: tqdm) -> None:
+        live = sys.stderr.isatty()
+        interval, last_status = STATUS_INTERVAL_S[0 if live else 1], time.monotonic()
         while True:
             free = capacity - len(backend.running())
             for entry in [e for e in self.entries if e.state == "pending"][: max(0, free)]:
@@ -524,8 +529,13 @@ class Sweep:
                 tqdm.write(f"{entry.state} {name} (exit code {entry.exit_code})"
                            + (f": {entry.message}" if entry.message else ""))
                 self._write_manifest()
-            bar.set_postfix_str(self._frames_postfix(backend), refresh=False)
-            bar.refresh() if sys.stderr.isatty() else None
+            if time.monotonic() - last_status < interval:
+                continue
+            last_status, status = time.monotonic(), self._frames_postfix(backend)
+            if live:
+                bar.set_postfix_str(status, refresh=True)
+            elif self.options.progress:
+                tqdm.write(f"sweep: {int(bar.n)}/{len(self.entries)} runs done | {status}")
 
     def _start(self, backend: Backend, entry: RunEntry) -> None:
         spec = entry.spec

@@ -88,6 +88,21 @@ def test_sweep_reports_a_failed_run_and_goes_on(tmp_path, monkeypatch, capsys):
     assert "failed: lstm-skip32-seed0" in capsys.readouterr().out
 
 
+def test_a_sweep_without_a_terminal_logs_its_progress(tmp_path, monkeypatch, capsys):
+    """In a log file (no terminal) the sweep prints a status line at its interval: runs done, what is running."""
+    def slow_command(run_file):
+        run_dir = Path(run_file).parent
+        write_summary = (f"import json,pathlib,time; time.sleep(1.5); pathlib.Path({str(run_dir)!r}, 'summary.json')"
+                         f".write_text(json.dumps({{'status': 'completed', 'counters': {{'frames': 99999}}}}))")
+        return ["python", "-c", write_summary]
+
+    monkeypatch.setattr(sweep_run, "command", slow_command)
+    monkeypatch.setattr(sweep, "STATUS_INTERVAL_S", (0.5, 0.5))
+    assert cli_main([*SWEEP, "--progress", "--out", str(tmp_path)]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("sweep: ")]
+    assert any(line.startswith("sweep: 0/2 runs done | running lstm-skip32-seed0 | frames") for line in lines), lines
+
+
 def test_sweep_rejects_an_unknown_agent(tmp_path, capsys):
     assert cli_main(["sweep", "--agents", "lstm", "gru", "--out", str(tmp_path / "s"), "--no-progress"]) == 2
     assert "unknown agent 'gru'" in capsys.readouterr().err
