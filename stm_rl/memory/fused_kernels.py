@@ -37,7 +37,8 @@ when PyTorch runs one intra-op thread (the A3C workers' setting); with more thre
 no compiler is found, the functions in :mod:`stm_rl.memory.relational_update`,
 :mod:`stm_rl.memory.relational_read`, :mod:`stm_rl.memory.gated_write` and :mod:`stm_rl.memory.tanh_scores` compute
 the same values with PyTorch operations (a one-line note
-says why, once per process). ``STM_RL_FUSED_KERNELS=off`` keeps the PyTorch path everywhere.
+says why, once per process). ``STM_RL_FUSED_KERNELS=off`` keeps the PyTorch path everywhere;
+``STM_RL_FUSED_KERNELS=portable`` builds the kernels without AVX-512 (the loops any CPU runs).
 ``benchmarks/train_speed.py --fused-kernels auto off`` and ``STM_RL_FUSED_KERNELS=off python
 benchmarks/stm_speed.py`` measure what they bring.
 """
@@ -47,6 +48,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -63,8 +65,18 @@ if TYPE_CHECKING:
 
 SOURCE = Path(__file__).with_name("fused_kernels.cpp")
 SETTING_VARIABLE = "STM_RL_FUSED_KERNELS"
-SETTINGS = ("auto", "off")
+SETTINGS = ("auto", "portable", "off")
+"""``STM_RL_FUSED_KERNELS``: ``auto`` the kernels compiled for this CPU (``-march=native``: their AVX-512 versions
+where it has AVX-512); ``portable`` the same kernels compiled without AVX-512, i.e. the loops every CPU runs (to
+test or time them on an AVX-512 machine); ``off`` PyTorch operations everywhere."""
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fPIC", "-shared", "-std=c++17")
+PORTABLE_FLAGS = ("-mno-avx512f",) if platform.machine().lower() in ("x86_64", "amd64") else ()
+"""Added for ``portable``: no AVX-512 instructions (every AVX-512 subset depends on AVX-512F)."""
+
+
+def compile_flags() -> tuple[str, ...]:
+    """The compiler flags of the setting in force."""
+    return COMPILE_FLAGS + (PORTABLE_FLAGS if fused_kernels_setting() == "portable" else ())
 MAX_SIDE, MAX_SLOTS = 1024, 256  # d and N; kMaxSide and kMaxSlots in the source
 _ABI_VERSION = 9
 # The bits of ``stm_vectorised_paths()``: the kernels whose AVX-512 version this build runs (float32; the
@@ -138,7 +150,7 @@ def build(directory: Optional[Path] = None) -> Path:
     """
     compiler = _compiler()
     key = hashlib.sha256(
-        b"\0".join([SOURCE.read_bytes(), " ".join(COMPILE_FLAGS).encode(), compiler.encode(),
+        b"\0".join([SOURCE.read_bytes(), " ".join(compile_flags()).encode(), compiler.encode(),
                     _cpu_signature().encode()])
     ).hexdigest()[:16]
     name = f"stm_rl_fused_kernels_{key}.so"
@@ -165,7 +177,7 @@ def build(directory: Optional[Path] = None) -> Path:
 
 def _compile(compiler: str, temporary: str, target: Path) -> None:
     try:
-        result = subprocess.run([compiler, *COMPILE_FLAGS, str(SOURCE), "-o", temporary],
+        result = subprocess.run([compiler, *compile_flags(), str(SOURCE), "-o", temporary],
                                 capture_output=True, text=True, timeout=300)
         if result.returncode != 0:
             first = (result.stderr.strip().splitlines() or ["no message"])[0]
