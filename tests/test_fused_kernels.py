@@ -47,19 +47,21 @@ def _memory_inputs(dtype, batch=3, slots=4, d=5, seed=0):
             torch.randn(batch, slots, d, dtype=dtype, generator=generator))
 
 
-@pytest.mark.parametrize("shape", [(4, 5), (3, 32)], ids=["N4-d5", "N3-d32"])
+@pytest.mark.parametrize("shape", [(4, 5), (3, 32), (2, 96), (2, 101)], ids=["N4-d5", "N3-d32", "N2-d96", "N2-d101"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_update_forward_is_the_definition_and_its_copy_is_the_bf16_cast(kernels, dtype, shape):
+    """Eq. 11 against its definition in float64 (float32 inputs cast up; float32 within torch's float32 tolerance)."""
     memory, alpha, scores, values = _memory_inputs(dtype, slots=shape[0], d=shape[1])
     b, n, d = values.shape
-    expected = alpha * memory + torch.einsum("bjna,bjc->bnac", scores.view(b, n, n, d), values)
+    m64, a64, s64, v64 = (t.double() for t in (memory, alpha, scores, values))
+    expected = a64 * m64 + torch.einsum("bjna,bjc->bnac", s64.view(b, n, n, d), v64)
     out, copy = kernels.update_forward(memory, alpha, scores, values, bf16_copy=dtype == torch.float32)
-    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(out, expected.to(dtype))
     if dtype == torch.float32:
         assert copy.dtype == torch.bfloat16 and torch.equal(copy, out.to(torch.bfloat16))
     shared = memory[:1].expand_as(memory)  # the learned initial memory, expanded over the batch
     out, _ = kernels.update_forward(shared, alpha, scores, values, bf16_copy=False)
-    torch.testing.assert_close(out, alpha * shared + (expected - alpha * memory))
+    torch.testing.assert_close(out, (a64 * shared.double() + (expected - a64 * m64)).to(dtype))
 
 
 @pytest.mark.parametrize("d", [10, 32], ids=["one-at-a-time", "sixteen-at-a-time"])
@@ -402,20 +404,28 @@ def _gated_write_definition(item, u, weight, offset):
     return gates[..., :d] * torch.tanh(u.unsqueeze(2) * u.unsqueeze(1)) + gates[..., d:] * item
 
 
-@pytest.mark.parametrize("d", [5, 16, 37])  # below, at and past one AVX-512 register of floats
+KERNEL_SIDES = [5, 16, 37, 96, 101]
+"""Below, at and past one AVX-512 register of floats; the agents' d = 96 (six registers); 101 = six registers and
+a tail of five."""
+
+
+@pytest.mark.parametrize("d", KERNEL_SIDES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_gated_write_and_its_gradients_are_the_definition(kernels, dtype, d):
+    """Against the definition in float64 (float32 inputs cast up): float32 values within 1e-5 relative (+1e-6),
+    gradients within 1e-5 of their largest entry (sums over up to B*d terms, in another order)."""
     inputs = [t.requires_grad_() for t in _gated_write_inputs(dtype, d=d)]
     assert fused_kernels.fused_kernels_for(inputs[0]) is kernels
     out = gated_write(*inputs)
-    expected = _gated_write_definition(*inputs)
+    reference = [t.detach().double().requires_grad_() for t in inputs]
+    expected = _gated_write_definition(*reference)
     tolerance = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {}
-    torch.testing.assert_close(out, expected, **tolerance)
-    weights = torch.randn(out.shape, dtype=dtype, generator=torch.Generator().manual_seed(1))
-    for got, want in zip(torch.autograd.grad((out * weights).sum(), inputs),
-                         torch.autograd.grad((expected * weights).sum(), inputs)):
-        if dtype == torch.float32:  # sums over up to B*d terms, in another order: relative to the largest entry
-            torch.testing.assert_close(got, want, rtol=0, atol=1e-5 * want.abs().max().item())
+    torch.testing.assert_close(out.double(), expected, **tolerance)
+    weights = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    for got, want in zip(torch.autograd.grad((out * weights.to(dtype)).sum(), inputs),
+                         torch.autograd.grad((expected * weights).sum(), reference)):
+        if dtype == torch.float32:
+            torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-5 * want.abs().max().item())
         else:
             torch.testing.assert_close(got, want)
 
@@ -436,25 +446,28 @@ def test_gated_write_saturates_without_overflow(kernels):
     torch.testing.assert_close(out, _gated_write_definition(*inputs), rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("d", [5, 16, 37])
+@pytest.mark.parametrize("d", KERNEL_SIDES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_tanh_scores_and_their_gradients_are_the_definition(kernels, dtype, d):
     """Both aliases hold tanh(k_j[a] q_n[a]); the backward pass sums the two readers' gradients, or takes
-    either alone."""
+    either alone. Against the definition in float64: float32 values within 1e-5 relative (+1e-6), gradients within
+    1e-5 relative plus 1e-6 of their largest entry."""
     generator = torch.Generator().manual_seed(5)
     queries, keys = (torch.randn(3, 4, d, dtype=dtype, generator=generator).requires_grad_() for _ in range(2))
     assert fused_kernels.fused_kernels_for(queries) is kernels
     scores, other = tanh_scores(queries, keys)
-    expected = torch.tanh(keys.unsqueeze(2) * queries.unsqueeze(1))
+    reference = [t.detach().double().requires_grad_() for t in (queries, keys)]
+    expected = torch.tanh(reference[1].unsqueeze(2) * reference[0].unsqueeze(1))
     tolerance = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {}
-    torch.testing.assert_close(scores, expected, **tolerance)
+    torch.testing.assert_close(scores.double(), expected, **tolerance)
     assert other.data_ptr() == scores.data_ptr()
-    grads = [torch.randn(expected.shape, dtype=dtype, generator=generator) for _ in range(2)]
+    grads = [torch.randn(expected.shape, dtype=torch.float64, generator=generator) for _ in range(2)]
     for outputs, weights in (([scores, other], grads), ([scores], grads[:1]), ([other], grads[1:])):
-        got = torch.autograd.grad(outputs, [queries, keys], weights, retain_graph=True)
-        want = torch.autograd.grad([expected], [queries, keys], [sum(weights)], retain_graph=True)
-        for g, w in zip(got, want):
-            torch.testing.assert_close(g, w, **tolerance)
+        got = torch.autograd.grad(outputs, [queries, keys], [w.to(dtype) for w in weights], retain_graph=True)
+        want = torch.autograd.grad([expected], reference, [sum(weights)], retain_graph=True)
+        for g, w in zip(got, want):  # float32: sums of terms that cancel, within 1e-6 of the largest entry
+            torch.testing.assert_close(g.double(), w, **(tolerance and {"rtol": 1e-5,
+                                                                        "atol": 1e-6 * w.abs().max().item()}))
 
 
 def test_tanh_scores_gradcheck_and_the_pytorch_path(kernels, monkeypatch):
