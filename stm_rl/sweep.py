@@ -125,7 +125,7 @@ class SweepOptions:
                 for skip in self.frame_skips for seed in self.seeds for agent in self.agents]
 
     def describe_budget(self) -> str:
-        """``"4M agent steps at skip 32, 10M at skip 0"`` or ``"20.0M frames"`` (each run)."""
+        """``"4.0M agent steps at skip 32, 10.0M agent steps at skip 0 each"`` or ``"20.0M frames each"``."""
         steps = ", ".join(f"{readable_frames(self.agent_steps[skip])} agent steps at skip {skip}"
                           for skip in self.frame_skips if self.agent_steps.get(skip))
         frames = f"{readable_frames(self.frames)} frames" if self.frames else ""
@@ -225,14 +225,14 @@ def parse_agent_steps(values: Optional[list[str]], frame_skips: tuple[int, ...])
     """``--agent-steps 4M`` (every skip) or ``--agent-steps 32=4M 0=10M`` (one per skip, every skip named)."""
     if not values:
         return {}
+    pairs = [value.split("=", 1) for value in values]
+    if not (len(values) == 1 and len(pairs[0]) == 1) and any(len(pair) != 2 for pair in pairs):
+        raise StmRlError("--agent-steps takes one count, or SKIP=COUNT for each frame skip "
+                         f"(e.g. 32=4M 0=10M), got {' '.join(values)}")
     try:
-        if len(values) == 1 and "=" not in values[0]:
+        if len(pairs[0]) == 1:
             steps = {skip: parse_count(values[0]) for skip in frame_skips}
         else:
-            pairs = [value.split("=", 1) for value in values]
-            if any(len(pair) != 2 for pair in pairs):
-                raise StmRlError("--agent-steps takes one count, or SKIP=COUNT for each frame skip "
-                                 f"(e.g. 32=4M 0=10M), got {' '.join(values)}")
             steps = {int(skip): parse_count(count) for skip, count in pairs}
     except (ValueError, argparse.ArgumentTypeError) as error:
         raise StmRlError(f"--agent-steps: {error}; give one count for every run, or SKIP=COUNT for each frame "

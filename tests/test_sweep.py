@@ -111,6 +111,7 @@ def test_agent_step_budgets_per_frame_skip(tmp_path, capsys):
                                                             "--frame-skips 32 0; none for 0"),
     (["--frame-skips", "32", "--agent-steps", "32=4M", "16=4M"], "16 is not swept"),
     (["--frame-skips", "32", "--agent-steps", "32:4M"], "SKIP=COUNT for each frame skip"),
+    (["--frame-skips", "32", "0", "--agent-steps", "32=4M", "10M"], "--agent-steps takes one count, or SKIP=COUNT"),
     (["--frame-skips", "32", "--agent-steps", "lots"], "--agent-steps: not a count: 'lots'"),
     (["--frame-skips", "32", "--agent-steps", "32=0"], "--agent-steps must be > 0, got 0 for skip 32"),
 ])
