@@ -22,7 +22,7 @@ FIGURE3_OUT ?= runs/figure3
 FIGURE3 := --agents lstm stm --frame-skips 32 0 16 4 --seeds 0 1 2 --agent-steps 32=4M 0=10M 16=4M 4=5M \
            --final-eval-games 20 --workers-per-run 2 --out $(FIGURE3_OUT)
 
-.PHONY: help setup train test sweep figure3 evaluate plot supervised bench clean
+.PHONY: help setup train test sweep figure3 evaluate plot publish supervised bench clean
 
 help:
 	@echo "make setup                       create $(VENV) and install (TORCH_INDEX=<url> picks torch's index)"
@@ -31,6 +31,7 @@ help:
 	@echo "make figure3    ARGS=...         the Figure 3 campaign: stm-rl sweep with its fixed grid (resumable)"
 	@echo "make evaluate   ARGS=RUN_DIR     stm-rl evaluate (play games with a saved agent)"
 	@echo "make plot       ARGS=DIR         stm-rl plot (Figure 3 and a table from game logs)"
+	@echo "make publish    ARGS=\"DIR --to results/DIR\"  stm-rl publish (game logs and configs for committing)"
 	@echo "make supervised ARGS=...         python -m stm_rl.supervised (copy, retrieval, bAbI...)"
 	@echo "make test       ARGS=...         the test suite (ARGS=\"-m slow\": the long fault tests)"
 	@echo "make bench      BENCH=name       benchmarks/<name>.py (default: $(BENCH))"
@@ -60,6 +61,9 @@ evaluate: $(STAMP)
 
 plot: $(STAMP)
 	$(VENV)/bin/stm-rl plot $(ARGS)
+
+publish: $(STAMP)
+	$(VENV)/bin/stm-rl publish $(ARGS)
 
 supervised: $(STAMP)
 	$(PY) -m stm_rl.supervised $(ARGS)
