@@ -92,3 +92,26 @@ def test_replace_typed_checks_names_and_types():
         replace_typed(WithTuple(), parse_key_values(["clip=abc"], "--option"), "thing")
     with pytest.raises(ValueError, match="--option expects KEY=VALUE"):
         parse_key_values(["clip"], "--option")
+
+
+def test_one_resume_rule_budget_execution_and_bookkeeping_may_change():
+    """stm_rl.resume: the same three headings for RL and supervised runs; what shapes learning may not change."""
+    import dataclasses
+
+    from stm_rl.a3c.config import RL_RESUME, TrainConfig
+    from stm_rl.run_dir import to_jsonable
+    from stm_rl.supervised.config import SUPERVISED_RESUME
+
+    saved = TrainConfig()
+    allowed = dataclasses.replace(saved, run=dataclasses.replace(
+        saved.run, frames=5, agent_steps=7, workers=1, checkpoint_interval=9.0, eval_every_updates=3, eval_games=2,
+        final_eval_games=20, run_dir="elsewhere"))
+    assert RL_RESUME.differences(to_jsonable(saved), to_jsonable(allowed)) == {}
+    refused = dataclasses.replace(allowed, a3c=dataclasses.replace(saved.a3c, lr=1e-3),
+                                  run=dataclasses.replace(allowed.run, seed=4, moving_average_window=10))
+    assert set(RL_RESUME.differences(to_jsonable(saved), to_jsonable(refused))) == {
+        "--lr", "--seed", "--moving-average-window"}
+    for rule in (RL_RESUME, SUPERVISED_RESUME):
+        assert rule.budget and rule.execution and rule.bookkeeping
+        assert not (rule.budget & rule.execution or rule.budget & rule.bookkeeping or rule.execution & rule.bookkeeping)
+    assert ("training", "iterations") in SUPERVISED_RESUME.budget and ("run", "frames") in RL_RESUME.budget
