@@ -386,3 +386,31 @@ def test_the_recurrence_tanh_matches_torch_tanh_and_its_gradient():
     torch.testing.assert_close(x.grad.double(), grad.double() * (1 - exact ** 2), atol=2e-6, rtol=0)
     x64 = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(tanh, (x64,))
+
+
+def test_output_steps_read_out_only_there_with_the_same_values_and_gradients():
+    """STM(..., output_steps): the read-out at the chosen steps only; the memories do not depend on the outputs,
+    so those outputs and every gradient through them are the full run's; the other steps are zeros."""
+    from stm_rl import STM
+
+    torch.manual_seed(0)
+    model = STM(input_size=6, output_size=5, num_slots=2, d=8, rel_size=8).double()
+    x = torch.randn(3, 7, 6, dtype=torch.float64)
+    chosen = torch.tensor([False, True, False, False, True, False, True])
+    full, full_state = model(x)
+    part, part_state = model(x, output_steps=chosen)
+    torch.testing.assert_close(part[:, chosen], full[:, chosen])
+    assert torch.equal(part[:, ~chosen], torch.zeros_like(part[:, ~chosen]))
+    torch.testing.assert_close(part_state.relational, full_state.relational)
+    weights = torch.randn_like(full)
+    grads_full = torch.autograd.grad((full[:, chosen] * weights[:, chosen]).sum(), list(model.parameters()),
+                                     allow_unused=True)
+    grads_part = torch.autograd.grad((part * weights).sum(), list(model.parameters()), allow_unused=True)
+    for a, b in zip(grads_full, grads_part):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(b, a)
+    nothing, _ = model(x, output_steps=torch.zeros(7, dtype=torch.bool))
+    assert torch.equal(nothing, torch.zeros_like(full))
+    with pytest.raises(ValueError, match="output_steps must have shape"):
+        model(x, output_steps=chosen[:3])

@@ -150,3 +150,26 @@ def test_one_length_per_batch_in_training_and_per_sample_in_fixed_sets(name, opt
     assert len(set(fixed.lengths.tolist())) > 1
     per_sample = make_task(name, **options).dataset("valid", 32, seed=0)
     torch.testing.assert_close(fixed.inputs, per_sample.inputs)  # the option changes training batches only
+
+
+@pytest.mark.parametrize("task_name", ["associative-retrieval-30", "copy"])
+def test_the_stm_reads_out_only_at_answer_steps_with_the_same_loss_and_gradients(task_name):
+    """Training passes the answer steps (batch.mask.any(0)): the STM skips its read-out elsewhere, and the loss,
+    the metrics and every gradient are those of the full read-out."""
+    task = make_task(task_name)
+    torch.manual_seed(0)
+    model = build_model("stm", task, model_options("stm", task_name, "smoke")).double()
+    batch = task.sample(4, np.random.default_rng(0))
+    inputs = batch.inputs.double() if batch.inputs.is_floating_point() else batch.inputs  # tokens stay indices
+    answer_steps = batch.mask.any(0)
+    assert not answer_steps.all(), "the task scores some steps only"
+    losses, grads = [], []
+    for steps in (None, answer_steps):
+        loss = task.loss(model(inputs, answer_steps=steps), batch)
+        losses.append(loss)
+        grads.append(torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad], allow_unused=True))
+    torch.testing.assert_close(losses[1], losses[0])
+    for full, part in zip(*grads):
+        assert (full is None) == (part is None)
+        if full is not None:
+            torch.testing.assert_close(part, full)

@@ -321,10 +321,15 @@ class STM(nn.Module):
     def initial_state(self, batch_size: int) -> STMState:
         return self.cell.initial_state(batch_size)
 
-    def forward(self, x: Tensor, state: Optional[STMState] = None,
-                episode_start: Optional[Tensor] = None) -> tuple[Tensor, STMState]:
+    def forward(self, x: Tensor, state: Optional[STMState] = None, episode_start: Optional[Tensor] = None,
+                output_steps: Optional[Tensor] = None) -> tuple[Tensor, STMState]:
         """Run over ``x [B, T, I]``; ``episode_start [B, T]`` (bool, optional) resets sample b to the
-        learned initial memories before step t (an RL rollout that crosses an episode boundary)."""
+        learned initial memories before step t (an RL rollout that crosses an episode boundary).
+
+        ``output_steps [T]`` (bool, optional): read out (eq. 14) only at these steps; the outputs of the others
+        are zeros. The memories do not depend on the outputs, so the outputs computed are the same as without
+        it: a task scored at a few steps (associative retrieval, Nth-farthest: the last) skips the read-out's
+        products everywhere else."""
         if x.dim() != 3 or x.shape[2] != self.cell.input_size:
             raise ValueError(f"STM expects input of shape [B, T, {self.cell.input_size}], got {list(x.shape)}")
         if x.shape[1] == 0:
@@ -345,18 +350,30 @@ class STM(nn.Module):
         if episode_start is not None and episode_start.shape != (batch, steps):
             raise ValueError(f"episode_start must have shape [{batch}, {steps}], got {list(episode_start.shape)}")
         resets = [False] * steps if episode_start is None else episode_start.any(0).tolist()
+        if output_steps is not None and output_steps.shape != (steps,):
+            raise ValueError(f"output_steps must have shape [{steps}], got {list(output_steps.shape)}")
+        read = [True] * steps if output_steps is None else output_steps.tolist()
+        last_read = max((t for t in range(steps) if read[t]), default=-1)
         outputs, pending = [], []
         for t in range(steps):
             if resets[t]:
                 state = self.cell.reset_state(state, episode_start[:, t])
             step_input = InputProjection(*(p[t] for p in per_step))
             state, readout_input = self.cell.step_projected(step_input, state)
+            if not read[t]:
+                continue
             pending.append(readout_input)
-            if len(pending) == chunk or t == steps - 1:
+            if len(pending) == chunk or t == last_read:
                 stacked = pending[0].unsqueeze(1) if len(pending) == 1 else torch.stack(pending, dim=1)
                 outputs.append(self.cell.readout(stacked))
                 pending = []
-        return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1), state
+        if output_steps is None:
+            return outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1), state
+        full = x.new_zeros(batch, steps, self.cell.output_width)
+        if outputs:
+            full = full.index_put((torch.arange(batch).unsqueeze(1), output_steps.nonzero().view(1, -1)),
+                                  torch.cat(outputs, dim=1))
+        return full, state
 
 
 def _validate_alphas(alphas: Sequence[AlphaSetting]) -> tuple[AlphaSetting, AlphaSetting, AlphaSetting]:

@@ -112,7 +112,7 @@ def evaluate(model: nn.Module, task: Task, batches: list[Batch], device: str) ->
     loss_sum, samples = 0.0, 0
     for batch in batches:
         batch = batch.to(device)
-        outputs = model(batch.inputs)
+        outputs = model(batch.inputs, answer_steps=batch.mask.any(0))
         loss_sum += float(task.loss(outputs, batch)) * batch.size
         samples += batch.size
         for name, (total, count) in task.metrics(outputs, batch).items():
@@ -245,7 +245,7 @@ def _train(config: SupervisedConfig, layout: RunDir, task: Task, model: Sequence
             else:
                 batch = task.sample(training.batch_size, rng)
             batch = batch.to(config.run.device)
-            outputs = model(batch.inputs)
+            outputs = model(batch.inputs, answer_steps=batch.mask.any(0))
             loss = task.loss(outputs, batch)
             if not math.isfinite(loss.item()):  # before the step: the weights and the checkpoints stay good
                 message = (f"the loss became {loss.item()} at iteration {state.iteration + 1}; lower --lr "

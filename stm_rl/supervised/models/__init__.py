@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 from types import ModuleType
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from torch import Tensor, nn
 
@@ -37,8 +37,14 @@ class SequenceModel(nn.Module):
         super().__init__()
         self.encoder, self.core = encoder, core
 
-    def forward(self, inputs: Tensor) -> Tensor:
-        return self.core(self.encoder(inputs))
+    def forward(self, inputs: Tensor, answer_steps: Optional[Tensor] = None) -> Tensor:
+        """Outputs ``[B, T, O]``. ``answer_steps [T]`` (bool, optional): the steps any sample is scored at; a core
+        that can skip its output elsewhere (``takes_answer_steps``, the STM) returns zeros there, the others
+        compute every step."""
+        encoded = self.encoder(inputs)
+        if answer_steps is not None and getattr(self.core, "takes_answer_steps", False):
+            return self.core(encoded, answer_steps=answer_steps)
+        return self.core(encoded)
 
     def diagnostics(self) -> dict[str, float]:
         """Scalars the core reports about itself (the STM's learned alphas and gate biases), logged by training

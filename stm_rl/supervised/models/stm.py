@@ -105,14 +105,17 @@ def cell_diagnostics(cell: STMCell) -> dict[str, float]:
 
 
 class STMSequenceModel(nn.Module):
-    """The ``head`` read-out: ``stm_rl.memory.STM`` with its output head, one output per step."""
+    """The ``head`` read-out: ``stm_rl.memory.STM`` with its output head, one output per step (or only at the
+    answer steps: the same outputs there, without the read-out's products elsewhere)."""
+
+    takes_answer_steps = True
 
     def __init__(self, input_size: int, output_size: int, **cell_options) -> None:
         super().__init__()
         self.stm = STM(input_size, output_size, **cell_options)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.stm(x)[0]
+    def forward(self, x: Tensor, answer_steps: Optional[Tensor] = None) -> Tensor:
+        return self.stm(x, output_steps=answer_steps)[0]
 
     def diagnostics(self) -> dict[str, float]:
         return cell_diagnostics(self.stm.cell)
