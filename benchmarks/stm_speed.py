@@ -23,6 +23,13 @@ Times are medians over repeated training steps after a warm-up one.
     python benchmarks/stm_speed.py            # batches 1, 16, 128, ~3-5 minutes on 2 cores
     python benchmarks/stm_speed.py --quick    # batches 1 and 16 only
     python benchmarks/stm_speed.py --bf16     # adds the bf16 autocast rows
+    python benchmarks/stm_speed.py --compiled # only: the fused elementwise kernels vs torch.compile (issue 27)
+
+``--compiled`` times, forward+backward on one thread at the agents' sizes (16 games per worker, d = 96, the small
+encoder's first ELU), each hand-written elementwise kernel (the gated write of eq. 10, SAM's scores, ELU) against
+``torch.compile`` (inductor's CPU backend) of its plain PyTorch definition and against that definition run eagerly,
+in alternating rounds of one run; the verdict rule is issue 27's: a hand kernel within 5% of the compiled
+definition is not worth keeping.
 """
 
 from __future__ import annotations
@@ -135,12 +142,65 @@ def run_in_subprocess(impl: str, batch: int, repeats: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _gated_write_definition(item, u, weight, offset):
+    gates = torch.sigmoid(torch.tanh(item) @ weight.t() + offset.unsqueeze(1))
+    d = u.shape[1]
+    return gates[..., :d] * torch.tanh(u.unsqueeze(2) * u.unsqueeze(1)) + gates[..., d:] * item
+
+
+def _scores_definition(queries, keys):
+    scores = torch.tanh(keys.unsqueeze(2) * queries.unsqueeze(1))
+    return scores, scores
+
+
+def compiled_comparison(rounds: int = 5, batch: int = 16) -> None:
+    """The fused kernels against torch.compile of their definitions (module docstring)."""
+    from agents.elu import ELU
+    from stm_rl.memory.gated_write import gated_write
+    from stm_rl.memory.tanh_scores import tanh_scores
+
+    setup_compute_process(num_threads=1)
+    torch.manual_seed(0)
+    cases = {
+        "gated write (eq. 10)": (gated_write, _gated_write_definition,
+                                 [torch.randn(batch, D, D), torch.randn(batch, D), torch.randn(2 * D, D) / D ** 0.5,
+                                  torch.randn(batch, 2 * D)]),
+        "SAM scores (eq. 2)": (tanh_scores, _scores_definition, [torch.randn(batch, N, D), torch.randn(batch, N, D)]),
+        "ELU (small encoder)": (ELU(), torch.nn.functional.elu, [torch.randn(batch, 32, 21, 21)]),
+    }
+    print(f"fused kernels vs torch.compile, forward+backward, batch {batch}, d={D}, 1 thread, torch {torch.__version__}")
+    print(describe_fused_kernels())
+    print(f"{'operation':<22} {'fused ms':>9} {'compiled ms':>12} {'eager ms':>9} {'compiled/fused':>15}")
+    for name, (fused, definition, inputs) in cases.items():
+        ways = {"fused": fused, "compiled": torch.compile(definition, dynamic=False), "eager": definition}
+        times: dict[str, list[float]] = {way: [] for way in ways}
+        leaves = [t.requires_grad_() for t in inputs]
+        for round_ in range(rounds + 1):  # round 0 warms up (and compiles)
+            for way, function in ways.items():
+                start = time.perf_counter()
+                for _ in range(10):
+                    out = function(*leaves)
+                    loss = sum(o.sum() for o in out) if isinstance(out, tuple) else out.sum()
+                    torch.autograd.grad(loss, leaves)
+                if round_:
+                    times[way].append((time.perf_counter() - start) / 10)
+        ms = {way: 1000 * sorted(values)[len(values) // 2] for way, values in times.items()}
+        print(f"{name:<22} {ms['fused']:>9.3f} {ms['compiled']:>12.3f} {ms['eager']:>9.3f} "
+              f"{ms['compiled'] / ms['fused']:>15.2f}")
+    print("compiled/fused <= 1.05: the hand kernel is within 5% of the compiled definition (issue 27: delete it)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--compiled", action="store_true",
+                        help="only compare the fused elementwise kernels with torch.compile of their definitions")
     parser.add_argument("--quick", action="store_true", help="batches 1 and 16 only")
     parser.add_argument("--bf16", action="store_true", help="also measure the STM under bf16 autocast")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.compiled:
+        compiled_comparison()
+        return
     if args.child:
         impl, batch, repeats = args.child
         print(json.dumps(measure(impl, int(batch), int(repeats))))
