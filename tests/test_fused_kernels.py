@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import stm_rl.memory.fused_kernels as fused_kernels
-from agents.elu import ELU
+from agents.elu import ELU, _FusedELU
 from stm_rl.memory import STM
 from stm_rl.memory.gated_write import gated_write
 from stm_rl.memory.relational_read import CarriedGradient, MemoryGradientHandoff, relational_read
@@ -489,8 +489,7 @@ def test_elu_and_its_gradient_are_pytorchs(kernels, dtype, layout):
     x = torch.randn(4, 3, 9, 7, generator=generator, dtype=torch.float64) * 3
     x.view(-1)[:6] = torch.tensor([-1e-8, -1e-4, 0.0, -200.0, float("inf"), -float("inf")], dtype=torch.float64)
     x = x.to(dtype).contiguous(memory_format=layout).requires_grad_()
-    assert fused_kernels.elementwise_kernels_for(x) is kernels
-    y, expected = ELU()(x), torch.nn.functional.elu(x)
+    y, expected = _FusedELU.apply(x, kernels), torch.nn.functional.elu(x)  # the kernel, wherever it is used
     assert y.dtype == dtype and y.stride() == x.stride()
     tolerance = {"rtol": {torch.float32: 1e-6, torch.float64: 1e-14, torch.bfloat16: 0.0}[dtype], "atol": 0.0}
     torch.testing.assert_close(y, expected, **tolerance)
@@ -499,10 +498,20 @@ def test_elu_and_its_gradient_are_pytorchs(kernels, dtype, layout):
                                **tolerance)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_the_elu_kernel_is_used_only_where_it_is_vectorised(kernels, dtype):
+    """PyTorch's ELU is vectorised on every CPU and beats the kernel's portable loop: ELU() takes the kernel only
+    where its AVX-512 version was compiled in, and never for float64."""
+    x = torch.randn(2, 3, 4, 5, dtype=dtype)
+    vectorised = fused_kernels.ELU_PATHS.get(dtype) in kernels.vectorised_paths
+    assert (fused_kernels.elementwise_kernels_for(x) is kernels) == vectorised
+    assert (fused_kernels.elementwise_kernels_for(x) is None) == (not vectorised)
+
+
 def test_elu_gradcheck_and_the_pytorch_path(kernels, monkeypatch):
     x = torch.randn(2, 3, 4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(8)).requires_grad_()
-    assert torch.autograd.gradcheck(ELU(), (x,))
-    assert fused_kernels.elementwise_kernels_for(x[:, :, ::2]) is None  # not dense: PyTorch's ELU
+    assert torch.autograd.gradcheck(lambda t: _FusedELU.apply(t, kernels), (x,))  # the kernel itself, in float64
+    assert fused_kernels.elementwise_kernels_for(x.float()[:, :, ::2]) is None  # not dense: PyTorch's ELU
     torch.testing.assert_close(ELU()(x[:, :, ::2]), torch.nn.functional.elu(x[:, :, ::2]))
     monkeypatch.setenv(fused_kernels.SETTING_VARIABLE, "off")
     assert fused_kernels.elementwise_kernels_for(x) is None
