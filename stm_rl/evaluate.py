@@ -205,13 +205,26 @@ def final_evaluation_path(run_dir: Path, frame_skip: int) -> Path:
     return default_output(RunDir(run_dir).checkpoint(Checkpoint.FINAL), frame_skip)
 
 
+def final_greedy_scores(run_dir: Path, frame_skip: int) -> Optional[tuple[float, ...]]:
+    """The scores of the run's greedy final evaluation (``eval-final-skip<N>.json``), None if it has none; a file
+    that is not such a report is a one-line StmRlError."""
+    path = final_evaluation_path(run_dir, frame_skip)
+    if not path.is_file():
+        return None
+    report = read_json(path)
+    try:
+        return tuple(float(score) for score in report["scores"]) if report["greedy"] else None
+    except (KeyError, TypeError, ValueError):
+        raise StmRlError(f"{path} is not an evaluation report (stm-rl evaluate writes them)") from None
+
+
 def has_final_evaluation(run_dir: Path, frame_skip: int, games: int) -> bool:
     """The run has a greedy report of its final weights with at least ``games`` games."""
     try:
-        report = read_json(final_evaluation_path(run_dir, frame_skip))
-        return report["greedy"] and len(report["scores"]) >= games
-    except (StmRlError, KeyError, TypeError):
+        scores = final_greedy_scores(run_dir, frame_skip)
+    except StmRlError:
         return False
+    return scores is not None and len(scores) >= games
 
 
 def evaluate_final_agent(run_dir: Path, frame_skip: int, games: int) -> Optional[dict[str, Any]]:

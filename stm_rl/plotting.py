@@ -34,7 +34,8 @@ import numpy as np
 
 from stm_rl.a3c.config import TrainConfig
 from stm_rl.config_cli import differing_settings, format_count
-from stm_rl.run_dir import (Checkpoint, RunDir, StmRlError, check_can_write, find_run_dirs, read_json, read_jsonl,
+from stm_rl.evaluate import final_greedy_scores
+from stm_rl.run_dir import (RunDir, StmRlError, check_can_write, find_run_dirs, read_json, read_jsonl,
                             to_jsonable)
 
 XAxis = Literal["games", "steps", "frames", "time"]
@@ -176,18 +177,6 @@ def load_run(run_dir: Path) -> RunLog:
     return RunLog(Path(run_dir), config.agent.agent, config.agent.encoder, config.env.frame_skip,
                   config.run.seed, columns["frames"], columns["wall_time"], columns["score"], to_jsonable(config),
                   agent_steps=steps, greedy_scores=final_greedy_scores(Path(run_dir), config.env.frame_skip))
-
-
-def final_greedy_scores(run_dir: Path, frame_skip: int) -> Optional[tuple[float, ...]]:
-    """The scores of the run's final evaluation (``eval-final-skip<N>.json``), None if it has none."""
-    path = RunDir(run_dir).evaluation_report(Checkpoint.FINAL, frame_skip)
-    if not path.is_file():
-        return None
-    report = read_json(path)
-    try:
-        return tuple(float(score) for score in report["scores"]) if report["greedy"] else None
-    except (KeyError, TypeError, ValueError):
-        raise StmRlError(f"{path} is not an evaluation report (stm-rl evaluate writes them)") from None
 
 
 def load_runs(paths: Sequence[Path], skip_empty: bool = False) -> list[RunLog]:
