@@ -16,13 +16,17 @@ from typing import ContextManager, Literal, Optional
 
 import torch
 
-from stm_rl.fp32_matmul import cpu_capabilities
 
 Precision = Literal["fp32", "bf16"]
 PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
 
 _NATIVE_BF16_CPU_FEATURES = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")
-"""Capability keys (:func:`stm_rl.fp32_matmul.cpu_capabilities`) of native bf16 arithmetic (x86 AVX-512 BF16 / AMX, Arm BF16)."""
+"""Capability keys (:func:`cpu_capabilities`) of native bf16 arithmetic (x86 AVX-512 BF16 / AMX, Arm BF16)."""
+
+
+def cpu_capabilities() -> dict:
+    """``torch.cpu.get_capabilities()`` (instruction-set features of this CPU), empty where torch lacks it."""
+    return getattr(torch.cpu, "get_capabilities", lambda: {})()
 
 
 def cpu_has_native_bf16() -> bool:

@@ -45,9 +45,9 @@ import torch
 
 from stm_rl.conventions import run_command
 from stm_rl import STM, STMCell
-from stm_rl.memory.fused_kernels import describe_fused_kernels
+from stm_rl import fastpath
+from stm_rl.fastpath.kernels import describe_fused_kernels
 from stm_rl.memory.stm import STMState
-from stm_rl.process import setup_compute_process
 
 D, N, NR, STEPS, INPUT = 96, 8, 96, 20, 256
 
@@ -76,7 +76,7 @@ IMPLEMENTATIONS = ("straightforward", "stm_rl", "stm_rl bf16")
 
 
 def measure(impl: str, batch: int, repeats: int) -> dict:
-    setup_compute_process(num_threads=1)  # both implementations get the same process set-up
+    fastpath.enable(num_threads=1)  # both implementations get the same process set-up
     torch.manual_seed(0)
     model = STM(INPUT, d=D, num_slots=N, rel_size=NR)
     with torch.no_grad():
@@ -142,31 +142,19 @@ def run_in_subprocess(impl: str, batch: int, repeats: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _gated_write_definition(item, u, weight, offset):
-    gates = torch.sigmoid(torch.tanh(item) @ weight.t() + offset.unsqueeze(1))
-    d = u.shape[1]
-    return gates[..., :d] * torch.tanh(u.unsqueeze(2) * u.unsqueeze(1)) + gates[..., d:] * item
-
-
-def _scores_definition(queries, keys):
-    scores = torch.tanh(keys.unsqueeze(2) * queries.unsqueeze(1))
-    return scores, scores
-
-
 def compiled_comparison(rounds: int = 5, batch: int = 16) -> None:
     """The fused kernels against torch.compile of their definitions (module docstring)."""
-    from agents.elu import ELU
-    from stm_rl.memory.gated_write import gated_write
-    from stm_rl.memory.tanh_scores import tanh_scores
+    from agents.elu import ELU, elu_reference
+    from stm_rl.memory.ops import gated_write, gated_write_reference, sam_scores, sam_scores_reference
 
-    setup_compute_process(num_threads=1)
+    fastpath.enable(num_threads=1)
     torch.manual_seed(0)
     cases = {
-        "gated write (eq. 10)": (gated_write, _gated_write_definition,
+        "gated write (eq. 10)": (gated_write, gated_write_reference,
                                  [torch.randn(batch, D, D), torch.randn(batch, D), torch.randn(2 * D, D) / D ** 0.5,
                                   torch.randn(batch, 2 * D)]),
-        "SAM scores (eq. 2)": (tanh_scores, _scores_definition, [torch.randn(batch, N, D), torch.randn(batch, N, D)]),
-        "ELU (small encoder)": (ELU(), torch.nn.functional.elu, [torch.randn(batch, 32, 21, 21)]),
+        "SAM scores (eq. 2)": (sam_scores, sam_scores_reference, [torch.randn(batch, N, D), torch.randn(batch, N, D)]),
+        "ELU (small encoder)": (ELU(), elu_reference, [torch.randn(batch, 32, 21, 21)]),
     }
     print(f"fused kernels vs torch.compile, forward+backward, batch {batch}, d={D}, 1 thread, torch {torch.__version__}")
     print(describe_fused_kernels())

@@ -34,9 +34,9 @@ from envs import EnvConfig, make_env, probe_action_count
 from stm_rl.conventions import run_command
 from stm_rl.a3c import A3CConfig, RunConfig, SharedAdam, TrainConfig
 from stm_rl.a3c.worker import FRAMES, AGENT_STEPS, WorkerContext, worker_main
-from stm_rl.fp32_matmul import CHOICE_VARIABLE, CHOICES
-from stm_rl.memory.fused_kernels import SETTING_VARIABLE as FUSED_VARIABLE, SETTINGS as FUSED_SETTINGS
-from stm_rl.memory.fused_kernels import describe_fused_kernels
+from stm_rl.fastpath.fp32_matmul import CHOICE_VARIABLE, CHOICES
+from stm_rl.fastpath.kernels import SETTING_VARIABLE as FUSED_VARIABLE, SETTINGS as FUSED_SETTINGS
+from stm_rl.fastpath.kernels import describe_fused_kernels
 
 
 CONFIGS = ("lstm-small", "stm-small", "lstm-paper", "stm-paper")
@@ -127,10 +127,10 @@ def main() -> None:
     parser.add_argument("--gradient-pass", nargs="+", choices=["auto", "acting", "replay"], default=["auto"],
                         help="where the workers take the gradients from (A3CConfig.gradient_pass)")
     parser.add_argument("--fp32-matmul", nargs="+", choices=CHOICES, default=["auto"],
-                        help=f"library of the workers' fp32 matrix products ({CHOICE_VARIABLE}; stm_rl/fp32_matmul.py)")
+                        help=f"library of the workers' fp32 matrix products ({CHOICE_VARIABLE}; stm_rl/fastpath/fp32_matmul.py)")
     parser.add_argument("--fused-kernels", nargs="+", choices=FUSED_SETTINGS, default=["auto"],
                         help=f"the STM's fused CPU kernels in the workers ({FUSED_VARIABLE}; "
-                             "stm_rl/memory/fused_kernels.py)")
+                             "stm_rl/fastpath/kernels.py)")
     args = parser.parse_args()
     for precision in args.precision:
         try:  # refuse bf16 on a CPU without native bf16 before starting anything

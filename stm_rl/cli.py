@@ -17,8 +17,8 @@ from typing import Optional, Sequence
 from stm_rl import evaluate, plotting, publish, sweep
 from stm_rl.a3c import train_command
 from stm_rl.conventions import run_command
-from stm_rl.fp32_matmul import requested_library
-from stm_rl.memory.fused_kernels import fused_kernels_setting
+from stm_rl.fastpath.fp32_matmul import requested_library
+from stm_rl.fastpath.kernels import fused_kernels_setting
 from stm_rl.supervised import command as supervised_command
 
 COMMANDS = {"train": train_command, "sweep": sweep, "evaluate": evaluate, "plot": plotting, "publish": publish,

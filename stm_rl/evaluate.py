@@ -27,7 +27,7 @@ from stm_rl.a3c.limits import MAX_FRAME_SKIP, MAX_SEED
 from stm_rl.a3c.play import GameResult, play_game
 from stm_rl.config_cli import parse_count
 from stm_rl.run_dir import Checkpoint, RunDir, StmRlError, check_can_write, describe_os_error, read_json, write_json_atomic
-from stm_rl.process import setup_compute_process
+from stm_rl import fastpath
 
 CHECKPOINT_PREFERENCE = (Checkpoint.BEST, Checkpoint.FINAL, Checkpoint.LATEST)
 
@@ -160,7 +160,7 @@ def default_output(checkpoint: Path, frame_skip: int) -> Path:
 
 def evaluate(options: EvalOptions) -> dict[str, Any]:
     """Play the games and write the JSON report; returns the report."""
-    setup_compute_process(num_threads=1)
+    fastpath.enable(num_threads=1)
     checkpoint = resolve_checkpoint(options.target, options.checkpoint)
     model, config, record = load_agent_from_checkpoint(checkpoint)
     model.eval()

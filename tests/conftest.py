@@ -69,3 +69,14 @@ def fit_fixed_batch() -> Callable[..., list[float]]:
 def summary_of() -> Callable[[Path], dict]:
     """``summary_of(run_dir)``: the run's summary.json."""
     return lambda run_dir: json.loads(RunDir(run_dir).summary.read_text())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fast_cpu_kernels() -> None:
+    """The memory operators' CPU kernels registered for the whole session, as every compute process of the package
+    registers them (stm_rl.fastpath.enable): which tests run before which does not change the path they test.
+    Whether they compute (compiled kernels) still depends on the thread count and STM_RL_FUSED_KERNELS, as in a
+    run; tests/test_fastpath.py compares them with the references."""
+    from stm_rl import fastpath
+
+    fastpath.register_cpu_kernels()

@@ -88,7 +88,7 @@ def test_bad_input_is_one_line_exit_2_and_creates_nothing(argv, message, finishe
 
 @pytest.mark.parametrize("variable, value", [("STM_RL_FP32_MATMUL", "openblas"), ("STM_RL_FUSED_KERNELS", "fast")])
 def test_a_bad_environment_setting_is_one_line_naming_the_variable(variable, value, monkeypatch, tmp_path, capsys):
-    """The settings read from the environment (stm_rl/fp32_matmul.py, stm_rl/memory/fused_kernels.py) are
+    """The settings read from the environment (stm_rl/fastpath/fp32_matmul.py, stm_rl/fastpath/kernels.py) are
     checked before a run starts, like flags."""
     monkeypatch.setenv(variable, value)
     code = cli_main(["train", "--frames", "1000", "--run-dir", str(tmp_path / "run"), "--no-progress"])

@@ -1,13 +1,12 @@
-"""fp32 matrix products through oneDNN only where they stay fp32 (stm_rl/fp32_matmul.py, issue 10)."""
+"""fp32 matrix products through oneDNN only where they stay fp32 (stm_rl/fastpath/fp32_matmul.py, issue 10)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-import stm_rl.fp32_matmul as fp32_matmul
-from stm_rl.memory.relational_read import relational_read
-from stm_rl.memory.relational_update import relational_update
+import stm_rl.fastpath.fp32_matmul as fp32_matmul
+from stm_rl.memory.ops import relational_read, relational_update
 
 pytestmark = pytest.mark.skipif(not fp32_matmul._onednn_setting_available(),
                                 reason="this torch build has no oneDNN matmul setting")
@@ -91,8 +90,8 @@ def test_the_library_choice_is_read_from_the_environment(monkeypatch):
 
 def test_a_runs_compute_report_follows_the_settings(monkeypatch):
     """What config.json records as ``compute``: the library the settings choose and the state of the kernels."""
-    from stm_rl.memory.fused_kernels import SETTING_VARIABLE
-    from stm_rl.process import compute_report
+    from stm_rl.fastpath import report as compute_report
+    from stm_rl.fastpath.kernels import SETTING_VARIABLE
 
     previous = torch.backends.mkldnn.matmul.fp32_precision
     try:

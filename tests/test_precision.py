@@ -11,8 +11,7 @@ from agents import AgentConfig, build_agent
 from agents.encoders import encode_frames, make_encoder
 from stm_rl.cli import main as cli_main
 from stm_rl.memory import STM
-from stm_rl.memory.relational_read import relational_read
-from stm_rl.memory.relational_update import relational_update
+from stm_rl.memory.ops import relational_read, relational_update
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from envs import make_env
 from stm_rl.a3c.messages import EvaluationDone, ProcessFailed
 from stm_rl.a3c.play import play_game
 from stm_rl.a3c.worker import FRAMES, UPDATES, WorkerContext, trainer_alive
-from stm_rl.process import setup_compute_process
+from stm_rl import fastpath
 
 EVAL_SEED_OFFSET = 1_000_000
 """Added to the run's seed for the evaluation environment, so it never replays a worker's games."""
@@ -30,7 +30,7 @@ def evaluator_main(ctx: WorkerContext, updates_before: int) -> None:
     """Process entry point (see the module docstring); errors go to the trainer like a worker's."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: ctx.stop.set())
-    setup_compute_process(num_threads=1)
+    fastpath.enable(num_threads=1)
     try:
         run_evaluations(ctx, updates_before)
     except Exception:  # noqa: BLE001 - reported to the trainer, which stops the run

@@ -44,8 +44,8 @@ from stm_rl.a3c.scores import Counters, Milestones, ScoreTracker
 from stm_rl.a3c.shared_adam import SharedAdam
 from stm_rl.a3c.worker import AGENT_STEPS, FRAMES, UPDATES, WorkerContext, worker_main
 from stm_rl.conventions import RunStatus
-from stm_rl.memory.fused_kernels import prepare_fused_kernels
-from stm_rl.process import compute_report
+from stm_rl import fastpath
+from stm_rl.fastpath.kernels import prepare_fused_kernels
 from stm_rl.run_dir import (Checkpoint, CheckpointError, RunDir, StmRlError, describe_os_error, read_jsonl,
                             repair_jsonl, truncate_jsonl, write_config, write_json_atomic)
 
@@ -139,7 +139,7 @@ class Trainer:
                 self.milestones = Milestones.from_game_log(list(read_jsonl(self.layout.games)), self.scores.window)
         write_config(self.run_dir, self.config, segment=self.counters.segments,
                      num_actions=self.shared_model.num_actions, command=training_command(self.config),
-                     compute=compute_report(threads_per_process=1))
+                     compute=fastpath.report(threads_per_process=1))
 
     def _run(self) -> TrainResult:
         config = self.config

@@ -35,7 +35,7 @@ from agents import ActorCritic, build_agent
 from envs import make_env
 from stm_rl.a3c.config import TrainConfig
 from stm_rl.a3c.messages import GameFinished, NonFinite, ProcessFailed, UpdateDone
-from stm_rl.process import setup_compute_process
+from stm_rl import fastpath
 
 # Columns of the shared counter table, one row per worker (each row is written by its worker only).
 AGENT_STEPS, FRAMES, UPDATES = 0, 1, 2
@@ -69,7 +69,7 @@ def worker_main(rank: int, ctx: WorkerContext) -> None:
     """Process entry point: set up, train until stopped, report any error to the trainer."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the trainer's to handle
     signal.signal(signal.SIGTERM, lambda *_: ctx.stop.set())
-    setup_compute_process(num_threads=1)
+    fastpath.enable(num_threads=1)
     try:
         train_worker(rank, ctx)
     except Exception:  # noqa: BLE001 - everything goes to the trainer, which stops the run

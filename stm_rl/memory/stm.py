@@ -17,18 +17,11 @@ bound by G2's products and the per-op overhead):
 - Rank-1 and rank-N updates of a memory (eqs. 9, 12, 13) are single ``baddbmm`` calls, which save only
   their small factors for the backward pass; the transfer's bias rides in the same product. SAM's input
   ``M' + alpha2 v_r (x) w`` (eq. 11) is never formed: SAM's projection is linear, so the rank-1 term is added
-  to its ``d x 3N`` output instead (:meth:`SAM.queries_keys_values`). The relational update ``alpha1 * M_r_prev + A``
-  (:mod:`stm_rl.memory.relational_update`) and the relational read (:mod:`stm_rl.memory.relational_read`)
-  are autograd functions whose backward passes avoid full-size temporaries, inner-size-1 batched
-  products, and batched products with one or N output columns (which run many times slower than their
-  transposes at batch > 1 on CPUs: issue 10).
-- On CPU with one PyTorch thread (the A3C workers), the relational update, its backward pass, and the
-  gradients of ``M_r_prev``, p and alpha1 run as fused kernels, one pass over ``B x N x d x d`` each
-  (:mod:`stm_rl.memory.fused_kernels`); under bf16 autocast the update also writes the readout's bf16
-  copy of ``M_r`` (:meth:`STMCell.step_projected`). The gated write into the item memory (eq. 10) is
-  likewise one kernel each way after the gates' matrix product (:mod:`stm_rl.memory.gated_write`), and so
-  are SAM's scores, whose two readers' gradients are summed by their backward kernel
-  (:mod:`stm_rl.memory.tanh_scores`).
+  to its ``d x 3N`` output instead (:meth:`SAM.queries_keys_values`).
+- The gated write (eq. 10), SAM's scores, the relational read (eq. 11) and the relational update (eq. 12) are
+  the operators of :mod:`stm_rl.memory.ops`, defined there by plain PyTorch references. The optional fast
+  path (:mod:`stm_rl.fastpath`, enabled by a process at start-up) registers fused CPU kernels for them: one
+  pass over the ``B x N x d x d`` relational memory each way instead of about twenty.
 - :class:`STM` computes everything that depends on the input alone (f1, f2, f3, the input gate) once
   over all time steps, and the output distillation G2/G3 (eq. 14) over chunks of steps sized to keep
   its matrix product large without copying the relational memories at large batches.
@@ -51,10 +44,7 @@ import torch
 from torch import Tensor, nn
 
 from stm_rl.memory.attention import SAM, _check_positive
-from stm_rl.memory.gated_write import gated_write
-from stm_rl.memory.relational_read import MemoryGradientHandoff, relational_read
-from stm_rl.memory.relational_update import relational_update_with_readout
-from stm_rl.memory.tanh_scores import tanh_scores
+from stm_rl.memory.ops import gated_write, relational_read, relational_update, sam_scores
 
 AlphaSetting = Optional[float]
 
@@ -238,20 +228,12 @@ class STMCell(nn.Module):
 
     def step_projected(self, projected: "InputProjection",
                        state: Optional[STMState] = None) -> tuple[STMState, Tensor]:
-        """:meth:`update_memory_projected`, and the relational memory as :meth:`readout` should take it.
-
-        That is a view of ``M_r``, or, under bf16 autocast where the fused kernels run
-        (:mod:`stm_rl.memory.fused_kernels`), the bf16 copy of ``M_r`` they write while computing it (same
-        values as autocast's cast). Either way the readout's gradient reaches the update's backward apart
-        from the recurrent one and the two are added where ``dM_r`` is read, not into a new tensor.
-        """
-        device = self.initial_item.device.type
-        bf16_readout = torch.is_autocast_enabled(device) and torch.get_autocast_dtype(device) == torch.bfloat16
+        """:meth:`update_memory_projected`, and the relational memory :meth:`readout` reads (``M_r`` itself)."""
         with self.full_precision():
-            return self._step_projected(projected, state, bf16_readout)
+            state = self._step_projected(projected, state)
+        return state, state.relational
 
-    def _step_projected(self, projected: "InputProjection", state: Optional[STMState],
-                        bf16_readout: bool) -> tuple[STMState, Tensor]:
+    def _step_projected(self, projected: "InputProjection", state: Optional[STMState]) -> STMState:
         u, w, slot_logits, gate_from_input = projected
         if state is None:
             state = self.initial_state(u.shape[0])
@@ -264,34 +246,28 @@ class STMCell(nn.Module):
         else:  # eq. 9, the "w/o gates" ablation: M' = M_i + u (x) u
             item = torch.baddbmm(item_prev, u.unsqueeze(2), u.unsqueeze(1))
 
-        read_term, handoff = None, None
+        read_term = None
         if self.uses_relational_read:  # 5. eq. 11
             slot_weights = torch.softmax(slot_logits, dim=-1)  # p over the N slots
-            handoff = MemoryGradientHandoff(self.alpha1)  # the read forms M_r_prev's and alpha1's gradients
-            read = relational_read(rel_prev, slot_weights, w, handoff)  # v_r: [B, d], slots mixed first
+            read = relational_read(rel_prev, slot_weights, w)  # v_r: [B, d], slots mixed first
             # SAM's input M' + alpha2 * v_r (x) w, left to SAM as its rank-1 term (alpha2 scales the factor w)
             read_term = (read, self.alpha2 * w)
 
         q, k, v = self.sam.queries_keys_values(item, read_term)  # 6. eq. 12 on M' + alpha2 v_r (x) w
-        # scores[j, n, a] = tanh(q_n[a] * k_j[a]), key-major so that both products below read it as is; one
-        # alias for each of the two readers (the update and the transfer), whose gradients the scores' backward
-        # pass sums.
-        scores, transfer_scores = (s.view(batch, n, n * d) for s in tanh_scores(q, k))  # [B, N(key), N(query)*d]
+        # scores[j, n, a] = tanh(q_n[a] * k_j[a]), key-major so that both products below read it as is
+        scores = sam_scores(q, k).view(batch, n, n * d)  # [B, N(key), N(query)*d]
         # M_r = alpha1 * M_r_prev + A, A[n, a, c] = sum_j scores[j, n, a] v[j, c]: one [N*d, N] x [N, d]
         # product per sample accumulated into one new tensor (alpha1 is a buffer at 0 where fixed so).
-        # The readout's view of M_r (a bf16 copy under bf16 with the fused kernels): its gradient joins M_r's in
-        # the update's backward pass.
-        relational, readout_input = relational_update_with_readout(rel_prev, self.alpha1, scores, v, handoff,
-                                                                   bf16_readout)
+        relational = relational_update(rel_prev, self.alpha1, scores, v)
 
         if self.uses_transfer:  # 7. eq. 13: T[c, e] = sum_{n,a} W_G1[e, n*d + a] A[n, a, c] + b_G1[e]
             # Factored: T = sum_j v_j (x) H_j + b with H_j[e] = sum_{n,a} W_G1[e, n*d + a] scores[j, n, a].
-            per_key = transfer_scores @ self.G1.weight.t()  # H: [B, N(key), d]
+            per_key = scores @ self.G1.weight.t()  # H: [B, N(key), d]
             # The bias as one more term of the same product (a row of ones against b_G1): one pass over M'.
             left = torch.cat((v, v.new_ones(batch, 1, d)), dim=1).transpose(1, 2)  # [B, d, N + 1]
             right = torch.cat((per_key, self.G1.bias.expand(batch, 1, d)), dim=1)  # [B, N + 1, d]
             item = torch.baddbmm(item, left, self.alpha3 * right)
-        return STMState(item, relational), readout_input
+        return STMState(item, relational)
 
     def readout(self, relational: Tensor) -> Tensor:
         """Spec steps 8-9 (eq. 14 and the optional head) for relational memories ``[..., N, d, d]``."""

@@ -33,11 +33,9 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from stm_rl import fastpath
 from stm_rl.conventions import RunStatus
-from stm_rl.fp32_matmul import choose_fp32_matmul_library
 from stm_rl.logger import MetricLogger
-from stm_rl.memory.fused_kernels import fused_kernels_setting
-from stm_rl.process import compute_report
 from stm_rl.run_dir import (
     Checkpoint, CheckpointError, JsonlWriter, RunDir, RunFailed, StmRlError, check_can_write, drop_records_after, load_checkpoint,
     save_checkpoint, to_jsonable, write_config, write_json_atomic,
@@ -143,10 +141,8 @@ def train(config: SupervisedConfig, resume_from: Optional[dict[str, Any]] = None
     run directory) is refused before the run directory is created or touched.
     """
     config = with_default_run_dir(config)
-    if config.run.threads is not None:
-        torch.set_num_threads(config.run.threads)
-    choose_fp32_matmul_library()  # fp32 products, faster where oneDNN keeps them fp32 (stm_rl/fp32_matmul.py)
-    fused_kernels_setting()  # a bad STM_RL_FUSED_KERNELS is refused before anything starts
+    # the CPU fast path (stm_rl/fastpath); a bad STM_RL_FUSED_KERNELS is refused here, before anything starts
+    fastpath.enable(num_threads=config.run.threads or torch.get_num_threads())
     if config.run.device.startswith("cuda") and not torch.cuda.is_available():
         raise StmRlError("--device cuda given but CUDA is not available")
     layout = RunDir(config.run.run_dir)
@@ -177,7 +173,7 @@ def _train(config: SupervisedConfig, layout: RunDir, task: Task, model: Sequence
     else:
         layout.set_aside(layout.evaluations)  # the log of an attempt that died before its first checkpoint
     write_config(layout.path, config, task_notes=getattr(task, "notes", []),
-                 compute=compute_report(torch.get_num_threads()))
+                 compute=fastpath.report(torch.get_num_threads()))
 
     training = config.training
     train_pool = task.dataset("train", training.train_size, config.run.seed) if training.train_size > 0 else None

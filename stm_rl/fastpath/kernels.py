@@ -1,42 +1,38 @@
-"""Fused CPU kernels for the STM's memories: the relational memory's update and gradients, and the gated
-write into the item memory (``fused_kernels.cpp``; issue 10).
+"""The compiled CPU kernels of the fast path (``kernels.cpp``; issue 10): their build, and typed calls on tensors.
 
 On CPUs the STM step is bound by passes over the ``B x N x d x d`` relational memory, not by arithmetic:
 the PyTorch composition of eqs. 11-12 and their gradients reads or writes that tensor about twenty times
-per step (``alpha1 * M_r_prev``, the rank-N product added to it, the cast to bf16 for the readout, the
-sum of the readout's and the next step's gradients, the products of the update's backward, the read's
+per step (``alpha1 * M_r_prev``, the rank-N product added to it, the of the readout's and the next step's gradients, the products of the update's backward, the read's
 gradient, alpha1's dot product). The three kernels here do the same arithmetic in one pass each:
 
-- :meth:`FusedKernels.update_forward`: ``M_r = alpha1 M_r_prev + scores^T V``, and, under bf16 autocast,
-  the bf16 copy of ``M_r`` that the readout (eq. 14) consumes, written from the same registers;
+- :meth:`FusedKernels.update_forward`: ``M_r = alpha1 M_r_prev + scores^T V`` (the kernel can also write a
+  bf16 copy of ``M_r`` from the same registers; since issue 27 the readout reads ``M_r`` itself and no caller
+  asks for the copy);
 - :meth:`FusedKernels.update_backward`: the gradients of the scores and the values from ``dM_r``, read
-  as the recurrent gradient plus the readout's (bf16 for the copy, fp32 for the view of ``M_r`` the
-  readout reads otherwise) without forming their sum; on AVX-512 CPUs in blocks of 16 rows of ``dM_r`` kept
+  as the recurrent gradient plus the readout's without forming their sum; on AVX-512 CPUs in blocks of 16 rows of ``dM_r`` kept
   in L1, each value's 16 score gradients folded into one register (``d`` a multiple of 16 up to 128;
   portable loops elsewhere);
 - :meth:`FusedKernels.memory_backward`: ``dM_r_prev = alpha1 dM_r + p (x) d mixed``, ``d p`` and
   ``d alpha1`` in one pass over ``dM_r`` and ``M_r_prev``.
 - :meth:`FusedKernels.gated_write_forward` and :meth:`FusedKernels.gated_write_backward`: eq. 10's gates
-  and written item after the gates' matrix product (:mod:`stm_rl.memory.gated_write`), one pass each over
+  and written item after the gates' matrix product (:func:`stm_rl.fastpath.memory_kernels.gated_write_cpu`), one pass each over
   the ``B x d x d`` and ``B x d x 2d`` tensors where PyTorch makes about ten forward and twenty backward;
   on AVX-512 CPUs with a vectorised exp.
 - :meth:`FusedKernels.scores_forward` and :meth:`FusedKernels.scores_backward`: SAM's scores
-  ``tanh(q_n * k_j)`` (:mod:`stm_rl.memory.tanh_scores`), one pass each, the two readers' gradients summed
+  ``tanh(q_n * k_j)`` (:func:`stm_rl.fastpath.memory_kernels.sam_scores_cpu`), one pass each, the two readers' gradients summed
   where they are read.
 - :meth:`FusedKernels.elu_forward` and :meth:`FusedKernels.elu_backward`: the small frame encoder's ELU
-  (:mod:`agents.elu`; float32 and bf16), where PyTorch's CPU kernel spends about 1 ns per number in expm1.
+  (:mod:`stm_rl.fastpath.elementwise`; float32 and bf16), where PyTorch's CPU kernel spends about 1 ns per number in expm1.
 
-Outputs too large to stay in the last-level cache until they are read again (``M_r``, its bf16 copy and
-``dM_r_prev`` at batch 128) are written with streaming stores, and the bf16 copy with the CPU's own
-conversion where it has AVX512-BF16.
+Outputs too large to stay in the last-level cache until they are read again (``M_r`` and
+``dM_r_prev`` at batch 128) are written with streaming stores.
 
 They are compiled once per machine with the system C++ compiler (``$CXX``, else ``g++``, about one
 second; ``-O3 -march=native``) into ``$STM_RL_CACHE_DIR`` (default ``~/.cache/stm_rl``), and called
 through ctypes on CPU tensors in float32 or float64. They run single-threaded, so they are used only
 when PyTorch runs one intra-op thread (the A3C workers' setting); with more threads, on CUDA, or where
-no compiler is found, the functions in :mod:`stm_rl.memory.relational_update`,
-:mod:`stm_rl.memory.relational_read`, :mod:`stm_rl.memory.gated_write` and :mod:`stm_rl.memory.tanh_scores` compute
-the same values with PyTorch operations (a one-line note
+no compiler is found, the kernels of :mod:`stm_rl.fastpath.memory_kernels` compute the same values with
+PyTorch operations (a one-line note
 says why, once per process). ``STM_RL_FUSED_KERNELS=off`` keeps the PyTorch path everywhere;
 ``STM_RL_FUSED_KERNELS=portable`` builds the kernels without AVX-512 (the loops any CPU runs).
 ``benchmarks/train_speed.py --fused-kernels auto off`` and ``STM_RL_FUSED_KERNELS=off python
@@ -61,22 +57,27 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from stm_rl.memory.relational_read import CarriedGradient
+    from stm_rl.fastpath.memory_kernels import CarriedGradient
 
-SOURCE = Path(__file__).with_name("fused_kernels.cpp")
+SOURCE = Path(__file__).with_name("kernels.cpp")
 SETTING_VARIABLE = "STM_RL_FUSED_KERNELS"
-SETTINGS = ("auto", "portable", "off")
-"""``STM_RL_FUSED_KERNELS``: ``auto`` the kernels compiled for this CPU (``-march=native``: their AVX-512 versions
-where it has AVX-512); ``portable`` the same kernels compiled without AVX-512, i.e. the loops every CPU runs (to
-test or time them on an AVX-512 machine); ``off`` PyTorch operations everywhere."""
+SETTINGS = ("auto", "portable", "loops", "off")
+"""``STM_RL_FUSED_KERNELS``: ``auto`` the kernels compiled for this CPU (``-march=native``: their hand-written AVX-512
+versions where it has AVX-512); ``portable`` the same kernels compiled without AVX-512, i.e. the loops every CPU
+runs (to test or time them on an AVX-512 machine); ``loops`` the portable loops compiled for this CPU without the
+hand-written versions (what one kernel body per operation would give: the compiler vectorises the loops);
+``off`` PyTorch operations everywhere."""
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fPIC", "-shared", "-std=c++17")
 PORTABLE_FLAGS = ("-mno-avx512f",) if platform.machine().lower() in ("x86_64", "amd64") else ()
 """Added for ``portable``: no AVX-512 instructions (every AVX-512 subset depends on AVX-512F)."""
+SETTING_FLAGS = {"portable": PORTABLE_FLAGS, "loops": ("-DSTM_RL_NO_TWINS",)}
 
 
 def compile_flags() -> tuple[str, ...]:
     """The compiler flags of the setting in force."""
-    return COMPILE_FLAGS + (PORTABLE_FLAGS if fused_kernels_setting() == "portable" else ())
+    return COMPILE_FLAGS + SETTING_FLAGS.get(fused_kernels_setting(), ())
+
+
 MAX_SIDE, MAX_SLOTS = 1024, 256  # d and N; kMaxSide and kMaxSlots in the source
 _ABI_VERSION = 9
 # The bits of ``stm_vectorised_paths()``: the kernels whose AVX-512 version this build runs (float32; the
@@ -196,7 +197,7 @@ _POINTER, _INT, _DOUBLE = ctypes.c_void_p, ctypes.c_int64, ctypes.c_double
 
 
 class FusedKernels:
-    """The loaded library: typed calls on tensors (shapes as in :mod:`stm_rl.memory.relational_update`)."""
+    """The loaded library: typed calls on tensors (shapes as in :mod:`stm_rl.memory.ops`)."""
 
     def __init__(self, path: Path) -> None:
         try:
@@ -275,7 +276,7 @@ class FusedKernels:
                         full_dtype: Optional[torch.dtype] = None) -> _FourGradients:
         """Gradients of the scores and the values from ``dM_r = grad + grad_readout`` (either may be None;
         ``grad_readout`` is bf16, the gradient of the bf16 copy, or the memory's dtype, that of its alias) plus
-        what ``carried`` brings from the next step's read (:class:`~stm_rl.memory.relational_read.CarriedGradient`;
+        what ``carried`` brings from the next step's read (:class:`~stm_rl.fastpath.memory_kernels.CarriedGradient`;
         its ``next`` and ``memory`` in the memory's dtype or in bf16).
 
         Returns ``(d scores, d values, dM_r, d alpha1)``: ``dM_r`` as a tensor with ``need_full`` (in
@@ -340,7 +341,7 @@ class FusedKernels:
         return grad_memory, grad_weights, grad_alpha
 
     def tanh(self, item: Tensor) -> Tensor:
-        """``tanh(item)`` (as ``2 sigmoid(2x) - 1``, :mod:`stm_rl.memory.activations`), per sample also where
+        """``tanh(item)`` (as ``2 sigmoid(2x) - 1``, :func:`stm_rl.fastpath.elementwise.tanh`), per sample also where
         ``item`` is expanded over the batch."""
         item, stride = _memory_operand(item)
         out = torch.empty(item.shape, dtype=item.dtype)
@@ -354,7 +355,7 @@ class FusedKernels:
     def gated_write_forward(self, item: Tensor, u: Tensor, preactivation: Tensor, offset: Tensor) -> Tensor:
         """The gated write ``M'`` (``[B, d, d]``) from ``M_i_prev`` (``item``, may be expanded over the batch),
         ``u`` (``[B, d]``), the gates' matrix product ``preactivation`` (``[B, d, 2d]``) and ``offset``
-        (``[B, 2d]``); see :mod:`stm_rl.memory.gated_write`."""
+        (``[B, 2d]``); see :func:`stm_rl.fastpath.memory_kernels.gated_write_cpu`."""
         item, stride = _memory_operand(item)
         batch, d = u.shape
         out = torch.empty(batch, d, d, dtype=item.dtype)
@@ -380,7 +381,7 @@ class FusedKernels:
 
     def scores_forward(self, queries: Tensor, keys: Tensor) -> Tensor:
         """SAM's scores ``[B, N(key), N(query), d]``, entry ``[j, n, a] = tanh(k_j[a] q_n[a])``, from queries and
-        keys (each ``[B, N, d]``, contiguous); see :mod:`stm_rl.memory.tanh_scores`."""
+        keys (each ``[B, N, d]``, contiguous); see :func:`stm_rl.fastpath.memory_kernels.sam_scores_cpu`."""
         batch, slots, d = queries.shape
         out = torch.empty(batch, slots, slots, d, dtype=queries.dtype)
         self._calls(queries.dtype).scores_forward(batch, slots, d, _ptr(queries), _ptr(keys), out.data_ptr())

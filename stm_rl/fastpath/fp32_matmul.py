@@ -10,7 +10,7 @@ On CPUs with AVX512-BF16 but no AMX, oneDNN keeps fp32 arithmetic: the results a
 :func:`use_onednn_for_fp32_matmul` turns the setting on only where a probe shows exact fp32 arithmetic,
 so fp32 stays fp32 everywhere. :func:`mkl_matmul` switches it off around the few products oneDNN runs
 slower (matrix-vector shapes: the relational read's, and dot products). The environment variable
-``STM_RL_FP32_MATMUL=mkl`` keeps MKL in the processes that :func:`stm_rl.process.setup_compute_process`
+``STM_RL_FP32_MATMUL=mkl`` keeps MKL in the processes that :func:`stm_rl.fastpath.enable`
 sets up (``auto``, the default, probes): ``benchmarks/train_speed.py --fp32-matmul auto mkl`` compares both.
 """
 
@@ -64,7 +64,7 @@ def cpu_capabilities() -> dict:
 def use_onednn_for_fp32_matmul() -> bool:
     """Send fp32 matrix products to oneDNN where it computes them in fp32 (module docstring).
 
-    Returns whether they now go to oneDNN. Process-wide; called by :func:`stm_rl.process.setup_compute_process`.
+    Returns whether they now go to oneDNN. Process-wide; called by :func:`stm_rl.fastpath.enable`.
     """
     if not _onednn_setting_available():
         return False

@@ -1,8 +1,10 @@
-"""The fused CPU kernels of the relational memory (stm_rl/memory/fused_kernels.py, issue 10).
+"""The CPU fast path (stm_rl/fastpath): the compiled kernels and the CPU kernels of the memory operators.
 
-They replace PyTorch compositions, so every test compares them with the definition or with the PyTorch
-path of the same functions. They need a C++ compiler; without one the tests are skipped (the package
-then runs the PyTorch path, which the rest of the suite covers).
+They replace the operators' references (stm_rl/memory/ops.py), so every test compares them with the reference or
+the definition written out, in float64 or in float32 at the agents' sizes (d = 96, and d = 101 for a vectorised
+path with a tail), with the tolerance stated. Each kernel test runs on the build for this CPU and on the portable
+build (no AVX-512), so a CPU without AVX-512 is covered. They need a C++ compiler; without one they are skipped
+(the package then runs the references and the PyTorch paths, which the rest of the suite covers).
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ import subprocess
 import pytest
 import torch
 
-import stm_rl.memory.fused_kernels as fused_kernels
-from agents.elu import ELU, _FusedELU
+import stm_rl.fastpath.kernels as fused_kernels
+from agents.elu import ELU
+from stm_rl import fastpath
+from stm_rl.fastpath.elementwise import _FusedELU
+from stm_rl.fastpath.memory_kernels import CarriedGradient, GradientLink, link_of
 from stm_rl.memory import STM
-from stm_rl.memory.gated_write import gated_write
-from stm_rl.memory.relational_read import CarriedGradient, MemoryGradientHandoff, relational_read
-from stm_rl.memory.relational_update import relational_update, relational_update_with_readout
-from stm_rl.memory.tanh_scores import tanh_scores
+from stm_rl.memory.ops import (gated_write, gated_write_reference, relational_read, relational_read_reference,
+                               relational_update, relational_update_reference, sam_scores, sam_scores_reference)
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
                                 reason="no C++ compiler: the fused kernels cannot be built here")
@@ -33,6 +36,7 @@ def kernels(request, monkeypatch, tmp_path_factory):
     monkeypatch.setenv("STM_RL_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "stm_rl_cache"))
     monkeypatch.setenv(fused_kernels.SETTING_VARIABLE, request.param)
     monkeypatch.setattr(fused_kernels, "_loaded", {})
+    fastpath.register_cpu_kernels()  # the memory operators' CPU kernels (once per process)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield fused_kernels.load_fused_kernels()
@@ -108,6 +112,13 @@ def assert_close_to_product(actual, left, right):
     torch.testing.assert_close(actual, left @ right, rtol=0, atol=2**-20 * size.max().item())
 
 
+def assert_close_to_dot(actual, left, right):
+    """``actual`` is the dot product of ``left`` and ``right`` (float32), against float64: the kernels accumulate it
+    in double, so the bound is a few float32 ulps of the sum of the products' sizes, not float32's own error."""
+    size = (left.abs().double() * right.abs().double()).sum().item()
+    torch.testing.assert_close(actual.double(), (left.double() * right.double()).sum(), rtol=0, atol=2**-22 * size)
+
+
 SHAPES = {"N4-d5": (4, 5), "N3-d32": (3, 32), "N8-d16": (8, 16), "N2-d96": (2, 96)}
 """(slots, d): d = 5 takes the portable loops; multiples of 16 the AVX-512 ones where the CPU has them, which
 take the N*d rows in blocks of 16 (d = 32: two blocks per slot); d = 96 is the agents' memory (six registers
@@ -151,7 +162,7 @@ def test_backward_kernels_match_the_gradients_written_out(kernels, parts, shape)
     torch.testing.assert_close(full, lazy_total)
     assert_close_to_product(grad_scores, values, lazy_total.view(b, n * d, d).transpose(1, 2))
     assert_close_to_product(grad_values, scores, lazy_total.view(b, n * d, d))
-    torch.testing.assert_close(carried_alpha, (following * output).sum())
+    assert_close_to_dot(carried_alpha, following, output)
 
     # under bf16 autocast: the next step's dM_r and this step's M_r come in bf16, dM_r goes out in bf16
     low_following, low_output = following.to(torch.bfloat16), output.to(torch.bfloat16)
@@ -167,11 +178,11 @@ def test_backward_kernels_match_the_gradients_written_out(kernels, parts, shape)
     torch.testing.assert_close(full.float(), rounded.float(), rtol=2**-7, atol=0)
     assert_close_to_product(grad_scores, values, lazy_total.view(b, n * d, d).transpose(1, 2))
     assert_close_to_product(grad_values, scores, lazy_total.view(b, n * d, d))
-    torch.testing.assert_close(carried_alpha, (low_following.float() * low_output.float()).sum())
+    assert_close_to_dot(carried_alpha, low_following.float(), low_output.float())
     # that bf16 dM_r is the first step's gradient for memory_backward (no link to an earlier update)
     grad_memory, _, grad_alpha = kernels.memory_backward(full, None, memory, alpha, None, None, True, False, True)
     torch.testing.assert_close(grad_memory, alpha * full.float())
-    torch.testing.assert_close(grad_alpha, (full.float() * memory).sum())
+    assert_close_to_dot(grad_alpha, full.float(), memory)
 
     grad_memory, grad_weights, grad_alpha = kernels.memory_backward(
         grad, grad_readout, memory, alpha, slot_weights, grad_mixed, True, True, True)
@@ -180,17 +191,17 @@ def test_backward_kernels_match_the_gradients_written_out(kernels, parts, shape)
     products = memory * grad_mixed.unsqueeze(1)
     torch.testing.assert_close(grad_weights, products.sum((2, 3)), rtol=0,
                                atol=2**-20 * products.abs().sum((2, 3)).max().item())
-    torch.testing.assert_close(grad_alpha, (total * memory).sum())
+    assert_close_to_dot(grad_alpha, total, memory)
     # without the read's terms (a cell whose alpha2 is fixed at 0): alpha1 * dM_r and alpha1's gradient only
     grad_memory, grad_weights, grad_alpha = kernels.memory_backward(
         grad, grad_readout, memory, alpha, None, None, True, True, True)
     assert grad_weights is None
     torch.testing.assert_close(grad_memory, alpha * total)
-    torch.testing.assert_close(grad_alpha, (total * memory).sum())
+    assert_close_to_dot(grad_alpha, total, memory)
 
 
 def test_read_and_update_gradcheck_through_the_kernels(kernels):
-    """gradcheck (float64) of a read feeding an update through a handoff, and of each alone, on the kernels."""
+    """gradcheck (float64) of a read feeding an update of the same memory, and of each alone, on the kernels."""
     torch.manual_seed(0)
     memory = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
     p = torch.softmax(torch.randn(2, 3, dtype=torch.float64), -1).requires_grad_()
@@ -199,11 +210,10 @@ def test_read_and_update_gradcheck_through_the_kernels(kernels):
     mix = torch.randn(4, 3 * 12, dtype=torch.float64)
 
     def step(memory, p, w, alpha):
-        handoff = MemoryGradientHandoff(alpha)
-        read = relational_read(memory, p, w, handoff)
+        read = relational_read(memory, p, w)
         scores = torch.tanh(read @ mix).view(2, 3, 12)
         values = read.unsqueeze(1).expand(2, 3, 4) * torch.arange(1.0, 4.0, dtype=torch.float64).view(1, 3, 1)
-        return relational_update(memory, alpha, scores, values, handoff)
+        return relational_update(memory, alpha, scores, values)
 
     assert fused_kernels.fused_kernels_for(memory) is kernels
     assert torch.autograd.gradcheck(step, (memory, p, w, alpha))
@@ -215,46 +225,77 @@ def test_read_and_update_gradcheck_through_the_kernels(kernels):
     assert torch.autograd.gradcheck(relational_read, (memory, p, w))
 
 
-def test_a_read_of_the_previous_update_leaves_its_gradient_to_that_update(kernels, monkeypatch):
-    """The lazy gradient: where M_r_prev is the previous step's updated memory, the read's share of dM_r_prev
-    and of alpha1's gradient is formed by that update's backward pass (memory_backward runs for the first
-    step only). gradcheck through two steps, with the first step's memory also an output of its own."""
+def test_the_next_step_leaves_its_gradient_to_the_update_that_produced_its_memory(kernels, monkeypatch):
+    """The lazy gradient: where M_r_prev is the previous step's updated memory, the read's and the update's shares
+    of dM_r_prev, and alpha1's gradient, are formed by that update's backward pass (memory_backward runs for the
+    first step's memory only). gradcheck through three steps, with the first step's memory also an output of its
+    own, and the gradients equal to the references'."""
     torch.manual_seed(1)
     memory = torch.randn(2, 3, 4, 4, dtype=torch.float64, requires_grad=True)
-    p = torch.softmax(torch.randn(2, 2, 3, dtype=torch.float64), -1).requires_grad_()
-    w = torch.randn(2, 2, 4, dtype=torch.float64, requires_grad=True)
+    p = torch.softmax(torch.randn(3, 2, 3, dtype=torch.float64), -1).requires_grad_()
+    w = torch.randn(3, 2, 4, dtype=torch.float64, requires_grad=True)
     alpha = torch.tensor(0.7, dtype=torch.float64, requires_grad=True)
     mix = torch.randn(4, 3 * 12, dtype=torch.float64)
 
-    def two_steps(memory, p, w, alpha):
+    def steps(memory, p, w, alpha, read=relational_read, update=relational_update):
         first = None
-        for t in range(2):
-            handoff = MemoryGradientHandoff(alpha)
-            read = relational_read(memory, p[t], w[t], handoff)
-            scores = torch.tanh(read @ mix).view(2, 3, 12)
-            values = read.unsqueeze(1) * torch.arange(1.0, 4.0, dtype=torch.float64).view(1, 3, 1)
-            memory = relational_update(memory, alpha, scores, values, handoff)
+        for t in range(3):
+            v_r = read(memory, p[t], w[t])
+            scores = torch.tanh(v_r @ mix).view(2, 3, 12)
+            values = v_r.unsqueeze(1) * torch.arange(1.0, 4.0, dtype=torch.float64).view(1, 3, 1)
+            memory = update(memory, alpha, scores, values)
             first = memory if first is None else first
         return first, memory
 
     calls = []
     eager = kernels.memory_backward
-    monkeypatch.setattr(kernels, "memory_backward", lambda *args: calls.append(1) or eager(*args))
-    first, second = two_steps(memory, p, w, alpha)
-    torch.autograd.grad((first.sum(), second.square().sum()), (memory, p, w, alpha))
-    assert len(calls) == 1
-    assert torch.autograd.gradcheck(two_steps, (memory, p, w, alpha))
+    monkeypatch.setattr(kernels, "memory_backward", lambda *args: calls.append(args[2]) or eager(*args))
+    first, last = steps(memory, p, w, alpha)
+    assert isinstance(link_of(first), GradientLink) and link_of(first).read_claimed and link_of(first).update_claimed
+    inputs = (memory, p, w, alpha)
+    got = torch.autograd.grad((first.sum(), last.square().sum()), inputs)
+    assert len(calls) == 2 and all(m is memory for m in calls)  # the first step's read and update only
+    reference = steps(*inputs, read=relational_read_reference, update=relational_update_reference)
+    for g, r in zip(got, torch.autograd.grad((reference[0].sum(), reference[1].square().sum()), inputs)):
+        torch.testing.assert_close(g, r)
+    assert torch.autograd.gradcheck(steps, inputs)
+
+
+def test_a_second_reader_and_another_alpha_form_their_own_gradients(kernels):
+    """Only the first read and the first update with the producer's alpha1 leave their shares in the link; any
+    other reader of the memory gets its gradient the usual way (the sum is the references')."""
+    inputs = [t.requires_grad_() for t in _memory_inputs(torch.float64)]
+    memory, alpha, scores, values = inputs
+    other_alpha = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    generator = torch.Generator().manual_seed(9)
+    p = torch.softmax(torch.randn(3, 4, dtype=torch.float64, generator=generator), -1)
+    w = torch.randn(3, 5, dtype=torch.float64, generator=generator)
+
+    def graph(read, update):
+        m = update(memory, alpha, scores, values)
+        reads = read(m, p, w) + read(m, p.flip(1), w)  # two reads: the second forms its own gradient
+        out = update(m, other_alpha, scores, values)  # another alpha: not the producer's
+        again = update(m, alpha, scores * 0.5, values)  # the producer's alpha: claims the link
+        return reads.sum() + out.square().sum() + (again * m).sum()
+
+    got = torch.autograd.grad(graph(relational_read, relational_update), inputs + [other_alpha])
+    want = torch.autograd.grad(graph(relational_read_reference, relational_update_reference), inputs + [other_alpha])
+    for g, r in zip(got, want):
+        torch.testing.assert_close(g, r)
 
 
 def _sequence_gradients(dtype, bf16: bool):
+    """Outputs and parameter gradients of a 5-step STM with an episode reset inside and the single-step path."""
     torch.manual_seed(0)
     stm = STM(16, 8, d=6, num_slots=3, rel_size=5, attn_size=4, out_layernorm=True).to(dtype)
     with torch.no_grad():
         for alpha in (stm.cell.alpha1, stm.cell.alpha2, stm.cell.alpha3):
             alpha.fill_(0.4)
     x = torch.randn(3, 5, 16, dtype=dtype)
+    start = torch.zeros(3, 5, dtype=torch.bool)
+    start[1, 2] = True
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        y, state = stm(x)
+        y, state = stm(x, episode_start=start)
         y_next, state = stm.cell(x[:, 0], state)  # the single-step path (the agent's acting pass)
     loss = y.float().square().sum() + y_next.float().sum() + state.relational.float().sum()
     return [y, y_next, *torch.autograd.grad(loss, list(stm.parameters()))]
@@ -263,12 +304,10 @@ def _sequence_gradients(dtype, bf16: bool):
 @pytest.mark.parametrize("dtype,bf16,tolerance", [(torch.float64, False, 1e-12), (torch.float32, False, 1e-4),
                                                  (torch.float32, True, 1e-2)])
 def test_the_stm_computes_the_same_with_and_without_the_kernels(kernels, monkeypatch, dtype, bf16, tolerance):
-    """The whole STM, values and every parameter's gradient, fused kernels against the PyTorch path;
-    under bf16 autocast the readout reads the kernels' bf16 copy of M_r instead of autocast's cast. The
+    """The whole STM, values and every parameter's gradient, fused kernels against the PyTorch path. The
     tolerance is relative to each tensor's largest entry: in fp32 five recurrent steps amplify rounding
-    differences (both paths differ from float64 by about 1e-5 of the largest gradient). Under bf16 autocast
-    the kernels carry dM_r from step to step in bf16 and take alpha1's gradient from the bf16 copy of M_r
-    (about 3e-3 of the largest gradient here: a few bf16 roundings); the forward values stay the same."""
+    differences (both paths differ from float64 by about 1e-5 of the largest gradient); under bf16 autocast the
+    readout's bf16 products round differently in another order."""
     fused = _sequence_gradients(dtype, bf16)
     monkeypatch.setenv(fused_kernels.SETTING_VARIABLE, "off")
     plain = _sequence_gradients(dtype, bf16)
@@ -277,31 +316,41 @@ def test_the_stm_computes_the_same_with_and_without_the_kernels(kernels, monkeyp
         torch.testing.assert_close(a, b, rtol=0, atol=tolerance * scale)
 
 
-def test_the_readout_reads_a_view_of_the_memory_or_its_bf16_copy(kernels, monkeypatch):
-    memory, alpha, scores, values = _memory_inputs(torch.float32)
-    out, readout = relational_update_with_readout(memory, alpha, scores, values, bf16_readout=False)
-    assert readout.dtype == torch.float32 and readout.data_ptr() == out.data_ptr()
-    out, readout = relational_update_with_readout(memory, alpha, scores, values, bf16_readout=True)
-    assert readout.dtype == torch.bfloat16 and torch.equal(readout, out.to(torch.bfloat16))
-    monkeypatch.setenv(fused_kernels.SETTING_VARIABLE, "off")  # no copy without the kernels: autocast casts
-    out, readout = relational_update_with_readout(memory, alpha, scores, values, bf16_readout=True)
-    assert readout.dtype == torch.float32 and readout.data_ptr() == out.data_ptr()
+STM_SCRIPT = """
+import sys, torch
+if sys.argv[1] == "fast":
+    from stm_rl import fastpath
+    fastpath.enable(num_threads=1)
+from stm_rl import STM
+torch.manual_seed(0)
+stm = STM(10, 7, d=8, num_slots=3, rel_size=5).double()
+with torch.no_grad():
+    for i in (1, 2, 3):
+        getattr(stm.cell, f"alpha{i}").fill_(0.3)
+x = torch.randn(4, 6, 10, dtype=torch.float64)
+start = torch.zeros(4, 6, dtype=torch.bool)
+start[1, 3] = True
+y, state = stm(x, episode_start=start)
+loss = y.square().sum() + state.relational.sum() + state.item.square().sum()
+grads = torch.autograd.grad(loss, list(stm.parameters()))
+torch.save([y.detach(), *grads], sys.argv[2])
+print(sys.modules.get("stm_rl.fastpath") is not None, torch.ops.stm_rl.relational_update.default.has_kernel_for_dispatch_key(torch._C.DispatchKey.AutogradCPU))
+"""
 
 
-def test_readout_gradient_reaches_the_update_apart_and_is_summed(kernels, monkeypatch):
-    """The gradients through M_r and through the readout's view are the gradients of their sum, on both paths."""
-    inputs = [t.double().requires_grad_() for t in _memory_inputs(torch.float32)]
-    weights = torch.randn(2, *inputs[0].shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
-    results = []
-    for setting in ("auto", "off"):
-        monkeypatch.setenv(fused_kernels.SETTING_VARIABLE, setting)
-        out, readout = relational_update_with_readout(*inputs)
-        results.append(torch.autograd.grad((out * weights[0]).sum() + (readout * weights[1]).sum(), inputs))
-        out = relational_update(*inputs)
-        results.append(torch.autograd.grad((out * (weights[0] + weights[1])).sum(), inputs))
-    for grads in results[1:]:
-        for a, b in zip(results[0], grads):
-            torch.testing.assert_close(a, b)
+def test_the_stm_with_the_fast_path_is_the_stm_without_it(kernels, tmp_path):
+    """The same STM (float64, an episode reset inside, every parameter's gradient) in a process that enables the
+    fast path and in one that never imports it (the operators' references only): equal within 1e-12."""
+    import subprocess
+    import sys
+    results = {}
+    for way in ("fast", "reference"):
+        out = subprocess.run([sys.executable, "-c", STM_SCRIPT, way, str(tmp_path / way)], capture_output=True,
+                             text=True, check=True)
+        assert out.stdout.split() == (["True", "True"] if way == "fast" else ["False", "False"])
+        results[way] = torch.load(tmp_path / way)
+    for a, b in zip(results["fast"], results["reference"]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
 
 
 def test_kernels_are_used_only_on_one_thread_on_cpu(kernels):
@@ -314,7 +363,7 @@ def test_kernels_are_used_only_on_one_thread_on_cpu(kernels):
 
 def _compiler_macros() -> set[str]:
     """The macros the kernels' compiler defines with their flags (what ``#if defined(...)`` in the source sees)."""
-    target = [flag for flag in fused_kernels.compile_flags() if flag.startswith(("-march", "-mno-"))]
+    target = [flag for flag in fused_kernels.compile_flags() if flag.startswith(("-march", "-mno-", "-D"))]
     result = subprocess.run([fused_kernels._compiler(), "-O3", *target, "-dM", "-E", "-x", "c++", "-"], input="",
                             capture_output=True, text=True, check=True)
     return {line.split()[1] for line in result.stdout.splitlines() if line.startswith("#define ")}
@@ -325,7 +374,7 @@ def test_every_vectorised_path_the_compiler_allows_is_taken(kernels):
     # lost fast path (one was lost once in a refactor: ELU ran 10x slower and every test passed).
     macros = _compiler_macros()
     expected = set()
-    if "__AVX512F__" in macros:
+    if "__AVX512F__" in macros and fused_kernels.fused_kernels_setting() != "loops":
         expected |= {"update_backward", "gated_write_forward", "gated_write_backward", "tanh_forward",
                      "elu_forward", "elu_backward"}
         if "__AVX512BF16__" in macros:
@@ -368,7 +417,7 @@ def test_without_a_compiler_one_line_says_so_and_pytorch_computes(monkeypatch, t
         memory, alpha, scores, values = _memory_inputs(torch.float32)
         assert fused_kernels.fused_kernels_for(memory) is None
         assert fused_kernels.fused_kernels_for(memory) is None
-        out = relational_update(memory, alpha, scores, values)
+        out = relational_update(memory, alpha, scores, values)  # the CPU kernel's PyTorch path
     finally:
         torch.set_num_threads(threads)
     err = capsys.readouterr().err
@@ -384,6 +433,8 @@ def test_the_setting_is_read_from_the_environment(monkeypatch):
     monkeypatch.setenv(fused_kernels.SETTING_VARIABLE, "portable")
     assert fused_kernels.fused_kernels_setting() == "portable"
     assert set(fused_kernels.PORTABLE_FLAGS) <= set(fused_kernels.compile_flags())
+    monkeypatch.setenv(fused_kernels.SETTING_VARIABLE, "loops")
+    assert "-DSTM_RL_NO_TWINS" in fused_kernels.compile_flags()
     monkeypatch.setenv(fused_kernels.SETTING_VARIABLE, "fast")
     with pytest.raises(ValueError, match="STM_RL_FUSED_KERNELS='fast'"):
         fused_kernels.fused_kernels_setting()
@@ -398,7 +449,7 @@ def _gated_write_inputs(dtype, batch=3, d=5, seed=0, scale=1.0):
 
 
 def _gated_write_definition(item, u, weight, offset):
-    """Eq. 10 with the gates of Appendix D, written plainly."""
+    """Eq. 10 with the gates of Appendix D, written plainly (apart from the reference in stm_rl/memory/ops.py)."""
     gates = torch.sigmoid(torch.tanh(item) @ weight.t() + offset.unsqueeze(1))
     d = u.shape[1]
     return gates[..., :d] * torch.tanh(u.unsqueeze(2) * u.unsqueeze(1)) + gates[..., d:] * item
@@ -419,6 +470,7 @@ def test_gated_write_and_its_gradients_are_the_definition(kernels, dtype, d):
     out = gated_write(*inputs)
     reference = [t.detach().double().requires_grad_() for t in inputs]
     expected = _gated_write_definition(*reference)
+    torch.testing.assert_close(gated_write_reference(*reference), expected)
     tolerance = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {}
     torch.testing.assert_close(out.double(), expected, **tolerance)
     weights = torch.randn(out.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
@@ -448,36 +500,35 @@ def test_gated_write_saturates_without_overflow(kernels):
 
 @pytest.mark.parametrize("d", KERNEL_SIDES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_tanh_scores_and_their_gradients_are_the_definition(kernels, dtype, d):
-    """Both aliases hold tanh(k_j[a] q_n[a]); the backward pass sums the two readers' gradients, or takes
-    either alone. Against the definition in float64: float32 values within 1e-5 relative (+1e-6), gradients within
+def test_sam_scores_and_their_gradients_are_the_definition(kernels, dtype, d):
+    """tanh(k_j[a] q_n[a]), read twice as the cell reads it (the backward pass gets the sum of the two readers'
+    gradients). Against the definition in float64: float32 values within 1e-5 relative (+1e-6), gradients within
     1e-5 relative plus 1e-6 of their largest entry."""
     generator = torch.Generator().manual_seed(5)
     queries, keys = (torch.randn(3, 4, d, dtype=dtype, generator=generator).requires_grad_() for _ in range(2))
     assert fused_kernels.fused_kernels_for(queries) is kernels
-    scores, other = tanh_scores(queries, keys)
+    scores = sam_scores(queries, keys)
     reference = [t.detach().double().requires_grad_() for t in (queries, keys)]
     expected = torch.tanh(reference[1].unsqueeze(2) * reference[0].unsqueeze(1))
+    torch.testing.assert_close(sam_scores_reference(*reference), expected)
     tolerance = {"rtol": 1e-5, "atol": 1e-6} if dtype == torch.float32 else {}
     torch.testing.assert_close(scores.double(), expected, **tolerance)
-    assert other.data_ptr() == scores.data_ptr()
     grads = [torch.randn(expected.shape, dtype=torch.float64, generator=generator) for _ in range(2)]
-    for outputs, weights in (([scores, other], grads), ([scores], grads[:1]), ([other], grads[1:])):
-        got = torch.autograd.grad(outputs, [queries, keys], [w.to(dtype) for w in weights], retain_graph=True)
-        want = torch.autograd.grad([expected], reference, [sum(weights)], retain_graph=True)
-        for g, w in zip(got, want):  # float32: sums of terms that cancel, within 1e-6 of the largest entry
-            torch.testing.assert_close(g.double(), w, **(tolerance and {"rtol": 1e-5,
-                                                                        "atol": 1e-6 * w.abs().max().item()}))
+    got = torch.autograd.grad([scores, scores.view(-1)], [queries, keys],
+                              [grads[0].to(dtype), grads[1].to(dtype).view(-1)])
+    want = torch.autograd.grad([expected], reference, [sum(grads)])
+    for g, w in zip(got, want):  # float32: sums of terms that cancel, within 1e-6 of the largest entry
+        torch.testing.assert_close(g.double(), w, **(tolerance and {"rtol": 1e-5, "atol": 1e-6 * w.abs().max().item()}))
 
 
-def test_tanh_scores_gradcheck_and_the_pytorch_path(kernels, monkeypatch):
+def test_sam_scores_gradcheck_and_the_pytorch_path(kernels, monkeypatch):
     generator = torch.Generator().manual_seed(6)
     queries, keys = (torch.randn(2, 3, 5, dtype=torch.float64, generator=generator).requires_grad_() for _ in range(2))
-    assert torch.autograd.gradcheck(lambda q, k: tanh_scores(q, k), (queries, keys))
-    fused = tanh_scores(queries, keys)[0]
+    assert torch.autograd.gradcheck(sam_scores, (queries, keys))
+    fused = sam_scores(queries, keys)
     monkeypatch.setenv(fused_kernels.SETTING_VARIABLE, "off")
     assert fused_kernels.fused_kernels_for(queries) is None
-    torch.testing.assert_close(tanh_scores(queries, keys)[0], fused)
+    torch.testing.assert_close(sam_scores(queries, keys), fused)
 
 
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
@@ -516,3 +567,64 @@ def test_elu_gradcheck_and_the_pytorch_path(kernels, monkeypatch):
     monkeypatch.setenv(fused_kernels.SETTING_VARIABLE, "off")
     assert fused_kernels.elementwise_kernels_for(x) is None
     torch.testing.assert_close(ELU()(x), torch.nn.functional.elu(x))
+
+
+def test_the_sigmoid_tanh_matches_torch_tanh_and_its_gradient():
+    """The fast path's tanh (2 sigmoid(2x) - 1 in fp32 on CPU) against torch.tanh in float64."""
+    from stm_rl.fastpath.elementwise import tanh
+
+    x = (torch.randn(4, 96, 96, dtype=torch.float32) * 3).requires_grad_()
+    y = tanh(x)
+    exact = torch.tanh(x.detach().double())
+    assert y.dtype == torch.float32 and (y.double() - exact).abs().max() < 5e-7
+    grad = torch.randn_like(y)
+    y.backward(grad)
+    torch.testing.assert_close(x.grad.double(), grad.double() * (1 - exact ** 2), atol=2e-6, rtol=0)
+    x64 = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(tanh, (x64,))
+
+
+def test_the_paper_and_the_agents_never_import_the_fast_path():
+    """stm_rl/memory and agents/ are plain PyTorch: the fast path registers kernels for their operators, they do not
+    know it (imports point one way)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    offenders = []
+    for path in [*sorted((root / "stm_rl" / "memory").glob("*.py")), *sorted((root / "agents").glob("*.py"))]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+                     if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.relative_to(root)}: {name}" for name in names if name.startswith("stm_rl.fastpath")]
+    assert not offenders
+
+
+def test_the_loops_build_has_no_hand_written_versions_and_the_same_numbers(monkeypatch, tmp_path):
+    """STM_RL_FUSED_KERNELS=loops (the portable loops compiled for this CPU, to time one body per operation against
+    the hand-written AVX-512 versions): nothing reported vectorised, and the STM's values and gradients those of the
+    default build (float32 at the agents' d = 96, within 1e-4 of each tensor's largest entry)."""
+    monkeypatch.setenv("STM_RL_CACHE_DIR", str(tmp_path))
+    fastpath.register_cpu_kernels()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    results = []
+    try:
+        for setting in ("auto", "loops"):
+            monkeypatch.setenv(fused_kernels.SETTING_VARIABLE, setting)
+            monkeypatch.setattr(fused_kernels, "_loaded", {})
+            kernels = fused_kernels.load_fused_kernels()
+            if setting == "loops":
+                assert kernels.vectorised_paths == frozenset()
+            torch.manual_seed(0)
+            stm = STM(12, 5, d=96, num_slots=2, rel_size=8)
+            with torch.no_grad():
+                for alpha in (stm.cell.alpha1, stm.cell.alpha2, stm.cell.alpha3):
+                    alpha.fill_(0.3)
+            y, state = stm(torch.randn(2, 3, 12))
+            results.append([y, *torch.autograd.grad(y.square().sum() + state.relational.sum(), list(stm.parameters()))])
+    finally:
+        torch.set_num_threads(threads)
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-4 * max(1.0, b.abs().max().item()))

@@ -1,5 +1,5 @@
 // Fused CPU kernels for the STM's relational memory, the gated write into its item memory and SAM's scores,
-// and the ELU of the small frame encoder (issue 10), loaded by stm_rl/memory/fused_kernels.py.
+// and the ELU of the small frame encoder (issue 10), loaded by stm_rl/fastpath/kernels.py.
 //
 // Each kernel makes one pass over the B x N x d x d tensors it touches, where the PyTorch
 // composition of the same step makes several (a scaling, a batched product, a cast to bf16, a sum
@@ -8,8 +8,10 @@
 // small operands (scores, values, the mixed read gradient) are reused across rows.
 //
 // Plain C interfaces over raw pointers (called through ctypes), single-threaded, one instance for
-// float and one for double (the gradient checks). The bf16 buffers (uint16_t) hold the low
-// precision copy of the memory made for the readout (eq. 14 under bf16 autocast) and its gradient.
+// float and one for double (the gradient checks). The bf16 buffers (uint16_t) were the low precision copy
+// of the memory made for the readout (eq. 14 under bf16 autocast) and its gradient: since the memory
+// operators became torch.library ops (issue 27) the readout reads the memory in its own dtype and the
+// Python side passes no bf16 buffer (those entry points stay until the bf16 paths are removed).
 //
 // Notation (paper eqs. 11-12, spec STM.md section 3 steps 5-6):
 //   memory   M_r_prev [B, R, d] (sample stride memory_stride: 0 when expanded over the batch)
@@ -25,6 +27,12 @@
 #include <type_traits>
 #if defined(__AVX512F__)
 #include <immintrin.h>
+#endif
+// The hand-written AVX-512 versions ("twins") of some kernels, compiled where the CPU has AVX-512F unless
+// STM_RL_NO_TWINS is defined (STM_RL_FUSED_KERNELS=loops: every kernel is then its portable loop, which the
+// compiler vectorises for this CPU; benchmarks/train_speed.py --fused-kernels auto loops measures what they pay).
+#if defined(__AVX512F__) && !defined(STM_RL_NO_TWINS)
+#define STM_RL_TWINS 1
 #endif
 
 namespace {
@@ -127,7 +135,7 @@ struct GradientOut {
 };
 
 // The next step's relational read's share of this step's dM_r, carried into this step's update backward pass
-// (the lazy gradient of stm_rl/memory/relational_read.py) instead of formed into a tensor by the read's own
+// (the lazy gradient of stm_rl/fastpath/memory_kernels.py) instead of formed into a tensor by the read's own
 // backward pass:
 //   dM_r[n][a] += alpha * dM_r_next[n][a] + p_next[n] * dmixed_next[a]
 // and, while dM_r_next is read, the next step's alpha gradient <dM_r_next, M_r> (M_r: this step's output, the
@@ -326,7 +334,7 @@ void update_backward(int64_t batch, int64_t slots, int64_t d, GradientParts<T> g
     if (grad_alpha != nullptr) *grad_alpha += alpha_total;
 }
 
-#if defined(__AVX512F__)
+#if defined(STM_RL_TWINS)
 // Helpers of the AVX-512 kernels below.
 inline __m512 bf16x16_to_float(const uint16_t* low) {
     const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(low));
@@ -767,7 +775,7 @@ template <typename T>
 inline void tanh_product_row(const T* key, const T* query, int64_t d, T* row) {
     for (int64_t a = 0; a < d; ++a) row[a] = tanh_by_sigmoid(key[a] * query[a]);
 }
-#if defined(__AVX512F__)
+#if defined(STM_RL_TWINS)
 inline void tanh_product_row(const float* key, const float* query, int64_t d, float* row);  // below, vectorised
 #endif
 
@@ -845,7 +853,7 @@ void elu_backward(int64_t count, const S* grad, const S* x, S* grad_x) {
     }
 }
 
-#if defined(__AVX512F__)
+#if defined(STM_RL_TWINS)
 // The range reduction of the exps below: x = n ln2 + r with |r| <= ln2 / 2 (ln2 in two parts, Cody-Waite), and
 // the inner part of exp(r)'s Taylor polynomial of degree 7, inner = 1/2 + r/6 + ... + r^5/5040, so that
 // exp(r) = 1 + r + r^2 inner (error below 1e-8 relative).
@@ -1193,7 +1201,7 @@ STM_RL_ELU(uint16_t, bf16)
 
 extern "C" int stm_abi_version() { return 9; }
 
-// Which vectorised paths this build took, one bit each (VECTORISED_PATHS in fused_kernels.py): each
+// Which vectorised paths this build took, one bit each (VECTORISED_PATHS in kernels.py): each
 // dispatcher is asked with an empty input and answers whether it would run its vectorised version. The
 // portable loops compute the same values, so without this a lost fast path would go unnoticed by tests.
 extern "C" int64_t stm_vectorised_paths() {
