@@ -34,7 +34,7 @@ import numpy as np
 from stm_rl.a3c.scores import Milestone, Milestones
 from stm_rl.a3c.config import training_command
 from stm_rl.plotting import moving_average, read_run_config
-from stm_rl.conventions import run_command
+from stm_rl.conventions import ExitCode, run_command
 from stm_rl.run_dir import RunDir, StmRlError, find_run_dirs, machine_description, read_json, read_jsonl
 
 THRESHOLDS = (-15.0, 0.0, 18.0)
@@ -163,7 +163,7 @@ def launch(minutes: float, run_dir: Path, train_args: Sequence[str]) -> Path:
         if process.poll() is None:
             process.send_signal(signal.SIGINT)  # the trainer stops its workers and writes a final checkpoint
             process.wait()
-    if process.returncode not in (0, 130):
+    if process.returncode not in (ExitCode.COMPLETED, ExitCode.INTERRUPTED):
         raise StmRlError(f"training exited with status {process.returncode}")
     return run_dir
 
