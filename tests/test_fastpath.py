@@ -330,7 +330,7 @@ def test_every_vectorised_path_the_compiler_allows_is_taken(kernels):
     # lost fast path (one was lost once in a refactor: ELU ran 10x slower and every test passed).
     macros = _compiler_macros()
     expected = set()
-    if "__AVX512F__" in macros and fused_kernels.fused_kernels_setting() != "loops":
+    if "__AVX512F__" in macros and fused_kernels.fused_kernels_setting() in ("auto", "portable"):
         expected |= {"update_backward", "gated_write_forward", "gated_write_backward", "tanh_forward",
                      "elu_forward", "elu_backward"}
         if "__AVX512BF16__" in macros:
@@ -584,3 +584,20 @@ def test_the_loops_build_has_no_hand_written_versions_and_the_same_numbers(monke
         torch.set_num_threads(threads)
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-4 * max(1.0, b.abs().max().item()))
+
+
+@pytest.mark.parametrize("family", sorted(fused_kernels.TWIN_FAMILIES))
+def test_a_build_without_one_family_of_twins_lacks_exactly_that_family(family, monkeypatch, tmp_path):
+    """STM_RL_FUSED_KERNELS=no-<family>-twin (to measure what one family of hand-written versions pays): that
+    family's paths are no longer vectorised, every other path is as in the default build."""
+    monkeypatch.setenv("STM_RL_CACHE_DIR", str(tmp_path))
+    paths = {}
+    for setting in ("auto", f"no-{family}-twin"):
+        monkeypatch.setenv(fused_kernels.SETTING_VARIABLE, setting)
+        monkeypatch.setattr(fused_kernels, "_loaded", {})
+        paths[setting] = fused_kernels.load_fused_kernels().vectorised_paths
+    left_out = frozenset(fused_kernels.TWIN_FAMILIES[family])
+    assert paths[f"no-{family}-twin"] == paths["auto"] - left_out
+    if "__AVX512F__" not in _compiler_macros():
+        pytest.skip("no AVX-512 on this CPU: no build has twins to leave out")
+    assert paths["auto"] & left_out, f"the default build runs none of {sorted(left_out)} vectorised"

@@ -33,6 +33,9 @@
 #if defined(__AVX512F__) && !defined(STM_RL_NO_TWINS)
 #define STM_RL_TWINS 1
 #endif
+// One family of twins left out (STM_RL_FUSED_KERNELS=no-<family>-twin), to measure what each pays on its own:
+// STM_RL_NO_TWIN_UPDATE (the relational update's backward pass), STM_RL_NO_TWIN_GATED_WRITE (eq. 10 both ways),
+// STM_RL_NO_TWIN_TANH (tanh and SAM's scores), STM_RL_NO_TWIN_ELU (the encoder's ELU both ways).
 
 namespace {
 
@@ -427,6 +430,7 @@ void update_backward_avx512(int64_t batch, int64_t slots, const float* grad, con
     if (grad_alpha != nullptr) *grad_alpha += alpha_total;
 }
 
+#if !defined(STM_RL_NO_TWIN_UPDATE)
 // The AVX-512 version where it applies (float, d = 16..128 in steps of 16); false where it does not.
 inline bool update_backward_fast(int64_t batch, int64_t slots, int64_t d, const float* grad,
                                  const Carried<float>& carried, const float* scores, const float* values,
@@ -444,6 +448,7 @@ inline bool update_backward_fast(int64_t batch, int64_t slots, int64_t d, const 
             return false;
     }
 }
+#endif  // STM_RL_NO_TWIN_UPDATE
 #endif
 
 template <typename T>
@@ -650,7 +655,7 @@ template <typename T>
 inline void tanh_product_row(const T* key, const T* query, int64_t d, T* row) {
     for (int64_t a = 0; a < d; ++a) row[a] = tanh_by_sigmoid(key[a] * query[a]);
 }
-#if defined(STM_RL_TWINS)
+#if defined(STM_RL_TWINS) && !defined(STM_RL_NO_TWIN_TANH)
 inline void tanh_product_row(const float* key, const float* query, int64_t d, float* row);  // below, vectorised
 #endif
 
@@ -862,6 +867,7 @@ void tanh_forward_avx512(int64_t batch, int64_t size, const float* x, int64_t st
         }
 }
 
+#if !defined(STM_RL_NO_TWIN_TANH)
 inline void tanh_product_row(const float* key, const float* query, int64_t d, float* row) {
     for (int64_t a = 0; a < d; a += 16) {
         const __mmask16 m = chunk_mask(a, d);
@@ -869,6 +875,7 @@ inline void tanh_product_row(const float* key, const float* query, int64_t d, fl
                                                                     _mm512_maskz_loadu_ps(m, query + a))));
     }
 }
+#endif
 
 // exp(x) - 1 and exp(x) of 16 floats for x <= 0 (ELU's negative side), sharing one reduction: with
 // x = n ln2 + r, exp(x) = 2^n (1 + q(r)); expm1 is formed as 2^n q + (2^n - 1), exact in the leading term
@@ -926,14 +933,18 @@ constexpr bool kVectorisedElu = std::is_same_v<S, float>
                                 || std::is_same_v<S, uint16_t>
 #endif
     ;
+#if !defined(STM_RL_NO_TWIN_ELU)
 #define STM_RL_HAS_VECTORISED_ELU 1
+#endif
 
-
+#if !defined(STM_RL_NO_TWIN_TANH)
 inline bool tanh_forward_fast(int64_t batch, int64_t size, const float* x, int64_t stride, float* out) {
     tanh_forward_avx512(batch, size, x, stride, out);
     return true;
 }
+#endif
 
+#if !defined(STM_RL_NO_TWIN_GATED_WRITE)
 inline bool gated_write_forward_fast(int64_t batch, int64_t d, const float* previous, int64_t previous_stride,
                                      const float* u, const float* pre, const float* offset, float* out) {
     gated_write_forward_avx512(batch, d, previous, previous_stride, u, pre, offset, out);
@@ -947,6 +958,7 @@ inline bool gated_write_backward_fast(int64_t batch, int64_t d, const float* gra
                                 grad_pre, grad_offset);
     return true;
 }
+#endif  // STM_RL_NO_TWIN_GATED_WRITE
 #endif
 
 template <typename T>

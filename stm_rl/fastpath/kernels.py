@@ -61,16 +61,23 @@ if TYPE_CHECKING:
 
 SOURCE = Path(__file__).with_name("kernels.cpp")
 SETTING_VARIABLE = "STM_RL_FUSED_KERNELS"
-SETTINGS = ("auto", "portable", "loops", "off")
+TWIN_FAMILIES = {"update": ("update_backward",), "gated-write": ("gated_write_forward", "gated_write_backward"),
+                 "tanh": ("tanh_forward",), "elu": ("elu_forward", "elu_backward", "elu_forward_bf16", "elu_backward_bf16")}
+"""The hand-written AVX-512 versions ("twins") by family, as ``stm_vectorised_paths`` names them."""
+SETTINGS = ("auto", "portable", "loops", "off", *(f"no-{family}-twin" for family in TWIN_FAMILIES))
 """``STM_RL_FUSED_KERNELS``: ``auto`` the kernels compiled for this CPU (``-march=native``: their hand-written AVX-512
 versions where it has AVX-512); ``portable`` the same kernels compiled without AVX-512, i.e. the loops every CPU
 runs (to test or time them on an AVX-512 machine); ``loops`` the portable loops compiled for this CPU without the
 hand-written versions (what one kernel body per operation would give: the compiler vectorises the loops);
-``off`` PyTorch operations everywhere."""
+``off`` PyTorch operations everywhere; ``no-<family>-twin`` (``update``, ``gated-write``, ``tanh``, ``elu``) the
+``auto`` build without that one family's hand-written versions (its portable loops instead), to measure what each
+family pays (``benchmarks/train_speed.py --fused-kernels auto no-update-twin ...``)."""
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fPIC", "-shared", "-std=c++17")
 PORTABLE_FLAGS = ("-mno-avx512f",) if platform.machine().lower() in ("x86_64", "amd64") else ()
 """Added for ``portable``: no AVX-512 instructions (every AVX-512 subset depends on AVX-512F)."""
-SETTING_FLAGS = {"portable": PORTABLE_FLAGS, "loops": ("-DSTM_RL_NO_TWINS",)}
+SETTING_FLAGS = {"portable": PORTABLE_FLAGS, "loops": ("-DSTM_RL_NO_TWINS",),
+                 **{f"no-{family}-twin": (f"-DSTM_RL_NO_TWIN_{family.upper().replace('-', '_')}",)
+                    for family in TWIN_FAMILIES}}
 
 
 def compile_flags() -> tuple[str, ...]:
