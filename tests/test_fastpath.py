@@ -53,55 +53,31 @@ def _memory_inputs(dtype, batch=3, slots=4, d=5, seed=0):
 
 @pytest.mark.parametrize("shape", [(4, 5), (3, 32), (2, 96), (2, 101)], ids=["N4-d5", "N3-d32", "N2-d96", "N2-d101"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_update_forward_is_the_definition_and_its_copy_is_the_bf16_cast(kernels, dtype, shape):
+def test_update_forward_is_the_definition(kernels, dtype, shape):
     """Eq. 11 against its definition in float64 (float32 inputs cast up; float32 within torch's float32 tolerance)."""
     memory, alpha, scores, values = _memory_inputs(dtype, slots=shape[0], d=shape[1])
     b, n, d = values.shape
     m64, a64, s64, v64 = (t.double() for t in (memory, alpha, scores, values))
     expected = a64 * m64 + torch.einsum("bjna,bjc->bnac", s64.view(b, n, n, d), v64)
-    out, copy = kernels.update_forward(memory, alpha, scores, values, bf16_copy=dtype == torch.float32)
+    out = kernels.update_forward(memory, alpha, scores, values)
     torch.testing.assert_close(out, expected.to(dtype))
-    if dtype == torch.float32:
-        assert copy.dtype == torch.bfloat16 and torch.equal(copy, out.to(torch.bfloat16))
     shared = memory[:1].expand_as(memory)  # the learned initial memory, expanded over the batch
-    out, _ = kernels.update_forward(shared, alpha, scores, values, bf16_copy=False)
+    out = kernels.update_forward(shared, alpha, scores, values)
     torch.testing.assert_close(out, (a64 * shared.double() + (expected - a64 * m64)).to(dtype))
 
 
-@pytest.mark.parametrize("d", [10, 32], ids=["one-at-a-time", "sixteen-at-a-time"])
-def test_bf16_copy_rounds_like_pytorch(kernels, d):
-    """Round to nearest even (ties both ways), overflow to infinity, infinities, NaN, like PyTorch's cast.
-    Subnormal inputs as PyTorch too, or, in the chunks of sixteen that AVX512-BF16 CPUs convert themselves,
-    as zeros of the same sign (the readout does not see numbers below 1.2e-38)."""
-    special = torch.tensor([1 + 2 ** -8, 1 + 3 * 2 ** -8, 1 + 2 ** -9, -2.5e-39, 3.4e38, float("inf"),
-                            -float("inf"), float("nan"), 0.0, -1.0])
-    memory = torch.randn(1, 1, d, d, generator=torch.Generator().manual_seed(0))
-    memory[0, 0, 0, :special.numel()] = special
-    out, copy = kernels.update_forward(memory, torch.tensor(1.0), torch.zeros(1, 1, d), torch.zeros(1, 1, d), True)
-    expected = out.to(torch.bfloat16)
-    assert torch.equal(copy.isnan(), expected.isnan())
-    subnormal = (out != 0) & (out.abs() < torch.finfo(torch.float32).tiny)
-    assert subnormal.sum() == 1
-    plain = ~copy.isnan() & ~subnormal
-    assert torch.equal(copy[plain], expected[plain])
-    same = copy[subnormal] == expected[subnormal]
-    flushed = (copy[subnormal] == 0) & (copy[subnormal].signbit() == expected[subnormal].signbit())
-    assert (same | flushed).all() if d >= 16 else same.all()
-
-
 def test_outputs_past_the_streaming_size_are_the_definition(kernels):
-    """Outputs of 16 MiB and more (M_r, its bf16 copy, dM_r_prev) are written with streaming stores, rows
-    whose start is 64-byte aligned at once and the others plainly (d = 100: a quarter of the rows aligned)."""
+    """Outputs of 16 MiB and more (M_r, dM_r_prev) are written with streaming stores, rows whose start is
+    64-byte aligned at once and the others plainly (d = 100: a quarter of the rows aligned)."""
     memory, alpha, scores, values = _memory_inputs(torch.float32, batch=53, slots=8, d=100, seed=3)
     b, n, d = values.shape
     assert memory.numel() * 4 >= 16 << 20
-    out, copy = kernels.update_forward(memory, alpha, scores, values, bf16_copy=True)
+    out = kernels.update_forward(memory, alpha, scores, values)
     torch.testing.assert_close(out, alpha * memory + torch.einsum("bjna,bjc->bnac", scores.view(b, n, n, d), values))
-    assert torch.equal(copy, out.to(torch.bfloat16))
     generator = torch.Generator().manual_seed(4)
     grad, grad_mixed = torch.randn(b, n, d, d, generator=generator), torch.randn(b, d, d, generator=generator)
     slot_weights = torch.softmax(torch.randn(b, n, generator=generator), -1)
-    grad_memory, _, _ = kernels.memory_backward(grad, None, memory, alpha, slot_weights, grad_mixed, True, False, False)
+    grad_memory, _, _ = kernels.memory_backward(grad, memory, alpha, slot_weights, grad_mixed, True, False, False)
     torch.testing.assert_close(grad_memory, alpha * grad + slot_weights.view(b, n, 1, 1) * grad_mixed.unsqueeze(1))
 
 
@@ -126,28 +102,25 @@ per row)."""
 
 
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
-@pytest.mark.parametrize("parts", ["recurrent", "bf16 readout", "both bf16", "fp32 readout", "both fp32"])
-def test_backward_kernels_match_the_gradients_written_out(kernels, parts, shape):
-    """dM_r is the recurrent gradient plus the readout's (bf16 for the copy, fp32 for the alias); each kernel
-    reads either or both."""
+@pytest.mark.parametrize("given", ["recurrent", "none"])
+def test_backward_kernels_match_the_gradients_written_out(kernels, given, shape):
+    """dM_r is the gradient of M_r (``none``: none reached M_r directly, as where only the next step reads it)
+    plus what the next step carries; memory_backward takes it with and without the read's terms."""
     memory, alpha, scores, values = _memory_inputs(torch.float32, slots=shape[0], d=shape[1], seed=1)
     b, n, d = values.shape
     generator = torch.Generator().manual_seed(2)
-    grad = torch.randn(b, n, d, d, generator=generator) if parts in ("recurrent", "both bf16", "both fp32") else None
-    grad_readout = torch.randn(b, n, d, d, generator=generator) if parts != "recurrent" else None
-    if grad_readout is not None and "bf16" in parts:
-        grad_readout = grad_readout.to(torch.bfloat16)
-    total = sum(g.float() for g in (grad, grad_readout) if g is not None)
+    grad = torch.randn(b, n, d, d, generator=generator) if given == "recurrent" else None
+    total = grad if grad is not None else torch.zeros(b, n, d, d)
     slot_weights = torch.softmax(torch.randn(b, n, generator=generator), -1)
     grad_mixed = torch.randn(b, d, d, generator=generator)
 
-    grad_scores, grad_values, full, _ = kernels.update_backward(grad, grad_readout, scores, values, True, True)
+    grad_scores, grad_values, full, _ = kernels.update_backward(grad, scores, values, True, True)
     assert full is None
     assert_close_to_product(grad_scores, values, total.view(b, n * d, d).transpose(1, 2))
     assert_close_to_product(grad_values, scores, total.view(b, n * d, d))
     # either factor's gradient alone (the other not wanted) is the same
-    scores_alone, no_values, _, _ = kernels.update_backward(grad, grad_readout, scores, values, True, False)
-    no_scores, values_alone, _, _ = kernels.update_backward(grad, grad_readout, scores, values, False, True)
+    scores_alone, no_values, _, _ = kernels.update_backward(grad, scores, values, True, False)
+    no_scores, values_alone, _, _ = kernels.update_backward(grad, scores, values, False, True)
     assert no_values is None and no_scores is None
     torch.testing.assert_close(scores_alone, grad_scores, rtol=0, atol=0)
     torch.testing.assert_close(values_alone, grad_values, rtol=0, atol=0)
@@ -158,34 +131,18 @@ def test_backward_kernels_match_the_gradients_written_out(kernels, parts, shape)
     carried = CarriedGradient(following, alpha, slot_weights, grad_mixed, output)
     lazy_total = total + alpha * following + slot_weights.view(b, n, 1, 1) * grad_mixed.unsqueeze(1)
     grad_scores, grad_values, full, carried_alpha = kernels.update_backward(
-        grad, grad_readout, scores, values, True, True, carried, need_full=True)
+        grad, scores, values, True, True, carried, need_full=True)
     torch.testing.assert_close(full, lazy_total)
     assert_close_to_product(grad_scores, values, lazy_total.view(b, n * d, d).transpose(1, 2))
     assert_close_to_product(grad_values, scores, lazy_total.view(b, n * d, d))
     assert_close_to_dot(carried_alpha, following, output)
-
-    # under bf16 autocast: the next step's dM_r and this step's M_r come in bf16, dM_r goes out in bf16
-    low_following, low_output = following.to(torch.bfloat16), output.to(torch.bfloat16)
-    carried = CarriedGradient(low_following, alpha, slot_weights, grad_mixed, low_output)
-    lazy_total = total + alpha * low_following.float() + slot_weights.view(b, n, 1, 1) * grad_mixed.unsqueeze(1)
-    grad_scores, grad_values, full, carried_alpha = kernels.update_backward(
-        grad, grad_readout, scores, values, True, True, carried, need_full=True, full_dtype=torch.bfloat16)
-    assert full.dtype == torch.bfloat16
-    # rounded as PyTorch rounds: equal but where the two fp32 sums differ in their last bit next to a rounding
-    # boundary, and there at most one bf16 step apart
-    rounded = lazy_total.to(torch.bfloat16)
-    assert (full != rounded).float().mean() < 1e-3
-    torch.testing.assert_close(full.float(), rounded.float(), rtol=2**-7, atol=0)
-    assert_close_to_product(grad_scores, values, lazy_total.view(b, n * d, d).transpose(1, 2))
-    assert_close_to_product(grad_values, scores, lazy_total.view(b, n * d, d))
-    assert_close_to_dot(carried_alpha, low_following.float(), low_output.float())
-    # that bf16 dM_r is the first step's gradient for memory_backward (no link to an earlier update)
-    grad_memory, _, grad_alpha = kernels.memory_backward(full, None, memory, alpha, None, None, True, False, True)
-    torch.testing.assert_close(grad_memory, alpha * full.float())
-    assert_close_to_dot(grad_alpha, full.float(), memory)
+    # that dM_r is the first step's gradient for memory_backward (no link to an earlier update)
+    grad_memory, _, grad_alpha = kernels.memory_backward(full, memory, alpha, None, None, True, False, True)
+    torch.testing.assert_close(grad_memory, alpha * full)
+    assert_close_to_dot(grad_alpha, full, memory)
 
     grad_memory, grad_weights, grad_alpha = kernels.memory_backward(
-        grad, grad_readout, memory, alpha, slot_weights, grad_mixed, True, True, True)
+        grad, memory, alpha, slot_weights, grad_mixed, True, True, True)
     torch.testing.assert_close(grad_memory, alpha * total + slot_weights.view(b, n, 1, 1) * grad_mixed.unsqueeze(1))
     # sums of d * d products: fp32 rounding grows with the sum of their sizes (9,216 of them at d = 96)
     products = memory * grad_mixed.unsqueeze(1)
@@ -193,8 +150,7 @@ def test_backward_kernels_match_the_gradients_written_out(kernels, parts, shape)
                                atol=2**-20 * products.abs().sum((2, 3)).max().item())
     assert_close_to_dot(grad_alpha, total, memory)
     # without the read's terms (a cell whose alpha2 is fixed at 0): alpha1 * dM_r and alpha1's gradient only
-    grad_memory, grad_weights, grad_alpha = kernels.memory_backward(
-        grad, grad_readout, memory, alpha, None, None, True, True, True)
+    grad_memory, grad_weights, grad_alpha = kernels.memory_backward(grad, memory, alpha, None, None, True, True, True)
     assert grad_weights is None
     torch.testing.assert_close(grad_memory, alpha * total)
     assert_close_to_dot(grad_alpha, total, memory)
@@ -249,7 +205,7 @@ def test_the_next_step_leaves_its_gradient_to_the_update_that_produced_its_memor
 
     calls = []
     eager = kernels.memory_backward
-    monkeypatch.setattr(kernels, "memory_backward", lambda *args: calls.append(args[2]) or eager(*args))
+    monkeypatch.setattr(kernels, "memory_backward", lambda *args: calls.append(args[1]) or eager(*args))
     first, last = steps(memory, p, w, alpha)
     assert isinstance(link_of(first), GradientLink) and link_of(first).read_claimed and link_of(first).update_claimed
     inputs = (memory, p, w, alpha)
@@ -374,7 +330,7 @@ def test_every_vectorised_path_the_compiler_allows_is_taken(kernels):
     # lost fast path (one was lost once in a refactor: ELU ran 10x slower and every test passed).
     macros = _compiler_macros()
     expected = set()
-    if "__AVX512F__" in macros and fused_kernels.fused_kernels_setting() != "loops":
+    if "__AVX512F__" in macros and fused_kernels.fused_kernels_setting() in ("auto", "portable"):
         expected |= {"update_backward", "gated_write_forward", "gated_write_backward", "tanh_forward",
                      "elu_forward", "elu_backward"}
         if "__AVX512BF16__" in macros:
@@ -628,3 +584,20 @@ def test_the_loops_build_has_no_hand_written_versions_and_the_same_numbers(monke
         torch.set_num_threads(threads)
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-4 * max(1.0, b.abs().max().item()))
+
+
+@pytest.mark.parametrize("family", sorted(fused_kernels.TWIN_FAMILIES))
+def test_a_build_without_one_family_of_twins_lacks_exactly_that_family(family, monkeypatch, tmp_path):
+    """STM_RL_FUSED_KERNELS=no-<family>-twin (to measure what one family of hand-written versions pays): that
+    family's paths are no longer vectorised, every other path is as in the default build."""
+    monkeypatch.setenv("STM_RL_CACHE_DIR", str(tmp_path))
+    paths = {}
+    for setting in ("auto", f"no-{family}-twin"):
+        monkeypatch.setenv(fused_kernels.SETTING_VARIABLE, setting)
+        monkeypatch.setattr(fused_kernels, "_loaded", {})
+        paths[setting] = fused_kernels.load_fused_kernels().vectorised_paths
+    left_out = frozenset(fused_kernels.TWIN_FAMILIES[family])
+    assert paths[f"no-{family}-twin"] == paths["auto"] - left_out
+    if "__AVX512F__" not in _compiler_macros():
+        pytest.skip("no AVX-512 on this CPU: no build has twins to leave out")
+    assert paths["auto"] & left_out, f"the default build runs none of {sorted(left_out)} vectorised"

@@ -2,16 +2,15 @@
 // and the ELU of the small frame encoder (issue 10), loaded by stm_rl/fastpath/kernels.py.
 //
 // Each kernel makes one pass over the B x N x d x d tensors it touches, where the PyTorch
-// composition of the same step makes several (a scaling, a batched product, a cast to bf16, a sum
-// of two gradients, ...): on CPUs the step is bound by that memory traffic. The memory is seen as
+// composition of the same step makes several (a scaling, a batched product, a sum of two
+// gradients, ...): on CPUs the step is bound by that memory traffic. The memory is seen as
 // B samples of R = N*d rows of d numbers; every row is processed while it sits in L1, and the
 // small operands (scores, values, the mixed read gradient) are reused across rows.
 //
 // Plain C interfaces over raw pointers (called through ctypes), single-threaded, one instance for
-// float and one for double (the gradient checks). The bf16 buffers (uint16_t) were the low precision copy
-// of the memory made for the readout (eq. 14 under bf16 autocast) and its gradient: since the memory
-// operators became torch.library ops (issue 27) the readout reads the memory in its own dtype and the
-// Python side passes no bf16 buffer (those entry points stay until the bf16 paths are removed).
+// float and one for double (the gradient checks). The relational memory and its gradients are in
+// that one type throughout (under bf16 autocast too: since issue 27 the readout reads M_r itself);
+// bf16 (uint16_t) appears only in the ELU kernels, for the encoder's bf16 activations.
 //
 // Notation (paper eqs. 11-12, spec STM.md section 3 steps 5-6):
 //   memory   M_r_prev [B, R, d] (sample stride memory_stride: 0 when expanded over the batch)
@@ -34,6 +33,9 @@
 #if defined(__AVX512F__) && !defined(STM_RL_NO_TWINS)
 #define STM_RL_TWINS 1
 #endif
+// One family of twins left out (STM_RL_FUSED_KERNELS=no-<family>-twin), to measure what each pays on its own:
+// STM_RL_NO_TWIN_UPDATE (the relational update's backward pass), STM_RL_NO_TWIN_GATED_WRITE (eq. 10 both ways),
+// STM_RL_NO_TWIN_TANH (tanh and SAM's scores), STM_RL_NO_TWIN_ELU (the encoder's ELU both ways).
 
 namespace {
 
@@ -52,59 +54,20 @@ inline uint16_t float_to_bf16(float value) {
     return value != value ? static_cast<uint16_t>(0x7FC0u) : static_cast<uint16_t>(rounded);
 }
 
-// A row of d numbers rounded to bf16 (the readout's copy of M_r): with AVX512-BF16 sixteen at a time by the
-// CPU's own conversion (round to nearest even like float_to_bf16; it reads denormal inputs as zero).
-template <typename T>
-inline void row_to_bf16(const T* row, uint16_t* low, int64_t d) {
-#pragma omp simd
-    for (int64_t c = 0; c < d; ++c) low[c] = float_to_bf16(static_cast<float>(row[c]));
-}
-
-#if defined(__AVX512BF16__)
-inline void row_to_bf16(const float* row, uint16_t* low, int64_t d) {
-    int64_t c = 0;
-    for (; c + 16 <= d; c += 16) {
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(low + c),
-                            reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(_mm512_loadu_ps(row + c))));
-    }
-    for (; c < d; ++c) low[c] = float_to_bf16(row[c]);
-}
-#endif
-
 constexpr int64_t kMaxSide = 1024;  // d; the Python side refuses larger memories
 constexpr int64_t kMaxSlots = 256;  // N; likewise
 constexpr int64_t kChunk = 16;  // row entries kept in registers (one AVX-512 register of floats)
 
-// The gradient dM_r, in up to three parts that are summed where they are read (any may be absent):
-// `recurrent` from the next step, and the readout's, `readout_low` (bf16, the gradient of the bf16 copy)
-// or `readout` (same type, the gradient of the readout's alias of M_r).
+// Elements [offset, offset + d) of the gradient dM_r into `row`: zeros where `grad` is null (no gradient
+// reached the kernel's output directly; the update's backward pass may still have a carried one, below).
 template <typename T>
-struct GradientParts {
-    const T* recurrent;
-    const uint16_t* readout_low;
-    const T* readout;
-
-    bool any() const { return recurrent != nullptr || readout_low != nullptr || readout != nullptr; }
-
-    // Elements [offset, offset + d) of dM_r into `row`.
-    void load_row(int64_t offset, int64_t d, T* row) const {
-        if (recurrent != nullptr) {
-            std::memcpy(row, recurrent + offset, sizeof(T) * d);
-        } else {
-            std::memset(row, 0, sizeof(T) * d);
-        }
-        if (readout_low != nullptr) {
-            const uint16_t* low = readout_low + offset;
-#pragma omp simd
-            for (int64_t c = 0; c < d; ++c) row[c] += static_cast<T>(bf16_to_float(low[c]));
-        }
-        if (readout != nullptr) {
-            const T* same = readout + offset;
-#pragma omp simd
-            for (int64_t c = 0; c < d; ++c) row[c] += same[c];
-        }
+inline void load_gradient_row(const T* grad, int64_t offset, int64_t d, T* row) {
+    if (grad != nullptr) {
+        std::memcpy(row, grad + offset, sizeof(T) * d);
+    } else {
+        std::memset(row, 0, sizeof(T) * d);
     }
-};
+}
 
 template <typename T>
 inline T dot(const T* a, const T* b, int64_t d) {
@@ -114,55 +77,28 @@ inline T dot(const T* a, const T* b, int64_t d) {
     return total;
 }
 
-// Elements [offset, offset + d) of a tensor given in T (`same`) or in bf16 (`low`), into `row`.
-template <typename T>
-inline void load_numbers(const T* same, const uint16_t* low, int64_t offset, int64_t d, T* row) {
-    if (same != nullptr) {
-        std::memcpy(row, same + offset, sizeof(T) * d);
-    } else {
-#pragma omp simd
-        for (int64_t c = 0; c < d; ++c) row[c] = static_cast<T>(bf16_to_float(low[offset + c]));
-    }
-}
-
-// Where a kernel writes dM_r in full: in T (`same`), in bf16 (`low`, under bf16 autocast), or nowhere.
-template <typename T>
-struct GradientOut {
-    T* same;
-    uint16_t* low;
-
-    bool any() const { return same != nullptr || low != nullptr; }
-};
-
 // The next step's relational read's share of this step's dM_r, carried into this step's update backward pass
 // (the lazy gradient of stm_rl/fastpath/memory_kernels.py) instead of formed into a tensor by the read's own
 // backward pass:
 //   dM_r[n][a] += alpha * dM_r_next[n][a] + p_next[n] * dmixed_next[a]
 // and, while dM_r_next is read, the next step's alpha gradient <dM_r_next, M_r> (M_r: this step's output, the
-// next step's M_r_prev). Under bf16 autocast dM_r_next and M_r come in bf16 (`next_low`, `memory_low`: the
-// bf16 copy the readout read) instead. `next` and `next_low` null: nothing carried.
+// next step's M_r_prev). `next` null: nothing carried.
 template <typename T>
 struct Carried {
-    const T* next;                // dM_r of the next step [B, R, d], or
-    const uint16_t* next_low;     // the same in bf16
+    const T* next;                // dM_r of the next step [B, R, d]
     T alpha;
     const T* slot_weights;        // p of the next step [B, N]; null without a relational read
     const T* grad_mixed;          // w (x) d v_r of the next step [B, d, d]; null without a relational read
-    const T* memory;              // this step's M_r [B, R, d] for alpha's gradient, or
-    const uint16_t* memory_low;   // its bf16 copy; both null if alpha's gradient is not wanted
+    const T* memory;              // this step's M_r [B, R, d] for alpha's gradient; null if it is not wanted
 
-    bool any() const { return next != nullptr || next_low != nullptr; }
+    bool any() const { return next != nullptr; }
 
     // Adds the carried terms to `row` (row r of sample b) and the row's share of alpha's gradient to `alpha_total`.
     void add_to_row(int64_t b, int64_t r, int64_t slots, int64_t d, T* row, double& alpha_total) const {
         if (!any()) return;
         const int64_t offset = (b * slots * d + r) * d;
-        T carried[kMaxSide], own[kMaxSide];
-        load_numbers(next, next_low, offset, d, carried);
-        if (memory != nullptr || memory_low != nullptr) {
-            load_numbers(memory, memory_low, offset, d, own);
-            alpha_total += static_cast<double>(dot(carried, own, d));
-        }
+        const T* carried = next + offset;
+        if (memory != nullptr) alpha_total += static_cast<double>(dot(carried, memory + offset, d));
         if (slot_weights != nullptr) {
             const T weight = slot_weights[b * slots + r / d];
             const T* mixed = grad_mixed + (b * d + r % d) * d;
@@ -175,7 +111,7 @@ struct Carried {
     }
 };
 
-// Outputs of a size that cannot stay in the last-level cache until their next reader (M_r and its bf16 copy,
+// Outputs of a size that cannot stay in the last-level cache until their next reader (M_r, dM_r and
 // dM_r_prev: 38 MB each in fp32 at batch 128) are written with streaming stores: a plain store first reads
 // each line it writes into the cache, a quarter more traffic for a pass that reads two such tensors and
 // writes one (issue 10). Smaller outputs (batch 1 to 32 here) are written plainly and stay cached for the next
@@ -227,14 +163,13 @@ template <typename T>
 inline const T* at(const T* base, int64_t offset) { return base == nullptr ? nullptr : base + offset; }
 
 
-// M_r = alpha * M_r_prev + sum_j scores[j] (x) v_j, and its bf16 copy when `out_low` is given.
+// M_r = alpha * M_r_prev + sum_j scores[j] (x) v_j.
 template <typename T>
 void update_forward(int64_t batch, int64_t slots, int64_t d, const T* memory, int64_t memory_stride, T alpha,
-                    const T* scores, const T* values, T* out, uint16_t* out_low) {
+                    const T* scores, const T* values, T* out) {
     const int64_t rows = slots * d;
     const bool stream = batch * rows * d * int64_t(sizeof(T)) >= kStreamBytes;
     T row[kMaxSide];
-    uint16_t low[kMaxSide];
     for (int64_t b = 0; b < batch; ++b) {
         const T* sample_scores = scores + b * slots * rows;
         const T* sample_values = values + b * slots * d;
@@ -264,10 +199,6 @@ void update_forward(int64_t batch, int64_t slots, int64_t d, const T* memory, in
                 row[c0] = total;
             }
             store_row(out + (b * rows + r) * d, row, int64_t(sizeof(T)) * d, stream);
-            if (out_low != nullptr) {
-                row_to_bf16(row, low, d);
-                store_row(out_low + (b * rows + r) * d, low, int64_t(sizeof(uint16_t)) * d, stream);
-            }
         }
     }
     if (stream) finish_streaming();
@@ -275,18 +206,16 @@ void update_forward(int64_t batch, int64_t slots, int64_t d, const T* memory, in
 
 // The update's factors' gradients from dM_r:
 //   d scores[j][r] = <v_j, dM_r[r]>,  d v_j = sum_r scores[j][r] dM_r[r],
-// with dM_r = grad's parts + what `carried` brings from the next step; `full` (if given) receives that dM_r
-// (for this step's relational read), and `grad_alpha` (if not null) the carried alpha gradient.
+// with dM_r = grad (null: none) + what `carried` brings from the next step; `full` (if not null) receives
+// that dM_r (for this step's relational read), and `grad_alpha` (if not null) the carried alpha gradient.
 template <typename T>
-void update_backward(int64_t batch, int64_t slots, int64_t d, GradientParts<T> grad, const Carried<T>& carried,
-                     const T* scores, const T* values, T* grad_scores, T* grad_values, GradientOut<T> full,
+void update_backward(int64_t batch, int64_t slots, int64_t d, const T* grad, const Carried<T>& carried,
+                     const T* scores, const T* values, T* grad_scores, T* grad_values, T* full,
                      double* grad_alpha) {
     const int64_t rows = slots * d;
-    const int64_t full_size = full.same != nullptr ? int64_t(sizeof(T)) : int64_t(sizeof(uint16_t));
-    const bool stream = batch * rows * d * full_size >= kStreamBytes;
+    const bool stream = batch * rows * d * int64_t(sizeof(T)) >= kStreamBytes;
     double alpha_total = 0;
     T row[kMaxSide];
-    uint16_t low[kMaxSide];
     for (int64_t b = 0; b < batch; ++b) {
         const T* sample_scores = scores + b * slots * rows;
         const T* sample_values = values + b * slots * d;
@@ -294,13 +223,9 @@ void update_backward(int64_t batch, int64_t slots, int64_t d, GradientParts<T> g
         if (sample_grad_values != nullptr) std::memset(sample_grad_values, 0, sizeof(T) * slots * d);
         for (int64_t r = 0; r < rows; ++r) {
             const int64_t offset = (b * rows + r) * d;
-            grad.load_row(offset, d, row);
+            load_gradient_row(grad, offset, d, row);
             carried.add_to_row(b, r, slots, d, row, alpha_total);
-            if (full.same != nullptr) store_row(full.same + offset, row, int64_t(sizeof(T)) * d, stream);
-            if (full.low != nullptr) {
-                row_to_bf16(row, low, d);
-                store_row(full.low + offset, low, int64_t(sizeof(uint16_t)) * d, stream);
-            }
+            if (full != nullptr) store_row(full + offset, row, int64_t(sizeof(T)) * d, stream);
             // Four values at a time: four dot products and four accumulations share each load of the row.
             for (int64_t j = 0; j < slots; j += 4) {
                 const int64_t count = slots - j < 4 ? slots - j : 4;
@@ -330,43 +255,15 @@ void update_backward(int64_t batch, int64_t slots, int64_t d, GradientParts<T> g
             }
         }
     }
-    if (stream && full.any()) finish_streaming();
+    if (stream && full != nullptr) finish_streaming();
     if (grad_alpha != nullptr) *grad_alpha += alpha_total;
 }
 
 #if defined(STM_RL_TWINS)
 // Helpers of the AVX-512 kernels below.
-inline __m512 bf16x16_to_float(const uint16_t* low) {
-    const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(low));
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
-}
-
-// Sixteen floats at `offset` of a tensor given in float (`same`) or in bf16 (`low`).
-inline __m512 load_chunk(const float* same, const uint16_t* low, int64_t offset) {
-    return same != nullptr ? _mm512_loadu_ps(same + offset) : bf16x16_to_float(low + offset);
-}
-
-// Sixteen floats rounded to bf16 (to nearest even, as float_to_bf16).
-inline __m256i float_to_bf16x16(__m512 value) {
-#if defined(__AVX512BF16__)
-    return reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(value));
-#else
-    const __m512i bits = _mm512_castps_si512(value);
-    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
-    __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(bits, _mm512_add_epi32(_mm512_set1_epi32(0x7FFF), odd)), 16);
-    rounded = _mm512_mask_mov_epi32(rounded, _mm512_cmp_ps_mask(value, value, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
-    return _mm512_cvtepi32_epi16(rounded);
-#endif
-}
-
-inline __m512 load_gradient_chunk(const GradientParts<float>& grad, int64_t offset) {
-    __m512 value = grad.recurrent != nullptr ? _mm512_loadu_ps(grad.recurrent + offset) : _mm512_setzero_ps();
-    if (grad.readout_low != nullptr) {
-        const __m256i low = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(grad.readout_low + offset));
-        value = _mm512_add_ps(value, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(low), 16)));
-    }
-    if (grad.readout != nullptr) value = _mm512_add_ps(value, _mm512_loadu_ps(grad.readout + offset));
-    return value;
+// Sixteen numbers of dM_r at `offset`: zeros where no gradient reached the output directly (`grad` null).
+inline __m512 load_gradient_chunk(const float* grad, int64_t offset) {
+    return grad != nullptr ? _mm512_loadu_ps(grad + offset) : _mm512_setzero_ps();
 }
 
 // Sixteen sums of sixteen lanes each into one register, by a tree of shuffles and adds (a horizontal sum per
@@ -442,19 +339,16 @@ inline void factor_gradients_block(const float* block, const float* value, const
 // 16 rows: dM_r is formed two rows at a time into an L1 buffer (and written out), then each value v_j runs over
 // the block once, v_j and d v_j held in registers, its 16 row sums folded into one register instead of summed
 // one by one (issue 10, measured alternately with the two-row version: 59 -> 48-54 ns per row at batch 128
-// with the bf16 carry; 5.7-5.9 -> 4.9-5.1 ms per rollout step inside the agent).
+// with the bf16 carry of the time; 5.7-5.9 -> 4.9-5.1 ms per rollout step inside the agent).
 template <int CHUNKS>
-void update_backward_avx512(int64_t batch, int64_t slots, const GradientParts<float>& grad,
-                            const Carried<float>& carried, const float* scores, const float* values,
-                            float* grad_scores, float* grad_values, GradientOut<float> full, double* grad_alpha) {
+void update_backward_avx512(int64_t batch, int64_t slots, const float* grad, const Carried<float>& carried,
+                            const float* scores, const float* values, float* grad_scores, float* grad_values,
+                            float* full, double* grad_alpha) {
     constexpr int64_t d = 16 * CHUNKS;
     const int64_t rows = slots * d;  // a multiple of kBlockRows
-    const int64_t full_size = full.same != nullptr ? int64_t(sizeof(float)) : int64_t(sizeof(uint16_t));
-    const bool stream = batch * rows * d * full_size >= kStreamBytes;
-    const bool stream_full = stream && full.any() &&
-                             (reinterpret_cast<uintptr_t>(full.same != nullptr ? static_cast<void*>(full.same)
-                                                                               : static_cast<void*>(full.low)) & 63) == 0;
-    const bool want_alpha = carried.memory != nullptr || carried.memory_low != nullptr;
+    const bool stream = batch * rows * d * int64_t(sizeof(float)) >= kStreamBytes;
+    const bool stream_full = stream && full != nullptr && (reinterpret_cast<uintptr_t>(full) & 63) == 0;
+    const bool want_alpha = carried.memory != nullptr;
     const __m512 alpha_next = _mm512_set1_ps(carried.alpha);
     double alpha_total = 0;
     alignas(64) float block[kBlockRows * d];  // this block's rows of dM_r, for the factor gradients
@@ -475,11 +369,8 @@ void update_backward_avx512(int64_t batch, int64_t slots, const GradientParts<fl
                 const int64_t offset = (b * rows + r) * d;
                 if (r + kPrefetchRows < rows) {  // every stream this pass reads, two rows at a time
                     const int64_t ahead = offset + kPrefetchRows * d;
-                    prefetch_lines(2 * d * int64_t(sizeof(float)), {at(grad.recurrent, ahead), at(grad.readout, ahead),
-                                                                    at(carried.next, ahead), at(carried.memory, ahead)});
-                    prefetch_lines(2 * d * int64_t(sizeof(uint16_t)), {at(grad.readout_low, ahead),
-                                                                       at(carried.next_low, ahead),
-                                                                       at(carried.memory_low, ahead)});
+                    prefetch_lines(2 * d * int64_t(sizeof(float)),
+                                   {at(grad, ahead), at(carried.next, ahead), at(carried.memory, ahead)});
                 }
                 __m512 g0[CHUNKS], g1[CHUNKS];
                 for (int k = 0; k < CHUNKS; ++k) {
@@ -489,13 +380,13 @@ void update_backward_avx512(int64_t batch, int64_t slots, const GradientParts<fl
                 if (carried.any()) {  // the next step's read's share (Carried), rows r and r + 1
                     __m512 alpha_sum = _mm512_setzero_ps();
                     for (int k = 0; k < CHUNKS; ++k) {
-                        const __m512 n0 = load_chunk(carried.next, carried.next_low, offset + 16 * k);
-                        const __m512 n1 = load_chunk(carried.next, carried.next_low, offset + d + 16 * k);
+                        const __m512 n0 = _mm512_loadu_ps(carried.next + offset + 16 * k);
+                        const __m512 n1 = _mm512_loadu_ps(carried.next + offset + d + 16 * k);
                         if (want_alpha) {
-                            alpha_sum = _mm512_fmadd_ps(
-                                n0, load_chunk(carried.memory, carried.memory_low, offset + 16 * k), alpha_sum);
-                            alpha_sum = _mm512_fmadd_ps(
-                                n1, load_chunk(carried.memory, carried.memory_low, offset + d + 16 * k), alpha_sum);
+                            alpha_sum = _mm512_fmadd_ps(n0, _mm512_loadu_ps(carried.memory + offset + 16 * k),
+                                                        alpha_sum);
+                            alpha_sum = _mm512_fmadd_ps(n1, _mm512_loadu_ps(carried.memory + offset + d + 16 * k),
+                                                        alpha_sum);
                         }
                         g0[k] = _mm512_fmadd_ps(alpha_next, n0, g0[k]);
                         g1[k] = _mm512_fmadd_ps(alpha_next, n1, g1[k]);
@@ -515,27 +406,14 @@ void update_backward_avx512(int64_t batch, int64_t slots, const GradientParts<fl
                     _mm512_store_ps(kept + 16 * k, g0[k]);
                     _mm512_store_ps(kept + d + 16 * k, g1[k]);
                 }
-                if (full.same != nullptr) {
+                if (full != nullptr) {
                     for (int k = 0; k < CHUNKS; ++k) {
                         if (stream_full) {
-                            _mm512_stream_ps(full.same + offset + 16 * k, g0[k]);
-                            _mm512_stream_ps(full.same + offset + d + 16 * k, g1[k]);
+                            _mm512_stream_ps(full + offset + 16 * k, g0[k]);
+                            _mm512_stream_ps(full + offset + d + 16 * k, g1[k]);
                         } else {
-                            _mm512_storeu_ps(full.same + offset + 16 * k, g0[k]);
-                            _mm512_storeu_ps(full.same + offset + d + 16 * k, g1[k]);
-                        }
-                    }
-                }
-                if (full.low != nullptr) {  // rows of 32 bytes per chunk: 32-byte aligned where the tensor is 64-byte aligned
-                    for (int k = 0; k < CHUNKS; ++k) {
-                        __m256i* at0 = reinterpret_cast<__m256i*>(full.low + offset + 16 * k);
-                        __m256i* at1 = reinterpret_cast<__m256i*>(full.low + offset + d + 16 * k);
-                        if (stream_full) {
-                            _mm256_stream_si256(at0, float_to_bf16x16(g0[k]));
-                            _mm256_stream_si256(at1, float_to_bf16x16(g1[k]));
-                        } else {
-                            _mm256_storeu_si256(at0, float_to_bf16x16(g0[k]));
-                            _mm256_storeu_si256(at1, float_to_bf16x16(g1[k]));
+                            _mm512_storeu_ps(full + offset + 16 * k, g0[k]);
+                            _mm512_storeu_ps(full + offset + d + 16 * k, g1[k]);
                         }
                     }
                 }
@@ -552,11 +430,11 @@ void update_backward_avx512(int64_t batch, int64_t slots, const GradientParts<fl
     if (grad_alpha != nullptr) *grad_alpha += alpha_total;
 }
 
+#if !defined(STM_RL_NO_TWIN_UPDATE)
 // The AVX-512 version where it applies (float, d = 16..128 in steps of 16); false where it does not.
-inline bool update_backward_fast(int64_t batch, int64_t slots, int64_t d, const GradientParts<float>& grad,
+inline bool update_backward_fast(int64_t batch, int64_t slots, int64_t d, const float* grad,
                                  const Carried<float>& carried, const float* scores, const float* values,
-                                 float* grad_scores, float* grad_values, GradientOut<float> full,
-                                 double* grad_alpha) {
+                                 float* grad_scores, float* grad_values, float* full, double* grad_alpha) {
     switch (d) {
 #define STM_RL_CASE(CHUNKS)                                                                                     \
     case 16 * CHUNKS:                                                                                          \
@@ -570,11 +448,12 @@ inline bool update_backward_fast(int64_t batch, int64_t slots, int64_t d, const 
             return false;
     }
 }
+#endif  // STM_RL_NO_TWIN_UPDATE
 #endif
 
 template <typename T>
-inline bool update_backward_fast(int64_t, int64_t, int64_t, const GradientParts<T>&, const Carried<T>&, const T*,
-                                 const T*, T*, T*, GradientOut<T>, double*) {
+inline bool update_backward_fast(int64_t, int64_t, int64_t, const T*, const Carried<T>&, const T*, const T*, T*,
+                                 T*, T*, double*) {
     return false;
 }
 
@@ -618,12 +497,14 @@ void read_forward(int64_t batch, int64_t slots, int64_t d, const T* memory, int6
 //   d M_r_prev[n] = alpha * dM_r[n] + p_n dmixed   (the update's and the read's gradients, summed)
 //   d p_n         = <M_r_prev[n], dmixed>
 //   d alpha       = <dM_r, M_r_prev>                (accumulated into *grad_alpha, in double)
-// Without slot_weights and grad_mixed (no relational read) the read's terms are left out.
+// Without slot_weights and grad_mixed (no relational read) the read's terms are left out; without grad (a read
+// whose memory no update consumed) dM_r is zero.
 template <typename T>
-void memory_backward(int64_t batch, int64_t slots, int64_t d, GradientParts<T> grad, const T* memory,
-                     int64_t memory_stride, T alpha, const T* slot_weights, const T* grad_mixed, T* grad_memory, T* grad_slot_weights, double* grad_alpha) {
+void memory_backward(int64_t batch, int64_t slots, int64_t d, const T* grad, const T* memory,
+                     int64_t memory_stride, T alpha, const T* slot_weights, const T* grad_mixed, T* grad_memory,
+                     T* grad_slot_weights, double* grad_alpha) {
     const int64_t rows = slots * d;
-    const bool has_grad = grad.any();
+    const bool has_grad = grad != nullptr;
     const bool stream = batch * rows * d * int64_t(sizeof(T)) >= kStreamBytes;
     T row[kMaxSide];
     T result[kMaxSide];
@@ -638,14 +519,13 @@ void memory_backward(int64_t batch, int64_t slots, int64_t d, GradientParts<T> g
                 const T* previous = memory + b * memory_stride + r * d;
                 if (r + kPrefetchRows < rows) {
                     const int64_t ahead = offset + kPrefetchRows * d;
-                    prefetch_lines(d * int64_t(sizeof(T)), {previous + kPrefetchRows * d, at(grad.recurrent, ahead),
-                                                             at(grad.readout_low, ahead), at(grad.readout, ahead)});
+                    prefetch_lines(d * int64_t(sizeof(T)), {previous + kPrefetchRows * d, at(grad, ahead)});
                 }
                 const T* mixed = grad_mixed == nullptr ? nullptr : grad_mixed + b * d * d + a * d;
                 T* target = grad_memory == nullptr ? nullptr : grad_memory + offset;  // written from result
                 if (mixed != nullptr) slot_total += dot(previous, mixed, d);
                 if (has_grad) {
-                    grad.load_row(offset, d, row);
+                    load_gradient_row(grad, offset, d, row);
                     if (grad_alpha != nullptr) alpha_total += static_cast<double>(dot(row, previous, d));
                 } else {
                     std::memset(row, 0, sizeof(T) * d);
@@ -775,7 +655,7 @@ template <typename T>
 inline void tanh_product_row(const T* key, const T* query, int64_t d, T* row) {
     for (int64_t a = 0; a < d; ++a) row[a] = tanh_by_sigmoid(key[a] * query[a]);
 }
-#if defined(STM_RL_TWINS)
+#if defined(STM_RL_TWINS) && !defined(STM_RL_NO_TWIN_TANH)
 inline void tanh_product_row(const float* key, const float* query, int64_t d, float* row);  // below, vectorised
 #endif
 
@@ -987,6 +867,7 @@ void tanh_forward_avx512(int64_t batch, int64_t size, const float* x, int64_t st
         }
 }
 
+#if !defined(STM_RL_NO_TWIN_TANH)
 inline void tanh_product_row(const float* key, const float* query, int64_t d, float* row) {
     for (int64_t a = 0; a < d; a += 16) {
         const __mmask16 m = chunk_mask(a, d);
@@ -994,6 +875,7 @@ inline void tanh_product_row(const float* key, const float* query, int64_t d, fl
                                                                     _mm512_maskz_loadu_ps(m, query + a))));
     }
 }
+#endif
 
 // exp(x) - 1 and exp(x) of 16 floats for x <= 0 (ELU's negative side), sharing one reduction: with
 // x = n ln2 + r, exp(x) = 2^n (1 + q(r)); expm1 is formed as 2^n q + (2^n - 1), exact in the leading term
@@ -1051,14 +933,18 @@ constexpr bool kVectorisedElu = std::is_same_v<S, float>
                                 || std::is_same_v<S, uint16_t>
 #endif
     ;
+#if !defined(STM_RL_NO_TWIN_ELU)
 #define STM_RL_HAS_VECTORISED_ELU 1
+#endif
 
-
+#if !defined(STM_RL_NO_TWIN_TANH)
 inline bool tanh_forward_fast(int64_t batch, int64_t size, const float* x, int64_t stride, float* out) {
     tanh_forward_avx512(batch, size, x, stride, out);
     return true;
 }
+#endif
 
+#if !defined(STM_RL_NO_TWIN_GATED_WRITE)
 inline bool gated_write_forward_fast(int64_t batch, int64_t d, const float* previous, int64_t previous_stride,
                                      const float* u, const float* pre, const float* offset, float* out) {
     gated_write_forward_avx512(batch, d, previous, previous_stride, u, pre, offset, out);
@@ -1072,6 +958,7 @@ inline bool gated_write_backward_fast(int64_t batch, int64_t d, const float* gra
                                 grad_pre, grad_offset);
     return true;
 }
+#endif  // STM_RL_NO_TWIN_GATED_WRITE
 #endif
 
 template <typename T>
@@ -1115,27 +1002,21 @@ inline bool gated_write_backward_fast(int64_t, int64_t, const T*, const T*, int6
 
 }  // namespace
 
-// The gradient dM_r comes as three pointers (GradientParts: recurrent, readout_low, readout), any may be null.
+// The gradient dM_r comes as one pointer, null where no gradient reached the output directly.
 #define STM_RL_INSTANCES(T, SUFFIX)                                                                          \
     extern "C" void stm_update_forward_##SUFFIX(int64_t batch, int64_t slots, int64_t d, const T* memory,     \
                                                 int64_t memory_stride, double alpha, const T* scores,        \
-                                                const T* values, T* out, uint16_t* out_low) {                \
-        update_forward<T>(batch, slots, d, memory, memory_stride, static_cast<T>(alpha), scores, values, out,  \
-                          out_low);                                                                          \
+                                                const T* values, T* out) {                                   \
+        update_forward<T>(batch, slots, d, memory, memory_stride, static_cast<T>(alpha), scores, values, out); \
     }                                                                                                        \
     extern "C" void stm_update_backward_##SUFFIX(                                                          \
-        int64_t batch, int64_t slots, int64_t d, const T* recurrent, const uint16_t* readout_low,            \
-        const T* readout, const T* next, const uint16_t* next_low, double alpha_next,                        \
-        const T* slot_weights_next, const T* grad_mixed_next, const T* memory, const uint16_t* memory_low,   \
-        const T* scores, const T* values, T* grad_scores, T* grad_values, T* full, uint16_t* full_low,       \
-        double* grad_alpha_next) {                                                                           \
-        const GradientParts<T> grad{recurrent, readout_low, readout};                                        \
-        const Carried<T> carried{next, next_low, static_cast<T>(alpha_next), slot_weights_next,              \
-                                 grad_mixed_next, memory, memory_low};                                       \
-        const GradientOut<T> out{full, full_low};                                                            \
+        int64_t batch, int64_t slots, int64_t d, const T* grad, const T* next, double alpha_next,            \
+        const T* slot_weights_next, const T* grad_mixed_next, const T* memory, const T* scores,              \
+        const T* values, T* grad_scores, T* grad_values, T* full, double* grad_alpha_next) {                 \
+        const Carried<T> carried{next, static_cast<T>(alpha_next), slot_weights_next, grad_mixed_next, memory}; \
         if (!update_backward_fast(batch, slots, d, grad, carried, scores, values, grad_scores, grad_values,   \
-                                  out, grad_alpha_next))                                                     \
-            update_backward<T>(batch, slots, d, grad, carried, scores, values, grad_scores, grad_values, out,  \
+                                  full, grad_alpha_next))                                                    \
+            update_backward<T>(batch, slots, d, grad, carried, scores, values, grad_scores, grad_values, full, \
                                grad_alpha_next);                                                             \
     }                                                                                                        \
     extern "C" void stm_read_forward_##SUFFIX(int64_t batch, int64_t slots, int64_t d, const T* memory,       \
@@ -1143,12 +1024,10 @@ inline bool gated_write_backward_fast(int64_t, int64_t, const T*, const T*, int6
                                               T* mixed, T* reads) {                                          \
         read_forward<T>(batch, slots, d, memory, memory_stride, slot_weights, key, mixed, reads);             \
     }                                                                                                        \
-    extern "C" void stm_memory_backward_##SUFFIX(int64_t batch, int64_t slots, int64_t d, const T* recurrent, \
-                                                 const uint16_t* readout_low, const T* readout,              \
+    extern "C" void stm_memory_backward_##SUFFIX(int64_t batch, int64_t slots, int64_t d, const T* grad,     \
                                                  const T* memory, int64_t memory_stride, double alpha,       \
                                                  const T* slot_weights, const T* grad_mixed, T* grad_memory, \
                                                  T* grad_slot_weights, double* grad_alpha) {                 \
-        const GradientParts<T> grad{recurrent, readout_low, readout};                                        \
         memory_backward<T>(batch, slots, d, grad, memory, memory_stride, static_cast<T>(alpha), slot_weights, \
                            grad_mixed, grad_memory, grad_slot_weights, grad_alpha);                          \
     }                                                                                                        \
@@ -1199,28 +1078,26 @@ STM_RL_ELU(float, f32)
 STM_RL_ELU(double, f64)
 STM_RL_ELU(uint16_t, bf16)
 
-extern "C" int stm_abi_version() { return 9; }
+extern "C" int stm_abi_version() { return 10; }
 
 // Which vectorised paths this build took, one bit each (VECTORISED_PATHS in kernels.py): each
 // dispatcher is asked with an empty input and answers whether it would run its vectorised version. The
 // portable loops compute the same values, so without this a lost fast path would go unnoticed by tests.
 extern "C" int64_t stm_vectorised_paths() {
-    const GradientParts<float> no_grad{nullptr, nullptr, nullptr};
-    const Carried<float> no_carried{nullptr, nullptr, 0.0f, nullptr, nullptr, nullptr, nullptr};
+    const Carried<float> no_carried{nullptr, 0.0f, nullptr, nullptr, nullptr};
     const float* none = nullptr;
     float* out = nullptr;
-    const uint16_t* none_low = nullptr;
-    uint16_t* out_low = nullptr;
+    const uint16_t* none_bf16 = nullptr;  // the bf16 ELU's
+    uint16_t* out_bf16 = nullptr;
     const bool answers[] = {
-        update_backward_fast(0, 1, 96, no_grad, no_carried, none, none, out, out, GradientOut<float>{out, out_low},
-                             nullptr),
+        update_backward_fast(0, 1, 96, none, no_carried, none, none, out, out, out, nullptr),
         gated_write_forward_fast(0, 96, none, 0, none, none, none, out),
         gated_write_backward_fast(0, 96, none, none, 0, none, none, none, out, out, out, out),
         tanh_forward_fast(0, 0, none, 0, out),
         elu_forward_fast(0, none, out),
         elu_backward_fast(0, none, none, out),
-        elu_forward_fast(0, none_low, out_low),
-        elu_backward_fast(0, none_low, none_low, out_low),
+        elu_forward_fast(0, none_bf16, out_bf16),
+        elu_backward_fast(0, none_bf16, none_bf16, out_bf16),
     };
     int64_t bits = 0;
     for (size_t i = 0; i < sizeof(answers) / sizeof(answers[0]); ++i) bits |= int64_t(answers[i]) << i;

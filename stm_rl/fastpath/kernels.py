@@ -2,16 +2,16 @@
 
 On CPUs the STM step is bound by passes over the ``B x N x d x d`` relational memory, not by arithmetic:
 the PyTorch composition of eqs. 11-12 and their gradients reads or writes that tensor about twenty times
-per step (``alpha1 * M_r_prev``, the rank-N product added to it, the of the readout's and the next step's gradients, the products of the update's backward, the read's
-gradient, alpha1's dot product). The three kernels here do the same arithmetic in one pass each:
+per step (``alpha1 * M_r_prev``, the rank-N product added to it, the sum of the step's gradients, the products of
+the update's backward, the read's gradient, alpha1's dot product). The three kernels here do the same arithmetic in
+one pass each:
 
-- :meth:`FusedKernels.update_forward`: ``M_r = alpha1 M_r_prev + scores^T V`` (the kernel can also write a
-  bf16 copy of ``M_r`` from the same registers; since issue 27 the readout reads ``M_r`` itself and no caller
-  asks for the copy);
+- :meth:`FusedKernels.update_forward`: ``M_r = alpha1 M_r_prev + scores^T V``;
 - :meth:`FusedKernels.update_backward`: the gradients of the scores and the values from ``dM_r``, read
-  as the recurrent gradient plus the readout's without forming their sum; on AVX-512 CPUs in blocks of 16 rows of ``dM_r`` kept
-  in L1, each value's 16 score gradients folded into one register (``d`` a multiple of 16 up to 128;
-  portable loops elsewhere);
+  as the gradient of ``M_r`` plus what the next step's read and update leave for it
+  (:class:`~stm_rl.fastpath.memory_kernels.CarriedGradient`) without forming their sum; on AVX-512 CPUs in blocks
+  of 16 rows of ``dM_r`` kept in L1, each value's 16 score gradients folded into one register (``d`` a multiple
+  of 16 up to 128; portable loops elsewhere);
 - :meth:`FusedKernels.memory_backward`: ``dM_r_prev = alpha1 dM_r + p (x) d mixed``, ``d p`` and
   ``d alpha1`` in one pass over ``dM_r`` and ``M_r_prev``.
 - :meth:`FusedKernels.gated_write_forward` and :meth:`FusedKernels.gated_write_backward`: eq. 10's gates
@@ -61,16 +61,23 @@ if TYPE_CHECKING:
 
 SOURCE = Path(__file__).with_name("kernels.cpp")
 SETTING_VARIABLE = "STM_RL_FUSED_KERNELS"
-SETTINGS = ("auto", "portable", "loops", "off")
+TWIN_FAMILIES = {"update": ("update_backward",), "gated-write": ("gated_write_forward", "gated_write_backward"),
+                 "tanh": ("tanh_forward",), "elu": ("elu_forward", "elu_backward", "elu_forward_bf16", "elu_backward_bf16")}
+"""The hand-written AVX-512 versions ("twins") by family, as ``stm_vectorised_paths`` names them."""
+SETTINGS = ("auto", "portable", "loops", "off", *(f"no-{family}-twin" for family in TWIN_FAMILIES))
 """``STM_RL_FUSED_KERNELS``: ``auto`` the kernels compiled for this CPU (``-march=native``: their hand-written AVX-512
 versions where it has AVX-512); ``portable`` the same kernels compiled without AVX-512, i.e. the loops every CPU
 runs (to test or time them on an AVX-512 machine); ``loops`` the portable loops compiled for this CPU without the
 hand-written versions (what one kernel body per operation would give: the compiler vectorises the loops);
-``off`` PyTorch operations everywhere."""
+``off`` PyTorch operations everywhere; ``no-<family>-twin`` (``update``, ``gated-write``, ``tanh``, ``elu``) the
+``auto`` build without that one family's hand-written versions (its portable loops instead), to measure what each
+family pays (``benchmarks/train_speed.py --fused-kernels auto no-update-twin ...``)."""
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fPIC", "-shared", "-std=c++17")
 PORTABLE_FLAGS = ("-mno-avx512f",) if platform.machine().lower() in ("x86_64", "amd64") else ()
 """Added for ``portable``: no AVX-512 instructions (every AVX-512 subset depends on AVX-512F)."""
-SETTING_FLAGS = {"portable": PORTABLE_FLAGS, "loops": ("-DSTM_RL_NO_TWINS",)}
+SETTING_FLAGS = {"portable": PORTABLE_FLAGS, "loops": ("-DSTM_RL_NO_TWINS",),
+                 **{f"no-{family}-twin": (f"-DSTM_RL_NO_TWIN_{family.upper().replace('-', '_')}",)
+                    for family in TWIN_FAMILIES}}
 
 
 def compile_flags() -> tuple[str, ...]:
@@ -79,7 +86,7 @@ def compile_flags() -> tuple[str, ...]:
 
 
 MAX_SIDE, MAX_SLOTS = 1024, 256  # d and N; kMaxSide and kMaxSlots in the source
-_ABI_VERSION = 9
+_ABI_VERSION = 10
 # The bits of ``stm_vectorised_paths()``: the kernels whose AVX-512 version this build runs (float32; the
 # last two bf16).
 VECTORISED_PATHS = ("update_backward", "gated_write_forward", "gated_write_backward", "tanh_forward",
@@ -210,15 +217,13 @@ class FusedKernels:
         self.functions = {}
         for suffix in ("f32", "f64"):
             update_forward = getattr(self.library, f"stm_update_forward_{suffix}")
-            update_forward.argtypes = [_INT, _INT, _INT, _POINTER, _INT, _DOUBLE, _POINTER, _POINTER, _POINTER,
-                                       _POINTER]
+            update_forward.argtypes = [_INT, _INT, _INT, _POINTER, _INT, _DOUBLE, _POINTER, _POINTER, _POINTER]
             update_backward = getattr(self.library, f"stm_update_backward_{suffix}")
-            update_backward.argtypes = [_INT, _INT, _INT, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER, _DOUBLE,
-                                        _POINTER, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER,
-                                        _POINTER, _POINTER, _POINTER, _POINTER]
+            update_backward.argtypes = [_INT, _INT, _INT, _POINTER, _POINTER, _DOUBLE, _POINTER, _POINTER, _POINTER,
+                                        _POINTER, _POINTER, _POINTER, _POINTER, _POINTER, _POINTER]
             memory_backward = getattr(self.library, f"stm_memory_backward_{suffix}")
-            memory_backward.argtypes = [_INT, _INT, _INT, _POINTER, _POINTER, _POINTER, _POINTER, _INT, _DOUBLE,
-                                        _POINTER, _POINTER, _POINTER, _POINTER, _POINTER]
+            memory_backward.argtypes = [_INT, _INT, _INT, _POINTER, _POINTER, _INT, _DOUBLE, _POINTER, _POINTER,
+                                        _POINTER, _POINTER, _POINTER]
             gated_write_forward = getattr(self.library, f"stm_gated_write_forward_{suffix}")
             gated_write_forward.argtypes = [_INT, _INT, _POINTER, _INT, _POINTER, _POINTER, _POINTER, _POINTER]
             gated_write_backward = getattr(self.library, f"stm_gated_write_backward_{suffix}")
@@ -259,46 +264,39 @@ class FusedKernels:
     def _calls(self, dtype: torch.dtype) -> _Calls:
         return self.functions["f32" if dtype == torch.float32 else "f64"]
 
-    def update_forward(self, memory: Tensor, alpha: Tensor, scores: Tensor, values: Tensor,
-                       bf16_copy: bool) -> tuple[Tensor, Optional[Tensor]]:
-        """``alpha * memory + scores^T values`` (``[B, N, d, d]``) and, with ``bf16_copy``, the same in bf16."""
+    def update_forward(self, memory: Tensor, alpha: Tensor, scores: Tensor, values: Tensor) -> Tensor:
+        """``alpha * memory + scores^T values`` (``[B, N, d, d]``; ``memory`` may be expanded over the batch)."""
         memory, stride = _memory_operand(memory)
         batch, slots, d = values.shape
         out = torch.empty(batch, slots, d, d, dtype=memory.dtype)
-        low = torch.empty(out.shape, dtype=torch.bfloat16) if bf16_copy else None
         self._calls(memory.dtype).update_forward(batch, slots, d, memory.data_ptr(), stride, float(alpha),
-                                                 _ptr(scores), _ptr(values), out.data_ptr(), _ptr(low))
-        return out, low
+                                                 _ptr(scores), _ptr(values), out.data_ptr())
+        return out
 
-    def update_backward(self, grad: Optional[Tensor], grad_readout: Optional[Tensor], scores: Tensor,
-                        values: Tensor, need_scores: bool, need_values: bool,
-                        carried: Optional["CarriedGradient"] = None, need_full: bool = False,
-                        full_dtype: Optional[torch.dtype] = None) -> _FourGradients:
-        """Gradients of the scores and the values from ``dM_r = grad + grad_readout`` (either may be None;
-        ``grad_readout`` is bf16, the gradient of the bf16 copy, or the memory's dtype, that of its alias) plus
-        what ``carried`` brings from the next step's read (:class:`~stm_rl.fastpath.memory_kernels.CarriedGradient`;
-        its ``next`` and ``memory`` in the memory's dtype or in bf16).
+    def update_backward(self, grad: Optional[Tensor], scores: Tensor, values: Tensor, need_scores: bool,
+                        need_values: bool, carried: Optional["CarriedGradient"] = None,
+                        need_full: bool = False) -> _FourGradients:
+        """Gradients of the scores and the values from ``dM_r = grad`` (None: no gradient reached ``M_r``
+        directly) plus what ``carried`` brings from the next step's read and update
+        (:class:`~stm_rl.fastpath.memory_kernels.CarriedGradient`); every tensor in the memory's dtype.
 
-        Returns ``(d scores, d values, dM_r, d alpha1)``: ``dM_r`` as a tensor with ``need_full`` (in
-        ``full_dtype``: the memory's dtype, the default, or bf16), and the carried alpha1 gradient where
-        ``carried.memory`` is given (else None)."""
+        Returns ``(d scores, d values, dM_r, d alpha1)``: ``dM_r`` as a tensor with ``need_full``, and the carried
+        alpha1 gradient where ``carried.memory`` is given (else None)."""
         grad_scores = torch.empty_like(scores) if need_scores else None
         grad_values = torch.empty_like(values) if need_values else None
         batch, slots, d = values.shape
-        full_dtype = values.dtype if full_dtype is None else full_dtype
-        full = torch.empty(batch, slots, d, d, dtype=full_dtype) if need_full else None
+        full = torch.empty(batch, slots, d, d, dtype=values.dtype) if need_full else None
         carried_alpha = ctypes.c_double(0.0)
         want_alpha = carried is not None and carried.memory is not None
         if carried is None:
-            carried_pointers = (None, None, 0.0, None, None, None, None)
+            carried_pointers = (None, 0.0, None, None, None)
         else:
-            carried_pointers = (*_same_or_low(carried.next, values.dtype), float(carried.alpha),
-                                _ptr(carried.slot_weights), _ptr(carried.grad_mixed),
-                                *_same_or_low(carried.memory, values.dtype))
+            carried_pointers = (_ptr(carried.next, values.dtype), float(carried.alpha),
+                                _ptr(carried.slot_weights, values.dtype), _ptr(carried.grad_mixed, values.dtype),
+                                _ptr(carried.memory, values.dtype))
         self._calls(values.dtype).update_backward(
-            batch, slots, d, _ptr(grad), *_readout_parts(grad_readout, values.dtype), *carried_pointers,
-            _ptr(scores), _ptr(values), _ptr(grad_scores), _ptr(grad_values), *_same_or_low(full, values.dtype),
-            ctypes.byref(carried_alpha) if want_alpha else None)
+            batch, slots, d, _ptr(grad, values.dtype), *carried_pointers, _ptr(scores), _ptr(values),
+            _ptr(grad_scores), _ptr(grad_values), _ptr(full), ctypes.byref(carried_alpha) if want_alpha else None)
         grad_alpha = values.new_tensor(carried_alpha.value) if want_alpha else None
         return grad_scores, grad_values, full, grad_alpha
 
@@ -313,20 +311,15 @@ class FusedKernels:
                                                _ptr(key), mixed.data_ptr(), reads.data_ptr())
         return mixed, reads
 
-    def memory_backward(self, grad: Optional[Tensor], grad_readout: Optional[Tensor], memory: Tensor,
-                        alpha: Tensor, slot_weights: Optional[Tensor], grad_mixed: Optional[Tensor],
-                        need_memory: bool, need_weights: bool,
+    def memory_backward(self, grad: Optional[Tensor], memory: Tensor, alpha: Tensor, slot_weights: Optional[Tensor],
+                        grad_mixed: Optional[Tensor], need_memory: bool, need_weights: bool,
                         need_alpha: bool) -> tuple[Optional[Tensor], Optional[Tensor], Optional[Tensor]]:
-        """``(alpha dM_r + p (x) d mixed, <M_r_prev[n], d mixed>, <dM_r, M_r_prev>)`` in one pass.
+        """``(alpha dM_r + p (x) d mixed, <M_r_prev[n], d mixed>, <dM_r, M_r_prev>)`` in one pass, ``dM_r = grad``
+        (None: zero, a memory only read) in the memory's dtype.
 
         ``memory`` may be expanded over the batch (its gradient is then per sample, as autograd expects
         from the expanded tensor). Without ``slot_weights`` and ``grad_mixed`` (no relational read) the
-        read's terms are left out. ``grad`` may be bf16 (the update's ``dM_r`` under bf16 autocast) where
-        ``grad_readout`` is None."""
-        if grad is not None and grad.dtype == torch.bfloat16 and memory.dtype != torch.bfloat16:
-            if grad_readout is not None:
-                raise ValueError("memory_backward: a bf16 grad goes without grad_readout")
-            grad, grad_readout = None, grad
+        read's terms are left out."""
         batch, slots, d = memory.shape[0], memory.shape[1], memory.shape[2]
         memory, stride = _memory_operand(memory)
         grad_memory = torch.empty(batch, slots, d, d, dtype=memory.dtype) if need_memory else None
@@ -334,8 +327,8 @@ class FusedKernels:
         grad_weights = torch.empty(batch, slots, dtype=memory.dtype) if need_weights else None
         alpha_total = ctypes.c_double(0.0)
         self._calls(memory.dtype).memory_backward(
-            batch, slots, d, _ptr(grad), *_readout_parts(grad_readout, memory.dtype), memory.data_ptr(), stride,
-            float(alpha), _ptr(slot_weights), _ptr(grad_mixed), _ptr(grad_memory), _ptr(grad_weights),
+            batch, slots, d, _ptr(grad, memory.dtype), memory.data_ptr(), stride, float(alpha),
+            _ptr(slot_weights, memory.dtype), _ptr(grad_mixed, memory.dtype), _ptr(grad_memory), _ptr(grad_weights),
             ctypes.byref(alpha_total) if need_alpha else None)
         grad_alpha = alpha.new_tensor(alpha_total.value) if need_alpha else None
         return grad_memory, grad_weights, grad_alpha
@@ -412,32 +405,15 @@ class FusedKernels:
         return grad_x
 
 
-def _ptr(tensor: Optional[Tensor]) -> Optional[int]:
+def _ptr(tensor: Optional[Tensor], dtype: Optional[torch.dtype] = None) -> Optional[int]:
+    """The tensor's data pointer (None for None); with ``dtype``, the tensor must be in it (the kernel reads it so)."""
     if tensor is None:
         return None
     if not tensor.is_contiguous():
         raise ValueError("fused STM kernels need contiguous operands")  # callers make them so
+    if dtype is not None and tensor.dtype != dtype:
+        raise ValueError(f"fused STM kernels: a {tensor.dtype} operand where {dtype} is expected")
     return tensor.data_ptr()
-
-
-def _same_or_low(tensor: Optional[Tensor], dtype: torch.dtype) -> tuple[Optional[int], Optional[int]]:
-    """A tensor the kernels take in ``dtype`` or in bf16, as their two pointers (one of them None)."""
-    if tensor is None:
-        return None, None
-    if tensor.dtype == torch.bfloat16 and dtype != torch.bfloat16:
-        return None, _ptr(tensor)
-    if tensor.dtype != dtype:
-        raise ValueError(f"fused STM kernels: a {tensor.dtype} operand where {dtype} or bfloat16 is expected")
-    return _ptr(tensor), None
-
-
-def _readout_parts(grad_readout: Optional[Tensor], dtype: torch.dtype) -> tuple[Optional[int], Optional[int]]:
-    """The readout's gradient as the kernels take it: (bf16 pointer, ``dtype`` pointer), one of them None."""
-    if grad_readout is None:
-        return None, None
-    if grad_readout.dtype == torch.bfloat16 and dtype == torch.float32:
-        return _ptr(grad_readout), None
-    return None, _ptr(grad_readout.to(dtype))
 
 
 def _memory_operand(memory: Tensor) -> tuple[Tensor, int]:

@@ -210,8 +210,8 @@ class _RelationalRead(torch.autograd.Function):
             if ctx.link is not None:  # the update that produced M_r adds p (x) d mixed (module docstring)
                 ctx.link.read_share = (slot_weights, grad_mixed)
             elif ctx.kernels is not None:
-                grad_memory = ctx.kernels.memory_backward(None, None, memory, memory.new_zeros(()), slot_weights,
-                                                          grad_mixed, True, False, False)[0]
+                grad_memory = ctx.kernels.memory_backward(None, memory, memory.new_zeros(()), slot_weights, grad_mixed,
+                                                          True, False, False)[0]
             else:  # p_n * d mixed for every slot
                 grad_memory = (slot_weights.unsqueeze(2) * grad_mixed.view(batch, 1, d * d)).view(batch, slots, d, d)
         if ctx.needs_input_grad[2]:  # d w = mixed d v_r, as the row d v_r^T mixed^T (one output column is ~8x slower)
@@ -248,7 +248,7 @@ class _RelationalUpdate(torch.autograd.Function):
         scores, values = scores.contiguous(), values.contiguous()
         with torch.autocast("cpu", enabled=False):
             if kernels is not None:
-                updated = kernels.update_forward(memory, alpha, scores, values, False)[0]
+                updated = kernels.update_forward(memory, alpha, scores, values)
             else:
                 batch, slots, d, _ = memory.shape
                 updated = memory * alpha
@@ -267,12 +267,11 @@ class _RelationalUpdate(torch.autograd.Function):
         grad = None if grad is None else grad.contiguous()
         if ctx.kernels is not None:  # dM_r = grad + carried, read once for both products
             grad_scores, grad_values, full, grad_alpha = ctx.kernels.update_backward(
-                grad, None, scores, values, need_scores, need_values, carried,
-                need_full=need_memory or need_alpha)
+                grad, scores, values, need_scores, need_values, carried, need_full=need_memory or need_alpha)
             if ctx.link is not None and full is not None:  # its producer forms its gradient and alpha1's
                 ctx.link.update_share = (full, alpha, memory if need_alpha else None)
             elif full is not None:
-                grad_memory, _, own_alpha = ctx.kernels.memory_backward(full, None, memory, alpha, None, None,
+                grad_memory, _, own_alpha = ctx.kernels.memory_backward(full, memory, alpha, None, None,
                                                                         need_memory, False, need_alpha)
                 grad_alpha = own_alpha if grad_alpha is None else grad_alpha + own_alpha
         else:
