@@ -34,6 +34,7 @@ import numpy as np
 
 from stm_rl.a3c.config import TrainConfig
 from stm_rl.config_cli import differing_settings, format_count
+from stm_rl.conventions import RunStatus
 from stm_rl.evaluate import final_greedy_scores
 from stm_rl.run_dir import (RunDir, StmRlError, check_can_write, find_run_dirs, read_json, read_jsonl,
                             to_jsonable)
@@ -146,6 +147,9 @@ class PlotOptions:
     table_md: Optional[Path] = None
     skip_empty: bool = False
     """Leave out runs that have no finished game yet instead of failing."""
+    completed_only: bool = False
+    """Leave out runs that have not completed their budget (summary.json status other than ``completed``): a
+    campaign commits the logs of the run in progress, and its partial curve would pull a cell's mean down."""
     force: bool = False
     """Average runs into one curve even if they differ in more than the seed (a warning instead of an error)."""
 
@@ -179,9 +183,18 @@ def load_run(run_dir: Path) -> RunLog:
                   agent_steps=steps, greedy_scores=final_greedy_scores(Path(run_dir), config.env.frame_skip))
 
 
-def load_runs(paths: Sequence[Path], skip_empty: bool = False) -> list[RunLog]:
+def run_status(run_dir: Path) -> Optional[str]:
+    """How a run's last segment ended (``summary.json``'s status), None where it has no summary yet."""
+    summary = RunDir(run_dir).summary
+    return str(read_json(summary).get("status")) if summary.exists() else None
+
+
+def load_runs(paths: Sequence[Path], skip_empty: bool = False, completed_only: bool = False) -> list[RunLog]:
     runs = []
     for run_dir in find_run_dirs(paths):
+        if completed_only and (status := run_status(run_dir)) != RunStatus.COMPLETED:
+            print(f"leaving out {run_dir}: {status or 'no summary'}, not completed")
+            continue
         try:
             runs.append(load_run(run_dir))
         except NoGamesError:
@@ -189,7 +202,7 @@ def load_runs(paths: Sequence[Path], skip_empty: bool = False) -> list[RunLog]:
                 raise
             print(f"skipping {run_dir}: no games yet")
     if not runs:
-        raise StmRlError("none of the runs has a finished game yet")
+        raise StmRlError("none of the runs has " + ("completed" if completed_only else "a finished game yet"))
     return runs
 
 
@@ -317,7 +330,8 @@ def plot_figure(groups: dict[tuple[str, int], list[RunLog]], options: PlotOption
                     continue
                 curve = aggregate(runs, axis, options.window, options.band)
                 color = AGENT_COLORS.get(agent)
-                ax.plot(curve.x, curve.mean, color=color, label=f"{agent.upper()} ({curve.runs} runs)")
+                count = f"{curve.runs} run" + ("s" if curve.runs != 1 else "")
+                ax.plot(curve.x, curve.mean, color=color, label=f"{agent.upper()} ({count})")
                 ax.fill_between(curve.x, curve.mean - curve.band, curve.mean + curve.band, color=color, alpha=0.25,
                                 linewidth=0)
             ax.set_title(f"frame skip {skip}")
@@ -451,6 +465,8 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--table-csv", type=Path, metavar="PATH", help="also write the table as CSV")
     parser.add_argument("--table-md", type=Path, metavar="PATH", help="also write the table as Markdown")
     parser.add_argument("--skip-empty", action="store_true", help="leave out runs without a finished game")
+    parser.add_argument("--completed-only", action="store_true",
+                        help="leave out runs that have not completed their budget (a campaign's run in progress)")
     parser.add_argument("--force", action="store_true",
                         help="average runs of one (agent, frame skip) even if they differ in more than the seed "
                              "(default: refuse, naming the settings that differ)")
@@ -468,12 +484,13 @@ def options_from_args(args: argparse.Namespace) -> PlotOptions:
             check_can_write(path, flag)
     return PlotOptions(paths=tuple(args.paths), output=output, x_axes=tuple(dict.fromkeys(args.x_axes)),
                        band=args.band, window=args.window, thresholds=tuple(args.thresholds),
-                       table_csv=args.table_csv, table_md=args.table_md, skip_empty=args.skip_empty, force=args.force)
+                       table_csv=args.table_csv, table_md=args.table_md, skip_empty=args.skip_empty,
+                       completed_only=args.completed_only, force=args.force)
 
 
 def run(args: argparse.Namespace) -> int:
     options = options_from_args(args)
-    groups = group_runs(load_runs(options.paths, options.skip_empty))
+    groups = group_runs(load_runs(options.paths, options.skip_empty, options.completed_only))
     check_groups(groups, options.force)
     summaries = [summarize(key, runs, options.window, options.thresholds) for key, runs in groups.items()]
     rows = table_rows(summaries, options.band)

@@ -3,6 +3,7 @@ synthetic game logs checked against hand-computed numbers, and the clear errors 
 
 from __future__ import annotations
 
+import csv
 import json
 import time
 from pathlib import Path
@@ -241,3 +242,22 @@ def test_plot_errors(tmp_path, capsys):
     assert "is not a training config" in error_of(broken)
     good = write_run(tmp_path / "good", "lstm", 4, 0, [-21, -20])
     assert cli_main(["plot", str(good), str(empty), "--skip-empty", "--output", str(tmp_path / "f.png")]) == 0
+
+
+def test_plot_completed_only_leaves_out_runs_in_progress(tmp_path, capsys):
+    """--completed-only: a campaign's run in progress (summary status other than completed, or no summary)
+    stays out of the cell's mean; the completed runs make the table."""
+    done = write_run(tmp_path / "runs" / "done", "lstm", 32, 0, [-21, -20, -19])
+    going = write_run(tmp_path / "runs" / "going", "lstm", 32, 1, [-21, -21])
+    fresh = write_run(tmp_path / "runs" / "fresh", "lstm", 32, 2, [-21])
+    (done / "summary.json").write_text(json.dumps({"status": "completed"}))
+    (going / "summary.json").write_text(json.dumps({"status": "interrupted"}))
+    table = tmp_path / "t.csv"
+    assert cli_main(["plot", str(tmp_path / "runs"), "--completed-only", "--window", "1", "--table-csv", str(table),
+                     "--output", str(tmp_path / "f.png")]) == 0
+    out = capsys.readouterr().out
+    assert f"leaving out {going}: interrupted" in out and f"leaving out {fresh}: no summary" in out
+    rows = list(csv.DictReader(table.open()))
+    assert len(rows) == 1 and rows[0]["runs"] == "1" and float(rows[0]["final_average_mean"]) == -19.0
+    assert cli_main(["plot", str(going), "--completed-only", "--output", str(tmp_path / "g.png")]) == 2
+    assert "none of the runs has completed" in capsys.readouterr().err
