@@ -25,11 +25,10 @@ Times are medians over repeated training steps after a warm-up one.
     python benchmarks/stm_speed.py --bf16     # adds the bf16 autocast rows
     python benchmarks/stm_speed.py --compiled # only: the fused elementwise kernels vs torch.compile (issue 27)
 
-``--compiled`` times, forward+backward on one thread at the agents' sizes (16 games per worker, d = 96, the small
-encoder's first ELU), each hand-written elementwise kernel (the gated write of eq. 10, SAM's scores, ELU) against
-``torch.compile`` (inductor's CPU backend) of its plain PyTorch definition and against that definition run eagerly,
-in alternating rounds of one run; the verdict rule is issue 27's: a hand kernel within 5% of the compiled
-definition is not worth keeping.
+``--compiled`` times, forward+backward on one thread at the agents' sizes (16 games per worker, d = 96), each
+hand-written elementwise kernel (the gated write of eq. 10, SAM's scores) against ``torch.compile`` (inductor's
+CPU backend) of its plain PyTorch definition and against that definition run eagerly, in alternating rounds of one
+run; the verdict rule is issue 27's: a hand kernel within 5% of the compiled definition is not worth keeping.
 """
 
 from __future__ import annotations
@@ -144,7 +143,6 @@ def run_in_subprocess(impl: str, batch: int, repeats: int) -> dict:
 
 def compiled_comparison(rounds: int = 5, batch: int = 16) -> None:
     """The fused kernels against torch.compile of their definitions (module docstring)."""
-    from agents.elu import ELU, elu_reference
     from stm_rl.memory.ops import gated_write, gated_write_reference, sam_scores, sam_scores_reference
 
     fastpath.enable(num_threads=1)
@@ -154,7 +152,6 @@ def compiled_comparison(rounds: int = 5, batch: int = 16) -> None:
                                  [torch.randn(batch, D, D), torch.randn(batch, D), torch.randn(2 * D, D) / D ** 0.5,
                                   torch.randn(batch, 2 * D)]),
         "SAM scores (eq. 2)": (sam_scores, sam_scores_reference, [torch.randn(batch, N, D), torch.randn(batch, N, D)]),
-        "ELU (small encoder)": (ELU(), elu_reference, [torch.randn(batch, 32, 21, 21)]),
     }
     print(f"fused kernels vs torch.compile, forward+backward, batch {batch}, d={D}, 1 thread, torch {torch.__version__}")
     print(describe_fused_kernels())

@@ -16,9 +16,7 @@ import pytest
 import torch
 
 import stm_rl.fastpath.kernels as fused_kernels
-from agents.elu import ELU
 from stm_rl import fastpath
-from stm_rl.fastpath.elementwise import _FusedELU
 from stm_rl.fastpath.memory_kernels import CarriedGradient, GradientLink, link_of
 from stm_rl.memory import STM
 from stm_rl.memory.ops import (gated_write, gated_write_reference, relational_read, relational_read_reference,
@@ -96,9 +94,8 @@ def assert_close_to_dot(actual, left, right):
 
 
 SHAPES = {"N4-d5": (4, 5), "N3-d32": (3, 32), "N8-d16": (8, 16), "N2-d96": (2, 96)}
-"""(slots, d): d = 5 takes the portable loops; multiples of 16 the AVX-512 ones where the CPU has them, which
-take the N*d rows in blocks of 16 (d = 32: two blocks per slot); d = 96 is the agents' memory (six registers
-per row)."""
+"""(slots, d): a side below one AVX-512 register of floats (d = 5), multiples of 16, and the agents' memory
+(d = 96)."""
 
 
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
@@ -331,10 +328,7 @@ def test_every_vectorised_path_the_compiler_allows_is_taken(kernels):
     macros = _compiler_macros()
     expected = set()
     if "__AVX512F__" in macros and fused_kernels.fused_kernels_setting() in ("auto", "portable"):
-        expected |= {"update_backward", "gated_write_forward", "gated_write_backward", "tanh_forward",
-                     "elu_forward", "elu_backward"}
-        if "__AVX512BF16__" in macros:
-            expected |= {"elu_forward_bf16", "elu_backward_bf16"}
+        expected |= {"gated_write_forward", "gated_write_backward", "tanh_forward"}
     assert kernels.vectorised_paths == expected
     assert set(fused_kernels.VECTORISED_PATHS) >= expected
 
@@ -485,44 +479,6 @@ def test_sam_scores_gradcheck_and_the_pytorch_path(kernels, monkeypatch):
     monkeypatch.setenv(fused_kernels.SETTING_VARIABLE, "off")
     assert fused_kernels.fused_kernels_for(queries) is None
     torch.testing.assert_close(sam_scores(queries, keys), fused)
-
-
-@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
-def test_elu_and_its_gradient_are_pytorchs(kernels, dtype, layout):
-    """The encoder's ELU kernel against nn.functional.elu: values, input gradients, the activation's layout,
-    and exp(x) - 1 near 0 without cancellation (-1e-4 -> -9.9995e-5)."""
-    generator = torch.Generator().manual_seed(7)
-    x = torch.randn(4, 3, 9, 7, generator=generator, dtype=torch.float64) * 3
-    x.view(-1)[:6] = torch.tensor([-1e-8, -1e-4, 0.0, -200.0, float("inf"), -float("inf")], dtype=torch.float64)
-    x = x.to(dtype).contiguous(memory_format=layout).requires_grad_()
-    y, expected = _FusedELU.apply(x, kernels), torch.nn.functional.elu(x)  # the kernel, wherever it is used
-    assert y.dtype == dtype and y.stride() == x.stride()
-    tolerance = {"rtol": {torch.float32: 1e-6, torch.float64: 1e-14, torch.bfloat16: 0.0}[dtype], "atol": 0.0}
-    torch.testing.assert_close(y, expected, **tolerance)
-    grad = torch.randn(x.shape, generator=generator, dtype=torch.float64).to(dtype)  # default layout
-    torch.testing.assert_close(torch.autograd.grad(y, x, grad)[0], torch.autograd.grad(expected, x, grad)[0],
-                               **tolerance)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
-def test_the_elu_kernel_is_used_only_where_it_is_vectorised(kernels, dtype):
-    """PyTorch's ELU is vectorised on every CPU and beats the kernel's portable loop: ELU() takes the kernel only
-    where its AVX-512 version was compiled in, and never for float64."""
-    x = torch.randn(2, 3, 4, 5, dtype=dtype)
-    vectorised = fused_kernels.ELU_PATHS.get(dtype) in kernels.vectorised_paths
-    assert (fused_kernels.elementwise_kernels_for(x) is kernels) == vectorised
-    assert (fused_kernels.elementwise_kernels_for(x) is None) == (not vectorised)
-
-
-def test_elu_gradcheck_and_the_pytorch_path(kernels, monkeypatch):
-    x = torch.randn(2, 3, 4, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(8)).requires_grad_()
-    assert torch.autograd.gradcheck(lambda t: _FusedELU.apply(t, kernels), (x,))  # the kernel itself, in float64
-    assert fused_kernels.elementwise_kernels_for(x.float()[:, :, ::2]) is None  # not dense: PyTorch's ELU
-    torch.testing.assert_close(ELU()(x[:, :, ::2]), torch.nn.functional.elu(x[:, :, ::2]))
-    monkeypatch.setenv(fused_kernels.SETTING_VARIABLE, "off")
-    assert fused_kernels.elementwise_kernels_for(x) is None
-    torch.testing.assert_close(ELU()(x), torch.nn.functional.elu(x))
 
 
 def test_the_sigmoid_tanh_matches_torch_tanh_and_its_gradient():

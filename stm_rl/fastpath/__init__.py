@@ -1,16 +1,16 @@
 """The optional CPU fast path: every speed device of this package, enabled by one call at process start-up.
 
-The memory core (:mod:`stm_rl.memory`) and the agents (:mod:`agents`) are plain PyTorch: their fused steps are
-``torch.library`` operators defined by reference implementations (:mod:`stm_rl.memory.ops`, :mod:`agents.elu`),
-and nothing there imports this package. :func:`enable` makes a process faster on the CPU without changing what it
+The memory core (:mod:`stm_rl.memory`) and the agents (:mod:`agents`) are plain PyTorch: the memory's fused steps
+are ``torch.library`` operators defined by reference implementations (:mod:`stm_rl.memory.ops`), and nothing there
+imports this package. :func:`enable` makes a process faster on the CPU without changing what it
 computes (the same numbers within float rounding; ``tests/test_fastpath.py`` holds each kernel to its reference):
 
 - the compiled kernels (:mod:`.kernels`, built once per machine with the system C++ compiler) of the gated write,
   SAM's scores, the relational read and update, with their lazy gradient hand-off between steps
-  (:mod:`.memory_kernels`), and of the encoder's ELU (:mod:`.elementwise`), registered as those operators' CPU
-  kernels; they run where PyTorch runs one thread (``STM_RL_FUSED_KERNELS``: ``auto``, ``portable``, ``off``);
-- tanh through the sigmoid kernel and CPU-shaped products for the same operators where the compiled kernels do not
-  run (several threads, no compiler);
+  (:mod:`.memory_kernels`), registered as those operators' CPU kernels; they run where PyTorch runs one thread
+  (``STM_RL_FUSED_KERNELS``: ``auto``, ``portable``, ``off``);
+- tanh through the sigmoid kernel (:mod:`.elementwise`) and CPU-shaped products for the same operators where the
+  compiled kernels do not run (several threads, no compiler);
 - fp32 matrix products through oneDNN where it keeps fp32 arithmetic (:mod:`.fp32_matmul`,
   ``STM_RL_FP32_MATMUL``);
 - the thread count and glibc's malloc thresholds (freed blocks reused instead of unmapped).
@@ -29,9 +29,8 @@ from typing import Any
 
 import torch
 
-import agents.elu  # noqa: F401  (defines stm_rl::elu, whose CPU kernel is registered here)
 import stm_rl.memory.ops  # noqa: F401  (defines the memory operators)
-from stm_rl.fastpath import elementwise, memory_kernels
+from stm_rl.fastpath import memory_kernels
 from stm_rl.fastpath.fp32_matmul import CHOICE_VARIABLE, choose_fp32_matmul_library
 from stm_rl.fastpath.kernels import SETTING_VARIABLE, fused_kernels_report, prepare_fused_kernels
 
@@ -59,13 +58,12 @@ def keep_freed_memory_in_process(mmap_threshold: int = 256 << 20, trim_threshold
 
 
 def register_cpu_kernels() -> bool:
-    """Register the fast CPU kernels of the memory operators and of ``stm_rl::elu`` (once per process; later calls
-    do nothing). Returns whether this call registered them."""
+    """Register the fast CPU kernels of the memory operators (once per process; later calls do nothing). Returns
+    whether this call registered them."""
     if _registrations:
         return False
     library = torch.library.Library("stm_rl", "IMPL")
     memory_kernels.register(library)
-    elementwise.register(library)
     _registrations.append(library)
     return True
 
@@ -77,8 +75,8 @@ def enabled() -> bool:
 
 def enable(num_threads: int = 1, build_kernels: bool = True) -> dict[str, Any]:
     """Everything this package does to run faster on the CPU, for this process: ``num_threads`` PyTorch threads,
-    malloc reuse, fp32 products through oneDNN where exact, and the fast kernels of the memory operators and the
-    ELU registered (the compiled ones built now with ``build_kernels``: a parent process builds them once for the
+    malloc reuse, fp32 products through oneDNN where exact, and the fast kernels of the memory operators
+    registered (the compiled ones built now with ``build_kernels``: a parent process builds them once for the
     processes it starts). Returns :func:`report`."""
     torch.set_num_threads(num_threads)
     keep_freed_memory_in_process()

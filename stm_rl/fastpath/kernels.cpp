@@ -1,5 +1,5 @@
-// Fused CPU kernels for the STM's relational memory, the gated write into its item memory and SAM's scores,
-// and the ELU of the small frame encoder (issue 10), loaded by stm_rl/fastpath/kernels.py.
+// Fused CPU kernels for the STM's relational memory, the gated write into its item memory and SAM's scores
+// (issue 10), loaded by stm_rl/fastpath/kernels.py.
 //
 // Each kernel makes one pass over the B x N x d x d tensors it touches, where the PyTorch
 // composition of the same step makes several (a scaling, a batched product, a sum of two
@@ -9,8 +9,7 @@
 //
 // Plain C interfaces over raw pointers (called through ctypes), single-threaded, one instance for
 // float and one for double (the gradient checks). The relational memory and its gradients are in
-// that one type throughout (under bf16 autocast too: since issue 27 the readout reads M_r itself);
-// bf16 (uint16_t) appears only in the ELU kernels, for the encoder's bf16 activations.
+// that one type throughout (under bf16 autocast too: since issue 27 the readout reads M_r itself).
 //
 // Notation (paper eqs. 11-12, spec STM.md section 3 steps 5-6):
 //   memory   M_r_prev [B, R, d] (sample stride memory_stride: 0 when expanded over the batch)
@@ -23,36 +22,22 @@
 #include <cstdint>
 #include <cstring>
 #include <initializer_list>
-#include <type_traits>
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
-// The hand-written AVX-512 versions ("twins") of some kernels, compiled where the CPU has AVX-512F unless
-// STM_RL_NO_TWINS is defined (STM_RL_FUSED_KERNELS=loops: every kernel is then its portable loop, which the
-// compiler vectorises for this CPU; benchmarks/train_speed.py --fused-kernels auto loops measures what they pay).
+// The hand-written AVX-512 versions ("twins") of the gated write and tanh, compiled where the CPU has AVX-512F
+// unless STM_RL_NO_TWINS is defined (STM_RL_FUSED_KERNELS=loops: every kernel is then its portable loop, which
+// the compiler vectorises for this CPU; benchmarks/train_speed.py --fused-kernels auto loops measures what they
+// pay).
 #if defined(__AVX512F__) && !defined(STM_RL_NO_TWINS)
 #define STM_RL_TWINS 1
 #endif
 // One family of twins left out (STM_RL_FUSED_KERNELS=no-<family>-twin), to measure what each pays on its own:
-// STM_RL_NO_TWIN_UPDATE (the relational update's backward pass), STM_RL_NO_TWIN_GATED_WRITE (eq. 10 both ways),
-// STM_RL_NO_TWIN_TANH (tanh and SAM's scores), STM_RL_NO_TWIN_ELU (the encoder's ELU both ways).
+// STM_RL_NO_TWIN_GATED_WRITE (eq. 10 both ways), STM_RL_NO_TWIN_TANH (tanh and SAM's scores). The twins of the
+// update's backward pass (0.6% of the STM agent's training step) and of the encoder's ELU (0.9%; the ELU kernel
+// went with it) were deleted; every other kernel is its portable loop.
 
 namespace {
-
-inline float bf16_to_float(uint16_t bits) {
-    uint32_t wide = static_cast<uint32_t>(bits) << 16;
-    float value;
-    std::memcpy(&value, &wide, sizeof value);
-    return value;
-}
-
-// Round to nearest even, as PyTorch's float -> bf16 conversion does (NaN stays a quiet NaN).
-inline uint16_t float_to_bf16(float value) {
-    uint32_t bits;
-    std::memcpy(&bits, &value, sizeof bits);
-    uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
-    return value != value ? static_cast<uint16_t>(0x7FC0u) : static_cast<uint16_t>(rounded);
-}
 
 constexpr int64_t kMaxSide = 1024;  // d; the Python side refuses larger memories
 constexpr int64_t kMaxSlots = 256;  // N; likewise
@@ -257,204 +242,6 @@ void update_backward(int64_t batch, int64_t slots, int64_t d, const T* grad, con
     }
     if (stream && full != nullptr) finish_streaming();
     if (grad_alpha != nullptr) *grad_alpha += alpha_total;
-}
-
-#if defined(STM_RL_TWINS)
-// Helpers of the AVX-512 kernels below.
-// Sixteen numbers of dM_r at `offset`: zeros where no gradient reached the output directly (`grad` null).
-inline __m512 load_gradient_chunk(const float* grad, int64_t offset) {
-    return grad != nullptr ? _mm512_loadu_ps(grad + offset) : _mm512_setzero_ps();
-}
-
-// Sixteen sums of sixteen lanes each into one register, by a tree of shuffles and adds (a horizontal sum per
-// vector costs about four times the shuffles). Each level halves the lanes given to each vector and pairs the
-// vectors up, so that the sixteen row sums of a block leave as one store. The levels in order:
-//   fold_halves(a, b):   128-bit quarters [a: 0+2, a: 1+3, b: 0+2, b: 1+3]
-//   fold_quarters(A, B): quarters [A's first source, A's second, B's first, B's second], four lanes each
-//   fold_pairs(u, w):    quarter k: two lanes of u's source k, two of w's
-//   fold_lanes(x, y):    quarter k: [x's source k, x's source k + 4, y's source k, y's source k + 4]
-// and unfold_sums puts lane 4k + m (source k + 4m) back at lane k + 4m.
-inline __m512 fold_halves(__m512 a, __m512 b) {
-    return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x44), _mm512_shuffle_f32x4(a, b, 0xEE));
-}
-inline __m512 fold_quarters(__m512 a, __m512 b) {
-    return _mm512_add_ps(_mm512_shuffle_f32x4(a, b, 0x88), _mm512_shuffle_f32x4(a, b, 0xDD));
-}
-inline __m512 fold_pairs(__m512 u, __m512 w) {
-    const __m512d left = _mm512_castps_pd(u), right = _mm512_castps_pd(w);
-    return _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(left, right)),
-                         _mm512_castpd_ps(_mm512_unpackhi_pd(left, right)));
-}
-inline __m512 fold_lanes(__m512 x, __m512 y) {
-    return _mm512_add_ps(_mm512_shuffle_ps(x, y, _MM_SHUFFLE(2, 0, 2, 0)), _mm512_shuffle_ps(x, y, _MM_SHUFFLE(3, 1, 3, 1)));
-}
-inline __m512 unfold_sums(__m512 folded) {
-    return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), folded);
-}
-
-constexpr int64_t kBlockRows = 16;  // rows of dM_r per block of update_backward_avx512: one register of row sums
-
-// One value v_j's factor gradients over a block of kBlockRows rows of dM_r (`block`, in L1):
-//   grad_scores[i] = <v_j, block[i]>   (SCORES)    and    grad_value += sum_i weights[i] block[i]   (VALUES)
-// Each load of a row chunk serves both; the row sums are folded as the rows come (fold_* above).
-template <int CHUNKS, bool SCORES, bool VALUES>
-inline void factor_gradients_block(const float* block, const float* value, const float* weights, float* grad_scores,
-                                   float* grad_value) {
-    constexpr int d = 16 * CHUNKS;
-    __m512 v[CHUNKS], total[CHUNKS];
-    for (int k = 0; k < CHUNKS; ++k) {
-        if (SCORES) v[k] = _mm512_loadu_ps(value + 16 * k);
-        if (VALUES) total[k] = _mm512_loadu_ps(grad_value + 16 * k);
-    }
-    __m512 quarters[4];
-    for (int q = 0; q < 4; ++q) {
-        __m512 halves[2];
-        for (int h = 0; h < 2; ++h) {
-            __m512 sums[2];
-            for (int e = 0; e < 2; ++e) {
-                const int i = 4 * q + 2 * h + e;
-                const float* row = block + i * d;
-                const __m512 weight = VALUES ? _mm512_set1_ps(weights[i]) : _mm512_setzero_ps();
-                __m512 sum = _mm512_setzero_ps();
-                for (int k = 0; k < CHUNKS; ++k) {
-                    const __m512 g = _mm512_load_ps(row + 16 * k);
-                    if (SCORES) sum = _mm512_fmadd_ps(v[k], g, sum);
-                    if (VALUES) total[k] = _mm512_fmadd_ps(weight, g, total[k]);
-                }
-                sums[e] = sum;
-            }
-            if (SCORES) halves[h] = fold_halves(sums[0], sums[1]);
-        }
-        if (SCORES) quarters[q] = fold_quarters(halves[0], halves[1]);
-    }
-    if (SCORES) {
-        const __m512 folded = fold_lanes(fold_pairs(quarters[0], quarters[1]), fold_pairs(quarters[2], quarters[3]));
-        _mm512_storeu_ps(grad_scores, unfold_sums(folded));
-    }
-    if (VALUES)
-        for (int k = 0; k < CHUNKS; ++k) _mm512_storeu_ps(grad_value + 16 * k, total[k]);
-}
-
-// update_backward for float on AVX-512 with d a multiple of 16 (CHUNKS = d / 16 registers per row), in blocks of
-// 16 rows: dM_r is formed two rows at a time into an L1 buffer (and written out), then each value v_j runs over
-// the block once, v_j and d v_j held in registers, its 16 row sums folded into one register instead of summed
-// one by one (issue 10, measured alternately with the two-row version: 59 -> 48-54 ns per row at batch 128
-// with the bf16 carry of the time; 5.7-5.9 -> 4.9-5.1 ms per rollout step inside the agent).
-template <int CHUNKS>
-void update_backward_avx512(int64_t batch, int64_t slots, const float* grad, const Carried<float>& carried,
-                            const float* scores, const float* values, float* grad_scores, float* grad_values,
-                            float* full, double* grad_alpha) {
-    constexpr int64_t d = 16 * CHUNKS;
-    const int64_t rows = slots * d;  // a multiple of kBlockRows
-    const bool stream = batch * rows * d * int64_t(sizeof(float)) >= kStreamBytes;
-    const bool stream_full = stream && full != nullptr && (reinterpret_cast<uintptr_t>(full) & 63) == 0;
-    const bool want_alpha = carried.memory != nullptr;
-    const __m512 alpha_next = _mm512_set1_ps(carried.alpha);
-    double alpha_total = 0;
-    alignas(64) float block[kBlockRows * d];  // this block's rows of dM_r, for the factor gradients
-    // The factor gradients wanted, chosen once (null: neither, dM_r alone).
-    void (*const factor_gradients)(const float*, const float*, const float*, float*, float*) =
-        grad_scores != nullptr && grad_values != nullptr ? &factor_gradients_block<CHUNKS, true, true>
-        : grad_scores != nullptr                         ? &factor_gradients_block<CHUNKS, true, false>
-        : grad_values != nullptr                         ? &factor_gradients_block<CHUNKS, false, true>
-                                                         : nullptr;
-    for (int64_t b = 0; b < batch; ++b) {
-        const float* sample_scores = scores + b * slots * rows;
-        const float* sample_values = values + b * slots * d;
-        float* sample_grad_values = grad_values == nullptr ? nullptr : grad_values + b * slots * d;
-        if (sample_grad_values != nullptr) std::memset(sample_grad_values, 0, sizeof(float) * slots * d);
-        for (int64_t r0 = 0; r0 < rows; r0 += kBlockRows) {
-            // dM_r for the block, two rows at a time: the parts given, plus what the next step carries.
-            for (int64_t r = r0; r < r0 + kBlockRows; r += 2) {
-                const int64_t offset = (b * rows + r) * d;
-                if (r + kPrefetchRows < rows) {  // every stream this pass reads, two rows at a time
-                    const int64_t ahead = offset + kPrefetchRows * d;
-                    prefetch_lines(2 * d * int64_t(sizeof(float)),
-                                   {at(grad, ahead), at(carried.next, ahead), at(carried.memory, ahead)});
-                }
-                __m512 g0[CHUNKS], g1[CHUNKS];
-                for (int k = 0; k < CHUNKS; ++k) {
-                    g0[k] = load_gradient_chunk(grad, offset + 16 * k);
-                    g1[k] = load_gradient_chunk(grad, offset + d + 16 * k);
-                }
-                if (carried.any()) {  // the next step's read's share (Carried), rows r and r + 1
-                    __m512 alpha_sum = _mm512_setzero_ps();
-                    for (int k = 0; k < CHUNKS; ++k) {
-                        const __m512 n0 = _mm512_loadu_ps(carried.next + offset + 16 * k);
-                        const __m512 n1 = _mm512_loadu_ps(carried.next + offset + d + 16 * k);
-                        if (want_alpha) {
-                            alpha_sum = _mm512_fmadd_ps(n0, _mm512_loadu_ps(carried.memory + offset + 16 * k),
-                                                        alpha_sum);
-                            alpha_sum = _mm512_fmadd_ps(n1, _mm512_loadu_ps(carried.memory + offset + d + 16 * k),
-                                                        alpha_sum);
-                        }
-                        g0[k] = _mm512_fmadd_ps(alpha_next, n0, g0[k]);
-                        g1[k] = _mm512_fmadd_ps(alpha_next, n1, g1[k]);
-                    }
-                    if (want_alpha) alpha_total += static_cast<double>(_mm512_reduce_add_ps(alpha_sum));
-                    if (carried.slot_weights != nullptr) {  // rows r and r + 1 are rows a, a + 1 of slot n
-                        const __m512 weight = _mm512_set1_ps(carried.slot_weights[b * slots + r / d]);
-                        const float* mixed = carried.grad_mixed + (b * d + r % d) * d;
-                        for (int k = 0; k < CHUNKS; ++k) {
-                            g0[k] = _mm512_fmadd_ps(weight, _mm512_loadu_ps(mixed + 16 * k), g0[k]);
-                            g1[k] = _mm512_fmadd_ps(weight, _mm512_loadu_ps(mixed + d + 16 * k), g1[k]);
-                        }
-                    }
-                }
-                float* kept = block + (r - r0) * d;
-                for (int k = 0; k < CHUNKS; ++k) {
-                    _mm512_store_ps(kept + 16 * k, g0[k]);
-                    _mm512_store_ps(kept + d + 16 * k, g1[k]);
-                }
-                if (full != nullptr) {
-                    for (int k = 0; k < CHUNKS; ++k) {
-                        if (stream_full) {
-                            _mm512_stream_ps(full + offset + 16 * k, g0[k]);
-                            _mm512_stream_ps(full + offset + d + 16 * k, g1[k]);
-                        } else {
-                            _mm512_storeu_ps(full + offset + 16 * k, g0[k]);
-                            _mm512_storeu_ps(full + offset + d + 16 * k, g1[k]);
-                        }
-                    }
-                }
-            }
-            // The factors' gradients over the block, one value at a time.
-            for (int64_t j = 0; factor_gradients != nullptr && j < slots; ++j) {
-                factor_gradients(block, sample_values + j * d, sample_scores + j * rows + r0,
-                                 grad_scores == nullptr ? nullptr : grad_scores + (b * slots + j) * rows + r0,
-                                 sample_grad_values == nullptr ? nullptr : sample_grad_values + j * d);
-            }
-        }
-    }
-    if (stream_full) finish_streaming();
-    if (grad_alpha != nullptr) *grad_alpha += alpha_total;
-}
-
-#if !defined(STM_RL_NO_TWIN_UPDATE)
-// The AVX-512 version where it applies (float, d = 16..128 in steps of 16); false where it does not.
-inline bool update_backward_fast(int64_t batch, int64_t slots, int64_t d, const float* grad,
-                                 const Carried<float>& carried, const float* scores, const float* values,
-                                 float* grad_scores, float* grad_values, float* full, double* grad_alpha) {
-    switch (d) {
-#define STM_RL_CASE(CHUNKS)                                                                                     \
-    case 16 * CHUNKS:                                                                                          \
-        update_backward_avx512<CHUNKS>(batch, slots, grad, carried, scores, values, grad_scores, grad_values,    \
-                                       full, grad_alpha);                                                       \
-        return true;
-        STM_RL_CASE(1) STM_RL_CASE(2) STM_RL_CASE(3) STM_RL_CASE(4)
-        STM_RL_CASE(5) STM_RL_CASE(6) STM_RL_CASE(7) STM_RL_CASE(8)
-#undef STM_RL_CASE
-        default:
-            return false;
-    }
-}
-#endif  // STM_RL_NO_TWIN_UPDATE
-#endif
-
-template <typename T>
-inline bool update_backward_fast(int64_t, int64_t, int64_t, const T*, const Carried<T>&, const T*, const T*, T*,
-                                 T*, T*, double*) {
-    return false;
 }
 
 // The relational read's forward pass (paper eq. 11) in one pass over M_r_prev: the slot mix
@@ -703,36 +490,8 @@ void scores_backward(int64_t batch, int64_t slots, int64_t d, const T* grad, con
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// ELU (alpha = 1) of the small frame encoder (agents/elu.py), elementwise over `count` numbers of a dense
-// tensor, in float, double or bf16 (uint16_t, computed in float):
-//   y = x > 0 ? x : exp(x) - 1,    backward: dx = x > 0 ? dy : dy exp(x)   (from the saved input x)
-// PyTorch's CPU ELU evaluates expm1 with a slow high-accuracy routine (about 1 ns per number here, the
-// encoder's largest elementwise cost, issue 10); the AVX-512 version below takes a few cycles per sixteen.
-
-template <typename T>
-inline T load_number(const T* data, int64_t i) { return data[i]; }
-inline float load_number(const uint16_t* data, int64_t i) { return bf16_to_float(data[i]); }
-template <typename T>
-inline void store_number(T* data, int64_t i, T value) { data[i] = value; }
-inline void store_number(uint16_t* data, int64_t i, float value) { data[i] = float_to_bf16(value); }
-
-template <typename S>
-void elu_forward(int64_t count, const S* x, S* y) {
-    for (int64_t i = 0; i < count; ++i) {
-        const auto v = load_number(x, i);
-        store_number(y, i, v > 0 ? v : std::expm1(v));
-    }
-}
-
-template <typename S>
-void elu_backward(int64_t count, const S* grad, const S* x, S* grad_x) {
-    for (int64_t i = 0; i < count; ++i) {
-        const auto v = load_number(x, i);
-        const auto g = load_number(grad, i);
-        store_number(grad_x, i, v > 0 ? g : g * std::exp(v));
-    }
-}
-
+// The hand-written AVX-512 versions ("twins") of the gated write (both ways) and of tanh (the written item's
+// tanh(M_i_prev) and SAM's scores' rows), on one vectorised exp.
 #if defined(STM_RL_TWINS)
 // The range reduction of the exps below: x = n ln2 + r with |r| <= ln2 / 2 (ln2 in two parts, Cody-Waite), and
 // the inner part of exp(r)'s Taylor polynomial of degree 7, inner = 1/2 + r/6 + ... + r^5/5040, so that
@@ -877,66 +636,6 @@ inline void tanh_product_row(const float* key, const float* query, int64_t d, fl
 }
 #endif
 
-// exp(x) - 1 and exp(x) of 16 floats for x <= 0 (ELU's negative side), sharing one reduction: with
-// x = n ln2 + r, exp(x) = 2^n (1 + q(r)); expm1 is formed as 2^n q + (2^n - 1), exact in the leading term
-// near 0 where exp(x) - 1 would cancel.
-inline void expm1_and_exp_avx512(__m512 x, __m512* expm1_out, __m512* exp_out) {
-    const ExpReduction e = reduce_exp(_mm512_max_ps(x, _mm512_set1_ps(-104.0f)));
-    const __m512 q = _mm512_fmadd_ps(_mm512_mul_ps(e.r, e.r), e.inner, e.r);  // exp(r) - 1
-    const __m512 scale = _mm512_scalef_ps(_mm512_set1_ps(1.0f), e.n);
-    if (expm1_out != nullptr) *expm1_out = _mm512_fmadd_ps(scale, q, _mm512_sub_ps(scale, _mm512_set1_ps(1.0f)));
-    if (exp_out != nullptr) *exp_out = _mm512_fmadd_ps(scale, q, scale);
-}
-
-inline __m512 load16(const float* data, __mmask16 m) { return _mm512_maskz_loadu_ps(m, data); }
-inline __m512 load16(const uint16_t* data, __mmask16 m) {
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(m, data)), 16));
-}
-inline void store16(float* data, __mmask16 m, __m512 value) { _mm512_mask_storeu_ps(data, m, value); }
-#if defined(__AVX512BF16__)
-inline void store16(uint16_t* data, __mmask16 m, __m512 value) {
-    _mm256_mask_storeu_epi16(data, m, reinterpret_cast<__m256i>(_mm512_cvtneps_pbh(value)));
-}
-#endif
-
-template <typename S>
-void elu_forward_avx512(int64_t count, const S* x, S* y) {
-    const __m512 zero = _mm512_setzero_ps();
-    for (int64_t i = 0; i < count; i += 16) {
-        const __mmask16 m = chunk_mask(i, count);
-        __builtin_prefetch(x + i + kPrefetchFlat);
-        const __m512 v = load16(x + i, m);
-        __m512 negative;
-        expm1_and_exp_avx512(_mm512_min_ps(v, zero), &negative, nullptr);
-        const __m512 out = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, zero, _CMP_GT_OQ), negative, v);
-        store16(y + i, m, _mm512_mask_mov_ps(out, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), v));  // NaN stays NaN
-    }
-}
-
-template <typename S>
-void elu_backward_avx512(int64_t count, const S* grad, const S* x, S* grad_x) {
-    const __m512 zero = _mm512_setzero_ps();
-    for (int64_t i = 0; i < count; i += 16) {
-        const __mmask16 m = chunk_mask(i, count);
-        prefetch_lines(64, {x + i + kPrefetchFlat, grad + i + kPrefetchFlat});
-        const __m512 v = load16(x + i, m), g = load16(grad + i, m);
-        __m512 slope;
-        expm1_and_exp_avx512(_mm512_min_ps(v, zero), nullptr, &slope);
-        store16(grad_x + i, m, _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, zero, _CMP_GT_OQ), _mm512_mul_ps(g, slope), g));
-    }
-}
-
-// The vectorised ELU serves float, and bf16 where the CPU converts to it (store16 above).
-template <typename S>
-constexpr bool kVectorisedElu = std::is_same_v<S, float>
-#if defined(__AVX512BF16__)
-                                || std::is_same_v<S, uint16_t>
-#endif
-    ;
-#if !defined(STM_RL_NO_TWIN_ELU)
-#define STM_RL_HAS_VECTORISED_ELU 1
-#endif
-
 #if !defined(STM_RL_NO_TWIN_TANH)
 inline bool tanh_forward_fast(int64_t batch, int64_t size, const float* x, int64_t stride, float* out) {
     tanh_forward_avx512(batch, size, x, stride, out);
@@ -966,29 +665,6 @@ inline bool tanh_forward_fast(int64_t, int64_t, const T*, int64_t, T*) {
     return false;
 }
 
-// The vectorised ELU where it serves S (kVectorisedElu); false where the portable loops must run.
-template <typename S>
-inline bool elu_forward_fast(int64_t count, const S* x, S* y) {
-#if defined(STM_RL_HAS_VECTORISED_ELU)
-    if constexpr (kVectorisedElu<S>) {
-        elu_forward_avx512(count, x, y);
-        return true;
-    }
-#endif
-    return false;
-}
-
-template <typename S>
-inline bool elu_backward_fast(int64_t count, const S* grad, const S* x, S* grad_x) {
-#if defined(STM_RL_HAS_VECTORISED_ELU)
-    if constexpr (kVectorisedElu<S>) {
-        elu_backward_avx512(count, grad, x, grad_x);
-        return true;
-    }
-#endif
-    return false;
-}
-
 template <typename T>
 inline bool gated_write_forward_fast(int64_t, int64_t, const T*, int64_t, const T*, const T*, const T*, T*) {
     return false;
@@ -1014,10 +690,8 @@ inline bool gated_write_backward_fast(int64_t, int64_t, const T*, const T*, int6
         const T* slot_weights_next, const T* grad_mixed_next, const T* memory, const T* scores,              \
         const T* values, T* grad_scores, T* grad_values, T* full, double* grad_alpha_next) {                 \
         const Carried<T> carried{next, static_cast<T>(alpha_next), slot_weights_next, grad_mixed_next, memory}; \
-        if (!update_backward_fast(batch, slots, d, grad, carried, scores, values, grad_scores, grad_values,   \
-                                  full, grad_alpha_next))                                                    \
-            update_backward<T>(batch, slots, d, grad, carried, scores, values, grad_scores, grad_values, full, \
-                               grad_alpha_next);                                                             \
+        update_backward<T>(batch, slots, d, grad, carried, scores, values, grad_scores, grad_values, full,     \
+                           grad_alpha_next);                                                                 \
     }                                                                                                        \
     extern "C" void stm_read_forward_##SUFFIX(int64_t batch, int64_t slots, int64_t d, const T* memory,       \
                                               int64_t memory_stride, const T* slot_weights, const T* key,    \
@@ -1065,39 +739,18 @@ inline bool gated_write_backward_fast(int64_t, int64_t, const T*, const T*, int6
 STM_RL_INSTANCES(float, f32)
 STM_RL_INSTANCES(double, f64)
 
-// ELU in float, double and bf16 (uint16_t).
-#define STM_RL_ELU(S, SUFFIX)                                                                                 \
-    extern "C" void stm_elu_forward_##SUFFIX(int64_t count, const S* x, S* y) {                              \
-        if (!elu_forward_fast(count, x, y)) elu_forward<S>(count, x, y);                                     \
-    }                                                                                                        \
-    extern "C" void stm_elu_backward_##SUFFIX(int64_t count, const S* grad, const S* x, S* grad_x) {          \
-        if (!elu_backward_fast(count, grad, x, grad_x)) elu_backward<S>(count, grad, x, grad_x);              \
-    }
-
-STM_RL_ELU(float, f32)
-STM_RL_ELU(double, f64)
-STM_RL_ELU(uint16_t, bf16)
-
-extern "C" int stm_abi_version() { return 10; }
+extern "C" int stm_abi_version() { return 11; }
 
 // Which vectorised paths this build took, one bit each (VECTORISED_PATHS in kernels.py): each
 // dispatcher is asked with an empty input and answers whether it would run its vectorised version. The
 // portable loops compute the same values, so without this a lost fast path would go unnoticed by tests.
 extern "C" int64_t stm_vectorised_paths() {
-    const Carried<float> no_carried{nullptr, 0.0f, nullptr, nullptr, nullptr};
     const float* none = nullptr;
     float* out = nullptr;
-    const uint16_t* none_bf16 = nullptr;  // the bf16 ELU's
-    uint16_t* out_bf16 = nullptr;
     const bool answers[] = {
-        update_backward_fast(0, 1, 96, none, no_carried, none, none, out, out, out, nullptr),
         gated_write_forward_fast(0, 96, none, 0, none, none, none, out),
         gated_write_backward_fast(0, 96, none, none, 0, none, none, none, out, out, out, out),
         tanh_forward_fast(0, 0, none, 0, out),
-        elu_forward_fast(0, none, out),
-        elu_backward_fast(0, none, none, out),
-        elu_forward_fast(0, none_bf16, out_bf16),
-        elu_backward_fast(0, none_bf16, none_bf16, out_bf16),
     };
     int64_t bits = 0;
     for (size_t i = 0; i < sizeof(answers) / sizeof(answers[0]); ++i) bits |= int64_t(answers[i]) << i;

@@ -9,9 +9,7 @@ one pass each:
 - :meth:`FusedKernels.update_forward`: ``M_r = alpha1 M_r_prev + scores^T V``;
 - :meth:`FusedKernels.update_backward`: the gradients of the scores and the values from ``dM_r``, read
   as the gradient of ``M_r`` plus what the next step's read and update leave for it
-  (:class:`~stm_rl.fastpath.memory_kernels.CarriedGradient`) without forming their sum; on AVX-512 CPUs in blocks
-  of 16 rows of ``dM_r`` kept in L1, each value's 16 score gradients folded into one register (``d`` a multiple
-  of 16 up to 128; portable loops elsewhere);
+  (:class:`~stm_rl.fastpath.memory_kernels.CarriedGradient`) without forming their sum;
 - :meth:`FusedKernels.memory_backward`: ``dM_r_prev = alpha1 dM_r + p (x) d mixed``, ``d p`` and
   ``d alpha1`` in one pass over ``dM_r`` and ``M_r_prev``.
 - :meth:`FusedKernels.gated_write_forward` and :meth:`FusedKernels.gated_write_backward`: eq. 10's gates
@@ -21,8 +19,6 @@ one pass each:
 - :meth:`FusedKernels.scores_forward` and :meth:`FusedKernels.scores_backward`: SAM's scores
   ``tanh(q_n * k_j)`` (:func:`stm_rl.fastpath.memory_kernels.sam_scores_cpu`), one pass each, the two readers' gradients summed
   where they are read.
-- :meth:`FusedKernels.elu_forward` and :meth:`FusedKernels.elu_backward`: the small frame encoder's ELU
-  (:mod:`stm_rl.fastpath.elementwise`; float32 and bf16), where PyTorch's CPU kernel spends about 1 ns per number in expm1.
 
 Outputs too large to stay in the last-level cache until they are read again (``M_r`` and
 ``dM_r_prev`` at batch 128) are written with streaming stores.
@@ -61,17 +57,19 @@ if TYPE_CHECKING:
 
 SOURCE = Path(__file__).with_name("kernels.cpp")
 SETTING_VARIABLE = "STM_RL_FUSED_KERNELS"
-TWIN_FAMILIES = {"update": ("update_backward",), "gated-write": ("gated_write_forward", "gated_write_backward"),
-                 "tanh": ("tanh_forward",), "elu": ("elu_forward", "elu_backward", "elu_forward_bf16", "elu_backward_bf16")}
-"""The hand-written AVX-512 versions ("twins") by family, as ``stm_vectorised_paths`` names them."""
+TWIN_FAMILIES = {"gated-write": ("gated_write_forward", "gated_write_backward"), "tanh": ("tanh_forward",)}
+"""The hand-written AVX-512 versions ("twins") by family, as ``stm_vectorised_paths`` names them; what each pays
+in the STM agent's training step, measured with ``no-<family>-twin``: gated write 9%, tanh 3.4%. The twins of the
+relational update's backward pass (0.6%) and of the encoder's ELU (0.9%; the ELU kernel went with it, the encoder
+uses PyTorch's ELU) were deleted."""
 SETTINGS = ("auto", "portable", "loops", "off", *(f"no-{family}-twin" for family in TWIN_FAMILIES))
 """``STM_RL_FUSED_KERNELS``: ``auto`` the kernels compiled for this CPU (``-march=native``: their hand-written AVX-512
 versions where it has AVX-512); ``portable`` the same kernels compiled without AVX-512, i.e. the loops every CPU
 runs (to test or time them on an AVX-512 machine); ``loops`` the portable loops compiled for this CPU without the
 hand-written versions (what one kernel body per operation would give: the compiler vectorises the loops);
-``off`` PyTorch operations everywhere; ``no-<family>-twin`` (``update``, ``gated-write``, ``tanh``, ``elu``) the
-``auto`` build without that one family's hand-written versions (its portable loops instead), to measure what each
-family pays (``benchmarks/train_speed.py --fused-kernels auto no-update-twin ...``)."""
+``off`` PyTorch operations everywhere; ``no-<family>-twin`` (``gated-write``, ``tanh``) the ``auto`` build without
+that one family's hand-written versions (its portable loops instead), to measure what each family pays
+(``benchmarks/train_speed.py --fused-kernels auto no-gated-write-twin ...``)."""
 COMPILE_FLAGS = ("-O3", "-march=native", "-fopenmp-simd", "-fPIC", "-shared", "-std=c++17")
 PORTABLE_FLAGS = ("-mno-avx512f",) if platform.machine().lower() in ("x86_64", "amd64") else ()
 """Added for ``portable``: no AVX-512 instructions (every AVX-512 subset depends on AVX-512F)."""
@@ -86,11 +84,9 @@ def compile_flags() -> tuple[str, ...]:
 
 
 MAX_SIDE, MAX_SLOTS = 1024, 256  # d and N; kMaxSide and kMaxSlots in the source
-_ABI_VERSION = 10
-# The bits of ``stm_vectorised_paths()``: the kernels whose AVX-512 version this build runs (float32; the
-# last two bf16).
-VECTORISED_PATHS = ("update_backward", "gated_write_forward", "gated_write_backward", "tanh_forward",
-                    "elu_forward", "elu_backward", "elu_forward_bf16", "elu_backward_bf16")
+_ABI_VERSION = 11
+# The bits of ``stm_vectorised_paths()`` in order: the kernels whose AVX-512 version this build runs (float32).
+VECTORISED_PATHS = ("gated_write_forward", "gated_write_backward", "tanh_forward")
 
 
 class _Calls(NamedTuple):
@@ -245,14 +241,6 @@ class FusedKernels:
             for function in calls:
                 function.restype = None
             self.functions[suffix] = calls
-        self.elu_functions = {}
-        for dtype, suffix in ((torch.float32, "f32"), (torch.float64, "f64"), (torch.bfloat16, "bf16")):
-            elu_forward = getattr(self.library, f"stm_elu_forward_{suffix}")
-            elu_forward.argtypes = [_INT, _POINTER, _POINTER]
-            elu_backward = getattr(self.library, f"stm_elu_backward_{suffix}")
-            elu_backward.argtypes = [_INT, _POINTER, _POINTER, _POINTER]
-            elu_forward.restype = elu_backward.restype = None
-            self.elu_functions[dtype] = (elu_forward, elu_backward)
 
     @property
     def vectorised_paths(self) -> frozenset[str]:
@@ -390,21 +378,6 @@ class FusedKernels:
         return grad_queries, grad_keys
 
 
-    def elu_forward(self, x: Tensor) -> Tensor:
-        """ELU (alpha 1) of a dense float32, float64 or bfloat16 tensor, in its layout (:mod:`agents.elu`)."""
-        y = torch.empty_like(x)
-        self.elu_functions[x.dtype][0](x.numel(), x.data_ptr(), y.data_ptr())
-        return y
-
-    def elu_backward(self, grad: Tensor, x: Tensor) -> Tensor:
-        """ELU's input gradient from the output's (``grad``, taken into ``x``'s dtype and layout) and the input."""
-        if grad.dtype != x.dtype or grad.stride() != x.stride():
-            grad = torch.empty_like(x).copy_(grad)
-        grad_x = torch.empty_like(x)
-        self.elu_functions[x.dtype][1](x.numel(), grad.data_ptr(), x.data_ptr(), grad_x.data_ptr())
-        return grad_x
-
-
 def _ptr(tensor: Optional[Tensor], dtype: Optional[torch.dtype] = None) -> Optional[int]:
     """The tensor's data pointer (None for None); with ``dtype``, the tensor must be in it (the kernel reads it so)."""
     if tensor is None:
@@ -495,22 +468,6 @@ def fused_kernels_for(memory: Tensor) -> Optional[FusedKernels]:
             or memory.shape[-1] > MAX_SIDE or (memory.dim() == 4 and memory.shape[-3] > MAX_SLOTS)):
         return None
     return _kernels_on_this_thread(memory)
-
-
-ELU_PATHS = {torch.float32: "elu_forward", torch.bfloat16: "elu_forward_bf16"}
-"""The vectorised ELU kernel of each dtype (:data:`VECTORISED_PATHS`)."""
-
-
-def elementwise_kernels_for(tensor: Tensor) -> Optional[FusedKernels]:
-    """The kernels if they serve an elementwise function of this tensor (ELU), else None: CPU, float32 or
-    bfloat16, dense in the default or the channels-last layout, one PyTorch thread, and the kernel's vectorised
-    (AVX-512) version compiled in. PyTorch's own ELU is vectorised on every CPU; the portable loop is not, and
-    lost to it on a CPU without AVX-512 (4x slower alone, the LSTM agent at 0.88 of PyTorch's frames/s)."""
-    dense = tensor.is_contiguous() or (tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last))
-    if tensor.dtype not in ELU_PATHS or not dense:
-        return None
-    kernels = _kernels_on_this_thread(tensor)
-    return kernels if kernels is not None and ELU_PATHS[tensor.dtype] in kernels.vectorised_paths else None
 
 
 def _kernels_on_this_thread(tensor: Tensor) -> Optional[FusedKernels]:
