@@ -141,7 +141,7 @@ def load(args: argparse.Namespace) -> tuple[torch.nn.Module, TrainConfig, str]:
     return model, config, f"{checkpoint}" + (f" ({steps:,} agent steps)" if isinstance(steps, int) else "")
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", nargs="?", type=Path, help="a run directory (its latest checkpoint) or a checkpoint file")
     parser.add_argument("--init", choices=["lstm", "stm"], help="an untrained agent (CPU preset) instead of a run")
@@ -150,6 +150,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--games", type=int, default=4, help="games per rollout")
     parser.add_argument("--updates", type=int, default=30, help="rollouts to take gradients of")
     parser.add_argument("--game-steps", type=int, default=2000, help="longest game for the memory norms")
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if (args.run is None) == (args.init is None):
         parser.error("give either a run directory (or checkpoint) or --init AGENT")
@@ -179,7 +184,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         print("the STM's memories along one sampled game:")
         for line in memory_norms_over_a_game(model, config, args.game_steps):
             print(line)
-        print("  alphas: " + ", ".join(f"alpha{i} {float(getattr(model.stm.cell, f'alpha{i}')):+.4g}"
+        print("  alphas: " + ", ".join(f"alpha{i} {getattr(model.stm.cell, f'alpha{i}').item():+.4g}"
                                        for i in (1, 2, 3)))
     return 0
 
