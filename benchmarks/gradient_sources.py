@@ -32,7 +32,7 @@ from envs import make_env, probe_action_count
 from stm_rl import fastpath
 from stm_rl.a3c.checkpoint import load_agent_from_checkpoint
 from stm_rl.a3c.config import TrainConfig, preset_config
-from stm_rl.a3c.worker import advantages_and_returns
+from stm_rl.a3c.worker import advantages_and_returns, loss_terms
 from stm_rl.conventions import run_command
 from stm_rl.evaluate import resolve_checkpoint
 from stm_rl.run_dir import Checkpoint, StmRlError
@@ -48,7 +48,7 @@ class RolloutGradient:
 
 def rollout_gradients(model: torch.nn.Module, config: TrainConfig, games: int, updates: int
                       ) -> list[RolloutGradient]:
-    """The worker's loss (stm_rl/a3c/worker.py, step 4) on ``updates`` fresh rollouts, its gradient split up."""
+    """The worker's loss (:func:`stm_rl.a3c.worker.loss_terms`) on ``updates`` fresh rollouts, its gradient split up."""
     a3c, steps = config.a3c, config.a3c.rollout_steps
     envs = [make_env(config.worker_env(1000 + i)) for i in range(games)]
     obs = torch.from_numpy(np.stack([env.reset()[0] for env in envs]))
@@ -79,11 +79,8 @@ def rollout_gradients(model: torch.nn.Module, config: TrainConfig, games: int, u
         logits, values, _ = model.unroll(torch.stack(frames, 1), start_state, torch.stack(starts, 1))
         advantages, returns = advantages_and_returns(torch.stack(rewards, 1), values.detach(), last_value, dones_t,
                                                      a3c.gamma, a3c.gae_lambda)
-        log_probs = F.log_softmax(logits, dim=-1)
-        entropy = -(log_probs.exp() * log_probs).sum(-1)
-        terms = {"policy": -(log_probs.gather(-1, actions_t.unsqueeze(-1)).squeeze(-1) * advantages).sum(1).mean(),
-                 "entropy": -a3c.entropy_coef * entropy.sum(1).mean(),
-                 "value": a3c.value_coef * 0.5 * (returns - values).pow(2).sum(1).mean()}
+        policy, entropy, value = loss_terms(logits, values, actions_t, advantages, returns)
+        terms = {"policy": policy, "entropy": -a3c.entropy_coef * entropy, "value": a3c.value_coef * value}
         by_term = {}
         for name, term in terms.items():
             grads = torch.autograd.grad(term, list(model.parameters()), retain_graph=True, allow_unused=True)
@@ -92,7 +89,7 @@ def rollout_gradients(model: torch.nn.Module, config: TrainConfig, games: int, u
         by_parameter = {name: float(g.norm()) for (name, _), g in zip(model.named_parameters(), grads)
                         if g is not None}
         results.append(RolloutGradient(float(np.linalg.norm(list(by_parameter.values()))), by_term, by_parameter,
-                                       float(entropy.detach().mean())))
+                                       entropy.item() / steps))
     return results
 
 

@@ -24,7 +24,7 @@ import signal
 import traceback
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -150,13 +150,7 @@ def train_worker(rank: int, ctx: WorkerContext) -> None:
         # 4. Advantages and value targets.
         advantages, returns = advantages_and_returns(rewards, values.detach(), last_value, dones,
                                                      a3c.gamma, a3c.gae_lambda)
-        log_probs = F.log_softmax(logits, dim=-1)
-        action_log_probs = log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-        entropy = -(log_probs.exp() * log_probs).sum(-1)
-        # Sums over the rollout's steps (as in classic A3C), means over the worker's environments.
-        policy_loss = -(action_log_probs * advantages).sum(1).mean()
-        entropy_bonus = entropy.sum(1).mean()
-        value_loss = 0.5 * (returns - values).pow(2).sum(1).mean()
+        policy_loss, entropy_bonus, value_loss = loss_terms(logits, values, actions, advantages, returns)
         loss = policy_loss - a3c.entropy_coef * entropy_bonus + a3c.value_coef * value_loss
         if not torch.isfinite(loss):
             ctx.events.put(NonFinite(rank, f"non-finite loss {loss.item()} (policy {policy_loss.item()}, "
@@ -197,6 +191,28 @@ def copy_weights(source: torch.nn.Module, target: torch.nn.Module) -> None:
         dst.copy_(src)
     for dst, src in zip(target.buffers(), source.buffers()):
         dst.copy_(src)
+
+
+class LossTerms(NamedTuple):
+    """The three terms of the A3C loss of one rollout, before their coefficients: sums over the rollout's steps
+    (as in classic A3C), means over the worker's environments."""
+
+    policy: Tensor
+    """``-sum_t log pi(a_t | s_t) A_t``."""
+    entropy: Tensor
+    """``sum_t H(pi(. | s_t))``, the bonus (subtracted with ``entropy_coef``)."""
+    value: Tensor
+    """``1/2 sum_t (R_t - V(s_t))^2``."""
+
+
+def loss_terms(logits: Tensor, values: Tensor, actions: Tensor, advantages: Tensor, returns: Tensor) -> LossTerms:
+    """The loss terms from the rollout's ``logits [B, T, A]``, ``values``, ``actions``, ``advantages`` and
+    ``returns`` (``[B, T]``); the loss is ``policy - entropy_coef * entropy + value_coef * value``."""
+    log_probs = F.log_softmax(logits, dim=-1)
+    action_log_probs = log_probs.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
+    entropy = -(log_probs.exp() * log_probs).sum(-1)
+    return LossTerms(policy=-(action_log_probs * advantages).sum(1).mean(), entropy=entropy.sum(1).mean(),
+                     value=0.5 * (returns - values).pow(2).sum(1).mean())
 
 
 def advantages_and_returns(rewards: Tensor, values: Tensor, last_value: Tensor, dones: Tensor,
