@@ -91,6 +91,32 @@ def test_a_run_killed_before_its_first_periodic_checkpoint_resumes_from_its_star
     assert summary_of(run_dir)["counters"]["segments"] == 2
 
 
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_signal_during_the_first_checkpoint_ends_the_run_cleanly(tiny_train, tmp_path, signum, summary_of):
+    """The signal a sweep forwards can arrive as soon as the run holds its lock, before any worker started: the
+    run still stops with the interrupted exit code, a final checkpoint and its summary (once, this was a
+    KeyboardInterrupt traceback and no summary)."""
+    run_dir = tmp_path / "run"
+    script = ("import os, sys\n"
+              "from stm_rl.a3c.trainer import Trainer\n"
+              "from stm_rl.cli import main\n"
+              "save = Trainer._save\n"
+              "def save_then_signal(self, name):\n"
+              "    result = save(self, name)\n"
+              "    if not self._stop_requested:  # once: a second Ctrl-C aborts on purpose\n"
+              f"        os.kill(os.getpid(), {int(signum)})\n"
+              "    return result\n"
+              "Trainer._save = save_then_signal\n"
+              f"sys.exit(main(['train', *{list(tiny_train)!r}, '--frames', '100M', '--run-dir', {str(run_dir)!r}]))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 130, done.stderr
+    assert "Traceback" not in done.stderr and "KeyboardInterrupt" not in done.stderr, done.stderr
+    summary = summary_of(run_dir)
+    assert summary["status"] == "interrupted" and signal.Signals(signum).name in summary["message"]
+    assert summary["counters"]["frames"] == 0, "no worker started after the stop request"
+    assert (run_dir / "checkpoints" / "final.pt").exists() and RunDir(run_dir).lock_holder() is None
+
+
 def test_a_run_without_any_checkpoint_starts_over_on_resume(tiny_train, finished_run, capsys, games_of):
     """A run of an older version (or killed within its first second) has a config and games, no checkpoint."""
     old_games = (finished_run / "games.jsonl").read_text()

@@ -114,10 +114,20 @@ class Trainer:
         return self._finish(RunStatus.COMPLETED, "")
 
     def run(self) -> TrainResult:
+        """Train until the budget, a failure or a stop request. Ctrl-C and SIGTERM are this trainer's from here on:
+        one arriving at any point (even before the first checkpoint or the workers' start) ends the run with a
+        final checkpoint and its summary, never a traceback."""
         self.check_budget()
-        with self.layout.lock():
-            self._prepare_run_dir()
-            return self._run()
+        previous_int, previous_term = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+        signal.signal(signal.SIGINT, self._request_stop)
+        signal.signal(signal.SIGTERM, self._request_stop)
+        try:
+            with self.layout.lock():
+                self._prepare_run_dir()
+                return self._run()
+        finally:
+            signal.signal(signal.SIGINT, previous_int)
+            signal.signal(signal.SIGTERM, previous_term)
 
     def _prepare_run_dir(self) -> None:
         """Under the lock: tidy what a killed trainer left, align the game log with the weights, write the config."""
@@ -161,9 +171,6 @@ class Trainer:
         evaluators = [ctx.Process(target=evaluator_main, args=(worker_ctx, self.counters.updates),
                                   name="a3c-evaluator", daemon=True)] if config.run.eval_every_updates else []
         processes = workers + evaluators  # the run ends when the workers are done; the evaluator follows
-        previous_int, previous_term = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-        signal.signal(signal.SIGINT, self._request_stop)
-        signal.signal(signal.SIGTERM, self._request_stop)
         log = RunLog(self.layout, config, self.counters, progress=config.run.progress)
         base = dataclasses.replace(self.counters)
         start = last_checkpoint = time.monotonic()
@@ -198,8 +205,6 @@ class Trainer:
         finally:
             stop.set()
             self._shutdown(processes, events, log, base, worker_counters, start)
-            signal.signal(signal.SIGINT, previous_int)
-            signal.signal(signal.SIGTERM, previous_term)
             self._update_totals(base, worker_counters, start)
             if status == RunStatus.RUNNING:  # an exception in the trainer itself
                 status, message = RunStatus.FAILED, "trainer error"
