@@ -83,6 +83,37 @@ def test_resume_continues_the_counters(tmp_path, games_of, summary_of):
     assert cli_main(["train", "--resume", str(run_dir), "--no-progress"]) == 2
 
 
+@pytest.mark.parametrize("agent", ["lstm", "stm"])
+def test_a_one_worker_run_is_reproduced_by_its_seed(tmp_path, agent, tiny_train):
+    """The seed fixes everything a one-worker run draws: the initial weights, the games and the sampled actions
+    (with several workers, Hogwild's interleaving of updates is the only freedom left); another seed starts
+    from other weights."""
+    flags = [*tiny_train, "--agent", agent, "--envs-per-worker", "2", "--frames", "4000"]
+
+    def final_weights(name: str, seed: int) -> dict:
+        assert cli_main(["train", *flags, "--seed", str(seed), "--run-dir", str(tmp_path / name)]) == 0
+        return torch.load(tmp_path / name / "checkpoints" / "final.pt", weights_only=False)["model"]
+
+    first, again, other = final_weights("a", 0), final_weights("b", 0), final_weights("c", 1)
+    assert all(torch.equal(first[key], again[key]) for key in first), "the same seed gave other weights"
+    assert not torch.equal(first["critic.weight"], other["critic.weight"])
+
+
+def test_the_initial_weights_are_the_seeds_and_leave_the_global_rng_alone(finished_run):
+    from stm_rl.a3c.checkpoint import load_training_checkpoint
+    from stm_rl.a3c.trainer import Trainer
+    config = load_training_checkpoint(finished_run / "checkpoints" / "final.pt")["config"]
+    torch.manual_seed(123)
+    expected_draw = torch.rand(3)
+    torch.manual_seed(123)
+    first = Trainer(config).shared_model.state_dict()
+    assert torch.equal(torch.rand(3), expected_draw), "building the trainer drew from the global generator"
+    second = Trainer(config).shared_model.state_dict()
+    reseeded = Trainer(dataclasses.replace(config, run=dataclasses.replace(config.run, seed=config.run.seed + 1)))
+    assert all(torch.equal(first[key], second[key]) for key in first)
+    assert not torch.equal(first["actor.weight"], reseeded.shared_model.state_dict()["actor.weight"])
+
+
 def test_an_agent_step_budget_ends_the_run_and_a_larger_one_resumes_it(tmp_path, summary_of, capsys):
     """--agent-steps alone replaces the frame budget: at skip 32 the run ends after its steps, not after the
     default 20M frames; --agent-steps on --resume raises it, and the counters go on."""

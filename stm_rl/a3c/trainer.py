@@ -58,6 +58,12 @@ BEST_CHECKPOINT_INTERVAL = 30.0
 """Seconds between two 'best' checkpoints: a new best average is saved at most this often (and at the end)."""
 STARTUP_GRACE = 3.0
 """Seconds a stopping run waits for workers that have not made an update yet (still starting up)."""
+INITIAL_WEIGHTS_SEED_OFFSET = 2_000_000
+"""The shared model's initial weights are drawn from ``seed + INITIAL_WEIGHTS_SEED_OFFSET``: fixed by the run's
+seed, from a stream apart from the workers' (``seed + 10,000 x segment + rank``) and the evaluator's
+(``seed + 1,000,000 + ...``); within ``limits.MAX_SEED``'s margin."""
+
+
 @dataclass
 class TrainResult:
     status: RunStatus
@@ -82,7 +88,9 @@ class Trainer:
         self.run_dir = Path(config.run.run_dir)
         self.layout = RunDir(self.run_dir)
         self.paths = checkpoint_paths(self.run_dir)
-        self.shared_model = build_agent(config.agent, _action_count(config, resume_from))
+        with torch.random.fork_rng(devices=[]):  # the initial weights are the seed's, nothing else's
+            torch.manual_seed(config.run.seed + INITIAL_WEIGHTS_SEED_OFFSET)
+            self.shared_model = build_agent(config.agent, _action_count(config, resume_from))
         self.optimizer = SharedAdam(self.shared_model.parameters(), lr=config.a3c.lr, eps=config.a3c.adam_eps,
                                     amsgrad=config.a3c.amsgrad)
         self.counters = Counters()
