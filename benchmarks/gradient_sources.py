@@ -32,6 +32,7 @@ from envs import make_env, probe_action_count
 from stm_rl import fastpath
 from stm_rl.a3c.checkpoint import load_agent_from_checkpoint
 from stm_rl.a3c.config import TrainConfig, preset_config
+from stm_rl.a3c.rollout import RolloutCollector
 from stm_rl.a3c.worker import advantages_and_returns, loss_terms
 from stm_rl.conventions import run_command
 from stm_rl.evaluate import resolve_checkpoint
@@ -48,38 +49,19 @@ class RolloutGradient:
 
 def rollout_gradients(model: torch.nn.Module, config: TrainConfig, games: int, updates: int
                       ) -> list[RolloutGradient]:
-    """The worker's loss (:func:`stm_rl.a3c.worker.loss_terms`) on ``updates`` fresh rollouts, its gradient split up."""
-    a3c, steps = config.a3c, config.a3c.rollout_steps
+    """The worker's loss (:func:`stm_rl.a3c.worker.loss_terms`) on ``updates`` rollouts of the worker's own acting
+    (:class:`~stm_rl.a3c.rollout.RolloutCollector`, the games going on from one rollout to the next), its
+    gradient split up."""
+    a3c = config.a3c
     envs = [make_env(config.worker_env(1000 + i)) for i in range(games)]
-    obs = torch.from_numpy(np.stack([env.reset()[0] for env in envs]))
-    with torch.no_grad():
-        state = model.initial_state(games)
-    start = torch.ones(games, dtype=torch.bool)
+    collector = RolloutCollector(model, envs, a3c.rollout_steps)
     results = []
     for _ in range(updates):
-        state = start_state = state.detach()
-        frames, starts, actions, rewards, dones = [], [], [], [], []
-        with torch.no_grad():
-            for _ in range(steps):
-                state = model.reset_state(state, start)
-                frames.append(obs)
-                starts.append(start)
-                logits, _, state = model.act(obs, state)
-                action = torch.multinomial(F.softmax(logits, dim=-1), 1).squeeze(1)
-                step = [env.step(int(a)) for env, a in zip(envs, action)]
-                done = torch.tensor([s[2] or s[3] for s in step])
-                obs = torch.from_numpy(np.stack([env.reset()[0] if d else s[0]
-                                                 for env, s, d in zip(envs, step, done)]))
-                actions.append(action)
-                rewards.append(torch.tensor([s[1] for s in step], dtype=torch.float32))
-                dones.append(done)
-                start = done.clone()
-            _, last_value, _ = model.act(obs, model.reset_state(state, start))
-        actions_t, dones_t = torch.stack(actions, 1), torch.stack(dones, 1)
-        logits, values, _ = model.unroll(torch.stack(frames, 1), start_state, torch.stack(starts, 1))
-        advantages, returns = advantages_and_returns(torch.stack(rewards, 1), values.detach(), last_value, dones_t,
-                                                     a3c.gamma, a3c.gae_lambda)
-        policy, entropy, value = loss_terms(logits, values, actions_t, advantages, returns)
+        rollout = collector.collect(keep_graph=a3c.keeps_acting_graph(config.agent))
+        logits, values = rollout.logits_and_values(model)
+        advantages, returns = advantages_and_returns(rollout.rewards, values.detach(), rollout.last_value,
+                                                     rollout.dones, a3c.gamma, a3c.gae_lambda)
+        policy, entropy, value = loss_terms(logits, values, rollout.actions, advantages, returns)
         terms = {"policy": policy, "entropy": -a3c.entropy_coef * entropy, "value": a3c.value_coef * value}
         by_term = {}
         for name, term in terms.items():
@@ -89,7 +71,7 @@ def rollout_gradients(model: torch.nn.Module, config: TrainConfig, games: int, u
         by_parameter = {name: float(g.norm()) for (name, _), g in zip(model.named_parameters(), grads)
                         if g is not None}
         results.append(RolloutGradient(float(np.linalg.norm(list(by_parameter.values()))), by_term, by_parameter,
-                                       entropy.item() / steps))
+                                       entropy.item() / a3c.rollout_steps))
     return results
 
 

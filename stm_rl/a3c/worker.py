@@ -26,7 +26,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -35,6 +34,7 @@ from agents import ActorCritic, build_agent
 from envs import make_env
 from stm_rl.a3c.config import TrainConfig
 from stm_rl.a3c.messages import GameFinished, NonFinite, ProcessFailed, UpdateDone
+from stm_rl.a3c.rollout import RolloutCollector
 from stm_rl import fastpath
 
 # Columns of the shared counter table, one row per worker (each row is written by its worker only).
@@ -84,22 +84,15 @@ def train_worker(rank: int, ctx: WorkerContext) -> None:
     config, a3c = ctx.config, ctx.config.a3c
     seed = config.run.seed + ctx.seed_offset + rank
     torch.manual_seed(seed)
-    num_envs, steps = a3c.envs_per_worker, a3c.rollout_steps
+    num_envs = a3c.envs_per_worker
     keep_acting_graph = a3c.keeps_acting_graph(config.agent)
     envs = [make_env(config.worker_env(ctx.seed_offset + rank * num_envs + i)) for i in range(num_envs)]
     model = build_agent(config.agent, ctx.shared_model.num_actions)
     model.check_action_count(envs[0].action_space.n)
 
-    obs = torch.from_numpy(np.stack([env.reset()[0] for env in envs]))  # [B, 1, S, S]
-    ctx.shared_model.observe_frames(obs)  # observation statistics (--normalize-obs) are the shared model's
-    with torch.no_grad():
-        state = model.initial_state(num_envs)
-    episode_start = torch.ones(num_envs, dtype=torch.bool)  # reset the state before the next step
-    obs_buf = torch.empty(num_envs, steps, *obs.shape[1:])
-    start_buf = torch.empty(num_envs, steps, dtype=torch.bool)
-    actions = torch.empty(num_envs, steps, dtype=torch.long)
-    rewards = torch.empty(num_envs, steps)
-    dones = torch.empty(num_envs, steps, dtype=torch.bool)
+    collector = RolloutCollector(model, envs, a3c.rollout_steps,
+                                 on_game_end=lambda episode: ctx.events.put(GameFinished(rank, episode)))
+    ctx.shared_model.observe_frames(collector.observation)  # observation statistics (--normalize-obs) are shared
 
     while not ctx.stop.is_set() and trainer_alive(ctx):
         if config.run.budget_reached(ctx.frames_done_before + int(ctx.counters[:, FRAMES].sum()),
@@ -108,49 +101,20 @@ def train_worker(rank: int, ctx: WorkerContext) -> None:
 
         # 1. Sync the local model from the shared one.
         copy_weights(ctx.shared_model, model)
-        state = rollout_start_state = state.detach()
 
-        # 2. Act in one autocast region (bf16: the weights are cast once per rollout), keeping the graph
-        # only where the gradients are taken from this pass.
-        frames, acting_logits, acting_values = 0, [], []
-        with torch.set_grad_enabled(keep_acting_graph), model.autocast():
-            for t in range(steps):
-                state = model.reset_state(state, episode_start)
-                obs_buf[:, t], start_buf[:, t] = obs, episode_start
-                logits, values, state = model.act(obs, state)
-                if keep_acting_graph:
-                    acting_logits.append(logits)
-                    acting_values.append(values)
-                actions[:, t] = torch.multinomial(F.softmax(logits.detach(), dim=-1), 1).squeeze(1)
-                next_obs = []
-                for i, env in enumerate(envs):
-                    o, reward, terminated, truncated, info = env.step(int(actions[i, t]))
-                    frames += info["frames"]
-                    rewards[i, t], dones[i, t] = reward, terminated or truncated
-                    if dones[i, t]:
-                        ctx.events.put(GameFinished(rank, info["episode"]))
-                        o, reset_info = env.reset()
-                        frames += reset_info["frames"]
-                    next_obs.append(o)
-                obs = torch.from_numpy(np.stack(next_obs))
-                episode_start = dones[:, t].clone()
-            # Bootstrap value of the observation after the rollout (unused where the game ended).
-            with torch.no_grad():
-                _, last_value, _ = model.act(obs, model.reset_state(state, episode_start))
+        # 2. Act, keeping the graph only where the gradients are taken from this pass.
+        rollout = collector.collect(keep_graph=keep_acting_graph)
         # The frames acted on update the shared observation statistics; the local copy keeps the ones the
         # actions were taken with until the next sync, so that the replay gives the same numbers.
-        ctx.shared_model.observe_frames(obs_buf.transpose(0, 1))  # in time order
+        ctx.shared_model.observe_frames(rollout.observations.transpose(0, 1))  # in time order
 
         # 3. The logits and values with gradients: the acting pass's, or a replay from the rollout's start.
-        if keep_acting_graph:
-            logits, values = torch.stack(acting_logits, dim=1), torch.stack(acting_values, dim=1)
-        else:
-            logits, values, _ = model.unroll(obs_buf, rollout_start_state, start_buf)
+        logits, values = rollout.logits_and_values(model)
 
         # 4. Advantages and value targets.
-        advantages, returns = advantages_and_returns(rewards, values.detach(), last_value, dones,
-                                                     a3c.gamma, a3c.gae_lambda)
-        policy_loss, entropy_bonus, value_loss = loss_terms(logits, values, actions, advantages, returns)
+        advantages, returns = advantages_and_returns(rollout.rewards, values.detach(), rollout.last_value,
+                                                     rollout.dones, a3c.gamma, a3c.gae_lambda)
+        policy_loss, entropy_bonus, value_loss = loss_terms(logits, values, rollout.actions, advantages, returns)
         loss = policy_loss - a3c.entropy_coef * entropy_bonus + a3c.value_coef * value_loss
         if not torch.isfinite(loss):
             ctx.events.put(NonFinite(rank, f"non-finite loss {loss.item()} (policy {policy_loss.item()}, "
@@ -171,10 +135,10 @@ def train_worker(rank: int, ctx: WorkerContext) -> None:
             shared.grad = local.grad
         ctx.optimizer.step()
 
-        ctx.counters[rank] += torch.tensor([num_envs * steps, frames, 1])
+        ctx.counters[rank] += torch.tensor([rollout.actions.numel(), rollout.frames, 1])
         ctx.events.put(UpdateDone(rank, {
             "policy_loss": policy_loss.item(), "value_loss": value_loss.item(),
-            "entropy": entropy_bonus.item() / steps, "grad_norm": grad_norm.item()}))
+            "entropy": entropy_bonus.item() / a3c.rollout_steps, "grad_norm": grad_norm.item()}))
 
 
 def trainer_alive(ctx: WorkerContext) -> bool:
