@@ -318,6 +318,7 @@ def plot_figure(groups: dict[tuple[str, int], list[RunLog]], options: PlotOption
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import EngFormatter
 
     skips = sorted({skip for _, skip in groups})
     rows = len(options.x_axes)
@@ -336,6 +337,8 @@ def plot_figure(groups: dict[tuple[str, int], list[RunLog]], options: PlotOption
                                 linewidth=0)
             ax.set_title(f"frame skip {skip}")
             ax.set_xlabel(X_LABELS[axis])
+            if axis != "time":  # 40k games, 120M frames rather than an offset such as 1e8
+                ax.xaxis.set_major_formatter(EngFormatter(sep=""))
             ax.set_ylim(-21.5, 21.5)
             ax.grid(alpha=0.3)
             ax.legend(loc="upper left", fontsize="small")
