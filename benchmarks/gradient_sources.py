@@ -11,6 +11,7 @@ each rollout takes the run's loss apart the way the worker builds it (policy, en
 
     python benchmarks/gradient_sources.py runs/figure3/stm-skip32-seed0            # its latest checkpoint
     python benchmarks/gradient_sources.py --init stm --frame-skip 32               # an untrained agent
+    python benchmarks/gradient_sources.py runs/figure3/stm-skip32-seed0 --frame-skip 0   # played at another skip
 """
 
 from __future__ import annotations
@@ -110,21 +111,27 @@ def memory_norms_over_a_game(model: torch.nn.Module, config: TrainConfig, max_st
 def load(args: argparse.Namespace) -> tuple[torch.nn.Module, TrainConfig, str]:
     if args.init is not None:
         config = preset_config("cpu")
+        skip = 4 if args.frame_skip is None else args.frame_skip
         config = dataclasses.replace(config, agent=dataclasses.replace(config.agent, agent=args.init),
-                                     env=dataclasses.replace(config.env, frame_skip=args.frame_skip))
+                                     env=dataclasses.replace(config.env, frame_skip=skip))
         torch.manual_seed(args.seed)
         return build_agent(config.agent, probe_action_count(config.env)), config, f"untrained {args.init} agent"
     checkpoint = resolve_checkpoint(args.run, Checkpoint.LATEST if args.run.is_dir() else None)
     model, config, record = load_agent_from_checkpoint(checkpoint)
     steps = record.get("counters", {}).get("agent_steps")
-    return model, config, f"{checkpoint}" + (f" ({steps:,} agent steps)" if isinstance(steps, int) else "")
+    what = f"{checkpoint}" + (f" ({steps:,} agent steps)" if isinstance(steps, int) else "")
+    if args.frame_skip is not None and args.frame_skip != config.env.frame_skip:  # e.g. a skip-32 agent at skip 0
+        what += f", trained at frame skip {config.env.frame_skip}"
+        config = dataclasses.replace(config, env=dataclasses.replace(config.env, frame_skip=args.frame_skip))
+    return model, config, what
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run", nargs="?", type=Path, help="a run directory (its latest checkpoint) or a checkpoint file")
     parser.add_argument("--init", choices=["lstm", "stm"], help="an untrained agent (CPU preset) instead of a run")
-    parser.add_argument("--frame-skip", type=int, default=4, help="with --init: the environment's frame skip")
+    parser.add_argument("--frame-skip", type=int, default=None,
+                        help="the environment's frame skip (default: the run's; 4 with --init)")
     parser.add_argument("--seed", type=int, default=0, help="with --init: the initialisation seed")
     parser.add_argument("--games", type=int, default=4, help="games per rollout")
     parser.add_argument("--updates", type=int, default=30, help="rollouts to take gradients of")
@@ -140,6 +147,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     for flag in ("games", "updates", "game_steps"):
         if getattr(args, flag) < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {getattr(args, flag)}")
+    if args.frame_skip is not None and args.frame_skip < 0:
+        parser.error(f"--frame-skip must be >= 0 (0 = act on every frame), got {args.frame_skip}")
     fastpath.enable(num_threads=1)
     torch.manual_seed(args.seed)
     try:

@@ -39,10 +39,19 @@ def test_gradient_split_by_loss_term_bounds_the_total_and_names_the_parameters(c
     assert "|M_i|" in out and "alpha2" in out
 
 
+def test_a_trained_agent_is_played_at_another_frame_skip(finished_run):
+    parser = gradient_sources.build_parser()
+    model, config, what = gradient_sources.load(parser.parse_args([str(finished_run), "--frame-skip", "4"]))
+    assert config.env.frame_skip == 4 and "trained at frame skip 32" in what
+    _, config, what = gradient_sources.load(parser.parse_args([str(finished_run)]))
+    assert config.env.frame_skip == 32 and "trained at" not in what
+
+
 @pytest.mark.parametrize("args, message", [
     ([], "give either a run directory"),
     (["--init", "lstm", "--updates", "0"], "--updates must be at least 1"),
     (["no/such/run"], "no run directory or checkpoint file"),
+    (["--init", "stm", "--frame-skip", "-1"], "--frame-skip must be >= 0"),
 ])
 def test_gradient_sources_refuses_bad_input_in_one_line(args, message, capsys):
     try:  # argparse's own errors exit; the rest come back as the exit code
