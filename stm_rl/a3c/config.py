@@ -88,7 +88,9 @@ class RunConfig:
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     """Worker processes, each with its own environment(s) and one torch thread (default: one per CPU core)."""
     seed: int = 0
-    """Global seed; worker r seeds torch, numpy and its environments with seed + r."""
+    """Global seed: it draws the initial weights (from seed + 2,000,000), and worker r seeds torch, numpy and its
+    environments with seed + r; a one-worker run is reproduced exactly by its seed (several workers: Hogwild's
+    interleaving of updates is left to timing)."""
     device: str = "cpu"
     """Device of the shared model. Hogwild A3C shares CPU memory between processes, so only "cpu" is supported."""
     checkpoint_interval: float = 120.0
