@@ -2,12 +2,15 @@
 
 A run directory holds checkpoints, tensorboard events and logs of every kind; what a reader of the results needs
 is small: the game log (every training game: what ``stm-rl plot`` and ``benchmarks/time_to_score.py`` read),
-the config, the summary and the greedy evaluations (``eval-*.json``). ``stm-rl publish`` copies those, and only
+the training metrics, the config, the summary and the greedy evaluations (``eval-*.json``). ``stm-rl publish`` copies those, and only
 those, into ``--to DIR/<run name>/``:
 
 - ``games.jsonl`` becomes ``games.jsonl.gz`` (gzip with a fixed timestamp, so an unchanged log gives the same
   bytes and git sees no change); every reader of game logs takes the compressed file where the plain one is
   absent (:attr:`stm_rl.run_dir.RunDir.game_log`);
+- ``metrics.jsonl`` becomes ``metrics.jsonl.gz`` without its per-game rows (the game log has them): the losses,
+  entropy, gradient norm and rates of the updates, evaluations and milestones, a tenth of the plain file or less
+  (read it with ``stm_rl.run_dir.read_jsonl``, or ``zcat``);
 - JSON files are copied with the machine's absolute paths taken out: the working directory becomes relative,
   the home directory ``~``, any other absolute path keeps only its last component (a committed file names no
   folder of the machine that ran it);
@@ -29,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from stm_rl.a3c.progress import GAME_METRICS
 from stm_rl.run_dir import (SWEEP_MANIFEST, RunDir, StmRlError, check_can_write, find_run_dirs, read_json, read_jsonl,
                             write_json_atomic)
 
@@ -80,6 +84,17 @@ def write_gzip_jsonl(records: Sequence[dict], path: Path) -> bool:
     return True
 
 
+def training_metrics(path: Path) -> list[dict]:
+    """The rows of a run's ``metrics.jsonl`` without the per-game metrics (the game log has them): losses, rates,
+    evaluations and milestones; rows left with nothing but their step and time are dropped."""
+    rows = []
+    for row in read_jsonl(path):
+        kept = {key: value for key, value in row.items() if key not in GAME_METRICS}
+        if kept.keys() - {"step", "wall_time"}:
+            rows.append(kept)
+    return rows
+
+
 def publish_run(run_dir: Path, target: Path, cwd: Path, home: Path) -> Published:
     """Copy one run's game log (compressed), config, summary and evaluations into ``target``."""
     layout = RunDir(run_dir)
@@ -87,6 +102,9 @@ def publish_run(run_dir: Path, target: Path, cwd: Path, home: Path) -> Published
     games = list(read_jsonl(layout.game_log)) if layout.game_log.exists() else []
     if games:
         write_gzip_jsonl(games, target / RunDir.GAMES_COMPRESSED)
+    training = training_metrics(layout.metrics) if layout.metrics.exists() else []
+    if training:
+        write_gzip_jsonl(training, target / RunDir.METRICS_COMPRESSED)
     sources = [layout.path / name for name in COPIED_JSON] + layout.evaluation_reports()
     for source in sources:
         if source.is_file():

@@ -90,6 +90,9 @@ class RunDir:
     """The game log as published (gzip): readers take it where a run has no plain ``games.jsonl``."""
     EVALUATIONS = "evaluations.jsonl"
     METRICS = "metrics.jsonl"
+    METRICS_COMPRESSED = "metrics.jsonl.gz"
+    """The metrics as published (gzip): the per-update and periodic rows (losses, rates, evaluations, milestones);
+    the per-game rows are left out, the game log has them."""
     SUMMARY = "summary.json"
     TENSORBOARD = "tb"
     CHECKPOINTS = "checkpoints"

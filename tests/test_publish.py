@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from stm_rl.a3c.progress import GAME_METRICS
 from stm_rl.cli import main as cli_main
 from stm_rl.plotting import load_run
 from stm_rl.publish import scrub_paths, write_gzip_jsonl
@@ -59,6 +60,11 @@ def fake_run(run_dir: Path, games: int, torn: bool = False) -> None:
     lines = [json.dumps({"game": i, "frames": 1000 * i, "agent_steps": 250 * i, "wall_time": float(i),
                          "score": -21.0 + i % 5}) for i in range(1, games + 1)]
     (run_dir / "games.jsonl").write_text("\n".join(lines) + "\n" + ('{"game": 99, "fra' if torn else ""))
+    metrics = [{"step": 1000 * i, "wall_time": float(i), **dict(zip(GAME_METRICS, (-21.0, -21.0, 90, i)))}
+               for i in range(1, games + 1)]
+    metrics += [{"step": 5000, "wall_time": 5.0, "losses/value_loss": 80.0, "losses/entropy": 1.7},
+                {"step": 6000, "wall_time": 6.0, "charts/frames_per_second": 900.0}]
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in metrics))
     (run_dir / "checkpoints").mkdir()
     (run_dir / "checkpoints" / "latest.pt").write_bytes(b"weights")
 
@@ -73,7 +79,10 @@ def test_publish_copies_logs_compressed_and_no_checkpoints(tmp_path, capsys):
     assert "published 2 run(s), 42 games" in capsys.readouterr().out
     published = out / "stm-skip4-seed0"
     assert sorted(p.name for p in published.iterdir()) == ["config.json", "eval-final-skip4.json", "games.jsonl.gz",
-                                                          "summary.json"]
+                                                          "metrics.jsonl.gz", "summary.json"]
+    assert list(read_jsonl(published / "metrics.jsonl.gz")) == [
+        {"step": 5000, "wall_time": 5.0, "losses/value_loss": 80.0, "losses/entropy": 1.7},
+        {"step": 6000, "wall_time": 6.0, "charts/frames_per_second": 900.0}], "the per-game rows are the game log's"
     with gzip.open(published / "games.jsonl.gz", "rt") as f:
         assert [json.loads(line)["game"] for line in f] == list(range(1, 13)), "complete lines only"
     for path in out.rglob("*.json"):

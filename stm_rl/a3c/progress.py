@@ -21,10 +21,12 @@ from stm_rl.config_cli import format_count
 from stm_rl.logger import MetricLogger
 from stm_rl.run_dir import JsonlWriter, RunDir
 
-__all__ = ["STALL_SECONDS", "RunLog", "StallWatch", "clock", "note"]
+__all__ = ["GAME_METRICS", "STALL_SECONDS", "RunLog", "StallWatch", "clock", "note"]
 
 STALL_SECONDS = 60.0
 """A worker that has made no update for this long (while the run goes on) is reported as stalled."""
+GAME_METRICS = ("charts/episodic_return", "charts/episodic_return_avg100", "charts/episodic_length", "charts/games")
+"""The metrics logged once per finished game (score, moving average, length, game index): the game log's content."""
 
 
 @dataclass
@@ -104,9 +106,8 @@ class RunLog:
                   "score": episode["score"], "length": episode["length"],
                   "episode_frames": episode["frames"], "moving_average": average}
         self.games.write(record)
-        self.metrics.log(counters.frames, {"charts/episodic_return": episode["score"],
-                                           "charts/episodic_return_avg100": average,
-                                           "charts/episodic_length": episode["length"], "charts/games": counters.games})
+        self.metrics.log(counters.frames, dict(zip(GAME_METRICS, (episode["score"], average, episode["length"],
+                                                                  counters.games))))
 
     def milestone(self, milestone: Milestone, window: int) -> None:
         """Announce and record that the moving average reached a threshold for the first time."""
