@@ -37,7 +37,7 @@ from typing import Any
 import cv2
 import gymnasium as gym
 import numpy as np
-from ale_py import ALEInterface, LoggerMode, roms
+from ale_py import Action, ALEInterface, LoggerMode, roms
 
 __all__ = ["EnvConfig", "AtariEnv", "make_env", "make_pong", "probe_action_count", "DEFAULT_MAX_EPISODE_FRAMES"]
 
@@ -46,7 +46,7 @@ DEFAULT_MAX_EPISODE_FRAMES = 108_000
 
 _CROP_TOP, _CROP_BOTTOM = 34, 194  # rows 34..193 inclusive: the 160x160 Pong playfield
 _PLAYFIELD = _CROP_BOTTOM - _CROP_TOP
-_FIRE = 1  # ale_py.Action.FIRE
+_FIRE = Action.FIRE  # the minimal action set holds Action values: the plain int 1 is never found in it
 _EMULATOR_FPS = 60
 CUE_MEMORY = "cue-memory"  # the toy task of envs.cue_memory, for learning checks
 

@@ -96,6 +96,14 @@ def test_a_game_ends_with_a_score_in_range():
         env.step(0)
 
 
+@pytest.mark.parametrize("fire", [True, False])
+def test_fire_on_reset_presses_fire_once_after_the_noops(fire):
+    env = make_pong(frame_skip=4, noop_max=0, fire_on_reset=fire, seed=0)
+    assert env.unwrapped._fire_on_reset is fire
+    _, info = env.reset()
+    assert info["frames"] == (1 if fire else 0) and info["noops"] == 0
+
+
 def test_episode_frame_cap_truncates():
     assert EnvConfig().max_episode_frames == DEFAULT_MAX_EPISODE_FRAMES == 108_000
     env = make_pong(frame_skip=4, max_episode_frames=200, noop_max=0, fire_on_reset=False, seed=0)
