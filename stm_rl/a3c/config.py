@@ -38,7 +38,8 @@ class A3CConfig:
     entropy_coef: float = 0.01
     """Weight of the entropy bonus in the policy loss."""
     value_coef: float = 0.5
-    """Weight of the value loss 0.5 * (R - V)^2 (the 0.5 of the spec is this coefficient)."""
+    """Weight of the value loss term, which is itself halved, 0.5 * (R - V)^2: 0.5 makes 0.25 * (R - V)^2 in all,
+    as in the authors' A3C code (rl/train_sam.py) and classic PyTorch A3C; the spec's 0.5 * (R - V)^2 is 1.0."""
     max_grad_norm: float = 50.0
     """Clip the global gradient norm of each update to this (classic A3C: 50)."""
     rollout_steps: int = 20
