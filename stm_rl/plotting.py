@@ -8,7 +8,7 @@ each group shows the mean over its runs and a band of one standard deviation (``
 standard error of the mean (``--band sem``). Runs of a group are compared over the range all of them reached
 (the shortest run sets the end of the curve).
 
-The table gives per (agent, frame skip): the runs' length, the final and best average, for each
+The table gives per (agent, frame skip): the runs' length, the final and best (full-window) average, for each
 ``--thresholds`` score the games, agent steps and frames until the full-window average first reached it, and
 the greedy play of the final agents where the runs have it (``eval-final-skip<N>.json``, written by
 ``--final-eval-games`` or ``stm-rl evaluate RUN --checkpoint final``); as text, CSV (``--table-csv``) and
@@ -123,6 +123,7 @@ class ConfigSummary:
     frames: tuple[int, ...]
     final_average: tuple[float, ...]
     best_average: tuple[float, ...]
+    """Per run: the highest full-window moving average (a run shorter than a window: the highest so far)."""
     reached: dict[float, tuple[Optional[Reached], ...]]
     """Per threshold, per run: where the full-window moving average first reached it (None: never)."""
     agent_steps: tuple[Optional[int], ...] = ()
@@ -304,7 +305,8 @@ def summarize(key: tuple[str, int], runs: Sequence[RunLog], window: int,
     return ConfigSummary(
         agent=key[0], frame_skip=key[1], seeds=tuple(run.seed for run in runs),
         games=tuple(run.games for run in runs), frames=tuple(int(run.frames[-1]) for run in runs),
-        final_average=tuple(float(a[-1]) for a in averages), best_average=tuple(float(a.max()) for a in averages),
+        final_average=tuple(float(a[-1]) for a in averages),
+        best_average=tuple(float(a[min(window, len(a)) - 1:].max()) for a in averages),  # full windows
         reached={t: tuple(first_reached(run, t, window) for run in runs) for t in thresholds},
         agent_steps=tuple(None if run.agent_steps is None else int(run.agent_steps[-1]) for run in runs),
         greedy=tuple(run.greedy_scores for run in runs))
@@ -415,7 +417,7 @@ def format_markdown(rows: Sequence[dict[str, object]], band: Band, thresholds: S
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(table_cells(row, band, thresholds)) + " |" for row in rows]
     notes = (f"Averages over {window} games (mean +- {'standard deviation' if band == 'std' else 'standard error'} "
-             "over runs); 'to S': games (g) and agent steps (st) until the full-window average first reached S, "
+             "over runs; best: the highest full-window average); 'to S': games (g) and agent steps (st) until the full-window average first reached S, "
              "mean over the runs that did (k/n); greedy final: the final weights' greedy games, mean of the runs' "
              "means.")
     return "\n".join(lines) + "\n\n" + notes + "\n"

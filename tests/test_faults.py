@@ -6,8 +6,10 @@ that the user gets a one-line message, the exit code of the convention, and noth
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
+import math
 import os
 import queue
 import signal
@@ -224,6 +226,26 @@ def test_non_finite_weights_are_never_saved_over_a_good_checkpoint(finished_run)
         save_training_checkpoint(path, trainer.shared_model, trainer.optimizer, {}, {}, trainer.config)
     assert path.read_bytes() == before and not list(path.parent.glob("*.tmp"))
     assert trainer._save("final").startswith("non-finite")
+
+
+def test_the_best_checkpoint_waits_for_a_full_window(finished_run):
+    """A run that never learns must not keep its first games' lucky streak as its 'best' weights."""
+    from stm_rl.a3c.messages import GameFinished
+    config = load_training_checkpoint(finished_run / "checkpoints" / "latest.pt")["config"]
+    trainer = Trainer(dataclasses.replace(config, run=dataclasses.replace(config.run, moving_average_window=12)))
+
+    class QuietLog:
+        def game(self, *args): pass
+        def milestone(self, *args): pass
+        def note(self, *args): pass
+
+    bests = []
+    for score in [5.0] * 10 + [-21.0, -21.0, -20.0]:  # a lucky start, then the run's real level
+        trainer._game_finished(GameFinished(0, {"score": score, "length": 10, "frames": 100}), QuietLog(),
+                               Counters(), torch.zeros(1, 3, dtype=torch.int64), time.monotonic())
+        bests.append(trainer.scores.best_average)
+    assert bests[:11] == [-math.inf] * 11, "no best before the window is full"
+    assert bests[11:] == [pytest.approx(8 / 12), pytest.approx(8 / 12)]
 
 
 def test_a_worker_failing_on_nan_weights_is_named(finished_run):

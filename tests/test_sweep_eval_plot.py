@@ -188,6 +188,9 @@ def test_moving_average_mean_band_and_thresholds_by_hand(tmp_path):
     assert plotting.frames_to_reach(a, 0, window=2) == 3000 and plotting.frames_to_reach(b, 2, window=2) is None
     summary = plotting.summarize(("stm", 4), [a, b], window=2, thresholds=(0, 2, -2.5))
     assert summary.final_average == (4.0, 1.0) and summary.best_average == (4.0, 1.0)
+    # the best average is a full window's: a lucky first game (5 alone) is not a best of 2-game averages
+    lucky = plotting.load_run(write_run(tmp_path / "z", "stm", 4, 2, [5, -5, -5, -5]))
+    assert plotting.summarize(("stm", 4), [lucky], window=2, thresholds=()).best_average == (0.0,)
     assert summary.frames_to_threshold == {0: (3000, 3000), 2: (4000, None), -2.5: (2000, 2000)}
     # thresholds count only full windows: a's first game (-3 alone) is not an average of 2 games >= -2.5
     assert summary.reached[2] == (plotting.Reached(games=4, agent_steps=1000, frames=4000), None)

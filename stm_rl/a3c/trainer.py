@@ -302,7 +302,9 @@ class Trainer:
         log.game(self.counters, message.source, message.episode, average)
         for milestone in self.milestones.check(self.scores, self.counters):
             log.milestone(milestone, self.scores.window)
-        if len(self.scores.recent) >= min(10, self.scores.window) and average > self.scores.best_average:
+        # A best is a full window's average: a run that never learns must not keep its first games' lucky streak
+        # (near-initial weights) as its 'best' checkpoint.
+        if self.scores.full and average > self.scores.best_average:
             self.scores.best_average = average
             self._best_pending = True
         if self._best_pending and time.monotonic() - self._last_best_save >= BEST_CHECKPOINT_INTERVAL:
