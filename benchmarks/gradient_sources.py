@@ -60,8 +60,9 @@ def rollout_gradients(model: torch.nn.Module, config: TrainConfig, games: int, u
     for _ in range(updates):
         rollout = collector.collect(keep_graph=a3c.keeps_acting_graph(config.agent))
         logits, values = rollout.logits_and_values(model)
-        advantages, returns = advantages_and_returns(rollout.rewards, values.detach(), rollout.last_value,
-                                                     rollout.dones, a3c.gamma, a3c.gae_lambda)
+        rewards = rollout.bootstrapped_rewards(a3c.gamma)  # a game cut off by the frame cap goes on
+        advantages, returns = advantages_and_returns(rewards, values.detach(), rollout.last_value, rollout.dones,
+                                                     a3c.gamma, a3c.gae_lambda)
         policy, entropy, value = loss_terms(logits, values, rollout.actions, advantages, returns)
         terms = {"policy": policy, "entropy": -a3c.entropy_coef * entropy, "value": a3c.value_coef * value}
         by_term = {}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gymnasium as gym
+import numpy as np
 import pytest
 import torch
 
@@ -40,3 +42,42 @@ def test_a_rollout_records_games_ending_and_starting_inside_it(agent):
     replay_logits, replay_values = second._replace(acting_logits=None, acting_values=None).logits_and_values(model)
     torch.testing.assert_close(replay_logits, second.acting_logits, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(replay_values, second.acting_values, rtol=1e-4, atol=1e-5)
+
+
+class _CappedGame(gym.Env):
+    """Games of 3 steps that the frame cap cuts off (``truncated``), with a distinct frame at every step."""
+
+    observation_space = gym.spaces.Box(0.0, 1.0, shape=(1, 42, 42), dtype=np.float32)
+    action_space = gym.spaces.Discrete(6)
+
+    def reset(self, *, seed=None, options=None):
+        self.t = 0
+        return self._frame(), {"frames": 0}
+
+    def step(self, action):
+        self.t += 1
+        info = {"frames": 1}
+        if self.t == 3:
+            info["episode"] = {"score": 0.0, "length": 3, "frames": 3}
+        return self._frame(), 0.0, False, self.t == 3, info
+
+    def _frame(self):
+        return np.full((1, 42, 42), 0.1 * (self.t + 1), dtype=np.float32)
+
+
+@pytest.mark.parametrize("agent", ["lstm", "stm"])
+def test_a_game_cut_off_by_the_frame_cap_is_bootstrapped_from_where_it_stopped(agent):
+    torch.manual_seed(0)
+    model = build_agent(AgentConfig(agent=agent, encoder="small"), 6)
+    rollout = RolloutCollector(model, [_CappedGame(), CueMemoryEnv(delay=1, seed=1)], steps=4).collect(False)
+    assert torch.equal(rollout.dones[0], torch.tensor([False, False, True, False]))
+    # V of the 4th frame of the game, the state having seen the first three (what the game would go on from)
+    with torch.no_grad():
+        state = model.initial_state(1)
+        for t in range(4):
+            _, value, state = model.act(torch.full((1, 1, 42, 42), 0.1 * (t + 1)), state)
+    expected = torch.zeros(2, 4)
+    expected[0, 2] = value[0]
+    torch.testing.assert_close(rollout.cutoff_values, expected, rtol=1e-5, atol=1e-6)
+    assert rollout.cutoff_values[1].eq(0).all(), "a lost or won game is not bootstrapped"
+    torch.testing.assert_close(rollout.bootstrapped_rewards(0.9), rollout.rewards + 0.9 * expected)

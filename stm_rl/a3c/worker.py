@@ -10,7 +10,8 @@ Each update (Mnih et al. 2016, with the details of ../shared/spec/A3C_PONG.md):
    replay of the rollout with gradients from the state it started in, which gives the same numbers in a
    few large operations (``A3CConfig.gradient_pass`` chooses, by what is faster for the agent);
 4. advantages by GAE(lambda) on clipped rewards, bootstrapped with V of the last observation unless the
-   game ended; n-step discounted returns as the value target;
+   game ended (a game cut off by the frame cap did not end: it is bootstrapped from where it stopped);
+   n-step discounted returns as the value target;
 5. loss = policy loss - entropy bonus + value loss, clip the gradient norm, hand the gradients to the
    shared model and step the shared Adam (Hogwild: no lock).
 
@@ -112,8 +113,9 @@ def train_worker(rank: int, ctx: WorkerContext) -> None:
         logits, values = rollout.logits_and_values(model)
 
         # 4. Advantages and value targets.
-        advantages, returns = advantages_and_returns(rollout.rewards, values.detach(), rollout.last_value,
-                                                     rollout.dones, a3c.gamma, a3c.gae_lambda)
+        rewards = rollout.bootstrapped_rewards(a3c.gamma)  # a game cut off by the frame cap goes on
+        advantages, returns = advantages_and_returns(rewards, values.detach(), rollout.last_value, rollout.dones,
+                                                     a3c.gamma, a3c.gae_lambda)
         policy_loss, entropy_bonus, value_loss = loss_terms(logits, values, rollout.actions, advantages, returns)
         loss = policy_loss - a3c.entropy_coef * entropy_bonus + a3c.value_coef * value_loss
         if not torch.isfinite(loss):
