@@ -170,6 +170,28 @@ def load_runs(out: Path, tasks: Sequence[str], models: Sequence[str], seeds: Seq
     return runs
 
 
+def in_progress(out: Path, tasks: Sequence[str], models: Sequence[str], seeds: Sequence[int]) -> dict:
+    """``{(task, model): text}`` for the runs begun but not finished (a long run spread over sittings): the best
+    validation value so far, with the iteration it was reached at and the last one validated."""
+    found: dict[tuple[str, str], list[str]] = {}
+    for task in tasks:
+        for model in models:
+            for seed in seeds:
+                layout = RunDir(run_dir_of(out, task, model, seed))
+                if finished(layout.path, None) or not layout.evaluations.exists():
+                    continue
+                metric = TASKS[task].main_metric
+                valid = [r for r in read_jsonl(layout.evaluations) if r["split"] == "valid" and metric in r]
+                if not valid:
+                    continue
+                pick = max if TASKS[task].higher_is_better else min
+                best = pick(valid, key=lambda r: r[metric])
+                found.setdefault((task, model), []).append(
+                    f"seed {seed}: valid {best[metric]:.3g} at iteration {best['iteration']} "
+                    f"(validated to {valid[-1]['iteration']})")
+    return {key: "in progress, " + "; ".join(texts) for key, texts in found.items()}
+
+
 def mean_std(values: Sequence[float]) -> str:
     if len(values) == 1:
         return f"{values[0]:.3g}"
@@ -239,7 +261,11 @@ def plateau_text(plateaus: Sequence[Plateau]) -> str:
                      for p in plateaus) or "-"
 
 
-def table_rows(runs: dict, tasks: Sequence[str], models: Sequence[str], preset: str = "small") -> list[dict[str, str]]:
+def table_rows(runs: dict, tasks: Sequence[str], models: Sequence[str], preset: str = "small",
+               unfinished: Optional[dict] = None) -> list[dict[str, str]]:
+    """One row per (task, model) over its finished runs; where none has finished, ``unfinished`` (from
+    :func:`in_progress`) says how far the begun ones are."""
+    unfinished = unfinished or {}
     rows = []
     for task in tasks:
         task_records = [r for model in models for r in runs.get((task, model), [])]
@@ -260,7 +286,7 @@ def table_rows(runs: dict, tasks: Sequence[str], models: Sequence[str], preset: 
                 "paper (its setting)": paper_text(paper, metric),
                 "paper at this size": paper_here(paper, built),
                 "shortcut plateau": plateau_text(plateaus),
-                "here (test, mean +- std)": mean_std(tests) if tests else "not run",
+                "here (test, mean +- std)": mean_std(tests) if tests else unfinished.get((task, model), "not run"),
                 "left the plateau (> 3 SE)": left or "-",
                 "seeds": str(len(records)),
                 "iterations": "/".join(sorted({str(r["iterations"]) for r in records})) or "-",
@@ -351,10 +377,12 @@ def build_table(args: argparse.Namespace, command: str) -> int:
                     except TrainingInterrupted as stop:
                         raise KeyboardInterrupt(str(stop)) from None
                     runs = load_runs(out, args.tasks, args.models, args.seeds)
-                    write_outputs(out, table_rows(runs, args.tasks, args.models, args.preset), runs, args.tasks,
-                                  command)
+                    rows = table_rows(runs, args.tasks, args.models, args.preset,
+                                      in_progress(out, args.tasks, args.models, args.seeds))
+                    write_outputs(out, rows, runs, args.tasks, command)
     runs = load_runs(out, args.tasks, args.models, args.seeds)
-    rows = table_rows(runs, args.tasks, args.models, args.preset)
+    rows = table_rows(runs, args.tasks, args.models, args.preset,
+                      in_progress(out, args.tasks, args.models, args.seeds))
     write_outputs(out, rows, runs, args.tasks, command)
     print((out / "table.md").read_text())
     if args.babi_run:

@@ -61,6 +61,24 @@ def test_table_trains_resumes_skips_and_reports(table, tmp_path, capsys):
     assert "==" not in capsys.readouterr().out
 
 
+def test_a_run_not_finished_yet_is_reported_in_progress(table, tmp_path):
+    out = tmp_path / "out"
+    run_dir = out / "nth-farthest-lstm-seed0"
+    train(resolve_config("nth-farthest", "lstm", "smoke", iterations=2, eval_every=1, seed=0, run_dir=str(run_dir)),
+          progress=False)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    (run_dir / "summary.json").write_text(json.dumps({**summary, "status": "interrupted"}))  # as a stopped sitting
+    valid = [json.loads(line) for line in (run_dir / "evaluations.jsonl").read_text().splitlines()]
+    best = max((r for r in valid if r["split"] == "valid"), key=lambda r: r["accuracy"])
+    assert table.main(["--report-only", "--tasks", "nth-farthest", "--models", "lstm", "rmc", "--preset", "smoke",
+                       "--out", str(out)]) == 0
+    with open(out / "table.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert rows[0]["here (test, mean +- std)"] == (f"in progress, seed 0: valid {best['accuracy']:.3g} at iteration "
+                                                  f"{best['iteration']} (validated to 2)")
+    assert rows[0]["seeds"] == "0" and rows[1]["here (test, mean +- std)"] == "not run"
+
+
 @pytest.mark.parametrize("args, message", [
     (["--tasks", "nope"], "--tasks: unknown task 'nope'"),
     (["--models", "nope"], "--models: unknown model 'nope'"),
