@@ -81,3 +81,8 @@ def test_a_game_cut_off_by_the_frame_cap_is_bootstrapped_from_where_it_stopped(a
     torch.testing.assert_close(rollout.cutoff_values, expected, rtol=1e-5, atol=1e-6)
     assert rollout.cutoff_values[1].eq(0).all(), "a lost or won game is not bootstrapped"
     torch.testing.assert_close(rollout.bootstrapped_rewards(0.9), rollout.rewards + 0.9 * expected)
+    # the extra forward leaves the acting pass alone: with its graph kept, it still equals the replay
+    kept = RolloutCollector(model, [_CappedGame(), CueMemoryEnv(delay=1, seed=1)], steps=4).collect(True)
+    torch.testing.assert_close(kept.cutoff_values, expected, rtol=1e-5, atol=1e-6)
+    replay_logits, _ = kept._replace(acting_logits=None, acting_values=None).logits_and_values(model)
+    torch.testing.assert_close(replay_logits, kept.acting_logits, rtol=1e-4, atol=1e-5)
