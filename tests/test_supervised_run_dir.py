@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -154,3 +158,29 @@ def test_a_run_saved_with_the_flat_config_resumes(smoke_run, capsys):
     nested = SupervisedConfig.from_dict(resumed["config"])
     flat = SupervisedConfig.from_dict(flat_config(resumed["config"]))  # flat configs had no progress setting
     assert flat == dataclasses.replace(nested, run=dataclasses.replace(nested.run, progress=True))
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_background_run_stops_on_ctrl_c_or_sigterm_with_its_checkpoint(tmp_path, signum):
+    """A background job of a script starts with SIGINT ignored, and Python then sets no Ctrl-C handler of its own:
+    the run still stops on SIGINT (as on SIGTERM) with its latest checkpoint and the interrupted exit status."""
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "stm_rl.supervised", "--task", "copy", "--model", "lstm", "--preset", "smoke",
+               "--iterations", "1000000", "--eval-every", "1", "--no-progress", "--run-dir", str(run_dir)]
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by the run
+    try:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    try:
+        deadline = time.monotonic() + 120
+        while not (run_dir / "evaluations.jsonl").exists() or not (run_dir / "evaluations.jsonl").read_text():
+            assert time.monotonic() < deadline and process.poll() is None, "the run never validated"
+            time.sleep(0.2)
+        process.send_signal(signum)
+        assert process.wait(timeout=60) == 130
+    finally:
+        process.kill()
+        process.wait()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and (run_dir / "checkpoints" / "latest.pt").exists()

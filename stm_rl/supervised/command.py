@@ -147,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
         values = evaluate_checkpoint(args.eval_only, "test", task_options, device)
         print(f"test: {describe_metrics(values)}")
         return 0
-    with sigterm_as_ctrl_c():
+    with stop_signals_as_ctrl_c():
         try:
             if args.resume:
                 record, saved = load_run(args.resume)
@@ -166,13 +166,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 @contextmanager
-def sigterm_as_ctrl_c() -> Iterator[None]:
-    """SIGTERM stops training like Ctrl-C (the latest checkpoint is saved, the exit status is 130)."""
+def stop_signals_as_ctrl_c() -> Iterator[None]:
+    """SIGTERM stops training like Ctrl-C (the latest checkpoint is saved, the exit status is 130). Ctrl-C (SIGINT)
+    too where it started ignored: Python sets no handler of its own in a background job of a script."""
     def interrupt(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous_term = signal.signal(signal.SIGTERM, interrupt)
+    previous_int = signal.signal(signal.SIGINT, interrupt)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, previous_term)
+        signal.signal(signal.SIGINT, previous_int)
