@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import signal
 import statistics
 import sys
 from dataclasses import dataclass
@@ -352,15 +351,9 @@ def babi_report(run_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def raise_interrupt(signum, frame) -> None:  # SIGTERM and SIGINT: save the latest checkpoint and stop
-    raise KeyboardInterrupt
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
-    signal.signal(signal.SIGTERM, raise_interrupt)
-    signal.signal(signal.SIGINT, raise_interrupt)  # also when started ignored (a background job of a script)
     command = " ".join(["benchmarks/supervised_table.py", *(argv if argv is not None else sys.argv[1:])])
     return run_command("supervised_table.py", lambda: build_table(args, command),
                        interrupted_hint="rerun the same command to resume")

@@ -11,6 +11,11 @@ Exit codes (the same for ``train``, ``sweep``, ``evaluate``, ``plot`` and ``supe
 130   interrupted: Ctrl-C or SIGTERM; training commands stopped cleanly and wrote a final checkpoint
 ====  ==========================================================================================
 
+Ctrl-C and SIGTERM mean the same thing to every command: :func:`run_command` turns both into
+``KeyboardInterrupt`` for the time of the command's body, also where SIGINT started ignored (a background job of a
+script, where Python sets no handler of its own). Commands that must stop gracefully (the trainer, which lets its
+workers finish their update; the sweep, which stops its runs) put their own handler on top and restore this one.
+
 Errors are one line (``stm-rl train: error: ...``); with ``STM_RL_DEBUG=1`` in the environment the command
 raises instead, so the Python traceback is shown. :func:`run_command` applies these rules to a command's body.
 A training run records how it ended as a :class:`RunStatus` in its ``summary.json`` (RL and supervised alike),
@@ -21,9 +26,12 @@ from __future__ import annotations
 
 import os
 import shlex
+import signal
 import sys
+import threading
+from contextlib import AbstractContextManager, contextmanager
 from enum import Enum, IntEnum
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from stm_rl.run_dir import RunFailed, StmRlError, describe_os_error
 
@@ -79,7 +87,8 @@ def run_command(prog: str, body: Callable[[], int], interrupted_hint: str = "") 
     line that says so). Every entry point (``stm-rl``, ``python -m stm_rl.supervised``, a sweep's run process,
     the benchmark scripts) ends through here."""
     try:
-        return int(body() or 0)
+        with stop_signals_raise_keyboard_interrupt():
+            return int(body() or 0)
     except (StmRlError, ValueError) as error:
         if debugging():
             raise
@@ -98,3 +107,32 @@ def run_command(prog: str, body: Callable[[], int], interrupted_hint: str = "") 
     except KeyboardInterrupt:
         print(f"{prog}: interrupted" + (f"; {interrupted_hint}" if interrupted_hint else ""), file=sys.stderr)
         return ExitCode.INTERRUPTED
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+"""The signals that stop a command (exit code 130): Ctrl-C and what ``kill``, a scheduler or a session end send."""
+
+
+def _raise_keyboard_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def handling_stop_signals(handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """Within the block, SIGINT and SIGTERM go to ``handler``; the previous handlers are back after it. Outside the
+    main thread, where Python cannot set handlers, it changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {number: signal.signal(number, handler) for number in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for number, earlier in previous.items():
+            if earlier is not None:  # None: a handler set outside Python, which cannot be put back from here
+                signal.signal(number, earlier)
+
+
+def stop_signals_raise_keyboard_interrupt() -> AbstractContextManager[None]:
+    """Within the block, SIGINT and SIGTERM raise ``KeyboardInterrupt`` (what :func:`run_command` sets)."""
+    return handling_stop_signals(_raise_keyboard_interrupt)

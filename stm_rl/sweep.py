@@ -21,7 +21,6 @@ import dataclasses
 import json
 import math
 import os
-import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from stm_rl import sweep_run
 from stm_rl.a3c.config import PRESETS, A3CConfig, RunConfig, TrainConfig, build_train_config
 from stm_rl.a3c.limits import validate_for_training
 from stm_rl.config_cli import add_dataclass_flags, flag_name, given_settings, parse_count, with_flag_names
-from stm_rl.conventions import ExitCode
+from stm_rl.conventions import ExitCode, stop_signals_raise_keyboard_interrupt
 from stm_rl.evaluate import has_final_evaluation
 from stm_rl.run_dir import SWEEP_MANIFEST, Checkpoint, RunDir, StmRlError, check_can_write, read_json, write_json_atomic
 
@@ -489,12 +488,11 @@ class Sweep:
         self._write_manifest()
         bar = tqdm(total=len(self.entries), initial=skipped, unit="run", desc="sweep", dynamic_ncols=True,
                    disable=not self.options.progress, mininterval=0.5 if sys.stderr.isatty() else 30.0)
-        # Ctrl-C and SIGTERM stop the runs. Python's own Ctrl-C handler is not there when the sweep starts with
-        # SIGINT ignored (a background job of a script), so the sweep sets both, as the trainer does.
-        previous_int = signal.signal(signal.SIGINT, _raise_keyboard_interrupt)
-        previous_term = signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+        # Ctrl-C and SIGTERM stop the runs. The command line's run_command already has them raise
+        # KeyboardInterrupt; a sweep started from Python gets the same here.
         try:
-            self._loop(backend, capacity, bar)
+            with stop_signals_raise_keyboard_interrupt():
+                self._loop(backend, capacity, bar)
         except KeyboardInterrupt:
             tqdm.write("sweep: interrupted; stopping the running trainings (they write final checkpoints)...",
                        file=sys.stderr)
@@ -506,9 +504,6 @@ class Sweep:
             bar.close()
             print(results_table(self.entries))
             return ExitCode.INTERRUPTED
-        finally:
-            signal.signal(signal.SIGINT, previous_int)
-            signal.signal(signal.SIGTERM, previous_term)
         bar.close()
         return self._report()
 
@@ -614,10 +609,6 @@ def results_table(entries: list[RunEntry], states: Optional[Mapping[str, str]] =
 
 def _average(value: Any) -> str:
     return f"{value:+.2f}" if isinstance(value, (int, float)) and math.isfinite(value) else "-"
-
-
-def _raise_keyboard_interrupt(signum: int, _frame: Any) -> None:
-    raise KeyboardInterrupt
 
 
 def readable_frames(frames: int) -> str:

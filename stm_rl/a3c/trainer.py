@@ -43,7 +43,7 @@ from stm_rl.a3c.progress import RunLog, StallWatch, note
 from stm_rl.a3c.scores import Counters, Milestones, ScoreTracker
 from stm_rl.a3c.shared_adam import SharedAdam
 from stm_rl.a3c.worker import AGENT_STEPS, FRAMES, UPDATES, WorkerContext, worker_main
-from stm_rl.conventions import RunStatus
+from stm_rl.conventions import RunStatus, handling_stop_signals
 from stm_rl import fastpath
 from stm_rl.fastpath.kernels import prepare_fused_kernels
 from stm_rl.run_dir import (Checkpoint, CheckpointError, RunDir, StmRlError, describe_os_error, read_jsonl,
@@ -126,16 +126,9 @@ class Trainer:
         one arriving at any point (even before the first checkpoint or the workers' start) ends the run with a
         final checkpoint and its summary, never a traceback."""
         self.check_budget()
-        previous_int, previous_term = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
-        signal.signal(signal.SIGINT, self._request_stop)
-        signal.signal(signal.SIGTERM, self._request_stop)
-        try:
-            with self.layout.lock():
-                self._prepare_run_dir()
-                return self._run()
-        finally:
-            signal.signal(signal.SIGINT, previous_int)
-            signal.signal(signal.SIGTERM, previous_term)
+        with handling_stop_signals(self._request_stop), self.layout.lock():
+            self._prepare_run_dir()
+            return self._run()
 
     def _prepare_run_dir(self) -> None:
         """Under the lock: tidy what a killed trainer left, align the game log with the weights, write the config."""

@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import signal
 import sys
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Literal, Optional
+from typing import Any, Literal, Optional
 
 from stm_rl.config_cli import add_dataclass_flags, dataclass_from_flags, parse_key_values
 from stm_rl.conventions import EXIT_CODES, RunStatus
@@ -147,35 +145,19 @@ def run(args: argparse.Namespace) -> int:
         values = evaluate_checkpoint(args.eval_only, "test", task_options, device)
         print(f"test: {describe_metrics(values)}")
         return 0
-    with stop_signals_as_ctrl_c():
-        try:
-            if args.resume:
-                record, saved = load_run(args.resume)
-                wanted = config_from_args(args, base=saved)
-                summary = resume_with(record, saved, dataclasses.replace(
-                    wanted, run=dataclasses.replace(wanted.run, run_dir=args.resume)))  # where the run is now
-            else:
-                summary = train(config_from_args(args))
-        except TrainingInterrupted as stop:
-            print(str(stop), file=sys.stderr)
-            return EXIT_CODES[RunStatus.INTERRUPTED]
+    # Ctrl-C and SIGTERM arrive as KeyboardInterrupt (conventions.run_command); training saves and stops.
+    try:
+        if args.resume:
+            record, saved = load_run(args.resume)
+            wanted = config_from_args(args, base=saved)
+            summary = resume_with(record, saved, dataclasses.replace(
+                wanted, run=dataclasses.replace(wanted.run, run_dir=args.resume)))  # where the run is now
+        else:
+            summary = train(config_from_args(args))
+    except TrainingInterrupted as stop:
+        print(str(stop), file=sys.stderr)
+        return EXIT_CODES[RunStatus.INTERRUPTED]
     print(f"run {summary['run_dir']}: {summary['iterations']} iterations in {summary['elapsed_s']:.0f} s; "
           f"best valid {summary['main_metric']} {summary['best_valid']:.4g} at iteration {summary['best_iteration']}")
     print(f"test: {describe_metrics(summary['test'])}")
     return EXIT_CODES[RunStatus.COMPLETED]
-
-
-@contextmanager
-def stop_signals_as_ctrl_c() -> Iterator[None]:
-    """SIGTERM stops training like Ctrl-C (the latest checkpoint is saved, the exit status is 130). Ctrl-C (SIGINT)
-    too where it started ignored: Python sets no handler of its own in a background job of a script."""
-    def interrupt(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous_term = signal.signal(signal.SIGTERM, interrupt)
-    previous_int = signal.signal(signal.SIGINT, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous_term)
-        signal.signal(signal.SIGINT, previous_int)
