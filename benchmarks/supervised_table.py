@@ -144,10 +144,10 @@ def run_one(args: argparse.Namespace, task: str, model: str, seed: int) -> None:
     minutes = args.minutes or 0.0
     print(f"== {task} / {model} / seed {seed}", flush=True)
     if RunDir(run_dir).checkpoint(Checkpoint.LATEST).exists():
-        resume(str(run_dir), progress=False, iterations=iterations, time_limit_minutes=minutes)
+        resume(str(run_dir), iterations=iterations, time_limit_minutes=minutes)
     else:
         train(resolve_config(task, model, args.preset, iterations=iterations, eval_every=args.eval_every, seed=seed,
-                             run_dir=str(run_dir), time_limit_minutes=minutes, threads=args.threads), progress=False)
+                             run_dir=str(run_dir), time_limit_minutes=minutes, threads=args.threads))
 
 
 def load_runs(out: Path, tasks: Sequence[str], models: Sequence[str], seeds: Sequence[int]) -> dict:

@@ -45,6 +45,7 @@ def test_stm_rl_supervised_is_a_command_with_the_same_flags(tmp_path, capsys):
     assert "options: hidden_size, num_slots, slot_size, read_heads" in capsys.readouterr().out  # the NTM's
     assert cli_main(["supervised", *SMOKE, "--run-dir", str(tmp_path / "run")]) == 0
     assert summary_of(tmp_path / "run")["status"] == "completed"
+    capsys.readouterr()
     assert cli_main(["supervised", "--task", "nope", "--model", "stm"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("stm-rl supervised: error: unknown task 'nope'") and len(err.strip().splitlines()) == 1
@@ -87,8 +88,10 @@ def test_non_finite_loss_fails_with_exit_1_and_keeps_the_good_checkpoint(tmp_pat
     run_dir = tmp_path / "run"
     assert main([*SMOKE, "--iterations", "10", "--eval-every", "2", "--run-dir", str(run_dir)]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("stm-rl supervised: error: the loss became nan at iteration 3")
-    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "Traceback" not in err
+    validation_line, error_line = err.strip().splitlines()  # the validation at iteration 2, then one error line
+    assert validation_line.startswith("iteration 2: valid bit_error")
+    assert error_line.startswith("stm-rl supervised: error: the loss became nan at iteration 3")
     assert summary_of(run_dir)["status"] == "failed" and "nan" in summary_of(run_dir)["message"]
     latest = load_checkpoint(RunDir(run_dir).checkpoint("latest"), CHECKPOINT_KIND)
     assert latest["train_state"]["iteration"] == 2

@@ -1,5 +1,6 @@
 """What a training run shows and records as it goes: the game log, the metrics, the progress display (a live
-bar on a terminal, otherwise a plain line every ``progress_interval`` seconds with rate and ETA), the
+bar on a terminal, otherwise a plain line every ``progress_interval`` seconds with rate and ETA:
+:mod:`stm_rl.progress`), the
 time-to-score milestones, and the watch that notices a worker which stopped making updates.
 
 The trainer (:mod:`stm_rl.a3c.trainer`) owns the run; this module only reports on it.
@@ -7,21 +8,19 @@ The trainer (:mod:`stm_rl.a3c.trainer`) owns the run; this module only reports o
 
 from __future__ import annotations
 
-import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from tqdm import tqdm
-
 from stm_rl.a3c.config import TrainConfig
 from stm_rl.a3c.scores import Counters, Milestone, ScoreTracker
 from stm_rl.config_cli import format_count
 from stm_rl.logger import MetricLogger
+from stm_rl.progress import ProgressDisplay, clock
 from stm_rl.run_dir import JsonlWriter, RunDir
 
-__all__ = ["GAME_METRICS", "STALL_SECONDS", "RunLog", "StallWatch", "clock", "note"]
+__all__ = ["GAME_METRICS", "STALL_SECONDS", "RunLog", "StallWatch"]
 
 STALL_SECONDS = 60.0
 """A worker that has made no update for this long (while the run goes on) is reported as stalled."""
@@ -54,17 +53,12 @@ class StallWatch:
         return lines
 
 
-def note(line: str) -> None:
-    """A line for the user on stderr (flushed: a log file shows it at once)."""
-    print(line, file=sys.stderr, flush=True)
-
-
 class RunLog:
     """Game log (JSONL), metrics (:class:`stm_rl.logger.MetricLogger`: metrics.jsonl and tensorboard) and the
     progress display of one run. Every metric is logged at the run's emulator-frame count.
 
     On a terminal (and with ``--progress``) a live bar; otherwise (``--no-progress``, a log file, nohup, CI)
-    one plain line every ``plain_interval`` seconds. Milestones and notes print as lines in both cases.
+    one plain line every ``progress_interval`` seconds. Milestones and notes print as lines in both cases.
     """
 
     def __init__(self, layout: RunDir, config: TrainConfig, counters: Counters, progress: bool) -> None:
@@ -80,24 +74,15 @@ class RunLog:
         self.last_rate_log = time.monotonic()
         # Progress counts in the budget's unit: agent steps when that is the only budget, else frames.
         self.in_steps = config.run.frames == 0
-        self.unit = "agent steps" if self.in_steps else "frames"
-        self.budget = config.run.agent_steps if self.in_steps else config.run.frames
-        self.live = progress and sys.stderr.isatty()
-        self.plain_interval = config.run.progress_interval
-        self.last_plain = time.monotonic()
-        self.last_plain_done = self._done(counters)  # the plain line's rate: since the previous line
-        agent = f"{config.agent.agent}-{config.agent.encoder}"
-        self.bar = tqdm(total=self.budget, initial=self._done(counters), unit="step" if self.in_steps else "frame",
-                        unit_scale=True,
-                        dynamic_ncols=True, disable=not self.live, mininterval=0.5,
-                        desc=f"{agent} skip {config.env.frame_skip}", smoothing=0.05)
+        budget = config.run.agent_steps if self.in_steps else config.run.frames
+        self.display = ProgressDisplay(budget, self._done(counters), "agent steps" if self.in_steps else "frames",
+                                       "steps/s" if self.in_steps else "frames/s",
+                                       f"{config.agent.agent}-{config.agent.encoder} skip {config.env.frame_skip}",
+                                       live=progress, interval=config.run.progress_interval)
 
     def note(self, line: str) -> None:
         """A line for the user, above the live bar if there is one."""
-        if self.live:
-            tqdm.write(line, file=sys.stderr)
-        else:
-            note(line)
+        self.display.write(line)
 
     def game(self, counters: Counters, rank: int, episode: dict[str, Any], average: float) -> None:
         self.last_score = episode["score"]
@@ -144,43 +129,16 @@ class RunLog:
             self.last_rate_log = now
         last = "-" if self.last_score is None else f"{self.last_score:+.0f}"
         average = "-" if not scores.recent else f"{scores.average:+.1f}"
-        if self.live:
-            other = f"frames {format_count(counters.frames)}" if self.in_steps else f"steps {counters.agent_steps:,}"
-            self.bar.set_postfix_str(f"{other} | games {counters.games} | "
-                                     f"last {last} | avg{scores.window} {average}", refresh=False)
-            self.bar.update(min(self._done(counters), self.bar.total) - self.bar.n)  # rate and ETA come from tqdm
-        elif now - self.last_plain >= self.plain_interval:
-            done = self._done(counters)
-            rate = (done - self.last_plain_done) / (now - self.last_plain)
-            self.last_plain, self.last_plain_done = now, done
-            note(self.plain_line(counters, scores, rate))
+        other = f"frames {format_count(counters.frames)}" if self.in_steps else f"steps {counters.agent_steps:,}"
+        self.display.update(self._done(counters), counters.wall_time,
+                            f"{other} | games {counters.games} | last {last} | avg{scores.window} {average}")
 
     def _done(self, counters: Counters) -> int:
         return counters.agent_steps if self.in_steps else counters.frames
 
-    def plain_line(self, counters: Counters, scores: ScoreTracker, rate: float) -> str:
-        """``progress: 1.20M/20.00M frames (6.0%) | 850 frames/s | ETA 6:08:00 | games 123 | avg100 -20.3``
-        (in agent steps, with the frames beside them, when the run's budget is agent steps)."""
-        done = self._done(counters)
-        remaining = max(self.budget - done, 0)
-        eta = clock(remaining / rate) if rate > 0 else "-"
-        average = "-" if not scores.recent else f"{scores.average:+.1f}"
-        rate_unit = "steps/s" if self.in_steps else "frames/s"
-        frames = f" | frames {format_count(counters.frames)}" if self.in_steps else ""
-        return (f"progress: {format_count(done)}/{format_count(self.budget)} {self.unit} "
-                f"({100.0 * done / self.budget:.1f}%) | {rate:,.0f} {rate_unit} | ETA {eta}{frames} | "
-                f"elapsed {clock(counters.wall_time)} | games {counters.games} | avg{scores.window} {average}")
-
     def close(self, counters: Counters, scores: ScoreTracker) -> None:
         self.refresh(counters, scores)
-        self.bar.close()
+        self.display.close(self._done(counters))
         self.games.close()
         self.evaluations.close()
         self.metrics.close()
-
-
-def clock(seconds: float) -> str:
-    """``1:02:03`` (hours:minutes:seconds)."""
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-

@@ -39,7 +39,8 @@ from stm_rl.a3c.evaluator import evaluator_main
 from stm_rl.a3c.limits import validate_for_training
 from stm_rl.a3c.messages import (EvaluationDone, GameFinished, NonFinite, ProcessFailed, UpdateDone,
                                  source_name)
-from stm_rl.a3c.progress import RunLog, StallWatch, note
+from stm_rl.a3c.progress import RunLog, StallWatch
+from stm_rl.progress import note
 from stm_rl.a3c.scores import Counters, Milestones, ScoreTracker
 from stm_rl.a3c.shared_adam import SharedAdam
 from stm_rl.a3c.worker import AGENT_STEPS, FRAMES, UPDATES, WorkerContext, worker_main

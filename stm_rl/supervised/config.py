@@ -113,7 +113,9 @@ class RunConfig:
     threads: Optional[int] = None
     """torch.set_num_threads for training and evaluation, >= 1 (None: torch's choice); kept by --resume."""
     progress: bool = True
-    """Show a progress bar in the terminal."""
+    """Show a live progress bar in the terminal."""
+    progress_interval: float = 30.0
+    """Seconds between two plain progress lines (iterations, rate, ETA), printed instead of the bar when stderr is not a terminal or with --no-progress."""
 
     def __post_init__(self) -> None:
         _require(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
@@ -122,6 +124,8 @@ class RunConfig:
                  f"device must be cpu or cuda, got {self.device!r}")
         _require(math.isfinite(self.time_limit_minutes) and self.time_limit_minutes >= 0,
                  f"time_limit_minutes must be >= 0, got {self.time_limit_minutes}")
+        _require(math.isfinite(self.progress_interval) and self.progress_interval > 0,
+                 f"progress_interval must be > 0, got {self.progress_interval}")
 
 
 @dataclass(frozen=True)
@@ -196,7 +200,8 @@ def _require(condition: bool, message: str) -> None:
 SUPERVISED_RESUME = ResumeRule(
     budget=frozenset({("training", "iterations"), ("run", "time_limit_minutes")}),
     execution=frozenset({("run", "device"), ("run", "threads")}),
-    bookkeeping=frozenset({("training", "eval_every"), ("run", "progress"), ("run", "run_dir"),
+    bookkeeping=frozenset({("training", "eval_every"), ("run", "progress"), ("run", "progress_interval"),
+                           ("run", "run_dir"),
                            ("task_options", "data_dir"), ("task_options", "fallback_dir")}))
 """What a resumed supervised run may change (the one rule of :mod:`stm_rl.resume`): its budget, where and how
 fast it runs, and its bookkeeping (evaluation interval, display, its directory, where the bAbI files are).

@@ -1,6 +1,6 @@
 """The supervised training loop: sample a batch, step the optimizer, validate now and then, keep the best.
 
-Bookkeeping (run directory, checkpoints, logs, progress bar, summary) sits in small helpers so that
+Bookkeeping (run directory, checkpoints, logs, progress display, summary) sits in small helpers so that
 :func:`train` reads top to bottom. The run directory is a :class:`stm_rl.run_dir.RunDir`, the same layout and
 run lock as ``stm-rl train``::
 
@@ -31,11 +31,11 @@ from typing import Any, Optional
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from stm_rl import fastpath
 from stm_rl.conventions import RunStatus
 from stm_rl.logger import MetricLogger
+from stm_rl.progress import ProgressDisplay
 from stm_rl.run_dir import (
     Checkpoint, CheckpointError, JsonlWriter, RunDir, RunFailed, StmRlError, check_can_write, drop_records_after, load_checkpoint,
     save_checkpoint, to_jsonable, write_config, write_json_atomic,
@@ -203,8 +203,9 @@ def _train(config: SupervisedConfig, layout: RunDir, task: Task, model: Sequence
     metrics = MetricLogger.in_run_dir(layout.path, resume_step=state.iteration if resume_from is not None else None)
     started = time.monotonic() - state.elapsed_s
     session_start = time.monotonic()
-    bar = tqdm(total=training.iterations, initial=state.iteration, disable=not progress, dynamic_ncols=True,
-               desc=f"{config.task}/{config.model}")
+    display = ProgressDisplay(training.iterations, state.iteration, "iterations", "it/s",
+                              f"{config.task}/{config.model}", live=progress, interval=config.run.progress_interval)
+    status = ""  # the latest training loss and metric, then the best validation so far
 
     def record(split: str, values: dict[str, float]) -> None:
         log.write({"iteration": state.iteration, "split": split, "elapsed_s": round(state.elapsed_s, 2), **values})
@@ -219,17 +220,17 @@ def _train(config: SupervisedConfig, layout: RunDir, task: Task, model: Sequence
         threshold = config.optimization.decay_below_valid_loss
         if threshold is not None and not state.lr_decayed and values["loss"] < threshold:
             state.lr_decayed = True
-            bar.write(f"iteration {state.iteration}: validation loss {values['loss']:.4g} < {threshold}: learning rate "
+            display.write(f"iteration {state.iteration}: validation loss {values['loss']:.4g} < {threshold}: learning rate "
                       f"x {config.optimization.decay_factor} from now on")
         if state.best_metric is None or better(metric, state.best_metric):
             state.best_metric, state.best_iteration = metric, state.iteration
             best_weights.update(copy.deepcopy(model.state_dict()))
             checkpoint(Checkpoint.BEST)
-        bar.write(f"iteration {state.iteration}: valid {task.main_metric} {metric:.4g} "
+        display.write(f"iteration {state.iteration}: valid {task.main_metric} {metric:.4g} "
                   f"(best {state.best_metric:.4g} at {state.best_iteration})")
 
     def close() -> None:
-        bar.close()
+        display.close()
         metrics.close()
         log.close()
 
@@ -263,18 +264,20 @@ def _train(config: SupervisedConfig, layout: RunDir, task: Task, model: Sequence
                 values = task.summarize({k: t / c if c else float("nan") for k, (t, c) in totals.items()})
                 scalars = {"train/loss": loss.item(), "train/lr": optimizer.param_groups[0]["lr"],
                            **model.diagnostics()}
+                status = f"loss {loss.item():.4g}"
                 if task.main_metric in values:
                     scalars[f"train/{task.main_metric}"] = values[task.main_metric]
-                    bar.set_postfix(loss=f"{loss.item():.4f}", **{task.main_metric: f"{values[task.main_metric]:.3g}"})
+                    status += f" | {task.main_metric} {values[task.main_metric]:.3g}"
                 metrics.log(state.iteration, scalars)
-            bar.update(1)
+            best = "" if state.best_metric is None else f" | best valid {state.best_metric:.4g}"
+            display.update(state.iteration, state.elapsed_s, status + best)
             out_of_time = (config.run.time_limit_minutes > 0
                            and time.monotonic() - session_start >= 60 * config.run.time_limit_minutes)
             if state.iteration % training.eval_every == 0 or state.iteration == training.iterations or out_of_time:
                 validate()
                 checkpoint(Checkpoint.LATEST)
             if out_of_time:
-                bar.write(f"time limit of {config.run.time_limit_minutes} minutes reached at iteration "
+                display.write(f"time limit of {config.run.time_limit_minutes} minutes reached at iteration "
                           f"{state.iteration}")
                 break
     except KeyboardInterrupt:
@@ -283,7 +286,7 @@ def _train(config: SupervisedConfig, layout: RunDir, task: Task, model: Sequence
         close()
         summary(RunStatus.INTERRUPTED, f"stopped at iteration {state.iteration}; continue with --resume")
         raise TrainingInterrupted(path, state.iteration) from None
-    bar.close()
+    display.close(state.iteration)
 
     model.load_state_dict(best_weights)
     test = evaluate(model, task, task.eval_batches("test", training.test_size, config.run.seed,
