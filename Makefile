@@ -29,7 +29,14 @@ AR_PAPER_OUT ?= runs/supervised_paper
 AR_PAPER := --tasks associative-retrieval-30 --models stm lstm --preset paper --iterations 7810 --eval-every 781 \
             --threads 2 --out $(AR_PAPER_OUT)
 
-.PHONY: help setup train test sweep figure3 evaluate plot publish supervised ar-paper bench clean
+# Copy at the small preset (issue 26): the STM with the small preset's optimiser (Adam 1e-3, norm 10) and with the
+# authors' (RMSprop 1e-4, momentum 0.9, alpha 0.95, values +-10), the same budget, one after the other; resumable,
+# and COPY_ITERATIONS=N with the same command extends both.
+COPY_SMALL_OUT ?= runs/supervised_copy
+COPY_ITERATIONS ?= 30000
+COPY_SMALL := --tasks copy --models stm --preset small --iterations $(COPY_ITERATIONS) --eval-every 1000 --threads 2
+
+.PHONY: help setup train test sweep figure3 evaluate plot publish supervised ar-paper copy-small bench clean
 
 help:
 	@echo "make setup                       create $(VENV) and install (TORCH_INDEX=<url> picks torch's index)"
@@ -41,6 +48,7 @@ help:
 	@echo "make publish    ARGS=\"DIR --to results/DIR\"  stm-rl publish (game logs and configs for committing)"
 	@echo "make supervised ARGS=...         python -m stm_rl.supervised (copy, retrieval, bAbI...)"
 	@echo "make ar-paper   ARGS=...         associative retrieval at the paper's sizes, STM and LSTM (resumable)"
+	@echo "make copy-small ARGS=...         copy, small preset, STM with the preset's and the authors' optimiser (resumable)"
 	@echo "make test       ARGS=...         the test suite (ARGS=\"-m slow\": the long fault tests)"
 	@echo "make bench      BENCH=name       benchmarks/<name>.py (default: $(BENCH))"
 	@echo "exit codes: 0 completed, 1 failed, 2 bad input, 130 interrupted; STM_RL_DEBUG=1 shows tracebacks"
@@ -78,6 +86,10 @@ supervised: $(STAMP)
 
 ar-paper: $(STAMP)
 	$(PY) benchmarks/supervised_table.py $(AR_PAPER) $(ARGS)
+
+copy-small: $(STAMP)
+	$(PY) benchmarks/supervised_table.py $(COPY_SMALL) --optimizer preset --out $(COPY_SMALL_OUT)/preset-optimizer $(ARGS)
+	$(PY) benchmarks/supervised_table.py $(COPY_SMALL) --optimizer authors --out $(COPY_SMALL_OUT)/authors-optimizer $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)

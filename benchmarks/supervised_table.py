@@ -7,7 +7,9 @@ Every (task, model, seed) is one ordinary run of ``stm_rl.supervised`` (the task
 every ``--eval-every`` iterations, the final test on the best validation weights) in
 ``OUT/TASK-MODEL-seedS``. The budget is the same number of iterations for every model (``--iterations``),
 or a wall-time limit per run (``--minutes``; a resumed run gets the limit again for its new session, so
-prefer iterations for comparisons). Re-running the command skips finished runs and resumes
+prefer iterations for comparisons). ``--optimizer authors`` trains with the authors' optimiser for each task (the
+``paper`` preset's, :data:`~stm_rl.supervised.config.PAPER_OPTIMIZERS`) at the sizes of ``--preset``: the way to
+compare optimisers at one budget (give each its own ``--out``). Re-running the command skips finished runs and resumes
 interrupted ones from their latest checkpoint, so the whole table can be built over several sessions.
 ``--report-only`` rebuilds the outputs from the run directories without training.
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import math
 import statistics
 import sys
@@ -38,7 +41,8 @@ import torch
 
 from stm_rl.conventions import ExitCode, RunStatus, run_command
 from stm_rl.run_dir import Checkpoint, RunDir, StmRlError, read_json, read_jsonl
-from stm_rl.supervised.config import PRESETS, SupervisedConfig, preset_config, resolve_config
+from stm_rl.supervised.config import (PAPER_OPTIMIZERS, PRESETS, OptimizerConfig, SupervisedConfig, preset_config,
+                                     resolve_config)
 from stm_rl.supervised.models import MODELS
 from stm_rl.supervised.tasks import TASKS, Task, make_task
 from stm_rl.supervised.tasks.base import BitOutputTask, Plateau
@@ -93,6 +97,9 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     budget.add_argument("--iterations", type=int, default=None, help="iterations per run (default 500)")
     budget.add_argument("--minutes", type=float, default=None, help="wall-time limit per run instead of iterations")
     parser.add_argument("--eval-every", type=int, default=100, help="validate every this many iterations")
+    parser.add_argument("--optimizer", choices=["preset", "authors"], default="preset",
+                        help="the preset's optimiser, or the authors' for each task (the paper preset's) at the "
+                        "preset's sizes")
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
     parser.add_argument("--out", default="runs/supervised_table", help="folder of the runs and the outputs")
     parser.add_argument("--report-only", action="store_true", help="only rebuild table and figure from OUT")
@@ -115,6 +122,11 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
         parser.error("--minutes must be > 0")
     if args.eval_every <= 0 or args.threads <= 0:
         parser.error("--eval-every and --threads must be > 0")
+    if args.optimizer == "authors":
+        for name in args.tasks:
+            if name not in PAPER_OPTIMIZERS:
+                parser.error(f"--optimizer authors: the authors' code trains no {name!r} (it has no optimiser to "
+                             f"copy); choose from {', '.join(PAPER_OPTIMIZERS)}")
     if args.iterations is None and args.minutes is None:
         args.iterations = 500
     return args
@@ -136,18 +148,38 @@ def finished(run_dir: Path, iterations: Optional[int]) -> bool:
 
 
 def run_one(args: argparse.Namespace, task: str, model: str, seed: int) -> None:
-    """Train (or resume) one run to its budget; the run leaves its ``summary.json``."""
+    """Train (or resume) one run to its budget; the run leaves its ``summary.json``. A run that OUT already
+    holds with another optimiser (``--optimizer``) is refused, finished or not: one table, one optimiser."""
     run_dir = run_dir_of(Path(args.out), task, model, seed)
-    if finished(run_dir, args.iterations):
-        return
     iterations = args.iterations if args.iterations is not None else 10_000_000
     minutes = args.minutes or 0.0
+    config = resolve_config(task, model, args.preset, iterations=iterations, eval_every=args.eval_every, seed=seed,
+                            run_dir=str(run_dir), time_limit_minutes=minutes, threads=args.threads)
+    if args.optimizer == "authors":
+        config = dataclasses.replace(config, optimization=PAPER_OPTIMIZERS[task])
+    layout = RunDir(run_dir)
+    if layout.config.exists():
+        saved = SupervisedConfig.from_dict(read_json(layout.config)["config"]).optimization
+        if saved != config.optimization:
+            raise StmRlError(f"--optimizer {args.optimizer}: {run_dir} was trained with another optimiser "
+                             f"({describe_optimizer(saved)}); give this one its own --out")
+    if finished(run_dir, args.iterations):
+        return
     print(f"== {task} / {model} / seed {seed}", flush=True)
-    if RunDir(run_dir).checkpoint(Checkpoint.LATEST).exists():
+    if layout.checkpoint(Checkpoint.LATEST).exists():
         resume(str(run_dir), iterations=iterations, time_limit_minutes=minutes)
     else:
-        train(resolve_config(task, model, args.preset, iterations=iterations, eval_every=args.eval_every, seed=seed,
-                             run_dir=str(run_dir), time_limit_minutes=minutes, threads=args.threads))
+        train(config)
+
+
+def describe_optimizer(optimization: OptimizerConfig) -> str:
+    """``rmsprop lr 0.0001 momentum 0.9 alpha 0.95, values +-10``: what the table's "other" column says."""
+    text = f"{optimization.optimizer} lr {optimization.lr:g}"
+    if optimization.optimizer == "rmsprop":
+        text += f" momentum {optimization.momentum:g} alpha {optimization.rmsprop_alpha:g}"
+    clips = ([f"values +-{optimization.clip_value:g}"] if optimization.clip_value is not None else []) + (
+        [f"norm {optimization.clip_norm:g}"] if optimization.clip_norm is not None else [])
+    return text + (", " + " and ".join(clips) if clips else ", no clipping")
 
 
 def load_runs(out: Path, tasks: Sequence[str], models: Sequence[str], seeds: Sequence[int]) -> dict:
@@ -274,9 +306,9 @@ def table_rows(runs: dict, tasks: Sequence[str], models: Sequence[str], preset: 
             records = runs.get((task, model), [])
             metric = records[0]["main_metric"] if records else TASKS[task].main_metric
             tests = [r["test"][metric] for r in records]
-            extra = ""
+            extra = "; ".join(sorted({describe_optimizer(r["config"].optimization) for r in records}))
             if records and "items_perfect" in records[0]["test"]:
-                extra = f"items_perfect {mean_std([r['test']['items_perfect'] for r in records])}"
+                extra += f"; items_perfect {mean_std([r['test']['items_perfect'] for r in records])}"
             paper = PAPER_VALUES.get((task, model))
             left = "; ".join(left_plateau(records, metric, p, TASKS[task].higher_is_better)
                              for p in plateaus) if records else ""

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from stm_rl.run_dir import to_jsonable
 from stm_rl.supervised.config import resolve_config
 from stm_rl.supervised.tasks import make_task
 from stm_rl.supervised.tasks.base import Plateau
@@ -85,12 +86,34 @@ def test_a_run_not_finished_yet_is_reported_in_progress(table, tmp_path):
     (["--seeds", "-1"], "--seeds must be >= 0"),
     (["--iterations", "0"], "--iterations must be > 0"),
     (["--minutes", "nan"], "--minutes must be > 0"),
+    (["--optimizer", "authors", "--tasks", "copy", "shortest-path"],
+     "--optimizer authors: the authors' code trains no 'shortest-path'"),
 ])
 def test_table_bad_input_exits_2(table, args, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as stop:
         table.main([*args, "--out", str(tmp_path / "o")])
     assert stop.value.code == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_the_authors_optimiser_at_the_presets_sizes_and_one_optimiser_per_folder(table, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["--tasks", "copy", "--models", "lstm", "--preset", "smoke", "--iterations", "2", "--eval-every", "1",
+            "--out", str(out)]
+    assert table.main([*args, "--optimizer", "authors"]) == 0
+    config = json.loads((out / "copy-lstm-seed0" / "config.json").read_text())["config"]
+    smoke = resolve_config("copy", "lstm", "smoke")
+    assert config["optimization"]["optimizer"] == "rmsprop" and config["optimization"]["rmsprop_alpha"] == 0.95
+    assert config["optimization"]["clip_value"] == 10.0 and config["optimization"]["clip_norm"] is None
+    assert config["training"]["batch_size"] == smoke.training.batch_size  # the preset's sizes
+    assert config["model_options"] == to_jsonable(smoke.model_options)
+    with open(out / "table.csv", newline="") as f:
+        assert next(csv.DictReader(f))["other"] == "rmsprop lr 0.0001 momentum 0.9 alpha 0.95, values +-10"
+    capsys.readouterr()
+    assert table.main(args) == 2  # the preset's optimiser into the same folder: refused, the run untouched
+    assert capsys.readouterr().err.strip() == (
+        f"supervised_table.py: error: --optimizer preset: {out / 'copy-lstm-seed0'} was trained with another "
+        "optimiser (rmsprop lr 0.0001 momentum 0.9 alpha 0.95, values +-10); give this one its own --out")
 
 
 def test_babi_report_lists_every_task_of_the_latest_evaluation(table, tmp_path):
