@@ -118,6 +118,40 @@ def test_ctrl_c_saves_latest_checkpoint(tmp_path, monkeypatch):
     assert (summary["status"], summary["iterations"]) == ("completed", 10)
 
 
+def test_ctrl_c_during_the_final_test_leaves_only_the_test_to_resume(tmp_path, monkeypatch, capsys):
+    from stm_rl.supervised.tasks.copy import CopyTask
+
+    original = CopyTask.eval_batches
+
+    def interrupted_at_the_test(self, split, *args, **kwargs):
+        if split == "test":
+            raise KeyboardInterrupt
+        return original(self, split, *args, **kwargs)
+
+    monkeypatch.setattr(CopyTask, "eval_batches", interrupted_at_the_test)
+    run_dir = tmp_path / "run"
+    config = resolve_config("copy", "lstm", "smoke", run_dir=str(run_dir), iterations=4, eval_every=2)
+    with pytest.raises(TrainingInterrupted):
+        train(config, progress=False)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["iterations"], summary["test"]) == ("interrupted", 4, None)
+    assert summary["message"].startswith("stopped during the final test after iteration 4")
+    weights = load_checkpoint(run_dir / "checkpoints" / "latest.pt", CHECKPOINT_KIND)["model"]
+
+    monkeypatch.setattr(CopyTask, "eval_batches", original)
+    assert main(["--resume", str(run_dir), "--no-progress"]) == 0  # no larger --iterations needed: only the test
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert (summary["status"], summary["iterations"]) == ("completed", 4) and "bit_error" in summary["test"]
+    assert summary["final_valid"] is not None  # the validation of iteration 4, from the log
+    latest = load_checkpoint(run_dir / "checkpoints" / "latest.pt", CHECKPOINT_KIND)["model"]
+    assert all(torch.equal(weights[k], latest[k]) for k in weights), "no training step was taken"
+    logged = [json.loads(line) for line in (run_dir / "evaluations.jsonl").read_text().splitlines()]
+    assert [(r["split"], r["iteration"]) for r in logged] == [("valid", 2), ("valid", 4), ("test", 4)]
+    capsys.readouterr()
+    assert main(["--resume", str(run_dir), "--no-progress"]) == 2  # now there is nothing left to do
+    assert "already did 4 iterations; pass a larger --iterations" in capsys.readouterr().err
+
+
 def test_babi_trains_from_a_fixture(tmp_path, babi_dir):
     args = ["--task", "babi", "--model", "stm", "--preset", "smoke", "--data-dir", babi_dir,
             "--run-dir", str(tmp_path / "run"), "--no-progress"]

@@ -38,7 +38,7 @@ from stm_rl.logger import MetricLogger
 from stm_rl.progress import ProgressDisplay
 from stm_rl.run_dir import (
     Checkpoint, CheckpointError, JsonlWriter, RunDir, RunFailed, StmRlError, check_can_write, drop_records_after, load_checkpoint,
-    save_checkpoint, to_jsonable, write_config, write_json_atomic,
+    read_json, read_jsonl, save_checkpoint, to_jsonable, write_config, write_json_atomic,
 )
 from stm_rl.supervised.config import (OptimizerConfig, SupervisedConfig, check_resumable, with_default_run_dir,
                                       with_overrides)
@@ -183,6 +183,10 @@ def _train(config: SupervisedConfig, layout: RunDir, task: Task, model: Sequence
     if resume_from is not None and layout.checkpoint(Checkpoint.BEST).exists():
         best_weights = load_checkpoint(layout.checkpoint(Checkpoint.BEST), CHECKPOINT_KIND)["model"]
     last_valid: dict[str, float] = {}
+    if resume_from is not None and layout.evaluations.exists():  # the validation the checkpoint's iteration ended on
+        for logged in read_jsonl(layout.evaluations):
+            if logged["split"] == "valid":
+                last_valid = {k: v for k, v in logged.items() if k not in ("iteration", "split", "elapsed_s")}
 
     def checkpoint(name: str) -> Path:
         return save_checkpoint(layout.checkpoint(name), CHECKPOINT_KIND, {
@@ -289,8 +293,14 @@ def _train(config: SupervisedConfig, layout: RunDir, task: Task, model: Sequence
     display.close(state.iteration)
 
     model.load_state_dict(best_weights)
-    test = evaluate(model, task, task.eval_batches("test", training.test_size, config.run.seed,
-                                                   training.eval_batch_size), config.run.device)
+    try:
+        test = evaluate(model, task, task.eval_batches("test", training.test_size, config.run.seed,
+                                                       training.eval_batch_size), config.run.device)
+    except KeyboardInterrupt:  # the training is complete and checkpointed: --resume runs only the test
+        close()
+        summary(RunStatus.INTERRUPTED, f"stopped during the final test after iteration {state.iteration}; "
+                                       "--resume runs the test")
+        raise TrainingInterrupted(layout.checkpoint(Checkpoint.LATEST), state.iteration) from None
     record("test", test)
     metrics.close()
     log.close()
@@ -316,14 +326,24 @@ def config_of(record: dict[str, Any], path: Path) -> SupervisedConfig:
 def resume_with(record: dict[str, Any], saved: SupervisedConfig, wanted: SupervisedConfig,
                 progress: Optional[bool] = None) -> dict[str, Any]:
     """Continue a run from its checkpoint ``record`` (config ``saved``) as ``wanted``: refused if ``wanted``
-    changes more than :data:`~stm_rl.supervised.config.RESUMABLE_SETTINGS`, or leaves nothing to train."""
+    changes more than :data:`~stm_rl.supervised.config.RESUMABLE_SETTINGS`, or leaves nothing to do. A run that
+    trained its iterations but was stopped before its final test has that test left to do, and only that."""
     run_dir = wanted.run.run_dir
     check_resumable(saved, wanted, run_dir)
     done = record["train_state"]["iteration"]
-    if done >= wanted.training.iterations:
+    if done >= wanted.training.iterations and _tested(RunDir(run_dir)):
         raise StmRlError(f"the run in {run_dir} already did {done} iterations; pass a larger --iterations to "
                          "continue it")
     return train(wanted, resume_from=record, progress=progress)
+
+
+def _tested(layout: RunDir) -> bool:
+    """Whether the run's summary records a completed run with its test (a run stopped during its final test, or
+    killed before writing its summary, has none)."""
+    if not layout.summary.exists():
+        return False
+    summary = read_json(layout.summary)
+    return summary.get("status", RunStatus.COMPLETED) == RunStatus.COMPLETED and summary.get("test") is not None
 
 
 def resume(run_dir: str, progress: Optional[bool] = None, **changes: Any) -> dict[str, Any]:
