@@ -35,7 +35,7 @@ from enum import Enum
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 import torch
 
@@ -426,19 +426,22 @@ def truncate_jsonl(path: Path, keep: int) -> int:
     return len(records) - keep
 
 
-def drop_records_after(path: Path, key: str, last: int) -> int:
+def drop_records_after(path: Path, key: str, last: int,
+                       also_drop: Callable[[dict[str, Any]], bool] = lambda record: False) -> list[dict[str, Any]]:
     """Cut a JSONL log (whose ``key`` only grows, e.g. ``iteration``) before its first record with ``key`` above
-    ``last`` (a torn last line is repaired first); returns how many records were dropped.
+    ``last`` or for which ``also_drop`` is true (a torn last line is repaired first); returns the records kept.
 
     A run resumed from the checkpoint of step ``last`` drops what a killed process logged after it.
     """
     path = Path(path)
     if not path.is_file():
-        return 0
+        return []
     repair_jsonl(path)
     records = list(read_jsonl(path))
-    keep = next((index for index, record in enumerate(records) if record.get(key, 0) > last), len(records))
-    return truncate_jsonl(path, keep)
+    keep = next((index for index, record in enumerate(records) if record.get(key, 0) > last or also_drop(record)),
+                len(records))
+    truncate_jsonl(path, keep)
+    return records[:keep]
 
 
 def save_checkpoint(path: Path, kind: str, payload: Mapping[str, Any]) -> Path:

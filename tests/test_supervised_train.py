@@ -152,6 +152,20 @@ def test_ctrl_c_during_the_final_test_leaves_only_the_test_to_resume(tmp_path, m
     assert "already did 4 iterations; pass a larger --iterations" in capsys.readouterr().err
 
 
+def test_a_resumed_runs_log_ends_with_exactly_one_test(tmp_path):
+    run_dir = tmp_path / "run"
+    train(resolve_config("copy", "lstm", "smoke", run_dir=str(run_dir), iterations=4, eval_every=2), progress=False)
+    (run_dir / "summary.json").unlink()  # killed after logging its test, before writing the summary
+    assert main(["--resume", str(run_dir), "--no-progress"]) == 0
+    logged = list(read_jsonl(run_dir / "evaluations.jsonl"))
+    assert [(r["split"], r["iteration"]) for r in logged] == [("valid", 2), ("valid", 4), ("test", 4)]
+    assert main(["--resume", str(run_dir), "--iterations", "6", "--no-progress"]) == 0  # extended: a new test
+    logged = list(read_jsonl(run_dir / "evaluations.jsonl"))
+    assert [(r["split"], r["iteration"]) for r in logged] == [("valid", 2), ("valid", 4), ("valid", 6), ("test", 6)]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["test"] == {k: v for k, v in logged[-1].items() if k not in ("iteration", "split", "elapsed_s")}
+
+
 def test_babi_trains_from_a_fixture(tmp_path, babi_dir):
     args = ["--task", "babi", "--model", "stm", "--preset", "smoke", "--data-dir", babi_dir,
             "--run-dir", str(tmp_path / "run"), "--no-progress"]

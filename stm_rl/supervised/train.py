@@ -38,7 +38,7 @@ from stm_rl.logger import MetricLogger
 from stm_rl.progress import ProgressDisplay
 from stm_rl.run_dir import (
     Checkpoint, CheckpointError, JsonlWriter, RunDir, RunFailed, StmRlError, check_can_write, drop_records_after, load_checkpoint,
-    read_json, read_jsonl, save_checkpoint, to_jsonable, write_config, write_json_atomic,
+    read_json, save_checkpoint, to_jsonable, write_config, write_json_atomic,
 )
 from stm_rl.supervised.config import (OptimizerConfig, SupervisedConfig, check_resumable, with_default_run_dir,
                                       with_overrides)
@@ -169,8 +169,12 @@ def _train(config: SupervisedConfig, layout: RunDir, task: Task, model: Sequence
         rng.bit_generator.state = resume_from["rng"]["numpy"]
         torch.set_rng_state(resume_from["rng"]["torch"])
         state = TrainState(**resume_from["train_state"])
-        drop_records_after(layout.evaluations, "iteration", state.iteration)
+        # what a killed process logged after the checkpoint goes, and so does the test of a shorter run or one cut
+        # off before its summary: a completed run's log ends with exactly one test
+        kept = drop_records_after(layout.evaluations, "iteration", state.iteration,
+                                  also_drop=lambda logged: logged["split"] == "test")
     else:
+        kept = []
         layout.set_aside(layout.evaluations)  # the log of an attempt that died before its first checkpoint
     write_config(layout.path, config, task_notes=getattr(task, "notes", []),
                  compute=fastpath.report(torch.get_num_threads()))
@@ -183,10 +187,9 @@ def _train(config: SupervisedConfig, layout: RunDir, task: Task, model: Sequence
     if resume_from is not None and layout.checkpoint(Checkpoint.BEST).exists():
         best_weights = load_checkpoint(layout.checkpoint(Checkpoint.BEST), CHECKPOINT_KIND)["model"]
     last_valid: dict[str, float] = {}
-    if resume_from is not None and layout.evaluations.exists():  # the validation the checkpoint's iteration ended on
-        for logged in read_jsonl(layout.evaluations):
-            if logged["split"] == "valid":
-                last_valid = {k: v for k, v in logged.items() if k not in ("iteration", "split", "elapsed_s")}
+    for logged in kept:  # a resumed run starts from the validation its checkpoint's iteration ended on
+        if logged["split"] == "valid":
+            last_valid = {k: v for k, v in logged.items() if k not in ("iteration", "split", "elapsed_s")}
 
     def checkpoint(name: str) -> Path:
         return save_checkpoint(layout.checkpoint(name), CHECKPOINT_KIND, {
