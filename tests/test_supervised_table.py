@@ -126,7 +126,16 @@ def test_babi_report_lists_every_task_of_the_latest_evaluation(table, tmp_path):
     (run / "evaluations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     report = table.babi_report(run)
     assert "valid split at iteration 20" in report
-    assert "| qa1 | 4.0 | yes |" in report and "| qa2 | 30.0 | no |" in report and "| mean | 17.00" in report
+    assert "| qa1 | 4.0 | yes | 4.0 (20) |" in report and "| qa2 | 30.0 | no | 30.0 (20) |" in report
+    assert "| mean | 17.00" in report and not (tmp_path / "babi.png").exists()
+
+    records[1]["error_qa2"] = 45.0  # task 2 was better before: its best validation is that of iteration 10
+    records.append({**records[1], "split": "test", "error_qa1": 3.0, "error_qa2": 44.0, "mean_error": 23.5})
+    (run / "evaluations.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    report = table.babi_report(run, tmp_path)
+    assert "test split at iteration 20" in report
+    assert "| qa1 | 3.0 | yes | 4.0 (20) |" in report and "| qa2 | 44.0 | no | 40.0 (10) |" in report
+    assert (tmp_path / "babi.png").stat().st_size > 0
 
 
 def plateau_record(values, test_size=1000):
