@@ -11,7 +11,8 @@ prefer iterations for comparisons). ``--optimizer authors`` trains with the auth
 ``paper`` preset's, :data:`~stm_rl.supervised.config.PAPER_OPTIMIZERS`) at the sizes of ``--preset``: the way to
 compare optimisers at one budget (give each its own ``--out``). Re-running the command skips finished runs and resumes
 interrupted ones from their latest checkpoint, so the whole table can be built over several sessions.
-``--report-only`` rebuilds the outputs from the run directories without training.
+``--report-only`` rebuilds the outputs from the run directories without training; ``--babi-run RUN`` adds the
+per-task report of a bAbI run (``OUT/babi.md``, ``OUT/babi.png``), and with a bare ``--tasks`` it is the only output.
 
 Writes ``OUT/table.md`` and ``OUT/table.csv`` (per task and model: the paper's value with the setting it was
 measured in, where the paper has one, and, for bit errors, the same share of this table's answer bits; the task's
@@ -88,8 +89,9 @@ setting; (task, model) pairs the paper did not run have none."""
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--tasks", nargs="+", default=["associative-retrieval-30", "nth-farthest", "rar", "copy"],
-                        help="tasks (python -m stm_rl.supervised --list)")
+    parser.add_argument("--tasks", nargs="*", default=["associative-retrieval-30", "nth-farthest", "rar", "copy"],
+                        help="tasks (python -m stm_rl.supervised --list); none (a bare --tasks) with --report-only "
+                        "--babi-run: only the bAbI report")
     parser.add_argument("--models", nargs="+", default=["stm", "lstm", "ntm", "dnc", "rmc"], help="models")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds (>= 0)")
     parser.add_argument("--preset", default="small", help="preset of every run: " + ", ".join(PRESETS))
@@ -106,6 +108,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--babi-run", default=None, help="also report the per-task error of this bAbI run directory "
                         "(its latest evaluation; test if it has one, else validation) in OUT/babi.md")
     args = parser.parse_args(argv)
+    if not args.tasks and not (args.report_only and args.babi_run):
+        parser.error("--tasks: name at least one task (none only with --report-only --babi-run)")
     for name in args.tasks:
         if name not in TASKS:
             parser.error(f"--tasks: unknown task {name!r}; choose from {', '.join(TASKS)}")
@@ -370,13 +374,18 @@ def babi_report(run_dir: Path, out: Optional[Path] = None) -> str:
     """Markdown: the per-task error % of a bAbI run's latest evaluation (test if there is one) beside each task's
     best validation so far, and the mean; with ``out``, also ``out/babi.png``, the validation curve (mean error and
     tasks solved against iterations)."""
-    records = list(read_jsonl(RunDir(run_dir).evaluations))
+    if not Path(run_dir).is_dir():
+        raise StmRlError(f"--babi-run {run_dir}: no such run directory")
+    log = RunDir(run_dir).evaluations
+    records = list(read_jsonl(log)) if log.exists() else []
     if not records:
         raise StmRlError(f"--babi-run {run_dir}: no evaluations yet")
     tests = [r for r in records if r["split"] == "test"]
     valids = [r for r in records if r["split"] == "valid"]
     latest = tests[-1] if tests else records[-1]
     tasks = sorted(int(k[len("error_qa"):]) for k in latest if k.startswith("error_qa"))
+    if out is not None:
+        Path(out).mkdir(parents=True, exist_ok=True)
 
     def best_valid(task: int) -> str:
         if not valids:
@@ -441,11 +450,12 @@ def build_table(args: argparse.Namespace, command: str) -> int:
                     rows = table_rows(runs, args.tasks, args.models, args.preset,
                                       in_progress(out, args.tasks, args.models, args.seeds))
                     write_outputs(out, rows, runs, args.tasks, command)
-    runs = load_runs(out, args.tasks, args.models, args.seeds)
-    rows = table_rows(runs, args.tasks, args.models, args.preset,
-                      in_progress(out, args.tasks, args.models, args.seeds))
-    write_outputs(out, rows, runs, args.tasks, command)
-    print((out / "table.md").read_text())
+    if args.tasks:
+        runs = load_runs(out, args.tasks, args.models, args.seeds)
+        rows = table_rows(runs, args.tasks, args.models, args.preset,
+                          in_progress(out, args.tasks, args.models, args.seeds))
+        write_outputs(out, rows, runs, args.tasks, command)
+        print((out / "table.md").read_text())
     if args.babi_run:
         report = babi_report(Path(args.babi_run), out)
         (out / "babi.md").write_text(report, encoding="utf-8")

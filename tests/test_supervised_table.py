@@ -86,6 +86,7 @@ def test_a_run_not_finished_yet_is_reported_in_progress(table, tmp_path):
     (["--seeds", "-1"], "--seeds must be >= 0"),
     (["--iterations", "0"], "--iterations must be > 0"),
     (["--minutes", "nan"], "--minutes must be > 0"),
+    (["--tasks"], "--tasks: name at least one task (none only with --report-only --babi-run)"),
     (["--optimizer", "authors", "--tasks", "copy", "shortest-path"],
      "--optimizer authors: the authors' code trains no 'shortest-path'"),
 ])
@@ -116,7 +117,7 @@ def test_the_authors_optimiser_at_the_presets_sizes_and_one_optimiser_per_folder
         "optimiser (rmsprop lr 0.0001 momentum 0.9 alpha 0.95, values +-10); give this one its own --out")
 
 
-def test_babi_report_lists_every_task_of_the_latest_evaluation(table, tmp_path):
+def test_babi_report_lists_every_task_of_the_latest_evaluation(table, tmp_path, capsys):
     run = tmp_path / "babi"
     run.mkdir()
     records = [{"iteration": 10, "split": "valid", "elapsed_s": 36.0, "error_qa1": 50.0, "error_qa2": 40.0,
@@ -136,6 +137,16 @@ def test_babi_report_lists_every_task_of_the_latest_evaluation(table, tmp_path):
     assert "test split at iteration 20" in report
     assert "| qa1 | 3.0 | yes | 4.0 (20) |" in report and "| qa2 | 44.0 | no | 40.0 (10) |" in report
     assert (tmp_path / "babi.png").stat().st_size > 0
+
+    out = tmp_path / "only-babi"  # a bare --tasks: the bAbI report and nothing else
+    assert table.main(["--report-only", "--tasks", "--babi-run", str(run), "--out", str(out)]) == 0
+    assert sorted(path.name for path in out.iterdir()) == ["babi.md", "babi.png"]
+    assert (out / "babi.md").read_text() == report
+    for run_dir, problem in [(tmp_path / "missing", "no such run directory"), (tmp_path, "no evaluations yet")]:
+        capsys.readouterr()
+        assert table.main(["--report-only", "--tasks", "--babi-run", str(run_dir), "--out", str(tmp_path / "o")]) == 2
+        assert capsys.readouterr().err.strip() == f"supervised_table.py: error: --babi-run {run_dir}: {problem}"
+        assert not (tmp_path / "o").exists()
 
 
 def plateau_record(values, test_size=1000):
