@@ -41,7 +41,7 @@ COPY_SMALL := --tasks copy --models stm --preset small --iterations $(COPY_ITERA
 # command continues it; BABI_ITERATIONS=N extends it.
 BABI_RUN ?= runs/supervised/babi-stm-small-unbind
 BABI_DATA ?= ../shared/data/babi/en-valid-10k
-BABI_ITERATIONS ?= 60000
+BABI_ITERATIONS ?= 45000
 BABI_SMALL := --task babi --model stm --preset small --data-dir $(BABI_DATA) --babi-missing use-1k --eval-every 1000 \
               --threads 2
 
