@@ -14,6 +14,8 @@ those, into ``--to DIR/<run name>/``:
 - JSON files are copied with the machine's absolute paths taken out: the working directory becomes relative,
   the home directory ``~``, any other absolute path keeps only its last component (a committed file names no
   folder of the machine that ran it);
+- ``evaluations.jsonl`` (a supervised run's validations and test, what ``benchmarks/supervised_table.py`` reads)
+  is copied as it is, where it holds any record;
 - a run still training is published as far as it got (its complete game lines); publishing again later
   replaces the files with their newer state. A sweep folder's ``sweep.json`` comes along as ``DIR/sweep.json``.
 
@@ -96,7 +98,8 @@ def training_metrics(path: Path) -> list[dict]:
 
 
 def publish_run(run_dir: Path, target: Path, cwd: Path, home: Path) -> Published:
-    """Copy one run's game log (compressed), config, summary and evaluations into ``target``."""
+    """Copy one run's game log (compressed), metrics (compressed), evaluation log, config, summary and greedy
+    evaluations into ``target``."""
     layout = RunDir(run_dir)
     target.mkdir(parents=True, exist_ok=True)
     games = list(read_jsonl(layout.game_log)) if layout.game_log.exists() else []
@@ -105,6 +108,12 @@ def publish_run(run_dir: Path, target: Path, cwd: Path, home: Path) -> Published
     training = training_metrics(layout.metrics) if layout.metrics.exists() else []
     if training:
         write_gzip_jsonl(training, target / RunDir.METRICS_COMPRESSED)
+    evaluations = list(read_jsonl(layout.evaluations)) if layout.evaluations.exists() else []
+    if evaluations:  # a supervised run's validation curve and test; an RL run writes none unless asked to
+        text = "".join(json.dumps(record) + "\n" for record in evaluations)
+        temporary = target / (RunDir.EVALUATIONS + ".tmp")
+        temporary.write_text(text, encoding="utf-8")
+        temporary.replace(target / RunDir.EVALUATIONS)
     sources = [layout.path / name for name in COPIED_JSON] + layout.evaluation_reports()
     for source in sources:
         if source.is_file():

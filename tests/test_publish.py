@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -105,3 +106,22 @@ def test_publish_refuses_bad_input_in_one_line(tmp_path, capsys):
     fake_run(tmp_path / "b" / "run", games=3)
     assert cli_main(["publish", str(tmp_path / "a"), str(tmp_path / "b"), "--to", str(tmp_path / "out")]) == 2
     assert "two runs are named run" in capsys.readouterr().err
+
+
+def test_publish_takes_a_supervised_runs_evaluation_log(tmp_path, monkeypatch, capsys):
+    from stm_rl.supervised.config import resolve_config
+    from stm_rl.supervised.train import train
+
+    monkeypatch.chdir(tmp_path)  # a run started from the checkout, as `python -m stm_rl.supervised` runs are
+    monkeypatch.setattr(sys, "argv", [str(tmp_path / "stm_rl" / "supervised" / "__main__.py"), "--task", "copy"])
+    train(resolve_config("copy", "lstm", "smoke", run_dir="runs/copy-lstm", iterations=2, eval_every=1),
+          progress=False)
+    assert cli_main(["publish", "runs/copy-lstm", "--to", "results"]) == 0
+    published = tmp_path / "results" / "copy-lstm"
+    assert sorted(p.name for p in published.iterdir()) == ["config.json", "evaluations.jsonl", "metrics.jsonl.gz",
+                                                          "summary.json"]
+    logged = list(read_jsonl(published / "evaluations.jsonl"))
+    assert logged == list(read_jsonl(tmp_path / "runs" / "copy-lstm" / "evaluations.jsonl"))
+    assert [(r["split"], r["iteration"]) for r in logged] == [("valid", 1), ("valid", 2), ("test", 2)]
+    config = json.loads((published / "config.json").read_text())
+    assert config["argv"][0] == "stm_rl/supervised/__main__.py", "no folder of this machine"
