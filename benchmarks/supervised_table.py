@@ -410,14 +410,13 @@ def babi_report(run_dir: Path, out: Optional[Path] = None) -> str:
 
         fig, error_axis = plt.subplots(figsize=(6.5, 3.6))
         xs = [r["iteration"] for r in valids]
-        error_axis.plot(xs, [r["mean_error"] for r in valids], color="C0", label="valid mean error %")
+        error_axis.plot(xs, [r["mean_error"] for r in valids], color="C0")
         for test in tests:
-            error_axis.plot([test["iteration"]], [test["mean_error"]], "o", color="C0", label="test mean error %")
+            error_axis.plot([test["iteration"]], [test["mean_error"]], "o", color="C0")  # the test
         error_axis.set_xlabel("iteration")
         error_axis.set_ylabel("mean error % (20 tasks)", color="C0")
         solved_axis = error_axis.twinx()
-        solved_axis.step(xs, [r["tasks_solved"] for r in valids], where="post", color="C1",
-                         label="tasks solved (valid)")
+        solved_axis.step(xs, [r["tasks_solved"] for r in valids], where="post", color="C1")
         solved_axis.set_ylabel("tasks with error <= 5%", color="C1")
         solved_axis.set_ylim(0, len(tasks) or 20)
         error_axis.set_title(f"bAbI: {Path(run_dir).name}")

@@ -36,7 +36,7 @@ from typing import Any, Sequence
 
 from stm_rl.a3c.progress import GAME_METRICS
 from stm_rl.run_dir import (SWEEP_MANIFEST, RunDir, StmRlError, check_can_write, find_run_dirs, read_json, read_jsonl,
-                            write_json_atomic)
+                            write_json_atomic, write_jsonl_atomic)
 
 COPIED_JSON = (RunDir.CONFIG, RunDir.SUMMARY)
 """JSON files of a run that are published (with its evaluation reports, ``eval-*.json``)."""
@@ -110,10 +110,7 @@ def publish_run(run_dir: Path, target: Path, cwd: Path, home: Path) -> Published
         write_gzip_jsonl(training, target / RunDir.METRICS_COMPRESSED)
     evaluations = list(read_jsonl(layout.evaluations)) if layout.evaluations.exists() else []
     if evaluations:  # a supervised run's validation curve and test; an RL run writes none unless asked to
-        text = "".join(json.dumps(record) + "\n" for record in evaluations)
-        temporary = target / (RunDir.EVALUATIONS + ".tmp")
-        temporary.write_text(text, encoding="utf-8")
-        temporary.replace(target / RunDir.EVALUATIONS)
+        write_jsonl_atomic(target / RunDir.EVALUATIONS, evaluations)
     sources = [layout.path / name for name in COPIED_JSON] + layout.evaluation_reports()
     for source in sources:
         if source.is_file():

@@ -302,6 +302,12 @@ def write_json_atomic(path: Path, data: Any) -> None:
     _atomic_write(path, lambda f: f.write(json.dumps(to_jsonable(data), indent=2, sort_keys=True).encode()))
 
 
+def write_jsonl_atomic(path: Path, records: Sequence[Mapping[str, Any]]) -> None:
+    """Write ``records`` as JSONL through a temporary file and a rename."""
+    text = "".join(json.dumps(record) + "\n" for record in records).encode("utf-8")
+    _atomic_write(Path(path), lambda f: f.write(text))
+
+
 def machine_description() -> str:
     """Cores and CPU model of this machine, e.g. ``2 cores, AMD EPYC 9R45`` (what timings were measured on)."""
     model = platform.processor() or platform.machine()
