@@ -17,10 +17,12 @@ BENCH ?= train_speed
 
 .DEFAULT_GOAL := setup
 # The Figure 3 campaign (docs/figure3.md): every run of the paper's figure, one at a time on this machine's cores,
-# skip 32 seed pairs first; resumable: the same command continues it after a stop, in a later sitting too.
+# skip 32 seed pairs first; resumable: the same command continues it after a stop, in a later sitting too. On a
+# machine without the run directories (a fresh clone), the runs committed as completed in results/figure3 are
+# adopted, not trained again.
 FIGURE3_OUT ?= runs/figure3
 FIGURE3 := --agents lstm stm --frame-skips 32 0 16 4 --seeds 0 1 2 --agent-steps 32=4M 0=10M 16=4M 4=5M \
-           --final-eval-games 20 --workers-per-run 2 --out $(FIGURE3_OUT)
+           --final-eval-games 20 --workers-per-run 2 --out $(FIGURE3_OUT) --adopt results/figure3
 
 # The paper's associative-retrieval result at its own sizes (issue 26, docs/supervised.md): the STM and the LSTM with
 # the authors' optimiser, 10 epochs of the fixed 100k set (781 iterations each), validated every epoch, tested on 20k.

@@ -21,6 +21,7 @@ import dataclasses
 import json
 import math
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -114,6 +115,10 @@ class SweepOptions:
     """The Ray cluster to join (``auto`` or ``HOST:PORT``); None: Ray's own rule for ``ray.init()`` without an
     address (``RAY_ADDRESS``, else a cluster started on this machine with ``ray start``, else a local instance that
     lives as long as the sweep)."""
+    adopt: Optional[Path] = None
+    """A folder ``stm-rl publish`` wrote (``results/figure3``): a run it holds completed, with this sweep's budget,
+    final evaluation and settings, is copied into ``out`` where ``out`` has no such run, and counts as done (a
+    campaign goes on from its committed results on a machine that never trained them)."""
     poll_interval: float = 1.0
     progress: bool = True
 
@@ -172,6 +177,10 @@ def add_parser(subparsers) -> None:
                         help="budget of each run in agent steps instead of frames (the unit in which frame skips "
                              "compare): one count for every run (4M), or one per frame skip (32=4M 16=4M 4=5M 0=10M); "
                              "with --frames too, a run ends at the first budget it reaches")
+    parser.add_argument("--adopt", type=Path, default=None, metavar="PUBLISHED_DIR",
+                        help="a folder `stm-rl publish` wrote (e.g. results/figure3): its runs that completed with "
+                             "this sweep's budget and settings are copied into --out where --out lacks them, and "
+                             "are not trained again (default: none)")
     parser.add_argument("--dry-run", action="store_true",
                         help="list every run with its state and frames done, and start nothing")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
@@ -202,13 +211,16 @@ def options_from_args(args: argparse.Namespace) -> SweepOptions:
     agent_steps = parse_agent_steps(args.agent_steps, tuple(dict.fromkeys(args.frame_skips)))
     frames = getattr(args, "RunConfig.frames")
     out = args.out.expanduser()
+    adopt = args.adopt.expanduser() if args.adopt is not None else None
+    if adopt is not None and not adopt.is_dir():
+        raise StmRlError(f"--adopt {adopt}: no such folder (give the folder `stm-rl publish --to` wrote)")
     options = SweepOptions(
         agents=tuple(dict.fromkeys(args.agents)), frame_skips=tuple(dict.fromkeys(args.frame_skips)),
         seeds=tuple(dict.fromkeys(args.seeds)), out=out.absolute() if args.backend == "ray" else out,
         frames=frames if frames is not None else (0 if agent_steps else RunConfig.frames), agent_steps=agent_steps,
         workers_per_run=args.workers_per_run, max_parallel=args.max_parallel,
         settings={name: values for name, values in settings.items() if values}, preset=args.preset,
-        retries=args.retries,
+        retries=args.retries, adopt=adopt,
         backend=args.backend, ray_address=args.ray_address, poll_interval=args.poll_interval,
         progress=args.progress)
     fields = [f.name for cls in _SWEEP_OWNED for f in dataclasses.fields(cls)]
@@ -368,6 +380,44 @@ def check_settings_unchanged(options: SweepOptions) -> None:
                          f"{'; '.join(differences)}; repeat the original flags, or choose another --out")
 
 
+def adoption(spec: RunSpec, options: SweepOptions) -> tuple[Optional[Path], str]:
+    """``(published run, "")`` if ``--adopt`` would copy this run into ``--out``; ``(None, why not)`` where the
+    published folder has the run but it does not qualify; ``(None, "")`` where there is nothing to adopt."""
+    if options.adopt is None or spec.run_dir.exists():
+        return None, ""
+    published = dataclasses.replace(spec, run_dir=options.adopt / spec.name)
+    if not RunDir(published.run_dir).summary.exists():
+        return None, ""
+    if not is_finished(published, options):
+        return None, "not completed with this sweep's budget and final evaluation"
+    try:
+        saved = TrainConfig.from_dict(read_json(RunDir(published.run_dir).config)["config"])
+    except (StmRlError, KeyError, TypeError, ValueError) as error:
+        return None, f"its config.json is unreadable ({error})"
+    differences = sweep_run.settings_differ(saved, run_config(spec, options))
+    if differences:
+        return None, f"trained with other settings: {'; '.join(differences)}"
+    return published.run_dir, ""
+
+
+def adopt_published_runs(options: SweepOptions) -> list[str]:
+    """Copy the runs :func:`adoption` accepts into ``--out`` (each whole, through a temporary folder, so a
+    copy cut short leaves nothing half there); one line per run adopted or passed over."""
+    lines = []
+    for spec in options.runs():
+        source, why_not = adoption(spec, options)
+        if why_not:
+            lines.append(f"not adopted: {spec.name} in {options.adopt} ({why_not}); it trains here")
+        if source is None:
+            continue
+        temporary = spec.run_dir.with_name(f".{spec.name}.adopting")
+        shutil.rmtree(temporary, ignore_errors=True)
+        shutil.copytree(source, temporary)
+        os.replace(temporary, spec.run_dir)
+        lines.append(f"adopted {spec.name} from {options.adopt} (completed there)")
+    return lines
+
+
 # ---------------------------------------------------------------- backends
 class Backend(Protocol):
     """Where the runs' processes live: :class:`LocalBackend` or :class:`stm_rl.sweep_ray.RayBackend`."""
@@ -459,17 +509,26 @@ class Sweep:
     def dry_run(self) -> int:
         """Print every run with what a sweep would do with it; start nothing, write nothing."""
         states = {entry.spec.name: disk_state(entry.spec, self.options) for entry in self.entries}
+        for entry in self.entries:
+            if adoption(entry.spec, self.options)[0] is not None:
+                states[entry.spec.name] = f"adopt ({self.options.adopt})"
         changed = changed_settings(self.options) if self.options.out.is_dir() else {}
         print(f"sweep {self.options.out} ({self.options.backend} backend): {len(self.entries)} runs, "
               f"{self.options.describe_budget()}; nothing started (--dry-run)")
         print(results_table(self.entries, states))
         for name, differences in changed.items():
             print(f"  {name} was trained with other settings: {'; '.join(differences)}")
+        for entry in self.entries:
+            why_not = adoption(entry.spec, self.options)[1]
+            if why_not:
+                print(f"  {entry.spec.name} in {self.options.adopt} would not be adopted: {why_not}")
         return 0
 
     def run(self) -> int:
         check_settings_unchanged(self.options)
         check_can_write(self.options.out, "--out", directory=True)
+        for line in adopt_published_runs(self.options):
+            print(line, flush=True)
         backend = make_backend(self.options)  # with Ray: connects and checks --out from every node
         try:
             return self._run(backend)

@@ -14,6 +14,7 @@ import torch
 
 from stm_rl import plotting, sweep, sweep_run
 from stm_rl.a3c import TrainConfig
+from stm_rl.cli import build_parser
 from stm_rl.cli import main as cli_main
 from stm_rl.run_dir import to_jsonable
 
@@ -56,6 +57,41 @@ def test_rerunning_a_finished_sweep_starts_no_training(tiny_sweep, monkeypatch, 
     assert cli_main([*SWEEP, "--out", str(tiny_sweep)]) == 0
     assert time.monotonic() - start < 10
     assert "2 already completed" in capsys.readouterr().out
+
+
+def test_a_fresh_out_adopts_the_published_completed_runs_instead_of_training_them(tiny_sweep, tmp_path,
+                                                                                 monkeypatch, capsys):
+    """A campaign continued on a machine that never trained it: ``--adopt results/...`` takes the runs the
+    committed folder holds completed; one trained with other settings, or cut short there, trains again."""
+    published = tmp_path / "results"
+    assert cli_main(["publish", str(tiny_sweep), "--to", str(published)]) == 0
+    summary = published / "lstm-skip32-seed1" / "summary.json"
+    summary.write_text(summary.read_text().replace('"completed"', '"interrupted"'))  # published mid-run
+    started = []
+    monkeypatch.setattr(sweep_run.RunProcess, "start", lambda run_dir: started.append(Path(run_dir).name) or 1 / 0)
+    out = tmp_path / "fresh"
+    capsys.readouterr()
+    assert cli_main([*SWEEP, "--seeds", "0", "1", "--out", str(out), "--adopt", str(published), "--dry-run"]) == 0
+    report = capsys.readouterr().out
+    assert f"lstm-skip32-seed0  adopt ({published})" in report
+    assert "lstm-skip32-seed1 in" in report and "would not be adopted: not completed" in report
+    assert not out.exists(), "a dry run writes nothing"
+    with pytest.raises(ZeroDivisionError):  # the sweep goes on to train the run it could not adopt
+        cli_main([*SWEEP, "--out", str(out), "--adopt", str(published)])
+    assert started == ["lstm-skip32-seed1"]
+    assert f"adopted lstm-skip32-seed0 from {published}" in capsys.readouterr().out
+    adopted = out / "lstm-skip32-seed0"
+    assert sorted(path.name for path in adopted.iterdir()) == sorted(
+        path.name for path in (published / "lstm-skip32-seed0").iterdir())
+    options = sweep.options_from_args(build_parser().parse_args([*SWEEP, "--out", str(out)]))
+    assert sweep.disk_state(sweep.RunSpec("lstm", 32, 0, adopted), options) == "done"
+    # other settings than the published run's: not adopted, and the reason is printed
+    other = tmp_path / "other"
+    assert cli_main([*SWEEP, "--seeds", "0", "--lr", "1e-3", "--out", str(other), "--adopt", str(published),
+                     "--dry-run"]) == 0
+    assert "would not be adopted: trained with other settings: --lr" in capsys.readouterr().out
+    assert cli_main([*SWEEP, "--out", str(other), "--adopt", str(tmp_path / "missing")]) == 2
+    assert "--adopt" in capsys.readouterr().err
 
 
 def test_sweep_resumes_interrupted_runs_and_starts_new_ones(tmp_path):
