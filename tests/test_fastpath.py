@@ -238,13 +238,15 @@ def test_a_second_reader_and_another_alpha_form_their_own_gradients(kernels):
 
 
 def _sequence_gradients(dtype, bf16: bool):
-    """Outputs and parameter gradients of a 5-step STM with an episode reset inside and the single-step path."""
+    """Outputs and parameter gradients of a 5-step STM with an episode reset inside and the single-step path
+    (weights and inputs drawn in fp32 and then cast, so every dtype computes the same function)."""
     torch.manual_seed(0)
-    stm = STM(16, 8, d=6, num_slots=3, rel_size=5, attn_size=4, out_layernorm=True).to(dtype)
+    stm = STM(16, 8, d=6, num_slots=3, rel_size=5, attn_size=4, out_layernorm=True)
     with torch.no_grad():
         for alpha in (stm.cell.alpha1, stm.cell.alpha2, stm.cell.alpha3):
             alpha.fill_(0.4)
-    x = torch.randn(3, 5, 16, dtype=dtype)
+    x = torch.randn(3, 5, 16).to(dtype)
+    stm = stm.to(dtype)
     start = torch.zeros(3, 5, dtype=torch.bool)
     start[1, 2] = True
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -254,16 +256,25 @@ def _sequence_gradients(dtype, bf16: bool):
     return [y, y_next, *torch.autograd.grad(loss, list(stm.parameters()))]
 
 
-@pytest.mark.parametrize("dtype,bf16,tolerance", [(torch.float64, False, 1e-12), (torch.float32, False, 1e-4),
+@pytest.mark.parametrize("dtype,bf16,tolerance", [(torch.float64, False, 1e-12), (torch.float32, False, 2e-5),
                                                  (torch.float32, True, 1e-2)])
 def test_the_stm_computes_the_same_with_and_without_the_kernels(kernels, monkeypatch, dtype, bf16, tolerance):
-    """The whole STM, values and every parameter's gradient, fused kernels against the PyTorch path. The
-    tolerance is relative to each tensor's largest entry: in fp32 five recurrent steps amplify rounding
-    differences (both paths differ from float64 by about 1e-5 of the largest gradient); under bf16 autocast the
-    readout's bf16 products round differently in another order."""
+    """The whole STM, values and every parameter's gradient, fused kernels against the PyTorch path; tolerances
+    are relative to each tensor's largest entry. In float64 the two agree to rounding. In fp32 both are
+    measured against the float64 result of the same function: five recurrent steps make some gradients
+    ill-conditioned (the scalar gate biases' sum thousands of terms that cancel: PyTorch's own fp32 path misses
+    them by up to 1.4e-4 of their size), so the kernels must be as accurate as PyTorch's fp32 path, not equal to
+    it. Under bf16 autocast the readout's bf16 products round differently in another order."""
     fused = _sequence_gradients(dtype, bf16)
     monkeypatch.setenv(fused_kernels.SETTING_VARIABLE, "off")
     plain = _sequence_gradients(dtype, bf16)
+    if dtype == torch.float32 and not bf16:
+        exact = _sequence_gradients(torch.float64, False)
+        for a, b, c in zip(fused, plain, exact):
+            scale = max(1.0, c.abs().max().item())
+            fused_error, plain_error = ((t.double() - c).abs().max().item() for t in (a, b))
+            assert fused_error <= 2 * plain_error + tolerance * scale, (fused_error, plain_error, scale)
+        return
     for a, b in zip(fused, plain):
         scale = max(1.0, b.abs().max().item())
         torch.testing.assert_close(a, b, rtol=0, atol=tolerance * scale)
