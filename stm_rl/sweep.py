@@ -351,6 +351,15 @@ def disk_state(spec: RunSpec, options: SweepOptions) -> str:
     return "start"
 
 
+def saved_config(run_dir: Path) -> TrainConfig:
+    """The config a run was trained with (its config.json); StmRlError naming the file if it is unreadable."""
+    config_file = RunDir(run_dir).config
+    try:
+        return TrainConfig.from_dict(read_json(config_file)["config"])
+    except (StmRlError, KeyError, TypeError, ValueError) as error:
+        raise StmRlError(f"{config_file} is unreadable ({error})") from None
+
+
 def changed_settings(options: SweepOptions) -> dict[str, list[str]]:
     """Runs already trained with settings other than this sweep's, with the settings that differ."""
     changed = {}
@@ -360,10 +369,9 @@ def changed_settings(options: SweepOptions) -> dict[str, list[str]]:
         if not (layout.checkpoint(Checkpoint.LATEST).exists() and config_file.exists()):
             continue  # nothing trained yet that a change could mix with
         try:
-            saved = TrainConfig.from_dict(read_json(config_file)["config"])
-        except (StmRlError, KeyError, TypeError, ValueError) as error:
-            raise StmRlError(f"cannot check the settings of {spec.run_dir}: {config_file} is unreadable "
-                             f"({error})") from None
+            saved = saved_config(spec.run_dir)
+        except StmRlError as error:
+            raise StmRlError(f"cannot check the settings of {spec.run_dir}: {error}") from None
         differences = sweep_run.settings_differ(saved, run_config(spec, options))
         if differences:
             changed[spec.name] = differences
@@ -391,9 +399,9 @@ def adoption(spec: RunSpec, options: SweepOptions) -> tuple[Optional[Path], str]
     if not is_finished(published, options):
         return None, "not completed with this sweep's budget and final evaluation"
     try:
-        saved = TrainConfig.from_dict(read_json(RunDir(published.run_dir).config)["config"])
-    except (StmRlError, KeyError, TypeError, ValueError) as error:
-        return None, f"its config.json is unreadable ({error})"
+        saved = saved_config(published.run_dir)
+    except StmRlError as error:
+        return None, str(error)
     differences = sweep_run.settings_differ(saved, run_config(spec, options))
     if differences:
         return None, f"trained with other settings: {'; '.join(differences)}"
@@ -509,19 +517,19 @@ class Sweep:
     def dry_run(self) -> int:
         """Print every run with what a sweep would do with it; start nothing, write nothing."""
         states = {entry.spec.name: disk_state(entry.spec, self.options) for entry in self.entries}
-        for entry in self.entries:
-            if adoption(entry.spec, self.options)[0] is not None:
-                states[entry.spec.name] = f"adopt ({self.options.adopt})"
+        adoptions = {entry.spec.name: adoption(entry.spec, self.options) for entry in self.entries}
+        for name, (source, _) in adoptions.items():
+            if source is not None:
+                states[name] = f"adopt ({self.options.adopt})"
         changed = changed_settings(self.options) if self.options.out.is_dir() else {}
         print(f"sweep {self.options.out} ({self.options.backend} backend): {len(self.entries)} runs, "
               f"{self.options.describe_budget()}; nothing started (--dry-run)")
         print(results_table(self.entries, states))
         for name, differences in changed.items():
             print(f"  {name} was trained with other settings: {'; '.join(differences)}")
-        for entry in self.entries:
-            why_not = adoption(entry.spec, self.options)[1]
+        for name, (_, why_not) in adoptions.items():
             if why_not:
-                print(f"  {entry.spec.name} in {self.options.adopt} would not be adopted: {why_not}")
+                print(f"  {name} in {self.options.adopt} would not be adopted: {why_not}")
         return 0
 
     def run(self) -> int:
