@@ -13,8 +13,10 @@ Exit codes (the same for ``train``, ``sweep``, ``evaluate``, ``plot`` and ``supe
 
 Ctrl-C and SIGTERM mean the same thing to every command: :func:`run_command` turns both into
 ``KeyboardInterrupt`` for the time of the command's body, also where SIGINT started ignored (a background job of a
-script, where Python sets no handler of its own). Commands that must stop gracefully (the trainer, which lets its
-workers finish their update; the sweep, which stops its runs) put their own handler on top and restore this one.
+script, where Python sets no handler of its own). Commands that must stop gracefully put their own handler on top
+and restore this one: the sweep, which stops its runs, and the training loops (RL and supervised), which take a
+:class:`StopRequest` and stop at their next safe point, so that a signal never lands inside a checkpoint being
+written or TensorBoard's writer queue.
 
 Errors are one line (``stm-rl train: error: ...``); with ``STM_RL_DEBUG=1`` in the environment the command
 raises instead, so the Python traceback is shown. :func:`run_command` applies these rules to a command's body.
@@ -31,7 +33,7 @@ import sys
 import threading
 from contextlib import AbstractContextManager, contextmanager
 from enum import Enum, IntEnum
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 from stm_rl.run_dir import RunFailed, StmRlError, describe_os_error
 
@@ -136,3 +138,49 @@ def handling_stop_signals(handler: Callable[[int, Any], None]) -> Iterator[None]
 def stop_signals_raise_keyboard_interrupt() -> AbstractContextManager[None]:
     """Within the block, SIGINT and SIGTERM raise ``KeyboardInterrupt`` (what :func:`run_command` sets)."""
     return handling_stop_signals(_raise_keyboard_interrupt)
+
+
+class StopRequest:
+    """A graceful stop asked for by a signal, for a training loop that checks it at its safe points.
+
+    Within :meth:`installed`, the first SIGINT or SIGTERM is only recorded and announced on stderr; the loop sees
+    it (``if stop:``, or :meth:`raise_if_requested` where ``KeyboardInterrupt`` is the loop's way out) and ends with
+    a final checkpoint. A second Ctrl-C raises ``KeyboardInterrupt`` at once (the user asked twice: abort); a
+    repeated SIGTERM changes nothing (a dying parent and a process-group signal can both send one).
+
+    An exception raised asynchronously at any bytecode can leave a library's lock or queue half-updated (a
+    ``queue.Queue`` item counted but not added, a ``threading.Lock`` taken and never released), and the cleanup that
+    follows then waits forever on it: this is why the first signal does not raise.
+    """
+
+    def __init__(self, announcement: str) -> None:
+        self.announcement = announcement
+        """What the loop will do, written after the signal's name (``SIGTERM: <announcement>``)."""
+        self.signal_name: Optional[str] = None
+        """``"SIGINT"`` or ``"SIGTERM"`` once a stop was asked for."""
+
+    def __bool__(self) -> bool:
+        return self.signal_name is not None
+
+    def installed(self) -> AbstractContextManager[None]:
+        """Within the block, SIGINT and SIGTERM go to :meth:`handle` (main thread only, see
+        :func:`handling_stop_signals`)."""
+        return handling_stop_signals(self.handle)
+
+    def handle(self, signum: int, frame: Any) -> None:
+        if self.signal_name is not None:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
+        self.signal_name = signal.Signals(signum).name
+        # os.write, not print: a signal handler that prints while the interrupted code is printing to the same
+        # stream gets "reentrant call" errors from Python's buffered writer
+        try:
+            os.write(sys.stderr.fileno(), f"\n{self.signal_name}: {self.announcement}\n".encode())
+        except (OSError, ValueError, AttributeError):  # no usable stderr (closed, replaced by an object without a fd)
+            pass
+
+    def raise_if_requested(self) -> None:
+        """``KeyboardInterrupt`` here, at a point the caller chose, if a stop was asked for."""
+        if self.signal_name is not None:
+            raise KeyboardInterrupt

@@ -1,5 +1,5 @@
 """``conventions.run_command``: the one place where Ctrl-C and SIGTERM become an interrupted command (exit 130), and
-where a graceful command (trainer, sweep) puts its own handler on top."""
+where a graceful command (trainer, sweep) puts its own handler on top; ``StopRequest``, the training loops' handler."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from stm_rl.conventions import ExitCode, handling_stop_signals, run_command
+from stm_rl.conventions import ExitCode, StopRequest, handling_stop_signals, run_command
 
 
 def _signal_myself_and_wait(signum: int) -> int:
@@ -62,4 +62,28 @@ def test_outside_the_main_thread_the_command_runs_without_touching_signals(resto
     thread.start()
     thread.join()
     assert codes == [7]
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def _deliver(signum: int) -> None:
+    """Send ``signum`` to this process and give Python the moment it needs to run the handler."""
+    os.kill(os.getpid(), signum)
+    time.sleep(0.05)
+
+
+def test_a_stop_request_records_the_first_signal_and_raises_only_where_the_loop_asks(restore_stop_handlers, capfd):
+    stop = StopRequest("stopping after this step")
+    before = signal.getsignal(signal.SIGTERM)
+    with stop.installed():
+        assert not stop
+        stop.raise_if_requested()  # nothing asked yet: returns
+        _deliver(signal.SIGTERM)  # recorded, not raised here
+        assert stop and stop.signal_name == "SIGTERM"
+        assert capfd.readouterr().err.strip() == "SIGTERM: stopping after this step"
+        _deliver(signal.SIGTERM)  # a dying parent and a process-group signal may both send one: no change
+        assert stop.signal_name == "SIGTERM" and capfd.readouterr().err == ""
+        with pytest.raises(KeyboardInterrupt):
+            stop.raise_if_requested()
+        with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C: abort at once
+            _deliver(signal.SIGINT)
     assert signal.getsignal(signal.SIGTERM) == before

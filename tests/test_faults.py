@@ -105,7 +105,7 @@ def test_a_stop_signal_during_the_first_checkpoint_ends_the_run_cleanly(tiny_tra
               "save = Trainer._save\n"
               "def save_then_signal(self, name):\n"
               "    result = save(self, name)\n"
-              "    if not self._stop_requested:  # once: a second Ctrl-C aborts on purpose\n"
+              "    if not self.stop:  # once: a second Ctrl-C aborts on purpose\n"
               f"        os.kill(os.getpid(), {int(signum)})\n"
               "    return result\n"
               "Trainer._save = save_then_signal\n"

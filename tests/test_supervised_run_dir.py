@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -163,16 +164,29 @@ def test_a_run_saved_with_the_flat_config_resumes(smoke_run, capsys):
     assert flat == dataclasses.replace(nested, run=dataclasses.replace(nested.run, progress=True))
 
 
+def _stop_or_dump(process: subprocess.Popen, stderr_path, timeout: float) -> int:
+    """The exit code of ``process`` within ``timeout``; past it, the test fails with the stacks of all its threads
+    (the child runs with ``PYTHONFAULTHANDLER``, which prints them on SIGABRT) and its stderr."""
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGABRT)
+        process.wait(timeout=30)
+        pytest.fail(f"the run did not stop within {timeout:.0f} s; its stderr and stacks:\n{stderr_path.read_text()}")
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_background_run_stops_on_ctrl_c_or_sigterm_with_its_checkpoint(tmp_path, signum):
     """A background job of a script starts with SIGINT ignored, and Python then sets no Ctrl-C handler of its own:
     the run still stops on SIGINT (as on SIGTERM) with its latest checkpoint and the interrupted exit status."""
-    run_dir = tmp_path / "run"
+    run_dir, stderr_path = tmp_path / "run", tmp_path / "stderr.txt"
     command = [sys.executable, "-m", "stm_rl.supervised", "--task", "copy", "--model", "lstm", "--preset", "smoke",
                "--iterations", "1000000", "--eval-every", "1", "--no-progress", "--run-dir", str(run_dir)]
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by the run
     try:
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with open(stderr_path, "w") as stderr:
+            process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr,
+                                       env={**os.environ, "PYTHONFAULTHANDLER": "1"})
     finally:
         signal.signal(signal.SIGINT, previous)
     try:
@@ -181,9 +195,46 @@ def test_a_background_run_stops_on_ctrl_c_or_sigterm_with_its_checkpoint(tmp_pat
             assert time.monotonic() < deadline and process.poll() is None, "the run never validated"
             time.sleep(0.2)
         process.send_signal(signum)
-        assert process.wait(timeout=60) == 130
+        assert _stop_or_dump(process, stderr_path, timeout=60) == 130, stderr_path.read_text()
     finally:
         process.kill()
         process.wait()
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = summary_of(run_dir)
     assert summary["status"] == "interrupted" and (run_dir / "checkpoints" / "latest.pt").exists()
+    assert f"{signal.Signals(signum).name}: stopping after the current iteration" in stderr_path.read_text()
+
+
+def test_a_stop_signal_during_logging_lets_the_logging_finish_and_stops_after_that_iteration(tmp_path):
+    """The signal arrives while the run flushes its metrics (TensorBoard's writer queue and its lock in use): the
+    flush completes, and the run stops at the start of the next iteration with that iteration's checkpoint.
+    A signal raised as an exception inside the flush could leave the queue or the lock half-updated, and the
+    run's cleanup then waited on them forever (once, a CI run's SIGTERM hung here)."""
+    run_dir, stderr_path = tmp_path / "run", tmp_path / "stderr.txt"
+    script = ("import os, signal, sys\n"
+              "from stm_rl.logger import MetricLogger\n"
+              "from stm_rl.supervised.__main__ import main\n"
+              "flush = MetricLogger.flush\n"
+              "flushes = []\n"
+              "def signal_inside_flush(self):\n"
+              "    flushes.append(1)\n"
+              "    if len(flushes) == 3:\n"
+              "        os.kill(os.getpid(), signal.SIGTERM)\n"
+              "        sum(range(10**6))  # Python code after the signal: an exception raised by it would land here\n"
+              f"        open({str(tmp_path / 'flush-finished')!r}, 'w').close()\n"
+              "    flush(self)\n"
+              "MetricLogger.flush = signal_inside_flush\n"
+              f"sys.exit(main([*{SMOKE!r}, '--iterations', '1000', '--eval-every', '1', '--run-dir', {str(run_dir)!r}]))\n")
+    with open(stderr_path, "w") as stderr:
+        process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=stderr,
+                                   env={**os.environ, "PYTHONFAULTHANDLER": "1"})
+    try:
+        assert _stop_or_dump(process, stderr_path, timeout=120) == 130, stderr_path.read_text()
+    finally:
+        process.kill()
+        process.wait()
+    assert (tmp_path / "flush-finished").exists(), "the stop signal was raised inside the flush"
+    assert "Traceback" not in stderr_path.read_text()
+    summary = summary_of(run_dir)
+    assert summary["status"] == "interrupted" and summary["iterations"] == 3, summary
+    assert load_checkpoint(RunDir(run_dir).checkpoint("latest"), CHECKPOINT_KIND)["train_state"]["iteration"] == 3
+    assert [logged["iteration"] for logged in read_jsonl(RunDir(run_dir).evaluations)] == [1, 2, 3]

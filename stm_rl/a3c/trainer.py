@@ -17,7 +17,6 @@ import math
 import os
 import queue
 import signal
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,6 @@ from typing import Any, Optional
 
 import torch
 import torch.multiprocessing as mp
-from tqdm import tqdm
 
 from agents import build_agent
 from envs import probe_action_count
@@ -44,7 +42,7 @@ from stm_rl.progress import note
 from stm_rl.a3c.scores import Counters, Milestones, ScoreTracker
 from stm_rl.a3c.shared_adam import SharedAdam
 from stm_rl.a3c.worker import AGENT_STEPS, FRAMES, UPDATES, WorkerContext, worker_main
-from stm_rl.conventions import RunStatus, handling_stop_signals
+from stm_rl.conventions import RunStatus, StopRequest
 from stm_rl import fastpath
 from stm_rl.fastpath.kernels import prepare_fused_kernels
 from stm_rl.run_dir import (Checkpoint, CheckpointError, RunDir, StmRlError, describe_os_error, read_jsonl,
@@ -107,7 +105,8 @@ class Trainer:
         self.shared_model.share_memory()
         self.counters.segments += 1
         self.stall_watch = StallWatch(seconds=progress.STALL_SECONDS)
-        self._stop_requested: Optional[str] = None
+        self.stop = StopRequest("stopping the workers after their current update and writing a final checkpoint "
+                                "(Ctrl-C again to abort)...")
         self._best_pending, self._last_best_save = False, -math.inf
 
     # ------------------------------------------------------------------ the run
@@ -127,7 +126,7 @@ class Trainer:
         one arriving at any point (even before the first checkpoint or the workers' start) ends the run with a
         final checkpoint and its summary, never a traceback."""
         self.check_budget()
-        with handling_stop_signals(self._request_stop), self.layout.lock():
+        with self.stop.installed(), self.layout.lock():
             self._prepare_run_dir()
             return self._run()
 
@@ -186,8 +185,8 @@ class Trainer:
                 log.refresh(self.counters, self.scores)
                 for line in self.stall_watch.check(worker_counters[:, UPDATES].tolist(), time.monotonic()):
                     log.note(line)
-                if self._stop_requested:
-                    status, message = RunStatus.INTERRUPTED, f"stopped by {self._stop_requested}"
+                if self.stop:
+                    status, message = RunStatus.INTERRUPTED, f"stopped by {self.stop.signal_name}"
                     break
                 failed = [(p.name, p.exitcode) for p in processes if p.exitcode not in (None, 0)]
                 if failed:
@@ -240,22 +239,13 @@ class Trainer:
         """Start the workers, SIGINT blocked around each start so that the child begins with it blocked (Ctrl-C
         is the trainer's), while a Ctrl-C pressed meanwhile still reaches the trainer and stops the start-up."""
         for process in processes:
-            if self._stop_requested:
+            if self.stop:
                 return
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
             try:
                 process.start()
             finally:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-
-    def _request_stop(self, signum: int, _frame: Any) -> None:
-        if self._stop_requested:
-            if signum == signal.SIGINT:  # a second Ctrl-C while shutting down: leave at once
-                raise KeyboardInterrupt
-            return  # a repeated SIGTERM (a dying parent, a process-group signal) changes nothing
-        self._stop_requested = signal.Signals(signum).name
-        tqdm.write(f"{self._stop_requested}: stopping the workers after their current update "
-                   "and writing a final checkpoint (Ctrl-C again to abort)...", file=sys.stderr)
 
     def _drain_events(self, events, log: RunLog, base: Counters, worker_counters, start: float,
                       timeout: float = 0.25) -> tuple[RunStatus, str]:

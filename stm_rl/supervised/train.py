@@ -33,12 +33,12 @@ import torch
 from torch import nn
 
 from stm_rl import fastpath
-from stm_rl.conventions import RunStatus
+from stm_rl.conventions import RunStatus, StopRequest
 from stm_rl.logger import MetricLogger
 from stm_rl.progress import ProgressDisplay
 from stm_rl.run_dir import (
-    Checkpoint, CheckpointError, JsonlWriter, RunDir, RunFailed, StmRlError, check_can_write, drop_records_after, load_checkpoint,
-    read_json, save_checkpoint, to_jsonable, write_config, write_json_atomic,
+    Checkpoint, CheckpointError, JsonlWriter, RunDir, RunFailed, StmRlError, check_can_write, drop_records_after,
+    load_checkpoint, read_json, save_checkpoint, to_jsonable, write_config, write_json_atomic,
 )
 from stm_rl.supervised.config import (OptimizerConfig, SupervisedConfig, check_resumable, with_default_run_dir,
                                       with_overrides)
@@ -102,13 +102,17 @@ def clip_gradients(model: nn.Module, settings: OptimizerConfig) -> None:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, task: Task, batches: list[Batch], device: str) -> dict[str, float]:
-    """The task's metrics aggregated over ``batches`` (totals / counts), plus ``loss``."""
+def evaluate(model: nn.Module, task: Task, batches: list[Batch], device: str,
+             stop: Optional[StopRequest] = None) -> dict[str, float]:
+    """The task's metrics aggregated over ``batches`` (totals / counts), plus ``loss``; with ``stop``, a stop
+    request raises ``KeyboardInterrupt`` between two batches."""
     was_training = model.training
     model.eval()
     totals: dict[str, list[float]] = {}
     loss_sum, samples = 0.0, 0
     for batch in batches:
+        if stop is not None:
+            stop.raise_if_requested()
         batch = batch.to(device)
         outputs = model(batch.inputs, answer_steps=batch.mask.any(0))
         loss_sum += float(task.loss(outputs, batch)) * batch.size
@@ -220,94 +224,100 @@ def _train(config: SupervisedConfig, layout: RunDir, task: Task, model: Sequence
         metrics.flush()
 
     def validate() -> None:
-        values = evaluate(model, task, valid, config.run.device)
+        values = evaluate(model, task, valid, config.run.device, stop)
         record("valid", values)
         last_valid.update(values)
         metric = values[task.main_metric]
         threshold = config.optimization.decay_below_valid_loss
         if threshold is not None and not state.lr_decayed and values["loss"] < threshold:
             state.lr_decayed = True
-            display.write(f"iteration {state.iteration}: validation loss {values['loss']:.4g} < {threshold}: learning rate "
-                      f"x {config.optimization.decay_factor} from now on")
+            display.write(f"iteration {state.iteration}: validation loss {values['loss']:.4g} < {threshold}: "
+                          f"learning rate x {config.optimization.decay_factor} from now on")
         if state.best_metric is None or better(metric, state.best_metric):
             state.best_metric, state.best_iteration = metric, state.iteration
             best_weights.update(copy.deepcopy(model.state_dict()))
             checkpoint(Checkpoint.BEST)
         display.write(f"iteration {state.iteration}: valid {task.main_metric} {metric:.4g} "
-                  f"(best {state.best_metric:.4g} at {state.best_iteration})")
+                      f"(best {state.best_metric:.4g} at {state.best_iteration})")
 
     def close() -> None:
         display.close()
         metrics.close()
         log.close()
 
-    model.train()
-    try:
-        while state.iteration < training.iterations:
-            if train_pool is not None:
-                batch = train_pool.select(rng.integers(0, train_pool.size, size=training.batch_size))
-            else:
-                batch = task.sample(training.batch_size, rng)
-            batch = batch.to(config.run.device)
-            outputs = model(batch.inputs, answer_steps=batch.mask.any(0))
-            loss = task.loss(outputs, batch)
-            if not math.isfinite(loss.item()):  # before the step: the weights and the checkpoints stay good
-                message = (f"the loss became {loss.item()} at iteration {state.iteration + 1}; lower --lr "
-                           f"(the checkpoints are those of iteration {state.iteration} or before)")
-                close()
-                summary(RunStatus.FAILED, message)
-                raise TrainingFailed(message)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            clip_gradients(model, config.optimization)
-            set_learning_rate(optimizer, learning_rate(config.optimization, state.iteration, state.lr_decayed))
-            optimizer.step()
-            state.iteration += 1
+    # a stop signal is honoured between iterations and between evaluation batches, never inside the logging,
+    # TensorBoard or checkpoint code (see StopRequest); KeyboardInterrupt is how the loop leaves
+    stop = StopRequest("stopping after the current iteration and saving the latest checkpoint "
+                       "(Ctrl-C again to abort)...")
+    with stop.installed():
+        model.train()
+        try:
+            while state.iteration < training.iterations:
+                stop.raise_if_requested()
+                if train_pool is not None:
+                    batch = train_pool.select(rng.integers(0, train_pool.size, size=training.batch_size))
+                else:
+                    batch = task.sample(training.batch_size, rng)
+                batch = batch.to(config.run.device)
+                outputs = model(batch.inputs, answer_steps=batch.mask.any(0))
+                loss = task.loss(outputs, batch)
+                if not math.isfinite(loss.item()):  # before the step: the weights and the checkpoints stay good
+                    message = (f"the loss became {loss.item()} at iteration {state.iteration + 1}; lower --lr "
+                               f"(the checkpoints are those of iteration {state.iteration} or before)")
+                    close()
+                    summary(RunStatus.FAILED, message)
+                    raise TrainingFailed(message)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                clip_gradients(model, config.optimization)
+                set_learning_rate(optimizer, learning_rate(config.optimization, state.iteration, state.lr_decayed))
+                optimizer.step()
+                state.iteration += 1
+                state.elapsed_s = time.monotonic() - started
+
+                if state.iteration % TRAIN_LOG_EVERY == 0 or state.iteration == 1:
+                    with torch.no_grad():
+                        totals = task.metrics(outputs.detach(), batch)
+                    values = task.summarize({k: t / c if c else float("nan") for k, (t, c) in totals.items()})
+                    scalars = {"train/loss": loss.item(), "train/lr": optimizer.param_groups[0]["lr"],
+                               **model.diagnostics()}
+                    status = f"loss {loss.item():.4g}"
+                    if task.main_metric in values:
+                        scalars[f"train/{task.main_metric}"] = values[task.main_metric]
+                        status += f" | {task.main_metric} {values[task.main_metric]:.3g}"
+                    metrics.log(state.iteration, scalars)
+                best = "" if state.best_metric is None else f" | best valid {state.best_metric:.4g}"
+                display.update(state.iteration, state.elapsed_s, status + best)
+                out_of_time = (config.run.time_limit_minutes > 0
+                               and time.monotonic() - session_start >= 60 * config.run.time_limit_minutes)
+                if state.iteration % training.eval_every == 0 or state.iteration == training.iterations or out_of_time:
+                    validate()
+                    checkpoint(Checkpoint.LATEST)
+                if out_of_time:
+                    display.write(f"time limit of {config.run.time_limit_minutes} minutes reached at iteration "
+                                  f"{state.iteration}")
+                    break
+        except KeyboardInterrupt:
             state.elapsed_s = time.monotonic() - started
+            path = checkpoint(Checkpoint.LATEST)
+            close()
+            summary(RunStatus.INTERRUPTED, f"stopped at iteration {state.iteration}; continue with --resume")
+            raise TrainingInterrupted(path, state.iteration) from None
+        display.close(state.iteration)
 
-            if state.iteration % TRAIN_LOG_EVERY == 0 or state.iteration == 1:
-                with torch.no_grad():
-                    totals = task.metrics(outputs.detach(), batch)
-                values = task.summarize({k: t / c if c else float("nan") for k, (t, c) in totals.items()})
-                scalars = {"train/loss": loss.item(), "train/lr": optimizer.param_groups[0]["lr"],
-                           **model.diagnostics()}
-                status = f"loss {loss.item():.4g}"
-                if task.main_metric in values:
-                    scalars[f"train/{task.main_metric}"] = values[task.main_metric]
-                    status += f" | {task.main_metric} {values[task.main_metric]:.3g}"
-                metrics.log(state.iteration, scalars)
-            best = "" if state.best_metric is None else f" | best valid {state.best_metric:.4g}"
-            display.update(state.iteration, state.elapsed_s, status + best)
-            out_of_time = (config.run.time_limit_minutes > 0
-                           and time.monotonic() - session_start >= 60 * config.run.time_limit_minutes)
-            if state.iteration % training.eval_every == 0 or state.iteration == training.iterations or out_of_time:
-                validate()
-                checkpoint(Checkpoint.LATEST)
-            if out_of_time:
-                display.write(f"time limit of {config.run.time_limit_minutes} minutes reached at iteration "
-                          f"{state.iteration}")
-                break
-    except KeyboardInterrupt:
-        state.elapsed_s = time.monotonic() - started
-        path = checkpoint(Checkpoint.LATEST)
-        close()
-        summary(RunStatus.INTERRUPTED, f"stopped at iteration {state.iteration}; continue with --resume")
-        raise TrainingInterrupted(path, state.iteration) from None
-    display.close(state.iteration)
-
-    model.load_state_dict(best_weights)
-    try:
-        test = evaluate(model, task, task.eval_batches("test", training.test_size, config.run.seed,
-                                                       training.eval_batch_size), config.run.device)
-    except KeyboardInterrupt:  # the training is complete and checkpointed: --resume runs only the test
-        close()
-        summary(RunStatus.INTERRUPTED, f"stopped during the final test after iteration {state.iteration}; "
-                                       "--resume runs the test")
-        raise TrainingInterrupted(layout.checkpoint(Checkpoint.LATEST), state.iteration) from None
-    record("test", test)
-    metrics.close()
-    log.close()
-    return summary(RunStatus.COMPLETED, test=test)
+        model.load_state_dict(best_weights)
+        try:
+            test = evaluate(model, task, task.eval_batches("test", training.test_size, config.run.seed,
+                                                           training.eval_batch_size), config.run.device, stop)
+        except KeyboardInterrupt:  # the training is complete and checkpointed: --resume runs only the test
+            close()
+            summary(RunStatus.INTERRUPTED, f"stopped during the final test after iteration {state.iteration}; "
+                                           "--resume runs the test")
+            raise TrainingInterrupted(layout.checkpoint(Checkpoint.LATEST), state.iteration) from None
+        record("test", test)
+        metrics.close()
+        log.close()
+        return summary(RunStatus.COMPLETED, test=test)
 
 
 def load_run(run_dir: str) -> tuple[dict[str, Any], SupervisedConfig]:
