@@ -636,15 +636,23 @@ class Sweep:
                 f"agent steps {readable_frames(sum(s for _, s in done))} | budget {100 * used / len(self.entries):.1f}%")
 
     def _write_manifest(self) -> None:
+        """sweep.json: this sweep's settings and one line per run. Several sweeps may share an ``--out`` (a subset
+        of a grid run out of order, more seeds added later): the runs another sweep recorded there keep their
+        lines, in their order, with what their run directories say now; the budgets per skip are merged too."""
+        earlier = earlier_manifest(self.options.out)
+        mine = {name: {**entry.to_json(),
+                       **dict(zip(("frames_done", "agent_steps_done"), trained(entry.spec.run_dir)))}
+                for name, entry in self.by_name.items()}
+        runs = [mine.pop(run["name"]) if run["name"] in mine else run for run in earlier.get("runs", [])]
         write_json_atomic(self.manifest_path, {
             "out": str(self.options.out), "frames": self.options.frames,
-            "agent_steps": {str(skip): steps for skip, steps in self.options.agent_steps.items()},
+            "agent_steps": {**earlier.get("agent_steps", {}),
+                            **{str(skip): steps for skip, steps in self.options.agent_steps.items()}},
             "backend": self.options.backend,
             "workers_per_run": self.options.workers_per_run, "max_parallel": self.options.max_parallel,
             "retries": self.options.retries, "settings": self.options.settings_as_flags(),
             "preset": self.options.preset or "cpu", "argv": sys.argv,
-            "runs": [{**entry.to_json(), **dict(zip(("frames_done", "agent_steps_done"), trained(entry.spec.run_dir)))}
-                     for entry in self.entries]})
+            "runs": runs + list(mine.values())})
 
     def _report(self) -> int:
         failed = [entry for entry in self.entries if entry.state == "failed"]
@@ -656,6 +664,31 @@ class Sweep:
         for entry in failed:
             print(f"  failed: {entry.spec.name} (exit code {entry.exit_code}), log {entry.log_path}")
         return ExitCode.FAILED if failed or held else ExitCode.COMPLETED
+
+
+def earlier_manifest(out: Path) -> dict[str, Any]:
+    """What an earlier sweep wrote to ``out``'s sweep.json: its budgets per skip, and its runs' lines whose run
+    directory ``out/<name>`` is still there, with the state and counters that directory holds now (``{}`` for no
+    manifest or one that cannot be read: it is rewritten anyway)."""
+    path = out / SWEEP_MANIFEST
+    try:
+        manifest = read_json(path) if path.is_file() else {}
+    except StmRlError:
+        return {}
+    if not isinstance(manifest, dict):
+        return {}
+    states = {"completed": "done", "interrupted": "interrupted", "failed": "failed"}
+    runs = []
+    for run in manifest.get("runs") or []:
+        if not (isinstance(run, dict) and isinstance(run.get("name"), str) and (out / run["name"]).is_dir()):
+            continue
+        run_dir = out / run["name"]
+        state = "running" if RunDir(run_dir).lock_holder() else states.get(run_status(run_dir))
+        runs.append({**run, "run_dir": str(run_dir), "log": str(RunDir(run_dir).train_log),
+                     "state": state or run.get("state"),
+                     **dict(zip(("frames_done", "agent_steps_done"), trained(run_dir)))})
+    steps = manifest.get("agent_steps")
+    return {"runs": runs, "agent_steps": steps if isinstance(steps, dict) else {}}
 
 
 def results_table(entries: list[RunEntry], states: Optional[Mapping[str, str]] = None) -> str:

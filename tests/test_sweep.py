@@ -171,6 +171,43 @@ def test_dry_run_lists_what_a_sweep_would_do(tmp_path, capsys):
     assert sorted(p.name for p in out.iterdir()) == ["lstm-skip32-seed0", "lstm-skip32-seed1"], "nothing written"
 
 
+def test_sweeps_of_parts_of_a_grid_share_one_manifest(tmp_path, monkeypatch, capsys):
+    """A subset of the grid run out of order (or seeds added later) into the same --out: sweep.json keeps the
+    lines of the runs the other sweep recorded, in their order, with what their directories say now."""
+    out = tmp_path / "fig3"
+    grid = options(out, seeds=(0, 1, 2))
+    first, second, third = grid.runs()
+    for spec in (first, second):
+        fake_trained_run(spec, sweep.run_config(spec, grid), "completed", 5120)
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a run was started")
+
+    monkeypatch.setattr(sweep_run.RunProcess, "start", no_training)
+    argv = ["sweep", *FLAGS, "--frames", "5000", "--out", str(out)]
+    assert cli_main([*argv, "--seeds", "0", "1"]) == 0
+
+    def manifest_runs():
+        return [(run["name"], run["state"], run["frames_done"])
+                for run in json.loads((out / "sweep.json").read_text())["runs"]]
+
+    assert manifest_runs() == [(first.name, "done", 5120), (second.name, "done", 5120)]
+    # the first run's directory goes; the second is found interrupted (resumed elsewhere, stopped); the third
+    # is run by a sweep of its own
+    fake_trained_run(third, sweep.run_config(third, grid), "completed", 5120)
+    summary = json.loads((second.run_dir / "summary.json").read_text())
+    (second.run_dir / "summary.json").write_text(json.dumps({**summary, "status": "interrupted"}))
+    for path in sorted(first.run_dir.rglob("*"), reverse=True):
+        path.rmdir() if path.is_dir() else path.unlink()
+    first.run_dir.rmdir()
+    assert cli_main([*argv, "--seeds", "2"]) == 0
+    assert manifest_runs() == [(second.name, "interrupted", 5120), (third.name, "done", 5120)]
+    (out / "sweep.json").write_text("{not json")  # an unreadable manifest is rewritten with this sweep's runs
+    assert cli_main([*argv, "--seeds", "2"]) == 0
+    assert manifest_runs() == [(third.name, "done", 5120)]
+    capsys.readouterr()
+
+
 def test_a_run_waits_for_a_previous_trainer_of_its_directory(tmp_path):
     """A retry or re-run waits while another process holds the run directory's lock, then gives up clearly."""
     start = time.monotonic()
