@@ -219,12 +219,18 @@ def final_greedy_scores(run_dir: Path, frame_skip: int) -> Optional[tuple[float,
 
 
 def has_final_evaluation(run_dir: Path, frame_skip: int, games: int) -> bool:
-    """The run has a greedy report of its final weights with at least ``games`` games."""
+    """The run has a greedy report of its final weights with at least ``games`` games: of the weights it has now,
+    so a run extended past its budget (a larger ``--agent-steps``) is evaluated again."""
     try:
         scores = final_greedy_scores(run_dir, frame_skip)
-    except StmRlError:
+        if scores is None or len(scores) < games:
+            return False
+        evaluated = read_json(final_evaluation_path(run_dir, frame_skip)).get("trained_frames")
+        summary = RunDir(run_dir).summary
+        trained = (read_json(summary).get("counters") or {}).get("frames") if summary.is_file() else None
+    except (StmRlError, AttributeError):
         return False
-    return scores is not None and len(scores) >= games
+    return trained is None or evaluated is None or evaluated == trained  # None: a report that does not say
 
 
 def evaluate_final_agent(run_dir: Path, frame_skip: int, games: int) -> Optional[dict[str, Any]]:

@@ -311,3 +311,23 @@ def test_exit_codes_are_documented_in_the_help(capsys):
         cli_main(["sweep", "--help"])
     help_text = " ".join(capsys.readouterr().out.split())
     assert "Exit status: 0 all runs completed, 1 some run failed, 2 bad input, 130 interrupted" in help_text
+
+
+def test_a_final_evaluation_counts_only_for_the_weights_it_evaluated(tmp_path):
+    """A run extended past its budget (a larger --agent-steps) owes a new final evaluation: the report of its
+    earlier final weights (trained_frames) no longer counts, so the sweep evaluates the new ones."""
+    from stm_rl.evaluate import has_final_evaluation
+
+    run_dir = tmp_path / "lstm-skip0-seed0"
+    run_dir.mkdir()
+
+    def state(trained_frames: int, summary_frames: int, games: int = 20) -> bool:
+        (run_dir / "eval-final-skip0.json").write_text(json.dumps(
+            {"greedy": True, "scores": [-2.0] * games, "trained_frames": trained_frames}))
+        (run_dir / "summary.json").write_text(json.dumps({"status": "completed",
+                                                          "counters": {"frames": summary_frames}}))
+        return has_final_evaluation(run_dir, 0, 20)
+
+    assert state(10_024_202, 10_024_202)
+    assert not state(10_024_202, 20_034_423), "the report is of the weights before the extension"
+    assert not state(20_034_423, 20_034_423, games=19)
