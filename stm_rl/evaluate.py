@@ -15,7 +15,7 @@ import math
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, NamedTuple, Optional
 
 import gymnasium as gym
 import torch
@@ -205,32 +205,46 @@ def final_evaluation_path(run_dir: Path, frame_skip: int) -> Path:
     return default_output(RunDir(run_dir).checkpoint(Checkpoint.FINAL), frame_skip)
 
 
-def final_greedy_scores(run_dir: Path, frame_skip: int) -> Optional[tuple[float, ...]]:
-    """The scores of the run's greedy final evaluation (``eval-final-skip<N>.json``), None if it has none; a file
-    that is not such a report is a one-line StmRlError."""
+class FinalEvaluation(NamedTuple):
+    """What a run's final greedy report says: its scores and the frames its weights had trained (None in reports
+    written before that was recorded)."""
+    scores: tuple[float, ...]
+    trained_frames: Optional[int]
+
+
+def final_evaluation_report(run_dir: Path, frame_skip: int) -> Optional[FinalEvaluation]:
+    """The run's greedy final evaluation (``eval-final-skip<N>.json``), None if it has none; a file that is not
+    such a report is a one-line StmRlError."""
     path = final_evaluation_path(run_dir, frame_skip)
     if not path.is_file():
         return None
     report = read_json(path)
     try:
-        return tuple(float(score) for score in report["scores"]) if report["greedy"] else None
-    except (KeyError, TypeError, ValueError):
+        if not report["greedy"]:
+            return None
+        return FinalEvaluation(tuple(float(score) for score in report["scores"]), report.get("trained_frames"))
+    except (KeyError, TypeError, ValueError, AttributeError):
         raise StmRlError(f"{path} is not an evaluation report (stm-rl evaluate writes them)") from None
+
+
+def final_greedy_scores(run_dir: Path, frame_skip: int) -> Optional[tuple[float, ...]]:
+    """The scores of the run's greedy final evaluation (``eval-final-skip<N>.json``), None if it has none; a file
+    that is not such a report is a one-line StmRlError."""
+    report = final_evaluation_report(run_dir, frame_skip)
+    return None if report is None else report.scores
 
 
 def has_final_evaluation(run_dir: Path, frame_skip: int, games: int) -> bool:
     """The run has a greedy report of its final weights with at least ``games`` games: of the weights it has now,
     so a run extended past its budget (a larger ``--agent-steps``) is evaluated again."""
     try:
-        scores = final_greedy_scores(run_dir, frame_skip)
-        if scores is None or len(scores) < games:
-            return False
-        evaluated = read_json(final_evaluation_path(run_dir, frame_skip)).get("trained_frames")
-        summary = RunDir(run_dir).summary
-        trained = (read_json(summary).get("counters") or {}).get("frames") if summary.is_file() else None
-    except (StmRlError, AttributeError):
+        report = final_evaluation_report(run_dir, frame_skip)
+    except StmRlError:
         return False
-    return trained is None or evaluated is None or evaluated == trained  # None: a report that does not say
+    if report is None or len(report.scores) < games:
+        return False
+    trained = RunDir(run_dir).trained_frames()
+    return trained is None or report.trained_frames is None or report.trained_frames == trained
 
 
 def evaluate_final_agent(run_dir: Path, frame_skip: int, games: int) -> Optional[dict[str, Any]]:

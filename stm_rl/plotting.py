@@ -184,16 +184,10 @@ def load_run(run_dir: Path) -> RunLog:
                   agent_steps=steps, greedy_scores=final_greedy_scores(Path(run_dir), config.env.frame_skip))
 
 
-def run_status(run_dir: Path) -> Optional[str]:
-    """How a run's last segment ended (``summary.json``'s status), None where it has no summary yet."""
-    summary = RunDir(run_dir).summary
-    return str(read_json(summary).get("status")) if summary.exists() else None
-
-
 def load_runs(paths: Sequence[Path], skip_empty: bool = False, completed_only: bool = False) -> list[RunLog]:
     runs = []
     for run_dir in find_run_dirs(paths):
-        if completed_only and (status := run_status(run_dir)) != RunStatus.COMPLETED:
+        if completed_only and (status := RunDir(run_dir).status()) != RunStatus.COMPLETED:
             print(f"leaving out {run_dir}: {status or 'no summary'}, not completed")
             continue
         try:

@@ -132,6 +132,25 @@ class RunDir:
     def summary(self) -> Path:
         return self.path / self.SUMMARY
 
+    def read_summary(self) -> dict[str, Any]:
+        """The run's summary.json, ``{}`` when it has none yet or it cannot be read (summaries are written
+        atomically, so an unreadable one was not written by a run: nothing in it to trust)."""
+        try:
+            summary = read_json(self.summary) if self.summary.is_file() else {}
+        except StmRlError:
+            return {}
+        return summary if isinstance(summary, dict) else {}
+
+    def status(self) -> Optional[str]:
+        """How the run's last segment ended (completed / interrupted / failed), None where it has no summary."""
+        status = self.read_summary().get("status")
+        return None if status is None else str(status)
+
+    def trained_frames(self) -> Optional[int]:
+        """Emulator frames the run's summary counts, None where it has no summary or no such counter."""
+        frames = (self.read_summary().get("counters") or {}).get("frames")
+        return frames if isinstance(frames, int) else None
+
     @property
     def tensorboard(self) -> Path:
         return self.path / self.TENSORBOARD

@@ -279,37 +279,21 @@ def run(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- a run's state on disk
-def run_summary(run_dir: Path) -> dict[str, Any]:
-    """The run's summary.json ({} if it has none or it cannot be read)."""
-    path = RunDir(run_dir).summary
-    if not path.exists():
-        return {}
-    try:
-        summary = read_json(path)
-    except StmRlError:
-        return {}
-    return summary if isinstance(summary, dict) else {}
-
-
-def run_status(run_dir: Path) -> Optional[str]:
-    """The status in the run's summary.json (completed / interrupted / failed), None if it has none."""
-    return run_summary(run_dir).get("status")
-
-
-def frames_done(run_dir: Path) -> int:
-    """Emulator frames a run has trained: from its summary, or the last line of its game log if newer."""
-    return trained(run_dir)[0]
-
-
 def trained(run_dir: Path) -> tuple[int, int]:
     """``(emulator frames, agent steps)`` a run has trained: from its summary, or the last line of its game log
     if newer."""
-    counters = run_summary(run_dir).get("counters") or {}
+    counters = RunDir(run_dir).read_summary().get("counters") or {}
     last = _last_jsonl_record(RunDir(run_dir).games) or {}
     try:
         return tuple(max(int(counters.get(key, 0)), int(last.get(key, 0))) for key in ("frames", "agent_steps"))
     except (TypeError, ValueError):
         return 0, 0
+
+
+def trained_fields(run_dir: Path) -> dict[str, int]:
+    """:func:`trained` as the fields of a run's line in sweep.json."""
+    frames, agent_steps = trained(run_dir)
+    return {"frames_done": frames, "agent_steps_done": agent_steps}
 
 
 def _last_jsonl_record(path: Path, tail_bytes: int = 4096) -> Optional[dict]:
@@ -333,7 +317,7 @@ def is_finished(spec: RunSpec, options: SweepOptions) -> bool:
     """Completed with at least this sweep's budget (a larger --frames or --agent-steps makes a completed run
     resume)."""
     run = run_config(spec, options).run
-    return (run_status(spec.run_dir) == "completed" and run.budget_reached(*trained(spec.run_dir))
+    return (RunDir(spec.run_dir).status() == "completed" and run.budget_reached(*trained(spec.run_dir))
             and (run.final_eval_games == 0
                  or has_final_evaluation(spec.run_dir, spec.frame_skip, run.final_eval_games)))
 
@@ -347,7 +331,7 @@ def disk_state(spec: RunSpec, options: SweepOptions) -> str:
     if is_finished(spec, options):
         return "done"
     if layout.checkpoint(Checkpoint.LATEST).exists():
-        return f"resume ({run_status(spec.run_dir) or 'killed'})"
+        return f"resume ({RunDir(spec.run_dir).status() or 'killed'})"
     return "start"
 
 
@@ -614,7 +598,7 @@ class Sweep:
     def _finish(self, entry: RunEntry, exit_code: Optional[int], error: str) -> None:
         """Set the run's state from how its process ended and its summary.json; retry a failure."""
         entry.exit_code = exit_code
-        status = run_status(entry.spec.run_dir)
+        status = RunDir(entry.spec.run_dir).status()
         if exit_code == 0 and status == "completed":
             entry.state, entry.message = "done", ""
             return
@@ -641,7 +625,7 @@ class Sweep:
         lines, in their order, with what their run directories say now; the budgets per skip are merged too."""
         earlier = earlier_manifest(self.options.out)
         mine = {name: {**entry.to_json(),
-                       **dict(zip(("frames_done", "agent_steps_done"), trained(entry.spec.run_dir)))}
+                       **trained_fields(entry.spec.run_dir)}
                 for name, entry in self.by_name.items()}
         runs = [mine.pop(run["name"]) if run["name"] in mine else run for run in earlier.get("runs", [])]
         write_json_atomic(self.manifest_path, {
@@ -683,10 +667,10 @@ def earlier_manifest(out: Path) -> dict[str, Any]:
         if not (isinstance(run, dict) and isinstance(run.get("name"), str) and (out / run["name"]).is_dir()):
             continue
         run_dir = out / run["name"]
-        state = "running" if RunDir(run_dir).lock_holder() else states.get(run_status(run_dir))
+        state = "running" if RunDir(run_dir).lock_holder() else states.get(RunDir(run_dir).status())
         runs.append({**run, "run_dir": str(run_dir), "log": str(RunDir(run_dir).train_log),
                      "state": state or run.get("state"),
-                     **dict(zip(("frames_done", "agent_steps_done"), trained(run_dir)))})
+                     **trained_fields(run_dir)})
     steps = manifest.get("agent_steps")
     return {"runs": runs, "agent_steps": steps if isinstance(steps, dict) else {}}
 
@@ -696,7 +680,7 @@ def results_table(entries: list[RunEntry], states: Optional[Mapping[str, str]] =
     summary.json; the window is the runs' --moving-average-window, 100 games by default)."""
     rows = [("run", "state", "frames", "agent steps", "games", "final avg", "best avg")]
     for entry in entries:
-        summary = run_summary(entry.spec.run_dir)
+        summary = RunDir(entry.spec.run_dir).read_summary()
         games = (summary.get("counters") or {}).get("games")
         rows.append((entry.spec.name, (states or {}).get(entry.spec.name, entry.state),
                      *map(readable_frames, trained(entry.spec.run_dir)), "-" if games is None else str(games),

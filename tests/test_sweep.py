@@ -80,6 +80,19 @@ def test_runs_start_by_frame_skip_then_seed_with_both_agents_of_a_seed_together(
         "lstm-skip0-seed0", "stm-skip0-seed0", "lstm-skip0-seed1", "stm-skip0-seed1"]
 
 
+def test_a_run_summary_reads_as_empty_until_a_run_has_written_a_valid_one(tmp_path):
+    layout = RunDir(tmp_path / "run")
+    layout.path.mkdir()
+    assert (layout.read_summary(), layout.status(), layout.trained_frames()) == ({}, None, None)
+    for unreadable in ("{not json", "[1, 2]", '"completed"'):
+        layout.summary.write_text(unreadable)
+        assert (layout.read_summary(), layout.status(), layout.trained_frames()) == ({}, None, None), unreadable
+    layout.summary.write_text(json.dumps({"status": "interrupted", "counters": {"frames": 1_116_006}}))
+    assert (layout.status(), layout.trained_frames()) == ("interrupted", 1_116_006)
+    layout.summary.write_text(json.dumps({"status": "completed", "counters": {"frames": "many"}}))
+    assert (layout.status(), layout.trained_frames()) == ("completed", None)
+
+
 def test_agent_step_budgets_per_frame_skip(tmp_path, capsys):
     assert sweep.parse_agent_steps(["4M"], (32, 0)) == {32: 4_000_000, 0: 4_000_000}
     assert sweep.parse_agent_steps(["32=4M", "0=10M"], (32, 0)) == {32: 4_000_000, 0: 10_000_000}
