@@ -16,8 +16,11 @@ those, into ``--to DIR/<run name>/``:
   folder of the machine that ran it);
 - ``evaluations.jsonl`` (a supervised run's validations and test, what ``benchmarks/supervised_table.py`` reads)
   is copied as it is, where it holds any record;
-- a run still training is published as far as it got (its complete game lines); publishing again later
-  replaces the files with their newer state. A sweep folder's ``sweep.json`` comes along as ``DIR/sweep.json``.
+- a run still training is published as far as it got (its complete game lines), with its published summary
+  saying ``running`` whatever the last finished segment said: a run extended past its budget keeps the
+  summary of the segment that completed it until the extension ends, and its copy must not read as
+  completed (``stm-rl plot --completed-only`` and ``stm-rl sweep --adopt`` go by that status). Publishing
+  again later replaces the files with their newer state. A sweep folder's ``sweep.json`` comes along as ``DIR/sweep.json``.
 
 Nothing is deleted from ``DIR``, so runs published from several sweeps or machines can sit side by side.
 """
@@ -35,6 +38,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from stm_rl.a3c.progress import GAME_METRICS
+from stm_rl.conventions import RunStatus
 from stm_rl.run_dir import (SWEEP_MANIFEST, RunDir, StmRlError, check_can_write, find_run_dirs, read_json, read_jsonl,
                             write_json_atomic, write_jsonl_atomic)
 
@@ -53,6 +57,8 @@ class Published:
     name: str
     games: int
     bytes: int
+    being_trained: bool
+    """The run was being trained (its lock held) while it was copied."""
 
 
 def scrub_paths(value: Any, cwd: Path, home: Path) -> Any:
@@ -101,6 +107,7 @@ def publish_run(run_dir: Path, target: Path, cwd: Path, home: Path) -> Published
     """Copy one run's game log (compressed), metrics (compressed), evaluation log, config, summary and greedy
     evaluations into ``target``."""
     layout = RunDir(run_dir)
+    being_trained = layout.lock_holder() is not None
     target.mkdir(parents=True, exist_ok=True)
     games = list(read_jsonl(layout.game_log)) if layout.game_log.exists() else []
     if games:
@@ -114,9 +121,12 @@ def publish_run(run_dir: Path, target: Path, cwd: Path, home: Path) -> Published
     sources = [layout.path / name for name in COPIED_JSON] + layout.evaluation_reports()
     for source in sources:
         if source.is_file():
-            write_json_atomic(target / source.name, scrub_paths(read_json(source), cwd, home))
+            data = read_json(source)
+            if being_trained and source == layout.summary and isinstance(data, dict):
+                data = {**data, "status": RunStatus.RUNNING.value}
+            write_json_atomic(target / source.name, scrub_paths(data, cwd, home))
     size = sum(path.stat().st_size for path in target.iterdir() if path.is_file())
-    return Published(layout.path.name, len(games), size)
+    return Published(layout.path.name, len(games), size, being_trained)
 
 
 def find_runs(paths: Sequence[Path]) -> list[Path]:
@@ -152,7 +162,8 @@ def run(args: argparse.Namespace) -> int:
     for run_dir in runs:
         published = publish_run(run_dir, target / run_dir.name, cwd, home)
         total_games += published.games
-        print(f"  {published.name:<22} {published.games:>7,} games  {published.bytes / 1e6:6.2f} MB")
+        print(f"  {published.name:<22} {published.games:>7,} games  {published.bytes / 1e6:6.2f} MB"
+              + ("  (training now: published as running)" if published.being_trained else ""))
     for path in map(Path, args.paths):
         if (path / SWEEP_MANIFEST).is_file():
             write_json_atomic(target / SWEEP_MANIFEST, scrub_paths(read_json(path / SWEEP_MANIFEST), cwd, home))

@@ -125,3 +125,20 @@ def test_publish_takes_a_supervised_runs_evaluation_log(tmp_path, monkeypatch, c
     assert [(r["split"], r["iteration"]) for r in logged] == [("valid", 1), ("valid", 2), ("test", 2)]
     config = json.loads((published / "config.json").read_text())
     assert config["argv"][0] == "stm_rl/supervised/__main__.py", "no folder of this machine"
+
+
+def test_a_run_being_trained_is_published_as_running_even_after_a_completed_segment(tmp_path, capsys):
+    """A completed run extended past its budget keeps its old 'completed' summary while it trains on; its
+    published copy must not pass for a completed run (plot --completed-only, sweep --adopt)."""
+    sweep = tmp_path / "sweep"
+    fake_run(sweep / "lstm-skip0-seed0", games=30)
+    layout = RunDir(sweep / "lstm-skip0-seed0")
+    layout.summary.write_text(json.dumps({"status": "completed", "counters": {"frames": 30}}))
+    out = tmp_path / "results"
+    with layout.lock():
+        assert cli_main(["publish", str(sweep), "--to", str(out)]) == 0
+    assert "lstm-skip0-seed0" in (line := capsys.readouterr().out) and "published as running" in line
+    assert RunDir(out / "lstm-skip0-seed0").read_summary() == {"status": "running", "counters": {"frames": 30}}
+    assert cli_main(["publish", str(sweep), "--to", str(out)]) == 0  # the extension ended: copied as it is
+    assert "published as running" not in capsys.readouterr().out
+    assert RunDir(out / "lstm-skip0-seed0").status() == "completed"
