@@ -88,6 +88,9 @@ class RunProcess:
     """
 
     process: subprocess.Popen
+    interrupted: bool = False
+    """Whether SIGINT was sent: it is sent once, since the trainer takes a second one for "abort now" (no final
+    checkpoint, no summary)."""
 
     @classmethod
     def start(cls, run_dir: Path) -> "RunProcess":
@@ -114,8 +117,9 @@ class RunProcess:
                     raise
 
     def interrupt(self) -> None:
-        """SIGINT, as Ctrl-C: the trainer stops after its current update and writes its final checkpoint."""
-        if self.process.poll() is None:
+        """SIGINT, as Ctrl-C, once: the trainer stops after its current update and writes its final checkpoint."""
+        if not self.interrupted and self.process.poll() is None:
+            self.interrupted = True
             try:
                 self.process.send_signal(signal.SIGINT)
             except ProcessLookupError:
@@ -129,8 +133,8 @@ class RunProcess:
             pass
 
     def stop(self, grace: float) -> int:
-        """Interrupt, wait up to ``grace`` seconds for the final checkpoint, then kill; the exit code. A second
-        Ctrl-C while waiting kills at once."""
+        """Interrupt (unless :meth:`interrupt` already did), wait up to ``grace`` seconds for the final checkpoint,
+        then kill; the exit code. A second Ctrl-C while waiting kills at once."""
         self.interrupt()
         try:
             return self.wait(grace)

@@ -306,6 +306,27 @@ def test_ctrl_c_stops_a_sweep_started_with_sigint_ignored(tmp_path):
     assert summary["status"] == "interrupted" and (run_dir / "checkpoints" / "final.pt").exists()
 
 
+def test_a_stopping_sweep_sends_each_run_one_sigint(tmp_path):
+    """The trainer takes a second SIGINT for "abort now" (no final checkpoint, no summary.json): the sweep's
+    Ctrl-C must reach each run once, even though stopping both interrupts every run and then waits on each."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    sent: list[int] = []
+    real_send_signal = child.send_signal
+
+    def record(number: int) -> None:
+        sent.append(number)
+        real_send_signal(number)
+
+    child.send_signal = record  # type: ignore[method-assign]
+    backend = sweep.LocalBackend(options=None, processes={"run": sweep_run.RunProcess(child)})  # type: ignore[arg-type]
+    try:
+        codes = backend.stop(grace=30)
+    finally:
+        child.kill()
+        child.wait()
+    assert sent.count(signal.SIGINT) == 1 and codes == {"run": -signal.SIGINT}
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
