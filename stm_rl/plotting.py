@@ -149,8 +149,9 @@ class PlotOptions:
     skip_empty: bool = False
     """Leave out runs that have no finished game yet instead of failing."""
     completed_only: bool = False
-    """Leave out runs that have not completed their budget (summary.json status other than ``completed``): a
-    campaign commits the logs of the run in progress, and its partial curve would pull a cell's mean down."""
+    """Leave out runs that have not completed their budget (summary.json status other than ``completed``, or a
+    process training them now, as a completed run being extended): a campaign commits the logs of the run in
+    progress, and its partial curve would pull a cell's mean down."""
     force: bool = False
     """Average runs into one curve even if they differ in more than the seed (a warning instead of an error)."""
 

@@ -142,7 +142,11 @@ class RunDir:
         return summary if isinstance(summary, dict) else {}
 
     def status(self) -> Optional[str]:
-        """How the run's last segment ended (completed / interrupted / failed), None where it has no summary."""
+        """``"running"`` while a process trains the run (holds its lock: a completed run being extended still has
+        its earlier segment's summary); else how its last segment ended (completed / interrupted / failed), None
+        where it has no summary. The values are :class:`stm_rl.conventions.RunStatus`'s."""
+        if self.lock_holder() is not None:
+            return "running"
         status = self.read_summary().get("status")
         return None if status is None else str(status)
 

@@ -331,7 +331,7 @@ def disk_state(spec: RunSpec, options: SweepOptions) -> str:
     if is_finished(spec, options):
         return "done"
     if layout.checkpoint(Checkpoint.LATEST).exists():
-        return f"resume ({RunDir(spec.run_dir).status() or 'killed'})"
+        return f"resume ({layout.status() or 'killed'})"
     return "start"
 
 
@@ -661,14 +661,15 @@ def earlier_manifest(out: Path) -> dict[str, Any]:
         return {}
     if not isinstance(manifest, dict):
         return {}
-    states = {"completed": "done", "interrupted": "interrupted", "failed": "failed"}
+    states = {"running": "running", "completed": "done", "interrupted": "interrupted", "failed": "failed"}
     runs = []
     for run in manifest.get("runs") or []:
         if not (isinstance(run, dict) and isinstance(run.get("name"), str) and (out / run["name"]).is_dir()):
             continue
         run_dir = out / run["name"]
-        state = "running" if RunDir(run_dir).lock_holder() else states.get(RunDir(run_dir).status())
-        runs.append({**run, "run_dir": str(run_dir), "log": str(RunDir(run_dir).train_log),
+        layout = RunDir(run_dir)
+        state = states.get(layout.status())
+        runs.append({**run, "run_dir": str(run_dir), "log": str(layout.train_log),
                      "state": state or run.get("state"),
                      **trained_fields(run_dir)})
     steps = manifest.get("agent_steps")

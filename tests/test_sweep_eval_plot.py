@@ -16,7 +16,7 @@ from stm_rl import plotting, sweep, sweep_run
 from stm_rl.a3c import TrainConfig
 from stm_rl.cli import build_parser
 from stm_rl.cli import main as cli_main
-from stm_rl.run_dir import to_jsonable
+from stm_rl.run_dir import RunDir, to_jsonable
 
 SWEEP = ["sweep", "--agents", "lstm", "--frame-skips", "32", "--seeds", "0", "1", "--frames", "3000",
          "--workers-per-run", "1", "--max-parallel", "1", "--encoder", "small", "--envs-per-worker", "1", "--no-progress",
@@ -300,3 +300,22 @@ def test_plot_completed_only_leaves_out_runs_in_progress(tmp_path, capsys):
     assert len(rows) == 1 and rows[0]["runs"] == "1" and float(rows[0]["final_average_mean"]) == -19.0
     assert cli_main(["plot", str(going), "--completed-only", "--output", str(tmp_path / "g.png")]) == 2
     assert "none of the runs has completed" in capsys.readouterr().err
+
+
+def test_plot_completed_only_leaves_out_a_completed_run_being_extended(tmp_path, capsys):
+    """A completed run trained on past its budget keeps its earlier segment's 'completed' summary until the
+    extension ends: while a process holds its lock, it is running, and its partial extension stays out."""
+    done = write_run(tmp_path / "runs" / "done", "lstm", 32, 0, [-21, -20, -19])
+    extended = write_run(tmp_path / "runs" / "extended", "lstm", 32, 1, [-21, -21])
+    for run in (done, extended):
+        (run / "summary.json").write_text(json.dumps({"status": "completed"}))
+    table = tmp_path / "t.csv"
+    command = ["plot", str(tmp_path / "runs"), "--completed-only", "--window", "1", "--table-csv", str(table),
+               "--output", str(tmp_path / "f.png")]
+    with RunDir(extended).lock():
+        assert RunDir(extended).status() == "running"
+        assert cli_main(command) == 0
+    assert f"leaving out {extended}: running" in capsys.readouterr().out
+    assert list(csv.DictReader(table.open()))[0]["runs"] == "1"
+    assert RunDir(extended).status() == "completed"  # the extension ended
+    assert cli_main(command) == 0 and list(csv.DictReader(table.open()))[0]["runs"] == "2"
