@@ -309,7 +309,11 @@ def test_ctrl_c_stops_a_sweep_started_with_sigint_ignored(tmp_path):
 def test_a_stopping_sweep_sends_each_run_one_sigint(tmp_path):
     """The trainer takes a second SIGINT for "abort now" (no final checkpoint, no summary.json): the sweep's
     Ctrl-C must reach each run once, even though stopping both interrupts every run and then waits on each."""
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    # The child sets its own Ctrl-C handler (a test run in the background inherits SIGINT ignored) and then says so.
+    script = ("import signal, time; signal.signal(signal.SIGINT, signal.default_int_handler); "
+              "print('ready', flush=True); time.sleep(60)")
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, start_new_session=True)
+    assert child.stdout is not None and child.stdout.readline() == "ready\n"
     sent: list[int] = []
     real_send_signal = child.send_signal
 
