@@ -21,7 +21,7 @@ BENCH ?= train_speed
 # machine without the run directories (a fresh clone), the runs committed as completed in results/figure3 are
 # adopted, not trained again.
 FIGURE3_OUT ?= runs/figure3
-FIGURE3 := --agents lstm stm --frame-skips 32 0 16 4 --seeds 0 1 2 --agent-steps 32=4M 0=40M 16=4M 4=5M \
+FIGURE3 := --agents lstm stm --frame-skips 32 0 16 4 --seeds 0 1 2 --agent-steps 32=4M 0=50M 16=4M 4=5M \
            --final-eval-games 20 --workers-per-run 2 --out $(FIGURE3_OUT) --adopt results/figure3
 
 # The paper's associative-retrieval result at its own sizes (issue 26, docs/supervised.md): the STM and the LSTM with
