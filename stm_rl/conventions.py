@@ -20,7 +20,8 @@ written or TensorBoard's writer queue.
 
 Errors are one line (``stm-rl train: error: ...``); with ``STM_RL_DEBUG=1`` in the environment the command
 raises instead, so the Python traceback is shown. :func:`run_command` applies these rules to a command's body.
-A training run records how it ended as a :class:`RunStatus` in its ``summary.json`` (RL and supervised alike),
+A training run records how it ended as a :class:`RunStatus` in its ``summary.json`` (RL and supervised alike;
+the enum lives with the run directory, :mod:`stm_rl.run_dir`, which reads it back, and is re-exported here),
 and its command exits with that status's code (:data:`EXIT_CODES`).
 """
 
@@ -32,10 +33,10 @@ import signal
 import sys
 import threading
 from contextlib import AbstractContextManager, contextmanager
-from enum import Enum, IntEnum
+from enum import IntEnum
 from typing import Any, Callable, Iterator, Optional, Sequence
 
-from stm_rl.run_dir import RunFailed, StmRlError, describe_os_error
+from stm_rl.run_dir import RunFailed, RunStatus, StmRlError, describe_os_error
 
 
 class ExitCode(IntEnum):
@@ -43,21 +44,6 @@ class ExitCode(IntEnum):
     FAILED = 1
     BAD_INPUT = 2
     INTERRUPTED = 130
-
-
-class RunStatus(str, Enum):
-    """How a training run (segment) stands; the value is what summary.json records."""
-
-    RUNNING = "running"
-    COMPLETED = "completed"
-    """The budget (frames, iterations) is spent."""
-    INTERRUPTED = "interrupted"
-    """Ctrl-C or SIGTERM: stopped cleanly with a final checkpoint."""
-    FAILED = "failed"
-    """A worker died, the loss or the weights became NaN, a checkpoint could not be written..."""
-
-    __str__ = str.__str__
-    __format__ = str.__format__
 
 
 EXIT_CODES = {RunStatus.COMPLETED: ExitCode.COMPLETED, RunStatus.INTERRUPTED: ExitCode.INTERRUPTED,

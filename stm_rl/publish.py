@@ -107,7 +107,7 @@ def publish_run(run_dir: Path, target: Path, cwd: Path, home: Path) -> Published
     """Copy one run's game log (compressed), metrics (compressed), evaluation log, config, summary and greedy
     evaluations into ``target``."""
     layout = RunDir(run_dir)
-    being_trained = layout.lock_holder() is not None
+    being_trained = layout.status() == RunStatus.RUNNING
     target.mkdir(parents=True, exist_ok=True)
     games = list(read_jsonl(layout.game_log)) if layout.game_log.exists() else []
     if games:

@@ -43,6 +43,21 @@ CHECKPOINT_FORMAT = "stm-rl-checkpoint"
 CHECKPOINT_VERSION = 1
 
 
+class RunStatus(str, Enum):
+    """How a training run (segment) stands; the value is what summary.json records."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"
+    """The budget (frames, iterations) is spent."""
+    INTERRUPTED = "interrupted"
+    """Ctrl-C or SIGTERM: stopped cleanly with a final checkpoint."""
+    FAILED = "failed"
+    """A worker died, the loss or the weights became NaN, a checkpoint could not be written..."""
+
+    __str__ = str.__str__
+    __format__ = str.__format__
+
+
 class StmRlError(Exception):
     """An error the user can fix (bad flag, missing file...): the command line prints it without a traceback."""
 
@@ -142,11 +157,11 @@ class RunDir:
         return summary if isinstance(summary, dict) else {}
 
     def status(self) -> Optional[str]:
-        """``"running"`` while a process trains the run (holds its lock: a completed run being extended still has
-        its earlier segment's summary); else how its last segment ended (completed / interrupted / failed), None
-        where it has no summary. The values are :class:`stm_rl.conventions.RunStatus`'s."""
+        """:attr:`RunStatus.RUNNING` while a process trains the run (holds its lock: a completed run being extended
+        still has its earlier segment's summary); else how its last segment ended (a :class:`RunStatus` value as
+        summary.json records it), None where it has no summary."""
         if self.lock_holder() is not None:
-            return "running"
+            return RunStatus.RUNNING
         status = self.read_summary().get("status")
         return None if status is None else str(status)
 
