@@ -26,7 +26,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional, Protocol
+from typing import Any, Mapping, NamedTuple, Optional, Protocol, Sequence
 
 from tqdm import tqdm
 
@@ -38,6 +38,7 @@ from stm_rl.a3c.limits import validate_for_training
 from stm_rl.config_cli import add_dataclass_flags, flag_name, given_settings, parse_count, with_flag_names
 from stm_rl.conventions import ExitCode, stop_signals_raise_keyboard_interrupt
 from stm_rl.evaluate import has_final_evaluation
+from stm_rl.progress import clock
 from stm_rl.run_dir import SWEEP_MANIFEST, Checkpoint, RunDir, StmRlError, check_can_write, read_json, write_json_atomic
 
 SHUTDOWN_GRACE_S = 300.0
@@ -288,6 +289,56 @@ def trained(run_dir: Path) -> tuple[int, int]:
         return tuple(max(int(counters.get(key, 0)), int(last.get(key, 0))) for key in ("frames", "agent_steps"))
     except (TypeError, ValueError):
         return 0, 0
+
+
+def training_wall_time(run_dir: Path) -> float:
+    """Seconds a run has trained over all its segments (its summary's counter, or its game log's last line if
+    newer); 0 where it has not started."""
+    times = [(RunDir(run_dir).read_summary().get("counters") or {}).get("wall_time"),
+             (_last_jsonl_record(RunDir(run_dir).games) or {}).get("wall_time")]
+    return max([float(t) for t in times if isinstance(t, (int, float)) and math.isfinite(t)] + [0.0])
+
+
+class RunTiming(NamedTuple):
+    """What the sweep's time estimate knows of one run."""
+
+    kind: tuple[str, int]
+    """(agent, frame skip): runs of one kind train at one rate."""
+    used: float
+    """Fraction of the run's budget trained so far (0..1)."""
+    wall_time: float
+    """Seconds it took to train that fraction."""
+
+
+def estimate_remaining(timings: Sequence[RunTiming], parallel: int) -> tuple[float, list[tuple[str, int]]]:
+    """Seconds the runs still need at the rate their kind has measured (the time a whole budget takes, from
+    every run of the kind that has trained: sum of wall times over sum of budget fractions), spread over
+    ``parallel`` runs at a time but never shorter than the longest run left; and the unfinished kinds that have
+    no rate yet (left out of the seconds)."""
+    spent: dict[tuple[str, int], float] = {}
+    fraction: dict[tuple[str, int], float] = {}
+    for timing in timings:
+        if timing.used > 0 and timing.wall_time > 0:
+            spent[timing.kind] = spent.get(timing.kind, 0.0) + timing.wall_time
+            fraction[timing.kind] = fraction.get(timing.kind, 0.0) + timing.used
+    left, untimed = [], set()
+    for timing in timings:
+        if timing.used >= 1.0:
+            continue
+        if timing.kind in fraction:
+            left.append((1.0 - timing.used) * spent[timing.kind] / fraction[timing.kind])
+        else:
+            untimed.add(timing.kind)
+    return max(sum(left) / max(parallel, 1), max(left, default=0.0)), sorted(untimed)
+
+
+def describe_remaining(seconds: float, untimed: Sequence[tuple[str, int]]) -> str:
+    """``ETA 101.2 h`` or ``ETA >= 3.0 h (stm at skip 16 not timed yet)`` for the sweep's status line."""
+    text = f"ETA {seconds / 3600:.1f} h" if seconds >= 3600 else f"ETA {clock(seconds)}"
+    if not untimed:
+        return text
+    kinds = ", ".join(f"{agent} at skip {skip}" for agent, skip in untimed)
+    return f"{text.replace('ETA', 'ETA >=')} ({kinds} not timed yet)"
 
 
 def trained_fields(run_dir: Path) -> dict[str, int]:
@@ -614,10 +665,17 @@ class Sweep:
 
     def _frames_postfix(self, backend: Backend) -> str:
         done = [trained(entry.spec.run_dir) for entry in self.entries]
-        used = sum(min(run_config(entry.spec, self.options).run.budget_used(*counts), 1.0)
-                   for entry, counts in zip(self.entries, done))
+        timings = [RunTiming((entry.spec.agent, entry.spec.frame_skip),
+                             min(run_config(entry.spec, self.options).run.budget_used(*counts), 1.0),
+                             training_wall_time(entry.spec.run_dir))
+                   for entry, counts in zip(self.entries, done)]
+        used = sum(timing.used for timing in timings)
+        # at the parallelism of now: the runs started (with Ray some of them may still wait in its queue)
+        parallel = min(backend.capacity(len(self.entries)), len(backend.running()))
+        eta = describe_remaining(*estimate_remaining(timings, parallel))
         return (f"running {', '.join(backend.running())} | frames {readable_frames(sum(f for f, _ in done))} | "
-                f"agent steps {readable_frames(sum(s for _, s in done))} | budget {100 * used / len(self.entries):.1f}%")
+                f"agent steps {readable_frames(sum(s for _, s in done))} | budget {100 * used / len(self.entries):.1f}% "
+                f"| {eta}")
 
     def _write_manifest(self) -> None:
         """sweep.json: this sweep's settings and one line per run. Several sweeps may share an ``--out`` (a subset

@@ -369,3 +369,19 @@ def test_a_final_evaluation_counts_only_for_the_weights_it_evaluated(tmp_path):
     assert state(10_024_202, 10_024_202)
     assert not state(10_024_202, 20_034_423), "the report is of the weights before the extension"
     assert not state(20_034_423, 20_034_423, games=19)
+
+
+def test_the_sweeps_time_estimate_uses_each_kinds_measured_rate():
+    lstm, stm = ("lstm", 0), ("stm", 0)
+    timings = [sweep.RunTiming(lstm, 1.0, 100.0),  # a whole budget in 100 s
+               sweep.RunTiming(lstm, 0.5, 60.0),   # half of one in 60 s: the kind's rate is 160 s per 1.5 budgets
+               sweep.RunTiming(lstm, 0.0, 0.0),
+               sweep.RunTiming(stm, 0.0, 0.0)]     # no stm run has trained: no rate to go by
+    seconds, untimed = sweep.estimate_remaining(timings, parallel=1)
+    assert seconds == pytest.approx(0.5 * 160 / 1.5 + 160 / 1.5)
+    assert untimed == [stm]
+    # two at a time halve the sum, but never below the longest run left
+    assert sweep.estimate_remaining(timings, parallel=2)[0] == pytest.approx(160 / 1.5)
+    assert sweep.describe_remaining(seconds, untimed) == "ETA >= 0:02:40 (stm at skip 0 not timed yet)"
+    assert sweep.describe_remaining(5 * 3600, []) == "ETA 5.0 h"
+    assert sweep.estimate_remaining([sweep.RunTiming(stm, 1.0, 50.0)], parallel=1) == (0.0, [])

@@ -138,6 +138,7 @@ def test_a_sweep_without_a_terminal_logs_its_progress(tmp_path, monkeypatch, cap
     assert cli_main([*SWEEP, "--progress", "--out", str(tmp_path)]) == 0
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("sweep: ")]
     assert any(line.startswith("sweep: 0/2 runs done | running lstm-skip32-seed0 | frames") for line in lines), lines
+    assert all(" | ETA " in line for line in lines), lines
 
 
 def test_sweep_rejects_an_unknown_agent(tmp_path, capsys):
