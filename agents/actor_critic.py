@@ -88,6 +88,20 @@ class AgentState(NamedTuple):
         return AgentState((self.lstm[0].detach(), self.lstm[1].detach()),
                           None if self.stm is None else self.stm.detach())
 
+    def norms(self) -> dict[str, float]:
+        """How large the memories are: the Frobenius norm of each one per environment, as the mean and the max over
+        the batch (``lstm_cell_norm``, ``lstm_cell_norm_max``, and for the STM ``stm_item_norm`` (M_i) and
+        ``stm_relational_norm`` (M_r)). The LSTM's h is bounded by its tanh; its cell and the STM's memories are
+        not (the item memory can grow along a game: docs/figure3.md)."""
+        memories = {"lstm_cell": self.lstm[1]}
+        if self.stm is not None:
+            memories.update(stm_item=self.stm.item, stm_relational=self.stm.relational)
+        norms = {}
+        for name, memory in memories.items():
+            per_env = memory.detach().flatten(1).float().norm(dim=1)
+            norms[f"{name}_norm"], norms[f"{name}_norm_max"] = per_env.mean().item(), per_env.max().item()
+        return norms
+
 
 def _reset_where(mask: Tensor, initial: Tensor, current: Tensor) -> Tensor:
     """``initial`` for the samples where ``mask`` ([B] bool) is set, ``current`` elsewhere."""

@@ -7,8 +7,9 @@ Usage (any training loop, RL or supervised)::
 
 - **Names** follow CleanRL's stable prefixes: ``charts/...`` for what a run achieves and how fast
   (returns, lengths, throughput), ``losses/...`` for the optimisation (losses, entropy, gradient norm),
-  ``eval/...`` for evaluations, ``milestones/...`` for first crossings of a score. A name is a
-  TensorBoard tag; the names ``step`` and ``wall_time`` are taken by the record itself.
+  ``memory/...`` for the size of a recurrent agent's state (norms of the LSTM cell and the STM's memories),
+  ``eval/...`` for evaluations, ``milestones/...`` for first crossings of a score. A name is a TensorBoard tag;
+  the names ``step`` and ``wall_time`` are taken by the record itself.
 - **JSONL** (``metrics.jsonl``): one line per :meth:`MetricLogger.log` call,
   ``{"step": 1200, "wall_time": 1732665600.5, "losses/value_loss": 0.31, ...}`` (``wall_time`` in Unix
   seconds, as TensorBoard records it; NaN and infinity are written as ``null``). Each line is flushed, so a

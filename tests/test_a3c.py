@@ -21,6 +21,7 @@ import torch.multiprocessing as mp
 from stm_rl.a3c import SharedAdam, TrainConfig, load_agent_from_checkpoint
 from stm_rl.a3c.config import RunConfig
 from stm_rl.a3c.messages import NonFinite
+from stm_rl.a3c.progress import RunLog
 from stm_rl.a3c.worker import WorkerContext, advantages_and_returns, train_worker
 from stm_rl.cli import main as cli_main
 from stm_rl.logger import METRICS_FILE, read_metrics
@@ -33,7 +34,8 @@ FAST = ["--encoder", "small", "--workers", "2", "--envs-per-worker", "1", "--ada
 # ---------------------------------------------------------------- end to end on Pong
 @pytest.mark.parametrize("agent, skip, frames", [("lstm", 0, 400), ("stm", 0, 300), ("lstm", 32, 8000),
                                                  ("stm", 32, 8000)])
-def test_short_pong_run_writes_everything(tmp_path, agent, skip, frames, summary_of):
+def test_short_pong_run_writes_everything(tmp_path, agent, skip, frames, summary_of, monkeypatch):
+    monkeypatch.setattr(RunLog, "UPDATE_LOG_INTERVAL_S", 0.0)  # every update's losses and memory norms
     run_dir = tmp_path / "run"
     code = cli_main(["train", "--agent", agent, "--frame-skip", str(skip), "--frames", str(frames),
                      "--run-dir", str(run_dir), *FAST])
@@ -51,6 +53,10 @@ def test_short_pong_run_writes_everything(tmp_path, agent, skip, frames, summary
     returns = [(r["step"], r["charts/episodic_return"]) for r in read_metrics(run_dir / METRICS_FILE)
                if "charts/episodic_return" in r]
     assert returns == [(g["frames"], g["score"]) for g in read_jsonl(run_dir / "games.jsonl")]
+    updates = [r for r in read_metrics(run_dir / METRICS_FILE) if "losses/grad_norm" in r]
+    assert updates and all(r["memory/lstm_cell_norm"] > 0 for r in updates)
+    assert all(("memory/stm_item_norm" in r and "memory/stm_relational_norm_max" in r) == (agent == "stm")
+               for r in updates)
     summary = summary_of(run_dir)
     assert summary["status"] == "completed"
     assert summary["counters"]["frames"] >= frames

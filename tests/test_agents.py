@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from agents import ActorCritic, AgentConfig, build_agent
+from agents import ActorCritic, AgentConfig, AgentState, build_agent
+from stm_rl.memory import STMState
 
 
 def _with_nonzero_alphas(model: ActorCritic) -> ActorCritic:
@@ -117,3 +118,17 @@ def test_heads_are_initialised_as_specified():
 def test_bad_agent_config(kwargs, match):
     with pytest.raises(ValueError, match=match):
         AgentConfig(**kwargs)
+
+
+def test_state_norms_give_each_memorys_mean_and_max_over_the_batch():
+    cell = torch.tensor([[3.0, 4.0], [0.0, 1.0]])  # norms 5 and 1
+    lstm_only = AgentState((torch.zeros(2, 2), cell))
+    assert lstm_only.norms() == pytest.approx({"lstm_cell_norm": 3.0, "lstm_cell_norm_max": 5.0})
+    item = torch.zeros(2, 3, 3)
+    item[1, 0, 0] = 2.0  # norms 0 and 2
+    relational = torch.ones(2, 4, 3, 3)  # norms 6 and 6
+    norms = AgentState((torch.zeros(2, 2), cell), STMState(item, relational)).norms()
+    assert norms["stm_item_norm"] == pytest.approx(1.0) and norms["stm_item_norm_max"] == pytest.approx(2.0)
+    assert norms["stm_relational_norm"] == pytest.approx(6.0) and norms["stm_relational_norm_max"] == pytest.approx(6.0)
+    model = build_agent(AgentConfig(agent="stm"), num_actions=6)  # the state a run starts from has the same keys
+    assert set(model.initial_state(3).norms()) == set(norms)

@@ -17,10 +17,12 @@ class GameFinished(NamedTuple):
 
 
 class UpdateDone(NamedTuple):
-    """A worker applied one update: its losses and gradient norm (for tensorboard)."""
+    """A worker applied one update: its losses and gradient norm, and the size of the recurrent memories its
+    rollout ended with (:meth:`agents.AgentState.norms`), for the metrics."""
 
     source: int
     losses: dict[str, float]
+    memory: dict[str, float]
 
 
 class EvaluationDone(NamedTuple):

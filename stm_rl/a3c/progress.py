@@ -61,14 +61,17 @@ class RunLog:
     one plain line every ``progress_interval`` seconds. Milestones and notes print as lines in both cases.
     """
 
+    UPDATE_LOG_INTERVAL_S = 10.0
+    """The losses and memory norms of the updates in this many seconds are logged as their means."""
+
     def __init__(self, layout: RunDir, config: TrainConfig, counters: Counters, progress: bool) -> None:
         self.games = JsonlWriter(layout.games)
         self.evaluations = JsonlWriter(layout.evaluations)
         # Metrics logged after the frame count the run starts from belong to weights that were lost (a run
         # killed after its last checkpoint, or before its first): dropped, like the games of such a run.
         self.metrics = MetricLogger.in_run_dir(layout.path, resume_step=counters.frames)
-        self.pending_losses: list[dict[str, float]] = []
-        self.last_losses_log = time.monotonic()
+        self.pending_updates: list[dict[str, float]] = []
+        self.last_update_log = time.monotonic()
         self.last_score: Optional[float] = None
         self.rate_window: deque = deque(maxlen=40)  # (time, frames, steps) over the last ~10 s
         self.last_rate_log = time.monotonic()
@@ -109,15 +112,17 @@ class RunLog:
                                 "wall_time": round(counters.wall_time, 3)})
         self.metrics.log(result["frames"], {"eval/mean_score": result["mean_score"], "eval/updates": result["updates"]})
 
-    def update(self, counters: Counters, losses: dict[str, float]) -> None:
-        """Losses of one update; their means over the updates of the last 10 s are logged."""
-        self.pending_losses.append(losses)
-        if time.monotonic() - self.last_losses_log >= 10.0:
-            count = len(self.pending_losses)
-            self.metrics.log(counters.frames, {f"losses/{key}": sum(u[key] for u in self.pending_losses) / count
-                                               for key in losses})
-            self.pending_losses.clear()
-            self.last_losses_log = time.monotonic()
+    def update(self, counters: Counters, losses: dict[str, float], memory: dict[str, float]) -> None:
+        """Losses of one update (``losses/...``) and the memory norms its rollout ended with (``memory/...``); their
+        means over the updates of the last :attr:`UPDATE_LOG_INTERVAL_S` are logged."""
+        self.pending_updates.append({**{f"losses/{key}": value for key, value in losses.items()},
+                                     **{f"memory/{key}": value for key, value in memory.items()}})
+        if time.monotonic() - self.last_update_log >= self.UPDATE_LOG_INTERVAL_S:
+            count = len(self.pending_updates)
+            self.metrics.log(counters.frames, {key: sum(u[key] for u in self.pending_updates) / count
+                                               for key in self.pending_updates[-1]})
+            self.pending_updates.clear()
+            self.last_update_log = time.monotonic()
 
     def refresh(self, counters: Counters, scores: ScoreTracker) -> None:
         now = time.monotonic()

@@ -262,7 +262,7 @@ class Trainer:
             if isinstance(message, GameFinished):
                 self._game_finished(message, log, base, worker_counters, start)
             elif isinstance(message, UpdateDone):
-                log.update(self.counters, message.losses)
+                log.update(self.counters, message.losses, message.memory)
             elif isinstance(message, EvaluationDone):
                 log.evaluation(self.counters, message.result)
             elif isinstance(message, ProcessFailed):

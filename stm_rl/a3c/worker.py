@@ -140,7 +140,8 @@ def train_worker(rank: int, ctx: WorkerContext) -> None:
         ctx.counters[rank] += torch.tensor([rollout.actions.numel(), rollout.frames, 1])
         ctx.events.put(UpdateDone(rank, {
             "policy_loss": policy_loss.item(), "value_loss": value_loss.item(),
-            "entropy": entropy_bonus.item() / a3c.rollout_steps, "grad_norm": grad_norm.item()}))
+            "entropy": entropy_bonus.item() / a3c.rollout_steps, "grad_norm": grad_norm.item()},
+            collector.state.norms()))
 
 
 def trainer_alive(ctx: WorkerContext) -> bool:
