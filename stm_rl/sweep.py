@@ -560,6 +560,10 @@ class Sweep:
         print(f"sweep {self.options.out} ({self.options.backend} backend): {len(self.entries)} runs, "
               f"{self.options.describe_budget()}; nothing started (--dry-run)")
         print(results_table(self.entries, states))
+        parallel = self.options.max_parallel or (1 if self.options.backend == "local" else len(self.entries))
+        sources = {name: source for name, (source, _) in adoptions.items() if source is not None}
+        print(f"time left, {parallel} at a time at the rates its runs have measured: "
+              f"{describe_remaining(*estimate_remaining(self._timings(sources), parallel)).removeprefix('ETA ')}")
         for name, differences in changed.items():
             print(f"  {name} was trained with other settings: {'; '.join(differences)}")
         for name, (_, why_not) in adoptions.items():
@@ -665,10 +669,7 @@ class Sweep:
 
     def _frames_postfix(self, backend: Backend) -> str:
         done = [trained(entry.spec.run_dir) for entry in self.entries]
-        timings = [RunTiming((entry.spec.agent, entry.spec.frame_skip),
-                             min(run_config(entry.spec, self.options).run.budget_used(*counts), 1.0),
-                             training_wall_time(entry.spec.run_dir))
-                   for entry, counts in zip(self.entries, done)]
+        timings = self._timings()
         used = sum(timing.used for timing in timings)
         # at the parallelism of now: the runs started (with Ray some of them may still wait in its queue)
         parallel = min(backend.capacity(len(self.entries)), len(backend.running()))
@@ -676,6 +677,16 @@ class Sweep:
         return (f"running {', '.join(backend.running())} | frames {readable_frames(sum(f for f, _ in done))} | "
                 f"agent steps {readable_frames(sum(s for _, s in done))} | budget {100 * used / len(self.entries):.1f}% "
                 f"| {eta}")
+
+    def _timings(self, run_dirs: Optional[Mapping[str, Path]] = None) -> list[RunTiming]:
+        """What each run has trained and in how long, from its run directory (or the one ``run_dirs`` names)."""
+        timings = []
+        for entry in self.entries:
+            run_dir = (run_dirs or {}).get(entry.spec.name, entry.spec.run_dir)
+            used = run_config(entry.spec, self.options).run.budget_used(*trained(run_dir))
+            timings.append(RunTiming((entry.spec.agent, entry.spec.frame_skip), min(used, 1.0),
+                                     training_wall_time(run_dir)))
+        return timings
 
     def _write_manifest(self) -> None:
         """sweep.json: this sweep's settings and one line per run. Several sweeps may share an ``--out`` (a subset

@@ -35,13 +35,14 @@ def options(out: Path, **changes) -> sweep.SweepOptions:
     return sweep.SweepOptions(**{**values, **changes})
 
 
-def fake_trained_run(spec: sweep.RunSpec, config: TrainConfig, status: str, frames: int) -> None:
+def fake_trained_run(spec: sweep.RunSpec, config: TrainConfig, status: str, frames: int, wall_time: float = 0.0) -> None:
     """A run directory as the trainer leaves it (config.json, summary.json, a latest checkpoint file)."""
     (spec.run_dir / "checkpoints").mkdir(parents=True)
     (spec.run_dir / "checkpoints" / "latest.pt").write_bytes(b"")
     (spec.run_dir / "config.json").write_text(json.dumps({"config": to_jsonable(config)}))
     (spec.run_dir / "summary.json").write_text(json.dumps({
-        "status": status, "counters": {"frames": frames, "agent_steps": frames // 32, "games": 7}, "moving_average": -20.5,
+        "status": status, "counters": {"frames": frames, "agent_steps": frames // 32, "games": 7, "wall_time": wall_time},
+        "moving_average": -20.5,
         "best_moving_average": -19.25}))
 
 
@@ -172,12 +173,14 @@ def test_dry_run_lists_what_a_sweep_would_do(tmp_path, capsys):
     out = tmp_path / "fig3"
     sweep_options = options(out, seeds=(0, 1, 2))
     done, stopped, _ = sweep_options.runs()
-    fake_trained_run(done, sweep.run_config(done, sweep_options), "completed", 5120)
-    fake_trained_run(stopped, sweep.run_config(stopped, sweep_options), "interrupted", 2048)
+    fake_trained_run(done, sweep.run_config(done, sweep_options), "completed", 5120, wall_time=100.0)
+    fake_trained_run(stopped, sweep.run_config(stopped, sweep_options), "interrupted", 2048, wall_time=40.0)
     assert cli_main(["sweep", *FLAGS, "--seeds", "0", "1", "2", "--frames", "5000", "--out", str(out),
                      "--dry-run"]) == 0
-    rows = {line.split()[0]: line.split()[1:] for line in capsys.readouterr().out.splitlines()
-            if line.strip().startswith("lstm-")}
+    lines = capsys.readouterr().out.splitlines()
+    rows = {line.split()[0]: line.split()[1:] for line in lines if line.strip().startswith("lstm-")}
+    # a whole budget takes 140 s / (1 + 2048/5000) = 99.3 s here: 0.59 of one for seed 1, one for seed 2
+    assert "time left, 1 at a time at the rates its runs have measured: 0:02:38" in lines
     assert rows["lstm-skip32-seed0"] == ["done", "5.1k", "160", "7", "-20.50", "-19.25"]
     assert rows["lstm-skip32-seed1"] == ["resume", "(interrupted)", "2.0k", "64", "7", "-20.50", "-19.25"]
     assert rows["lstm-skip32-seed2"] == ["start", "0", "0", "-", "-", "-"]
