@@ -6,7 +6,9 @@ raw score over the last ``--window`` games (the first games average what there i
 taken against games (the paper's axis), agent steps, frames or wall time (``--x``, one row of panels per axis);
 each group shows the mean over its runs and a band of one standard deviation (``--band std``, default) or one
 standard error of the mean (``--band sem``). Runs of a group are compared over the range all of them reached
-(the shortest run sets the end of the curve).
+(the shortest run sets the end of the curve). ``--metrics`` adds a row of panels per training metric of the runs'
+``metrics.jsonl`` (the policy's entropy, the gradient norm, the memories' norms...): each run's curve and each
+agent's mean, against the first ``--x`` axis.
 
 The table gives per (agent, frame skip): the runs' length, the final and best (full-window) average, for each
 ``--thresholds`` score the games, agent steps and frames until the full-window average first reached it, and
@@ -45,7 +47,10 @@ X_LABELS = {"games": "training games", "steps": "agent steps", "frames": "emulat
 DEFAULT_THRESHOLDS = (-15.0, 0.0, 18.0)
 AGENT_COLORS = {"lstm": "tab:blue", "stm": "tab:red"}
 GRID_POINTS = 400
-"""Points of the common x grid on which runs are averaged for --x frames|time."""
+"""Points of the common x grid on which runs are averaged for --x frames|time (and for --metrics rows)."""
+METRIC_SMOOTHING = 20
+"""Records in the trailing mean of a --metrics curve (the trainer logs the losses and memory norms about every
+10 s: 20 records are about 3 minutes of training)."""
 FIGURE_FORMATS = (".png", ".svg", ".pdf")
 MAY_DIFFER_IN_A_GROUP = {("env", "seed"), ("env", "obs_size"), ("env", "clip_reward"), *(("run", name) for name in (
     "seed", "run_dir", "frames", "agent_steps", "progress", "progress_interval", "checkpoint_interval", "eval_every_updates",
@@ -78,6 +83,8 @@ class RunLog:
     """Agent steps of the run when each game ended (None: a log that did not record them)."""
     greedy_scores: Optional[tuple[float, ...]] = None
     """Scores of the greedy games played with the run's final weights (its final evaluation), if it has one."""
+    metrics: dict[str, "MetricSeries"] = dataclasses.field(default_factory=dict, compare=False)
+    """The training metrics asked for (``--metrics``) that the run logged."""
 
     @property
     def games(self) -> int:
@@ -92,6 +99,17 @@ class RunLog:
                 raise StmRlError(f"{self.run_dir}: its game log has no agent steps; plot it against games or frames")
             return self.agent_steps.astype(float)
         return self.frames.astype(float) if axis == "frames" else self.wall_time / 3600.0
+
+    def x_at_frames(self, axis: XAxis, frames: np.ndarray) -> np.ndarray:
+        """Position on the x axis of moments given in emulator frames (a metric's step), through the game log."""
+        return frames.astype(float) if axis == "frames" else np.interp(frames, self.frames, self.x(axis))
+
+
+class MetricSeries(NamedTuple):
+    """One training metric of a run (``metrics.jsonl``): its values and the frame counts they were logged at."""
+
+    frames: np.ndarray
+    values: np.ndarray
 
 
 class Reached(NamedTuple):
@@ -154,6 +172,9 @@ class PlotOptions:
     progress, and its partial curve would pull a cell's mean down."""
     force: bool = False
     """Average runs into one curve even if they differ in more than the seed (a warning instead of an error)."""
+    metrics: tuple[str, ...] = ()
+    """Training metrics (names in the runs' metrics.jsonl: ``losses/entropy``, ``losses/grad_norm``,
+    ``memory/stm_item_norm``...) drawn below the score rows, one row each, against the first x axis."""
 
 
 # ---------------------------------------------------------------- finding and reading runs
@@ -166,8 +187,24 @@ def read_run_config(run_dir: Path) -> TrainConfig:
         raise StmRlError(f"{run_dir}/config.json is not a training config ({type(error).__name__}: {error})") from None
 
 
-def load_run(run_dir: Path) -> RunLog:
-    """A run's configuration and game log (StmRlError if it has no finished game)."""
+def load_metrics(run_dir: Path, names: Sequence[str]) -> dict[str, MetricSeries]:
+    """The named training metrics a run logged (``metrics.jsonl`` or ``.gz``), each with the frame counts it was
+    logged at; a name the run never logged is absent."""
+    path = RunDir(run_dir).metric_log
+    if not names or not path.exists():
+        return {}
+    points: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+    for record in read_jsonl(path):
+        for name in names:
+            value = record.get(name)
+            if isinstance(value, (int, float)) and math.isfinite(value) and isinstance(record.get("step"), (int, float)):
+                points[name].append((float(record["step"]), float(value)))
+    return {name: MetricSeries(*map(np.array, zip(*pairs))) for name, pairs in points.items() if pairs}
+
+
+def load_run(run_dir: Path, metrics: Sequence[str] = ()) -> RunLog:
+    """A run's configuration and game log (StmRlError if it has no finished game), and the training metrics
+    named in ``metrics`` that it logged."""
     config = read_run_config(run_dir)
     games_path = RunDir(run_dir).game_log
     records = list(read_jsonl(games_path)) if games_path.exists() else []
@@ -182,23 +219,29 @@ def load_run(run_dir: Path) -> RunLog:
              if all("agent_steps" in record for record in records) else None)
     return RunLog(Path(run_dir), config.agent.agent, config.agent.encoder, config.env.frame_skip,
                   config.run.seed, columns["frames"], columns["wall_time"], columns["score"], to_jsonable(config),
-                  agent_steps=steps, greedy_scores=final_greedy_scores(Path(run_dir), config.env.frame_skip))
+                  agent_steps=steps, greedy_scores=final_greedy_scores(Path(run_dir), config.env.frame_skip),
+                  metrics=load_metrics(Path(run_dir), metrics))
 
 
-def load_runs(paths: Sequence[Path], skip_empty: bool = False, completed_only: bool = False) -> list[RunLog]:
+def load_runs(paths: Sequence[Path], skip_empty: bool = False, completed_only: bool = False,
+              metrics: Sequence[str] = ()) -> list[RunLog]:
     runs = []
     for run_dir in find_run_dirs(paths):
         if completed_only and (status := RunDir(run_dir).status()) != RunStatus.COMPLETED:
             print(f"leaving out {run_dir}: {status or 'no summary'}, not completed")
             continue
         try:
-            runs.append(load_run(run_dir))
+            runs.append(load_run(run_dir, metrics))
         except NoGamesError:
             if not skip_empty:
                 raise
             print(f"skipping {run_dir}: no games yet")
     if not runs:
         raise StmRlError("none of the runs has " + ("completed" if completed_only else "a finished game yet"))
+    for name in metrics:
+        if not any(name in run.metrics for run in runs):
+            raise StmRlError(f"--metrics {name}: none of the runs logged it (metrics.jsonl names such as "
+                             "losses/entropy, losses/grad_norm, memory/stm_item_norm)")
     return runs
 
 
@@ -263,18 +306,40 @@ def moving_average(scores: np.ndarray, window: int) -> np.ndarray:
 def aggregate(runs: Sequence[RunLog], axis: XAxis, window: int, band: Band) -> Curve:
     """Mean and band of the runs' moving averages over the x range every run covers."""
     averages = [moving_average(run.scores, window) for run in runs]
-    if axis == "games":
-        length = min(run.games for run in runs)
-        x = np.arange(1, length + 1, dtype=float)
-        values = np.stack([average[:length] for average in averages])
-    else:
-        xs = [run.x(axis) for run in runs]
-        start, end = max(x[0] for x in xs), min(x[-1] for x in xs)
-        x = np.linspace(start, end, GRID_POINTS) if end > start else np.array([end])
-        values = np.stack([np.interp(x, run_x, average) for run_x, average in zip(xs, averages)])
-    std = values.std(axis=0, ddof=1) if len(runs) > 1 else np.zeros(values.shape[1])
-    spread = std / math.sqrt(len(runs)) if band == "sem" else std
-    return Curve(x=x, mean=values.mean(axis=0), band=spread, runs=len(runs))
+    if axis != "games":
+        return mean_curve([run.x(axis) for run in runs], averages, band)
+    length = min(run.games for run in runs)
+    return _curve(np.arange(1, length + 1, dtype=float), np.stack([average[:length] for average in averages]), band)
+
+
+def mean_curve(xs: Sequence[np.ndarray], ys: Sequence[np.ndarray], band: Band) -> Curve:
+    """Mean and band of curves ``(xs[k], ys[k])`` on a common grid over the x range every one of them covers."""
+    start, end = max(x[0] for x in xs), min(x[-1] for x in xs)
+    x = np.linspace(start, end, GRID_POINTS) if end > start else np.array([end])
+    return _curve(x, np.stack([np.interp(x, run_x, y) for run_x, y in zip(xs, ys)]), band)
+
+
+def _curve(x: np.ndarray, values: np.ndarray, band: Band) -> Curve:
+    """``values``: one row per run, on the points ``x``."""
+    runs = values.shape[0]
+    std = values.std(axis=0, ddof=1) if runs > 1 else np.zeros(values.shape[1])
+    return Curve(x=x, mean=values.mean(axis=0), band=std / math.sqrt(runs) if band == "sem" else std, runs=runs)
+
+
+def metric_lines(runs: Sequence[RunLog], name: str, axis: XAxis) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each run's training metric ``name`` on the x axis, as a trailing mean over :data:`METRIC_SMOOTHING`
+    records, from the run's first game to its last (the x axis is read through the game log); runs without it are
+    left out."""
+    lines = []
+    for run in runs:
+        series = run.metrics.get(name)
+        if series is None:
+            continue
+        kept = (series.frames >= run.frames[0]) & (series.frames <= run.frames[-1])
+        if kept.sum() >= 2:
+            lines.append((run.x_at_frames(axis, series.frames[kept]),
+                          moving_average(series.values[kept], METRIC_SMOOTHING)))
+    return lines
 
 
 def first_reached(run: RunLog, threshold: float, window: int) -> Optional[Reached]:
@@ -309,8 +374,8 @@ def summarize(key: tuple[str, int], runs: Sequence[RunLog], window: int,
 
 # ---------------------------------------------------------------- output
 def plot_figure(groups: dict[tuple[str, int], list[RunLog]], options: PlotOptions) -> Path:
-    """The paper's layout: one panel per frame skip, one curve per agent; one row of panels per x axis.
-    Saved in the format of the output's extension."""
+    """The paper's layout: one panel per frame skip, one curve per agent; one row of panels per x axis, then one
+    per training metric (``--metrics``, against the first x axis). Saved in the format of the output's extension."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -318,9 +383,11 @@ def plot_figure(groups: dict[tuple[str, int], list[RunLog]], options: PlotOption
     from matplotlib.ticker import EngFormatter
 
     skips = sorted({skip for _, skip in groups})
-    rows = len(options.x_axes)
-    fig, axes = plt.subplots(rows, len(skips), figsize=(4.2 * len(skips), 3.4 * rows + 0.4), sharey=True,
+    rows = len(options.x_axes) + len(options.metrics)
+    fig, axes = plt.subplots(rows, len(skips), figsize=(4.2 * len(skips), 3.4 * rows + 0.4), sharey="row",
                              squeeze=False)
+    for row, name in enumerate(options.metrics, start=len(options.x_axes)):
+        plot_metric_row(axes[row], skips, groups, name, options.x_axes[0], options.band)
     for row, axis in enumerate(options.x_axes):
         for ax, skip in zip(axes[row], skips):
             for (agent, group_skip), runs in groups.items():
@@ -347,6 +414,43 @@ def plot_figure(groups: dict[tuple[str, int], list[RunLog]], options: PlotOption
     fig.savefig(options.output, dpi=120)
     plt.close(fig)
     return options.output
+
+
+def plot_metric_row(axes, skips: Sequence[int], groups: dict[tuple[str, int], list[RunLog]], name: str, axis: XAxis,
+                    band: Band) -> None:
+    """One row of panels for a training metric: each run a thin line, each agent's mean over its runs a thick one
+    with its band. Where the values are positive and span more than three decades (gradient norms, a collapsing
+    entropy) the row has a log scale, and the mean and band are taken of the logarithms (a geometric mean, a band
+    of a factor)."""
+    from matplotlib.ticker import EngFormatter
+
+    panels = {(skip, agent): metric_lines(runs, name, axis) for (agent, skip), runs in groups.items()}
+    values = np.concatenate([y for lines in panels.values() for _, y in lines])
+    log_scale = bool(values.min() > 0 and values.max() / values.min() > 1e3)
+    for ax, skip in zip(axes, skips):
+        for (group_skip, agent), lines in panels.items():
+            if group_skip != skip or not lines:
+                continue
+            color = AGENT_COLORS.get(agent)
+            for x, y in lines:
+                ax.plot(x, y, color=color, linewidth=0.6, alpha=0.35)
+            curve = mean_curve([x for x, _ in lines], [np.log10(y) if log_scale else y for _, y in lines], band)
+            low, mean, high = curve.mean - curve.band, curve.mean, curve.mean + curve.band
+            if log_scale:
+                low, mean, high = 10.0 ** low, 10.0 ** mean, 10.0 ** high
+            count = f"{curve.runs} run" + ("s" if curve.runs != 1 else "")
+            ax.plot(curve.x, mean, color=color, label=f"{agent.upper()} ({count})")
+            ax.fill_between(curve.x, low, high, color=color, alpha=0.2, linewidth=0)
+        ax.set_title(f"frame skip {skip}")
+        ax.set_xlabel(X_LABELS[axis])
+        if axis != "time":
+            ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="best", fontsize="small")
+    if log_scale:
+        axes[0].set_yscale("log")  # the row shares its y axis
+    axes[0].set_ylabel(name + (" (geometric mean)" if log_scale else ""))
 
 
 def table_rows(summaries: Sequence[ConfigSummary], band: Band) -> list[dict[str, object]]:
@@ -467,6 +571,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--skip-empty", action="store_true", help="leave out runs without a finished game")
     parser.add_argument("--completed-only", action="store_true",
                         help="leave out runs that have not completed their budget (a campaign's run in progress)")
+    parser.add_argument("--metrics", nargs="+", default=[], metavar="NAME",
+                        help="also draw these training metrics (names in the runs' metrics.jsonl, e.g. losses/entropy "
+                             "losses/grad_norm memory/stm_item_norm), one row of panels each against the first --x "
+                             "axis: every run, and the mean and band of each agent's runs")
     parser.add_argument("--force", action="store_true",
                         help="average runs of one (agent, frame skip) even if they differ in more than the seed "
                              "(default: refuse, naming the settings that differ)")
@@ -485,12 +593,12 @@ def options_from_args(args: argparse.Namespace) -> PlotOptions:
     return PlotOptions(paths=tuple(args.paths), output=output, x_axes=tuple(dict.fromkeys(args.x_axes)),
                        band=args.band, window=args.window, thresholds=tuple(args.thresholds),
                        table_csv=args.table_csv, table_md=args.table_md, skip_empty=args.skip_empty,
-                       completed_only=args.completed_only, force=args.force)
+                       completed_only=args.completed_only, force=args.force, metrics=tuple(dict.fromkeys(args.metrics)))
 
 
 def run(args: argparse.Namespace) -> int:
     options = options_from_args(args)
-    groups = group_runs(load_runs(options.paths, options.skip_empty, options.completed_only))
+    groups = group_runs(load_runs(options.paths, options.skip_empty, options.completed_only, options.metrics))
     check_groups(groups, options.force)
     summaries = [summarize(key, runs, options.window, options.thresholds) for key, runs in groups.items()]
     rows = table_rows(summaries, options.band)

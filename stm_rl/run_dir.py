@@ -144,6 +144,12 @@ class RunDir:
         return self.path / self.METRICS
 
     @property
+    def metric_log(self) -> Path:
+        """The metrics to read: ``metrics.jsonl``, else ``metrics.jsonl.gz`` if only that exists (a published run)."""
+        compressed = self.path / self.METRICS_COMPRESSED
+        return compressed if compressed.exists() and not self.metrics.exists() else self.metrics
+
+    @property
     def summary(self) -> Path:
         return self.path / self.SUMMARY
 

@@ -4,6 +4,7 @@ synthetic game logs checked against hand-computed numbers, and the clear errors 
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 import time
 from pathlib import Path
@@ -263,6 +264,35 @@ def test_plot_writes_the_figure_and_the_table(tmp_path, capsys):
     assert cli_main(["plot", str(tmp_path / "sweep"), "--x", "frames", "--band", "sem",
                      "--output", str(tmp_path / "f.svg")]) == 0
     assert (tmp_path / "f.svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_plot_draws_training_metrics_below_the_scores(tmp_path, capsys):
+    """--metrics: a row per metric of the runs' metrics.jsonl (or the .gz a published run has), each point at the
+    x of its frame count through the game log, between the run's first and last game, as a trailing mean."""
+    lstm = write_run(tmp_path / "runs" / "lstm", "lstm", 4, 0, [-21, -20, -19, -18, -17])  # games at 1000..5000
+    records = [{"step": step, "wall_time": 0.0, "losses/entropy": value, "losses/grad_norm": 10.0 ** value}
+               for step, value in ((500, 9.0), (1000, 1.0), (2000, 2.0), (3000, 4.0), (6000, 9.0))]
+    (lstm / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    stm = write_run(tmp_path / "runs" / "stm", "stm", 4, 0, [-21, -21, -20])
+    with gzip.open(stm / "metrics.jsonl.gz", "wt") as f:
+        f.write(json.dumps({"step": 2000, "wall_time": 0.0, "losses/entropy": 0.5, "losses/grad_norm": 1e6}) + "\n")
+        f.write(json.dumps({"step": 3000, "wall_time": 0.0, "losses/entropy": 0.25, "losses/grad_norm": 1e7}) + "\n")
+    runs = plotting.load_runs([tmp_path / "runs"], metrics=("losses/entropy",))
+    by_agent = {run.agent: run for run in runs}
+    [(x, y)] = plotting.metric_lines([by_agent["lstm"]], "losses/entropy", "games")
+    np.testing.assert_allclose(x, [1, 2, 3])  # 500 is before the first game, 6000 after the last
+    np.testing.assert_allclose(y, [1, 1.5, 7 / 3])  # trailing means
+    [(x, y)] = plotting.metric_lines([by_agent["stm"]], "losses/entropy", "frames")
+    np.testing.assert_allclose(x, [2000, 3000])
+    np.testing.assert_allclose(y, [0.5, 0.375])
+    figure = tmp_path / "f.png"
+    assert cli_main(["plot", str(tmp_path / "runs"), "--metrics", "losses/entropy", "losses/grad_norm",
+                     "--output", str(figure)]) == 0
+    assert figure.read_bytes()[:4] == b"\x89PNG"
+    capsys.readouterr()
+    assert cli_main(["plot", str(tmp_path / "runs"), "--metrics", "memory/stm_item_norm",
+                     "--output", str(figure)]) == 2
+    assert "--metrics memory/stm_item_norm: none of the runs logged it" in capsys.readouterr().err
 
 
 def test_plot_errors(tmp_path, capsys):
