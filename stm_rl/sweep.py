@@ -632,7 +632,7 @@ class Sweep:
                 self._write_manifest()
             if time.monotonic() - last_status < interval:
                 continue
-            last_status, status = time.monotonic(), self._frames_postfix(backend)
+            last_status, status = time.monotonic(), self._status_line(backend)
             if live:
                 bar.set_postfix_str(status, refresh=True)
             elif self.options.progress:
@@ -667,7 +667,8 @@ class Sweep:
         else:
             entry.state, entry.message = "failed", reason
 
-    def _frames_postfix(self, backend: Backend) -> str:
+    def _status_line(self, backend: Backend) -> str:
+        """Runs going, frames and agent steps trained, share of the budget used, time left."""
         done = [trained(entry.spec.run_dir) for entry in self.entries]
         timings = self._timings()
         used = sum(timing.used for timing in timings)
