@@ -447,7 +447,7 @@ def plot_metric_row(axes, skips: Sequence[int], groups: dict[tuple[str, int], li
             ax.xaxis.set_major_formatter(EngFormatter(sep=""))
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
-            ax.legend(loc="best", fontsize="small")
+            ax.legend(fontsize="small")  # where it hides the least
     if log_scale:
         axes[0].set_yscale("log")  # the row shares its y axis
     axes[0].set_ylabel(name + (" (geometric mean)" if log_scale else ""))

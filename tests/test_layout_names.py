@@ -13,8 +13,8 @@ from stm_rl.run_dir import SWEEP_MANIFEST, Checkpoint, RunDir
 ROOT = Path(__file__).resolve().parents[1]
 OWNER = ROOT / "stm_rl" / "run_dir.py"
 LAYOUT_NAMES = {RunDir.CONFIG, RunDir.GAMES, RunDir.GAMES_COMPRESSED, RunDir.EVALUATIONS, RunDir.METRICS,
-                RunDir.SUMMARY, RunDir.TENSORBOARD, RunDir.CHECKPOINTS, RunDir.LOCK, RunDir.SWEEP_RUN,
-                RunDir.TRAIN_LOG, SWEEP_MANIFEST, *(name.value for name in Checkpoint)}
+                RunDir.METRICS_COMPRESSED, RunDir.SUMMARY, RunDir.TENSORBOARD, RunDir.CHECKPOINTS, RunDir.LOCK,
+                RunDir.SWEEP_RUN, RunDir.TRAIN_LOG, SWEEP_MANIFEST, *(name.value for name in Checkpoint)}
 PREFIXES = ("eval-",)
 """Beginnings of names built from parts (``eval-<checkpoint>-skip<N>.json``)."""
 
