@@ -238,10 +238,6 @@ def load_runs(paths: Sequence[Path], skip_empty: bool = False, completed_only: b
             print(f"skipping {run_dir}: no games yet")
     if not runs:
         raise StmRlError("none of the runs has " + ("completed" if completed_only else "a finished game yet"))
-    for name in metrics:
-        if not any(name in run.metrics for run in runs):
-            raise StmRlError(f"--metrics {name}: none of the runs logged it (metrics.jsonl names such as "
-                             "losses/entropy, losses/grad_norm, memory/stm_item_norm)")
     return runs
 
 
@@ -414,6 +410,14 @@ def plot_figure(groups: dict[tuple[str, int], list[RunLog]], options: PlotOption
     fig.savefig(options.output, dpi=120)
     plt.close(fig)
     return options.output
+
+
+def check_metrics(runs: Sequence[RunLog], names: Sequence[str], axis: XAxis) -> None:
+    """Refuse a metric that no run can draw (never logged, or not twice between its first and its last game)."""
+    for name in names:
+        if not metric_lines(runs, name, axis):
+            raise StmRlError(f"--metrics {name}: no run logged it twice between its first and its last game "
+                             "(names as in metrics.jsonl: losses/entropy, losses/grad_norm, memory/stm_item_norm...)")
 
 
 def plot_metric_row(axes, skips: Sequence[int], groups: dict[tuple[str, int], list[RunLog]], name: str, axis: XAxis,
@@ -600,6 +604,7 @@ def run(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     groups = group_runs(load_runs(options.paths, options.skip_empty, options.completed_only, options.metrics))
     check_groups(groups, options.force)
+    check_metrics([run for runs in groups.values() for run in runs], options.metrics, options.x_axes[0])
     summaries = [summarize(key, runs, options.window, options.thresholds) for key, runs in groups.items()]
     rows = table_rows(summaries, options.band)
     print(format_table(rows, options.band, options.thresholds))

@@ -292,7 +292,13 @@ def test_plot_draws_training_metrics_below_the_scores(tmp_path, capsys):
     capsys.readouterr()
     assert cli_main(["plot", str(tmp_path / "runs"), "--metrics", "memory/stm_item_norm",
                      "--output", str(figure)]) == 2
-    assert "--metrics memory/stm_item_norm: none of the runs logged it" in capsys.readouterr().err
+    assert "--metrics memory/stm_item_norm: no run logged it" in capsys.readouterr().err
+    (lstm / "metrics.jsonl").write_text(json.dumps({"step": 9000, "losses/value_loss": 1.0}) + "\n")  # after its games
+    table = tmp_path / "t.md"
+    assert cli_main(["plot", str(lstm), "--metrics", "losses/value_loss", "--output", str(figure),
+                     "--table-md", str(table)]) == 2
+    assert "--metrics losses/value_loss: no run logged it twice between its first" in capsys.readouterr().err
+    assert not table.exists(), "refused before anything is written"
 
 
 def test_plot_errors(tmp_path, capsys):
