@@ -96,11 +96,10 @@ class AgentState(NamedTuple):
         memories = {"lstm_cell": self.lstm[1]}
         if self.stm is not None:
             memories.update(stm_item=self.stm.item, stm_relational=self.stm.relational)
-        norms = {}
-        for name, memory in memories.items():
-            per_env = memory.detach().flatten(1).float().norm(dim=1)
-            norms[f"{name}_norm"], norms[f"{name}_norm_max"] = per_env.mean().item(), per_env.max().item()
-        return norms
+        per_env = [memory.detach().flatten(1).float().norm(dim=1) for memory in memories.values()]
+        values = torch.stack([torch.stack([n.mean(), n.max()]) for n in per_env]).tolist()  # one device sync
+        return {key: value for name, (mean, largest) in zip(memories, values)
+                for key, value in ((f"{name}_norm", mean), (f"{name}_norm_max", largest))}
 
 
 def _reset_where(mask: Tensor, initial: Tensor, current: Tensor) -> Tensor:

@@ -300,7 +300,7 @@ def training_wall_time(run_dir: Path) -> float:
 
 
 class RunTiming(NamedTuple):
-    """What the sweep's time estimate knows of one run."""
+    """What the sweep's status line and time estimate know of one run."""
 
     kind: tuple[str, int]
     """(agent, frame skip): runs of one kind train at one rate."""
@@ -308,6 +308,10 @@ class RunTiming(NamedTuple):
     """Fraction of the run's budget trained so far (0..1)."""
     wall_time: float
     """Seconds it took to train that fraction."""
+    frames: int = 0
+    """Emulator frames trained so far."""
+    agent_steps: int = 0
+    """Agent steps trained so far."""
 
 
 def estimate_remaining(timings: Sequence[RunTiming], parallel: int) -> tuple[float, list[tuple[str, int]]]:
@@ -669,14 +673,13 @@ class Sweep:
 
     def _status_line(self, backend: Backend) -> str:
         """Runs going, frames and agent steps trained, share of the budget used, time left."""
-        done = [trained(entry.spec.run_dir) for entry in self.entries]
         timings = self._timings()
         used = sum(timing.used for timing in timings)
         # at the parallelism of now: the runs started (with Ray some of them may still wait in its queue)
         parallel = min(backend.capacity(len(self.entries)), len(backend.running()))
         eta = describe_remaining(*estimate_remaining(timings, parallel))
-        return (f"running {', '.join(backend.running())} | frames {readable_frames(sum(f for f, _ in done))} | "
-                f"agent steps {readable_frames(sum(s for _, s in done))} | budget {100 * used / len(self.entries):.1f}% "
+        return (f"running {', '.join(backend.running())} | frames {readable_frames(sum(t.frames for t in timings))} | "
+                f"agent steps {readable_frames(sum(t.agent_steps for t in timings))} | budget {100 * used / len(self.entries):.1f}% "
                 f"| {eta}")
 
     def _timings(self, run_dirs: Optional[Mapping[str, Path]] = None) -> list[RunTiming]:
@@ -684,9 +687,10 @@ class Sweep:
         timings = []
         for entry in self.entries:
             run_dir = (run_dirs or {}).get(entry.spec.name, entry.spec.run_dir)
-            used = run_config(entry.spec, self.options).run.budget_used(*trained(run_dir))
+            frames, agent_steps = trained(run_dir)
+            used = run_config(entry.spec, self.options).run.budget_used(frames, agent_steps)
             timings.append(RunTiming((entry.spec.agent, entry.spec.frame_skip), min(used, 1.0),
-                                     training_wall_time(run_dir)))
+                                     training_wall_time(run_dir), frames, agent_steps))
         return timings
 
     def _write_manifest(self) -> None:
