@@ -85,6 +85,9 @@ class RunLog:
     """Scores of the greedy games played with the run's final weights (its final evaluation), if it has one."""
     metrics: dict[str, "MetricSeries"] = dataclasses.field(default_factory=dict, compare=False)
     """The training metrics asked for (``--metrics``) that the run logged."""
+    completed: bool = True
+    """The run has completed its budget (summary.json says ``completed`` and no process trains it now); False for
+    a campaign's run in progress, whose curve ends where its training has got to."""
 
     @property
     def games(self) -> int:
@@ -147,6 +150,8 @@ class ConfigSummary:
     agent_steps: tuple[Optional[int], ...] = ()
     greedy: tuple[Optional[tuple[float, ...]], ...] = ()
     """Per run: the scores of its final agent's greedy games (None: not evaluated)."""
+    in_training: int = 0
+    """How many of the runs have not completed their budget (:attr:`RunLog.completed`)."""
 
     @property
     def frames_to_threshold(self) -> dict[float, tuple[Optional[int], ...]]:
@@ -220,7 +225,8 @@ def load_run(run_dir: Path, metrics: Sequence[str] = ()) -> RunLog:
     return RunLog(Path(run_dir), config.agent.agent, config.agent.encoder, config.env.frame_skip,
                   config.run.seed, columns["frames"], columns["wall_time"], columns["score"], to_jsonable(config),
                   agent_steps=steps, greedy_scores=final_greedy_scores(Path(run_dir), config.env.frame_skip),
-                  metrics=load_metrics(Path(run_dir), metrics))
+                  metrics=load_metrics(Path(run_dir), metrics),
+                  completed=RunDir(run_dir).status() == RunStatus.COMPLETED)
 
 
 def load_runs(paths: Sequence[Path], skip_empty: bool = False, completed_only: bool = False,
@@ -365,7 +371,18 @@ def summarize(key: tuple[str, int], runs: Sequence[RunLog], window: int,
         best_average=tuple(float(a[min(window, len(a)) - 1:].max()) for a in averages),  # full windows
         reached={t: tuple(first_reached(run, t, window) for run in runs) for t in thresholds},
         agent_steps=tuple(None if run.agent_steps is None else int(run.agent_steps[-1]) for run in runs),
-        greedy=tuple(run.greedy_scores for run in runs))
+        greedy=tuple(run.greedy_scores for run in runs), in_training=sum(not run.completed for run in runs))
+
+
+def curve_label(agent: str, runs: Sequence[RunLog]) -> str:
+    """The legend of an agent's curve: ``STM (3 runs)``, and how many of them are still training where any is
+    (``STM (1 run, in training)``, ``LSTM (3 runs, 1 in training)``): a curve that ends early for that reason
+    must not read as an agent that stopped learning."""
+    count = f"{len(runs)} run" + ("s" if len(runs) != 1 else "")
+    training = sum(not run.completed for run in runs)
+    if training:
+        count += ", in training" if training == len(runs) == 1 else f", {training} in training"
+    return f"{agent.upper()} ({count})"
 
 
 # ---------------------------------------------------------------- output
@@ -391,8 +408,7 @@ def plot_figure(groups: dict[tuple[str, int], list[RunLog]], options: PlotOption
                     continue
                 curve = aggregate(runs, axis, options.window, options.band)
                 color = AGENT_COLORS.get(agent)
-                count = f"{curve.runs} run" + ("s" if curve.runs != 1 else "")
-                ax.plot(curve.x, curve.mean, color=color, label=f"{agent.upper()} ({count})")
+                ax.plot(curve.x, curve.mean, color=color, label=curve_label(agent, runs))
                 ax.fill_between(curve.x, curve.mean - curve.band, curve.mean + curve.band, color=color, alpha=0.25,
                                 linewidth=0)
             ax.set_title(f"frame skip {skip}")
@@ -429,6 +445,7 @@ def plot_metric_row(axes, skips: Sequence[int], groups: dict[tuple[str, int], li
     from matplotlib.ticker import EngFormatter
 
     panels = {(skip, agent): metric_lines(runs, name, axis) for (agent, skip), runs in groups.items()}
+    drawn = {(skip, agent): [run for run in runs if name in run.metrics] for (agent, skip), runs in groups.items()}
     values = np.concatenate([y for lines in panels.values() for _, y in lines])
     log_scale = bool(values.min() > 0 and values.max() / values.min() > 1e3)
     for ax, skip in zip(axes, skips):
@@ -442,8 +459,7 @@ def plot_metric_row(axes, skips: Sequence[int], groups: dict[tuple[str, int], li
             low, mean, high = curve.mean - curve.band, curve.mean, curve.mean + curve.band
             if log_scale:
                 low, mean, high = 10.0 ** low, 10.0 ** mean, 10.0 ** high
-            count = f"{curve.runs} run" + ("s" if curve.runs != 1 else "")
-            ax.plot(curve.x, mean, color=color, label=f"{agent.upper()} ({count})")
+            ax.plot(curve.x, mean, color=color, label=curve_label(agent, drawn[group_skip, agent]))
             ax.fill_between(curve.x, low, high, color=color, alpha=0.2, linewidth=0)
         ax.set_title(f"frame skip {skip}")
         ax.set_xlabel(X_LABELS[axis])
@@ -464,7 +480,7 @@ def table_rows(summaries: Sequence[ConfigSummary], band: Band) -> list[dict[str,
         steps = [value for value in s.agent_steps if value is not None]
         row: dict[str, object] = {
             "agent": s.agent, "frame_skip": s.frame_skip, "runs": len(s.seeds),
-            "seeds": " ".join(map(str, s.seeds)), "games_mean": _mean(s.games),
+            "seeds": " ".join(map(str, s.seeds)), "in_training": s.in_training, "games_mean": _mean(s.games),
             "agent_steps_mean": _mean(steps) if steps else None, "frames_mean": _mean(s.frames),
             "final_average_mean": _mean(s.final_average), f"final_average_{band}": _spread(s.final_average, band),
             "best_average_mean": _mean(s.best_average), f"best_average_{band}": _spread(s.best_average, band)}
@@ -487,7 +503,8 @@ def table_rows(summaries: Sequence[ConfigSummary], band: Band) -> list[dict[str,
 
 def table_cells(row: dict[str, object], band: Band, thresholds: Sequence[float]) -> list[str]:
     """The cells of one row as the terminal and Markdown tables show them."""
-    cells = [str(row["agent"]), str(row["frame_skip"]), f"{row['runs']} ({row['seeds']})",
+    training = f"; {row['in_training']} in training" if row.get("in_training") else ""
+    cells = [str(row["agent"]), str(row["frame_skip"]), f"{row['runs']} ({row['seeds']}{training})",
              f"{row['games_mean']:,.0f}", _count(row["agent_steps_mean"]),
              f"{row['final_average_mean']:+.2f} +- {row[f'final_average_{band}']:.2f}",
              f"{row['best_average_mean']:+.2f} +- {row[f'best_average_{band}']:.2f}"]

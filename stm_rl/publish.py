@@ -21,6 +21,9 @@ those, into ``--to DIR/<run name>/``:
   summary of the segment that completed it until the extension ends, and its copy must not read as
   completed (``stm-rl plot --completed-only`` and ``stm-rl sweep --adopt`` go by that status). Publishing
   again later replaces the files with their newer state. A sweep folder's ``sweep.json`` comes along as ``DIR/sweep.json``.
+- a published copy that has trained further than the run now (a campaign's run started again from zero on a new
+  machine, whose checkpoints were not committed) is kept, not replaced, unless ``--force`` is given: the exit
+  status is then 1 and a line names the run and both counts.
 
 Nothing is deleted from ``DIR``, so runs published from several sweeps or machines can sit side by side.
 """
@@ -129,6 +132,22 @@ def publish_run(run_dir: Path, target: Path, cwd: Path, home: Path) -> Published
     return Published(layout.path.name, len(games), size, being_trained)
 
 
+def training_progress(run_dir: Path) -> tuple[int, int, int]:
+    """How far a run has trained, comparable between a run and its published copy: ``(agent steps, emulator
+    frames, iterations)`` (an RL run counts the first two, a supervised run the last)."""
+    layout = RunDir(run_dir)
+    trained = layout.trained()
+    iterations = layout.read_summary().get("iterations")
+    return trained.agent_steps, trained.frames, iterations if isinstance(iterations, int) else 0
+
+
+def describe_progress(progress: tuple[int, int, int]) -> str:
+    agent_steps, frames, iterations = progress
+    if agent_steps or frames:
+        return f"{agent_steps:,} agent steps" if agent_steps else f"{frames:,} frames"
+    return f"{iterations:,} iterations"
+
+
 def find_runs(paths: Sequence[Path]) -> list[Path]:
     """The runs to publish (:func:`~stm_rl.run_dir.find_run_dirs`); two with the same name cannot share ``--to``."""
     found = find_run_dirs(paths)
@@ -151,6 +170,10 @@ def add_parser(subparsers) -> None:
                         help="run directories, or folders searched for runs (e.g. a sweep's --out)")
     parser.add_argument("--to", type=Path, required=True, metavar="DIR",
                         help="folder to publish into (e.g. results/figure3); one subfolder per run")
+    parser.add_argument("--force", action="store_true",
+                        help="replace a published copy even where it has trained further than the run (default: "
+                             "keep it, name the run and exit 1: a run started again from zero must not overwrite "
+                             "the log of a longer one)")
     parser.set_defaults(run=run)
 
 
@@ -158,8 +181,15 @@ def run(args: argparse.Namespace) -> int:
     runs = find_runs(args.paths)
     target = check_can_write(args.to, "--to", directory=True)
     cwd, home = Path.cwd().resolve(), Path.home().resolve()
-    total_games = 0
+    total_games, kept = 0, []
     for run_dir in runs:
+        copy_progress, run_progress = training_progress(target / run_dir.name), training_progress(run_dir)
+        if copy_progress > run_progress and not args.force:
+            kept.append(run_dir.name)
+            print(f"  {run_dir.name:<22} kept: the copy in {target} has trained further "
+                  f"({describe_progress(copy_progress)}) than this run ({describe_progress(run_progress)}); "
+                  f"--force replaces it")
+            continue
         published = publish_run(run_dir, target / run_dir.name, cwd, home)
         total_games += published.games
         print(f"  {published.name:<22} {published.games:>7,} games  {published.bytes / 1e6:6.2f} MB"
@@ -168,5 +198,6 @@ def run(args: argparse.Namespace) -> int:
         if (path / SWEEP_MANIFEST).is_file():
             write_json_atomic(target / SWEEP_MANIFEST, scrub_paths(read_json(path / SWEEP_MANIFEST), cwd, home))
     size = sum(path.stat().st_size for path in target.rglob("*") if path.is_file())
-    print(f"published {len(runs)} run(s), {total_games:,} games, to {target} ({size / 1e6:.2f} MB in all there)")
-    return 0
+    print(f"published {len(runs) - len(kept)} run(s), {total_games:,} games, to {target} ({size / 1e6:.2f} MB in all "
+          f"there)" + (f"; kept the further-trained copies of {', '.join(kept)}" if kept else ""))
+    return 1 if kept else 0

@@ -24,6 +24,7 @@ import errno
 import fcntl
 import gzip
 import json
+import math
 import os
 import platform
 import socket
@@ -35,12 +36,23 @@ from enum import Enum
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 import torch
 
 CHECKPOINT_FORMAT = "stm-rl-checkpoint"
 CHECKPOINT_VERSION = 1
+
+
+class Trained(NamedTuple):
+    """How far a run has trained, over all its segments (:meth:`RunDir.trained`)."""
+
+    frames: int
+    """Emulator frames."""
+    agent_steps: int
+    """Decisions of the agent (a frame at skip 32 is a 32nd of one)."""
+    wall_time: float
+    """Seconds of training."""
 
 
 class RunStatus(str, Enum):
@@ -170,6 +182,19 @@ class RunDir:
             return RunStatus.RUNNING
         status = self.read_summary().get("status")
         return None if status is None else str(status)
+
+    def trained(self) -> "Trained":
+        """What the run has trained over all its segments (:class:`Trained`): its summary's counters, or the last
+        line of its game log where that is newer (a run training now, or one killed before its summary)."""
+        counters = self.read_summary().get("counters") or {}
+        last = last_jsonl_record(self.game_log) or {}
+
+        def newest(key: str, kind: type) -> Any:
+            values = [value for value in (counters.get(key), last.get(key))
+                      if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)]
+            return kind(max(values, default=0))
+
+        return Trained(newest("frames", int), newest("agent_steps", int), newest("wall_time", float))
 
     def trained_frames(self) -> Optional[int]:
         """Emulator frames the run's summary counts, None where it has no summary or no such counter."""
@@ -418,6 +443,30 @@ class JsonlWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def last_jsonl_record(path: Path, tail_bytes: int = 4096) -> Optional[dict]:
+    """The last complete record of a JSONL file, reading only its end (all of a gzip-compressed one, which
+    cannot be read from its end); None where the file is missing or has no complete record."""
+    try:
+        if Path(path).suffix == ".gz":
+            with gzip.open(path, "rb") as f:
+                data = f.read()
+        else:
+            with open(path, "rb") as f:
+                f.seek(0, os.SEEK_END)
+                f.seek(max(0, f.tell() - tail_bytes))
+                data = f.read()
+    except (FileNotFoundError, OSError, EOFError):
+        return None
+    for line in reversed(data.decode("utf-8", errors="replace").splitlines()):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            return record
+    return None
 
 
 def read_jsonl(path: Path) -> Iterator[dict]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import os
 import shutil
@@ -281,22 +280,9 @@ def run(args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------- a run's state on disk
 def trained(run_dir: Path) -> tuple[int, int]:
-    """``(emulator frames, agent steps)`` a run has trained: from its summary, or the last line of its game log
-    if newer."""
-    counters = RunDir(run_dir).read_summary().get("counters") or {}
-    last = _last_jsonl_record(RunDir(run_dir).games) or {}
-    try:
-        return tuple(max(int(counters.get(key, 0)), int(last.get(key, 0))) for key in ("frames", "agent_steps"))
-    except (TypeError, ValueError):
-        return 0, 0
-
-
-def training_wall_time(run_dir: Path) -> float:
-    """Seconds a run has trained over all its segments (its summary's counter, or its game log's last line if
-    newer); 0 where it has not started."""
-    times = [(RunDir(run_dir).read_summary().get("counters") or {}).get("wall_time"),
-             (_last_jsonl_record(RunDir(run_dir).games) or {}).get("wall_time")]
-    return max([float(t) for t in times if isinstance(t, (int, float)) and math.isfinite(t)] + [0.0])
+    """``(emulator frames, agent steps)`` a run has trained (:meth:`RunDir.trained`)."""
+    frames, agent_steps, _ = RunDir(run_dir).trained()
+    return frames, agent_steps
 
 
 class RunTiming(NamedTuple):
@@ -349,23 +335,6 @@ def trained_fields(run_dir: Path) -> dict[str, int]:
     """:func:`trained` as the fields of a run's line in sweep.json."""
     frames, agent_steps = trained(run_dir)
     return {"frames_done": frames, "agent_steps_done": agent_steps}
-
-
-def _last_jsonl_record(path: Path, tail_bytes: int = 4096) -> Optional[dict]:
-    """The last complete record of a JSONL file, reading only its end."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - tail_bytes))
-            lines = f.read().decode("utf-8", errors="replace").splitlines()
-    except FileNotFoundError:
-        return None
-    for line in reversed(lines):
-        try:
-            return json.loads(line)
-        except json.JSONDecodeError:
-            continue
-    return None
 
 
 def is_finished(spec: RunSpec, options: SweepOptions) -> bool:
@@ -687,10 +656,10 @@ class Sweep:
         timings = []
         for entry in self.entries:
             run_dir = (run_dirs or {}).get(entry.spec.name, entry.spec.run_dir)
-            frames, agent_steps = trained(run_dir)
+            frames, agent_steps, wall_time = RunDir(run_dir).trained()
             used = run_config(entry.spec, self.options).run.budget_used(frames, agent_steps)
-            timings.append(RunTiming((entry.spec.agent, entry.spec.frame_skip), min(used, 1.0),
-                                     training_wall_time(run_dir), frames, agent_steps))
+            timings.append(RunTiming((entry.spec.agent, entry.spec.frame_skip), min(used, 1.0), wall_time, frames,
+                                     agent_steps))
         return timings
 
     def _write_manifest(self) -> None:

@@ -142,3 +142,23 @@ def test_a_run_being_trained_is_published_as_running_even_after_a_completed_segm
     assert cli_main(["publish", str(sweep), "--to", str(out)]) == 0  # the extension ended: copied as it is
     assert "published as running" not in capsys.readouterr().out
     assert RunDir(out / "lstm-skip0-seed0").status() == "completed"
+
+
+def test_a_published_copy_that_trained_further_is_kept_unless_forced(tmp_path, capsys):
+    """On a new machine a campaign's run starts again from zero (checkpoints are not committed): publishing it
+    must not replace the longer log already committed."""
+    out = tmp_path / "results"
+    fake_run(tmp_path / "old" / "stm-skip0-seed0", games=40)
+    fake_run(tmp_path / "old" / "lstm-skip0-seed0", games=5)
+    assert cli_main(["publish", str(tmp_path / "old"), "--to", str(out)]) == 0
+    capsys.readouterr()
+    fake_run(tmp_path / "new" / "stm-skip0-seed0", games=12)  # restarted: 3,000 agent steps where the copy has 10,000
+    fake_run(tmp_path / "new" / "lstm-skip0-seed0", games=9)  # trained further than its copy: replaced
+    assert cli_main(["publish", str(tmp_path / "new"), "--to", str(out)]) == 1
+    printed = capsys.readouterr().out
+    assert "stm-skip0-seed0        kept: " in printed and "(10,000 agent steps) than this run (3,000 agent steps)" in printed
+    assert "published 1 run(s)" in printed and "kept the further-trained copies of stm-skip0-seed0" in printed
+    assert len(list(read_jsonl(out / "stm-skip0-seed0" / "games.jsonl.gz"))) == 40
+    assert len(list(read_jsonl(out / "lstm-skip0-seed0" / "games.jsonl.gz"))) == 9
+    assert cli_main(["publish", str(tmp_path / "new"), "--to", str(out), "--force"]) == 0
+    assert len(list(read_jsonl(out / "stm-skip0-seed0" / "games.jsonl.gz"))) == 12

@@ -94,6 +94,25 @@ def test_a_run_summary_reads_as_empty_until_a_run_has_written_a_valid_one(tmp_pa
     assert (layout.status(), layout.trained_frames()) == ("completed", None)
 
 
+def test_a_runs_training_counters_are_its_summarys_or_its_game_logs_if_newer(tmp_path):
+    import gzip
+    layout = RunDir(tmp_path / "run")
+    layout.path.mkdir()
+    assert layout.trained() == (0, 0, 0.0)
+    layout.summary.write_text(json.dumps({"counters": {"frames": 4_000, "agent_steps": 1_000, "wall_time": 12.5}}))
+    assert layout.trained() == (4_000, 1_000, 12.5)
+    # a run training now: its game log has gone past the summary of its last segment (and a torn last line)
+    game = {"frames": 6_000, "agent_steps": 1_500, "wall_time": 20.0, "score": -21}
+    layout.games.write_text(json.dumps({**game, "frames": 5_000}) + "\n" + json.dumps(game) + "\n" + '{"fram')
+    assert layout.trained() == (6_000, 1_500, 20.0)
+    assert isinstance(layout.trained().frames, int) and isinstance(layout.trained().wall_time, float)
+    # a published run has only the compressed log; values that are not numbers count as absent
+    layout.games.unlink()
+    layout.summary.write_text(json.dumps({"counters": {"frames": "many", "agent_steps": None, "wall_time": True}}))
+    with gzip.open(layout.path / RunDir.GAMES_COMPRESSED, "wt") as f:
+        f.write(json.dumps(game) + "\n" + json.dumps({**game, "frames": 7_000, "agent_steps": 1_750}) + "\n")
+    assert layout.trained() == (7_000, 1_750, 20.0)
+
 def test_agent_step_budgets_per_frame_skip(tmp_path, capsys):
     assert sweep.parse_agent_steps(["4M"], (32, 0)) == {32: 4_000_000, 0: 4_000_000}
     assert sweep.parse_agent_steps(["32=4M", "0=10M"], (32, 0)) == {32: 4_000_000, 0: 10_000_000}

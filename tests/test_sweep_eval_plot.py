@@ -339,6 +339,28 @@ def test_plot_completed_only_leaves_out_runs_in_progress(tmp_path, capsys):
     assert "none of the runs has completed" in capsys.readouterr().err
 
 
+def test_runs_in_training_are_named_in_the_legend_and_the_table(tmp_path, capsys):
+    """Without --completed-only a run in progress is drawn and averaged, and says so: a curve that ends early
+    because its run is still training must not read as an agent that stopped learning."""
+    done = write_run(tmp_path / "runs" / "done", "lstm", 0, 0, [-21, -20, -19])
+    going = write_run(tmp_path / "runs" / "going", "lstm", 0, 1, [-21, -21])
+    alone = write_run(tmp_path / "runs" / "alone", "stm", 0, 0, [-21, -20])
+    (done / "summary.json").write_text(json.dumps({"status": "completed"}))
+    (going / "summary.json").write_text(json.dumps({"status": "interrupted"}))
+    runs = {run.run_dir.name: run for run in map(plotting.load_run, (done, going, alone))}
+    assert [run.completed for run in runs.values()] == [True, False, False]
+    assert plotting.curve_label("lstm", [runs["done"]]) == "LSTM (1 run)"
+    assert plotting.curve_label("lstm", [runs["done"], runs["going"]]) == "LSTM (2 runs, 1 in training)"
+    assert plotting.curve_label("stm", [runs["alone"]]) == "STM (1 run, in training)"
+    table = tmp_path / "t.md"
+    assert cli_main(["plot", str(tmp_path / "runs"), "--window", "1", "--table-md", str(table),
+                     "--output", str(tmp_path / "f.png")]) == 0
+    rows = {line.split(" | ")[0]: line for line in table.read_text().splitlines() if line.startswith("| ")}
+    assert "| 0 | 2 (0 1; 1 in training) |" in rows["| lstm"] and "| 0 | 1 (0; 1 in training) |" in rows["| stm"]
+    with RunDir(done).lock():  # a completed run being extended is in training again
+        assert not plotting.load_run(done).completed
+
+
 def test_plot_completed_only_leaves_out_a_completed_run_being_extended(tmp_path, capsys):
     """A completed run trained on past its budget keeps its earlier segment's 'completed' summary until the
     extension ends: while a process holds its lock, it is running, and its partial extension stays out."""
