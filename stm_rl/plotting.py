@@ -35,7 +35,7 @@ from typing import Literal, NamedTuple, Optional, Sequence
 import numpy as np
 
 from stm_rl.a3c.config import TrainConfig
-from stm_rl.config_cli import differing_settings, format_count
+from stm_rl.config_cli import differing_settings, format_count, parse_count
 from stm_rl.conventions import RunStatus
 from stm_rl.evaluate import final_greedy_scores
 from stm_rl.run_dir import (RunDir, StmRlError, check_can_write, find_run_dirs, read_json, read_jsonl,
@@ -115,6 +115,15 @@ class MetricSeries(NamedTuple):
     values: np.ndarray
 
 
+class Standing(NamedTuple):
+    """Where a run stood at a given number of agent steps (``--at-steps``): a budget-matched comparison."""
+
+    average: float
+    """The moving average of the score at the last game that ended by then."""
+    games: int
+    """Games finished by then."""
+
+
 class Reached(NamedTuple):
     """Where a run's full-window moving average first reached a score."""
 
@@ -152,6 +161,8 @@ class ConfigSummary:
     """Per run: the scores of its final agent's greedy games (None: not evaluated)."""
     in_training: int = 0
     """How many of the runs have not completed their budget (:attr:`RunLog.completed`)."""
+    at_steps: dict[int, tuple[Optional["Standing"], ...]] = dataclasses.field(default_factory=dict)
+    """Per agent-step count asked for (``--at-steps``), per run: where it stood there (None: not trained so far)."""
 
     @property
     def frames_to_threshold(self) -> dict[float, tuple[Optional[int], ...]]:
@@ -180,6 +191,9 @@ class PlotOptions:
     metrics: tuple[str, ...] = ()
     """Training metrics (names in the runs' metrics.jsonl: ``losses/entropy``, ``losses/grad_norm``,
     ``memory/stm_item_norm``...) drawn below the score rows, one row each, against the first x axis."""
+    at_steps: tuple[int, ...] = ()
+    """Agent-step counts at which a second table compares the runs (each one's moving average and games there),
+    over the runs that have trained that far: runs in progress against completed ones at the same budget."""
 
 
 # ---------------------------------------------------------------- finding and reading runs
@@ -355,6 +369,17 @@ def first_reached(run: RunLog, threshold: float, window: int) -> Optional[Reache
     return Reached(games=game + 1, agent_steps=steps, frames=int(run.frames[game]))
 
 
+def standing_at(run: RunLog, agent_steps: int, window: int) -> Optional[Standing]:
+    """The run's moving average and games at its last game that ended by ``agent_steps`` agent steps; None where
+    no game of the run ended at or after that count (it has not trained so far) or its log has no agent steps."""
+    if run.agent_steps is None or run.agent_steps[-1] < agent_steps:
+        return None
+    last = int(np.searchsorted(run.agent_steps, agent_steps, side="right")) - 1
+    if last < 0:
+        return None
+    return Standing(float(moving_average(run.scores, window)[last]), last + 1)
+
+
 def frames_to_reach(run: RunLog, threshold: float, window: int) -> Optional[int]:
     """Frames at the first game whose full-window moving average is >= threshold, None if it never is."""
     reached = first_reached(run, threshold, window)
@@ -362,7 +387,7 @@ def frames_to_reach(run: RunLog, threshold: float, window: int) -> Optional[int]
 
 
 def summarize(key: tuple[str, int], runs: Sequence[RunLog], window: int,
-              thresholds: Sequence[float]) -> ConfigSummary:
+              thresholds: Sequence[float], at_steps: Sequence[int] = ()) -> ConfigSummary:
     averages = [moving_average(run.scores, window) for run in runs]
     return ConfigSummary(
         agent=key[0], frame_skip=key[1], seeds=tuple(run.seed for run in runs),
@@ -371,7 +396,8 @@ def summarize(key: tuple[str, int], runs: Sequence[RunLog], window: int,
         best_average=tuple(float(a[min(window, len(a)) - 1:].max()) for a in averages),  # full windows
         reached={t: tuple(first_reached(run, t, window) for run in runs) for t in thresholds},
         agent_steps=tuple(None if run.agent_steps is None else int(run.agent_steps[-1]) for run in runs),
-        greedy=tuple(run.greedy_scores for run in runs), in_training=sum(not run.completed for run in runs))
+        greedy=tuple(run.greedy_scores for run in runs), in_training=sum(not run.completed for run in runs),
+        at_steps={steps: tuple(standing_at(run, steps, window) for run in runs) for steps in at_steps})
 
 
 def curve_label(agent: str, runs: Sequence[RunLog]) -> str:
@@ -497,6 +523,12 @@ def table_rows(summaries: Sequence[ConfigSummary], band: Band) -> list[dict[str,
         row["greedy_games"] = sum(len(scores) for scores in evaluated)
         row["greedy_mean"] = _mean(run_means) if run_means else None
         row[f"greedy_{band}"] = _spread(run_means, band) if run_means else None
+        for steps, standings in s.at_steps.items():
+            there = [standing for standing in standings if standing is not None]
+            row[f"runs_at_{steps}"] = f"{len(there)}/{len(standings)}"
+            row[f"average_at_{steps}_mean"] = _mean([t.average for t in there]) if there else None
+            row[f"average_at_{steps}_{band}"] = _spread([t.average for t in there], band) if there else None
+            row[f"games_at_{steps}_mean"] = _mean([t.games for t in there]) if there else None
         rows.append(row)
     return rows
 
@@ -531,8 +563,32 @@ def format_table(rows: Sequence[dict[str, object]], band: Band, thresholds: Sequ
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)
 
 
+def at_steps_header(at_steps: Sequence[int]) -> list[str]:
+    return ["agent", "skip"] + [f"at {format_count(steps)} steps: avg (games, runs)" for steps in at_steps]
+
+
+def at_steps_cells(row: dict[str, object], band: Band, at_steps: Sequence[int]) -> list[str]:
+    """One row of the budget-matched table: per count, the runs' mean average (+- their spread where more than
+    one got there), mean games, and how many runs trained that far."""
+    cells = [str(row["agent"]), str(row["frame_skip"])]
+    for steps in at_steps:
+        average, runs = row[f"average_at_{steps}_mean"], str(row[f"runs_at_{steps}"])
+        if average is None:
+            cells.append(f"- ({runs})")
+            continue
+        spread = f" +- {row[f'average_at_{steps}_{band}']:.2f}" if not runs.startswith("1/") else ""
+        cells.append(f"{average:+.2f}{spread} ({row[f'games_at_{steps}_mean']:,.0f} g, {runs})")
+    return cells
+
+
+def format_at_steps(rows: Sequence[dict[str, object]], band: Band, at_steps: Sequence[int]) -> str:
+    lines = [at_steps_header(at_steps)] + [at_steps_cells(row, band, at_steps) for row in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)
+
+
 def format_markdown(rows: Sequence[dict[str, object]], band: Band, thresholds: Sequence[float],
-                    window: int) -> str:
+                    window: int, at_steps: Sequence[int] = ()) -> str:
     header = table_header(band, thresholds)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(table_cells(row, band, thresholds)) + " |" for row in rows]
@@ -540,7 +596,16 @@ def format_markdown(rows: Sequence[dict[str, object]], band: Band, thresholds: S
              "over runs; best: the highest full-window average); 'to S': games (g) and agent steps (st) until the full-window average first reached S, "
              "mean over the runs that did (k/n); greedy final: the final weights' greedy games, mean of the runs' "
              "means.")
-    return "\n".join(lines) + "\n\n" + notes + "\n"
+    text = "\n".join(lines) + "\n\n" + notes + "\n"
+    if at_steps:
+        header = at_steps_header(at_steps)
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(at_steps_cells(row, band, at_steps)) + " |" for row in rows]
+        text += ("\n" + "\n".join(lines) + f"\n\nAt N steps: the {window}-game average at each run's last game "
+                 f"that ended by N agent steps (mean over the runs that trained that far, k/n; +- the "
+                 f"{'standard deviation' if band == 'std' else 'standard error'} where k > 1) and the games "
+                 "played by then.\n")
+    return text
 
 
 def write_table_csv(path: Path, rows: Sequence[dict[str, object]]) -> None:
@@ -596,6 +661,10 @@ def add_parser(subparsers) -> None:
                         help="also draw these training metrics (names in the runs' metrics.jsonl, e.g. losses/entropy "
                              "losses/grad_norm memory/stm_item_norm), one row of panels each against the first --x "
                              "axis: every run, and the mean and band of each agent's runs")
+    parser.add_argument("--at-steps", nargs="+", type=parse_count, default=[], metavar="N",
+                        help="also compare the runs at these agent-step counts (e.g. 1M 5M 10M): a second table of "
+                             "each (agent, frame skip)'s moving average and games there, over the runs that trained "
+                             "that far (a run in progress against completed ones at the same budget)")
     parser.add_argument("--force", action="store_true",
                         help="average runs of one (agent, frame skip) even if they differ in more than the seed "
                              "(default: refuse, naming the settings that differ)")
@@ -607,6 +676,8 @@ def options_from_args(args: argparse.Namespace) -> PlotOptions:
         raise StmRlError(f"--window must be >= 1, got {args.window}")
     if not all(math.isfinite(t) for t in args.thresholds):
         raise StmRlError(f"--thresholds must be finite scores, got {args.thresholds}")
+    if any(steps < 1 for steps in args.at_steps):
+        raise StmRlError(f"--at-steps must be agent-step counts >= 1, got {' '.join(map(str, args.at_steps))}")
     output = check_can_write(figure_path(args.output or Path(args.paths[0]) / "figure3.png"), "--output")
     for flag, path in (("--table-csv", args.table_csv), ("--table-md", args.table_md)):
         if path is not None:
@@ -614,7 +685,8 @@ def options_from_args(args: argparse.Namespace) -> PlotOptions:
     return PlotOptions(paths=tuple(args.paths), output=output, x_axes=tuple(dict.fromkeys(args.x_axes)),
                        band=args.band, window=args.window, thresholds=tuple(args.thresholds),
                        table_csv=args.table_csv, table_md=args.table_md, skip_empty=args.skip_empty,
-                       completed_only=args.completed_only, force=args.force, metrics=tuple(dict.fromkeys(args.metrics)))
+                       completed_only=args.completed_only, force=args.force, metrics=tuple(dict.fromkeys(args.metrics)),
+                       at_steps=tuple(sorted(set(args.at_steps))))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -622,16 +694,19 @@ def run(args: argparse.Namespace) -> int:
     groups = group_runs(load_runs(options.paths, options.skip_empty, options.completed_only, options.metrics))
     check_groups(groups, options.force)
     check_metrics([run for runs in groups.values() for run in runs], options.metrics, options.x_axes[0])
-    summaries = [summarize(key, runs, options.window, options.thresholds) for key, runs in groups.items()]
+    summaries = [summarize(key, runs, options.window, options.thresholds, options.at_steps)
+                 for key, runs in groups.items()]
     rows = table_rows(summaries, options.band)
     print(format_table(rows, options.band, options.thresholds))
+    if options.at_steps:
+        print("\n" + format_at_steps(rows, options.band, options.at_steps))
     if options.table_csv:
         write_table_csv(options.table_csv, rows)
         print(f"table written to {options.table_csv}")
     if options.table_md:
         options.table_md.parent.mkdir(parents=True, exist_ok=True)
-        options.table_md.write_text(format_markdown(rows, options.band, options.thresholds, options.window),
-                                    encoding="utf-8")
+        options.table_md.write_text(format_markdown(rows, options.band, options.thresholds, options.window,
+                                                    options.at_steps), encoding="utf-8")
         print(f"table written to {options.table_md}")
     print(f"figure written to {plot_figure(groups, options)}")
     return 0

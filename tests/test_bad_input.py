@@ -58,6 +58,8 @@ CASES = [
     (["plot", "{run}", "--output", "{file}/figure.png"], "--output {file}/figure.png: cannot be created"),
     (["plot", "{run}", "--table-csv", "{file}/t.csv"], "--table-csv {file}/t.csv: cannot be created"),
     (["plot", "{run}", "--thresholds", "nan"], "--thresholds must be finite"),
+    (["plot", "{run}", "--at-steps", "0", "5M"], "--at-steps must be agent-step counts >= 1, got 0 5000000"),
+    (["plot", "{run}", "--at-steps", "many"], "argument --at-steps: not a count: 'many'"),
     (["plot", "{out}/missing"], "no such directory: {out}/missing"),
 ]
 

@@ -378,3 +378,24 @@ def test_plot_completed_only_leaves_out_a_completed_run_being_extended(tmp_path,
     assert list(csv.DictReader(table.open()))[0]["runs"] == "1"
     assert RunDir(extended).status() == "completed"  # the extension ended
     assert cli_main(command) == 0 and list(csv.DictReader(table.open()))[0]["runs"] == "2"
+
+
+def test_runs_are_compared_at_equal_agent_steps(tmp_path, capsys):
+    """--at-steps: where each run stood at the same agent steps (a run in progress against completed ones)."""
+    a = write_run(tmp_path / "runs" / "a", "lstm", 4, 0, [-21, -19, -17, -15])  # games end at 250, 500, 750, 1000 steps
+    b = write_run(tmp_path / "runs" / "b", "lstm", 4, 1, [-20, -18])  # 250, 500: has not trained to 1,000
+    c = write_run(tmp_path / "runs" / "c", "stm", 4, 0, [-21, -21, -9], frames_per_game=2000)  # 500, 1000, 1500
+    runs = {run.run_dir.name: run for run in map(plotting.load_run, (a, b, c))}
+    assert plotting.standing_at(runs["a"], 600, window=2) == plotting.Standing(-20.0, 2)  # its last game by then
+    assert plotting.standing_at(runs["b"], 600, window=2) is None
+    assert plotting.standing_at(runs["c"], 400, window=2) is None  # no game of it had ended by then
+    table_md, table_csv = tmp_path / "t.md", tmp_path / "t.csv"
+    assert cli_main(["plot", str(tmp_path / "runs"), "--window", "2", "--at-steps", "1k", "500", "--table-md",
+                     str(table_md), "--table-csv", str(table_csv), "--output", str(tmp_path / "f.png")]) == 0
+    out = capsys.readouterr().out
+    assert "at 500 steps: avg (games, runs)" in out and "at 1.00k steps: avg (games, runs)" in out
+    markdown = table_md.read_text()
+    assert "| lstm | 4 | -19.50 +- 0.71 (2 g, 2/2) | -16.00 (4 g, 1/2) |" in markdown
+    assert "| stm | 4 | -21.00 (1 g, 1/1) | -21.00 (2 g, 1/1) |" in markdown
+    stm = next(row for row in csv.DictReader(table_csv.open()) if row["agent"] == "stm")
+    assert (stm["runs_at_1000"], float(stm["average_at_1000_mean"]), float(stm["games_at_1000_mean"])) == ("1/1", -21.0, 2.0)
