@@ -46,6 +46,8 @@ STATUS_INTERVAL_S = (10.0, 300.0)
 """Seconds between two looks at the runs' progress: on a terminal (the bar's text), and otherwise (a plain line
 in the sweep's log)."""
 BACKENDS = ("local", "ray")
+RUN_ORDERS = ("skip", "seed")
+"""How :meth:`SweepOptions.runs` orders the grid: frame skip outermost, or seed outermost."""
 
 # Settings the sweep sets itself for each run, so they are not flags of the sweep.
 _SWEEP_OWNED = {AgentConfig: ("agent",), EnvConfig: ("frame_skip", "seed", "obs_size", "clip_reward"),
@@ -119,14 +121,19 @@ class SweepOptions:
     """A folder ``stm-rl publish`` wrote (``results/figure3``): a run it holds completed, with this sweep's budget,
     final evaluation and settings, is copied into ``out`` where ``out`` has no such run, and counts as done (a
     campaign goes on from its committed results on a machine that never trained them)."""
+    order: str = "skip"
+    """The order runs start in (:data:`RUN_ORDERS`): ``skip``, every seed of the first frame skip, then the next
+    skip; ``seed``, every frame skip of the first seed, then the next seed. Agents of a (skip, seed) always start
+    one after the other, so a sweep cut short leaves complete agent pairs."""
     poll_interval: float = 1.0
     progress: bool = True
 
     def runs(self) -> list[RunSpec]:
-        """Every configuration, in the order they start: frame skips in the order given, then seeds, then
-        agents, so that a sweep cut short leaves complete agent pairs of the skips named first."""
+        """Every configuration, in the order they start (:attr:`order`)."""
+        cells = ([(skip, seed) for seed in self.seeds for skip in self.frame_skips] if self.order == "seed"
+                 else [(skip, seed) for skip in self.frame_skips for seed in self.seeds])
         return [RunSpec(agent, skip, seed, self.out / f"{agent}-skip{skip}-seed{seed}")
-                for skip in self.frame_skips for seed in self.seeds for agent in self.agents]
+                for skip, seed in cells for agent in self.agents]
 
     def describe_budget(self) -> str:
         """``"4.0M agent steps at skip 32, 10.0M agent steps at skip 0 each"`` or ``"20.0M frames each"``."""
@@ -181,6 +188,10 @@ def add_parser(subparsers) -> None:
                         help="a folder `stm-rl publish` wrote (e.g. results/figure3): its runs that completed with "
                              "this sweep's budget and settings are copied into --out where --out lacks them, and "
                              "are not trained again (default: none)")
+    parser.add_argument("--order", choices=RUN_ORDERS, default="skip",
+                        help="the order runs start in, agent pairs together: skip = every seed of the first frame "
+                             "skip, then the next skip (the skips most wanted first); seed = every skip of the first "
+                             "seed, then the next seed (every skip gets a run early) (default: skip)")
     parser.add_argument("--dry-run", action="store_true",
                         help="list every run with its state and frames done, and start nothing")
     parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
@@ -220,7 +231,7 @@ def options_from_args(args: argparse.Namespace) -> SweepOptions:
         frames=frames if frames is not None else (0 if agent_steps else RunConfig.frames), agent_steps=agent_steps,
         workers_per_run=args.workers_per_run, max_parallel=args.max_parallel,
         settings={name: values for name, values in settings.items() if values}, preset=args.preset,
-        retries=args.retries, adopt=adopt,
+        retries=args.retries, adopt=adopt, order=args.order,
         backend=args.backend, ray_address=args.ray_address, poll_interval=args.poll_interval,
         progress=args.progress)
     fields = [f.name for cls in _SWEEP_OWNED for f in dataclasses.fields(cls)]
@@ -677,7 +688,8 @@ class Sweep:
                             **{str(skip): steps for skip, steps in self.options.agent_steps.items()}},
             "backend": self.options.backend,
             "workers_per_run": self.options.workers_per_run, "max_parallel": self.options.max_parallel,
-            "retries": self.options.retries, "settings": self.options.settings_as_flags(),
+            "retries": self.options.retries, "order": self.options.order,
+            "settings": self.options.settings_as_flags(),
             "preset": self.options.preset or "cpu", "argv": sys.argv,
             "runs": runs + list(mine.values())})
 

@@ -79,6 +79,11 @@ def test_runs_start_by_frame_skip_then_seed_with_both_agents_of_a_seed_together(
     assert [spec.name for spec in both.runs()] == [
         "lstm-skip32-seed0", "stm-skip32-seed0", "lstm-skip32-seed1", "stm-skip32-seed1",
         "lstm-skip0-seed0", "stm-skip0-seed0", "lstm-skip0-seed1", "stm-skip0-seed1"]
+    by_seed = dataclasses.replace(both, order="seed")
+    assert [spec.name for spec in by_seed.runs()] == [
+        "lstm-skip32-seed0", "stm-skip32-seed0", "lstm-skip0-seed0", "stm-skip0-seed0",
+        "lstm-skip32-seed1", "stm-skip32-seed1", "lstm-skip0-seed1", "stm-skip0-seed1"]
+    assert sorted(spec.name for spec in by_seed.runs()) == sorted(spec.name for spec in both.runs())
 
 
 def test_a_run_summary_reads_as_empty_until_a_run_has_written_a_valid_one(tmp_path):
@@ -204,6 +209,11 @@ def test_dry_run_lists_what_a_sweep_would_do(tmp_path, capsys):
     assert rows["lstm-skip32-seed1"] == ["resume", "(interrupted)", "2.0k", "64", "7", "-20.50", "-19.25"]
     assert rows["lstm-skip32-seed2"] == ["start", "0", "0", "-", "-", "-"]
     assert sorted(p.name for p in out.iterdir()) == ["lstm-skip32-seed0", "lstm-skip32-seed1"], "nothing written"
+    # --order seed: every skip of a seed before the next seed
+    assert cli_main(["sweep", *FLAGS, "--frame-skips", "32", "4", "--seeds", "0", "1", "--frames", "5000",
+                     "--out", str(tmp_path / "other"), "--order", "seed", "--dry-run"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.strip().startswith("lstm-")]
+    assert listed == ["lstm-skip32-seed0", "lstm-skip4-seed0", "lstm-skip32-seed1", "lstm-skip4-seed1"]
 
 
 def test_sweeps_of_parts_of_a_grid_share_one_manifest(tmp_path, monkeypatch, capsys):
