@@ -85,6 +85,9 @@ class RunLog:
     """Scores of the greedy games played with the run's final weights (its final evaluation), if it has one."""
     metrics: dict[str, "MetricSeries"] = dataclasses.field(default_factory=dict, compare=False)
     """The training metrics asked for (``--metrics``) that the run logged."""
+    trained_steps: Optional[int] = None
+    """Agent steps the run has trained (:meth:`RunDir.trained`: its summary's counter, or its last game's where
+    newer); a run goes on past its last finished game. None: its records do not count agent steps."""
     completed: bool = True
     """The run has completed its budget (summary.json says ``completed`` and no process trains it now); False for
     a campaign's run in progress, whose curve ends where its training has got to."""
@@ -240,6 +243,7 @@ def load_run(run_dir: Path, metrics: Sequence[str] = ()) -> RunLog:
                   config.run.seed, columns["frames"], columns["wall_time"], columns["score"], to_jsonable(config),
                   agent_steps=steps, greedy_scores=final_greedy_scores(Path(run_dir), config.env.frame_skip),
                   metrics=load_metrics(Path(run_dir), metrics),
+                  trained_steps=(RunDir(run_dir).trained().agent_steps or None) if steps is not None else None,
                   completed=RunDir(run_dir).status() == RunStatus.COMPLETED)
 
 
@@ -371,8 +375,9 @@ def first_reached(run: RunLog, threshold: float, window: int) -> Optional[Reache
 
 def standing_at(run: RunLog, agent_steps: int, window: int) -> Optional[Standing]:
     """The run's moving average and games at its last game that ended by ``agent_steps`` agent steps; None where
-    no game of the run ended at or after that count (it has not trained so far) or its log has no agent steps."""
-    if run.agent_steps is None or run.agent_steps[-1] < agent_steps:
+    the run has not trained that far (:attr:`RunLog.trained_steps`), no game of it had ended by then, or its log
+    has no agent steps."""
+    if run.agent_steps is None or max(run.trained_steps or 0, int(run.agent_steps[-1])) < agent_steps:
         return None
     last = int(np.searchsorted(run.agent_steps, agent_steps, side="right")) - 1
     if last < 0:

@@ -389,6 +389,10 @@ def test_runs_are_compared_at_equal_agent_steps(tmp_path, capsys):
     assert plotting.standing_at(runs["a"], 600, window=2) == plotting.Standing(-20.0, 2)  # its last game by then
     assert plotting.standing_at(runs["b"], 600, window=2) is None
     assert plotting.standing_at(runs["c"], 400, window=2) is None  # no game of it had ended by then
+    # a run trains on past its last game: its summary's agent steps say how far
+    assert plotting.standing_at(runs["a"], 1_200, window=2) is None  # its last game ended at 1,000
+    (a / "summary.json").write_text(json.dumps({"status": "completed", "counters": {"agent_steps": 1_200}}))
+    assert plotting.standing_at(plotting.load_run(a), 1_200, window=2) == plotting.Standing(-16.0, 4)
     table_md, table_csv = tmp_path / "t.md", tmp_path / "t.csv"
     assert cli_main(["plot", str(tmp_path / "runs"), "--window", "2", "--at-steps", "1k", "500", "--table-md",
                      str(table_md), "--table-csv", str(table_csv), "--output", str(tmp_path / "f.png")]) == 0
