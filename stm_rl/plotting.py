@@ -499,6 +499,10 @@ def plot_metric_row(axes, skips: Sequence[int], groups: dict[tuple[str, int], li
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")  # where it hides the least
+        else:  # no run of this skip logged the metric (runs older than it): say so, not an empty frame
+            ax.text(0.5, 0.5, f"no run at skip {skip} logged\n{name}", transform=ax.transAxes, ha="center",
+                    va="center", color="0.4", fontsize="small")
+            ax.set_xticks([])
     if log_scale:
         axes[0].set_yscale("log")  # the row shares its y axis
     axes[0].set_ylabel(name + (" (geometric mean)" if log_scale else ""))

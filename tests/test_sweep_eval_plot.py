@@ -301,6 +301,23 @@ def test_plot_draws_training_metrics_below_the_scores(tmp_path, capsys):
     assert not table.exists(), "refused before anything is written"
 
 
+
+def test_a_panel_whose_runs_did_not_log_a_metric_says_so(tmp_path):
+    import matplotlib
+
+    logged = write_run(tmp_path / "runs" / "logged", "stm", 0, 0, [-21, -20, -19])
+    (logged / "metrics.jsonl").write_text("".join(json.dumps({"step": 1000 * i, "memory/stm_item_norm": 20.0 + i})
+                                                  + "\n" for i in (1, 2, 3)))
+    write_run(tmp_path / "runs" / "older", "stm", 32, 0, [-21, -21])  # from before the metric existed
+    figure = tmp_path / "f.svg"
+    with matplotlib.rc_context({"svg.fonttype": "none"}):  # text kept as text, to be read here
+        assert cli_main(["plot", str(tmp_path / "runs"), "--metrics", "memory/stm_item_norm",
+                         "--output", str(figure)]) == 0
+    drawn = figure.read_text()
+    assert "no run at skip 32 logged" in drawn and "no run at skip 0 logged" not in drawn
+    assert "STM (1 run, in training)" in drawn  # neither run has a summary saying completed
+
+
 def test_plot_errors(tmp_path, capsys):
     def error_of(*paths: Path) -> str:
         assert cli_main(["plot", *map(str, paths)]) == 2
