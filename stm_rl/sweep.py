@@ -27,10 +27,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Optional, Protocol, Sequence
 
+import numpy as np
 from tqdm import tqdm
 
 from agents import AgentConfig
 from envs import EnvConfig
+
 from stm_rl import sweep_run
 from stm_rl.a3c.config import PRESETS, A3CConfig, RunConfig, TrainConfig, build_train_config
 from stm_rl.a3c.limits import validate_for_training
@@ -309,37 +311,85 @@ class RunTiming(NamedTuple):
     """Emulator frames trained so far."""
     agent_steps: int = 0
     """Agent steps trained so far."""
+    budget_steps: float = 0.0
+    """Agent steps the whole budget comes to (a budget in frames: frames over the frame skip); 0: unknown."""
 
 
-def estimate_remaining(timings: Sequence[RunTiming], parallel: int) -> tuple[float, list[tuple[str, int]]]:
+class Remaining(NamedTuple):
+    """The sweep's time left (:func:`estimate_remaining`)."""
+
+    seconds: float
+    interpolated: list[tuple[str, int]]
+    """Kinds with no run trained yet, timed from their agent's rates at other frame skips."""
+    untimed: list[tuple[str, int]]
+    """Kinds that could not be timed at all (left out of ``seconds``)."""
+
+
+def seconds_per_step(timings: Sequence[RunTiming], agent: str, frame_skip: int) -> Optional[float]:
+    """Training seconds per agent step that a kind with no run yet can expect, from the kinds of the same agent
+    that have trained: each of those gives its seconds per agent step against its emulator frames per agent step,
+    and a straight line through them (least squares; the network's cost per step plus the emulator's per frame)
+    is read at this skip's frames per step. None with fewer than two such kinds, or a line that does not give a
+    positive time."""
+    points: dict[int, list[float]] = {}
+    for timing in timings:
+        if timing.kind[0] == agent and timing.agent_steps > 0 and timing.wall_time > 0 and timing.frames > 0:
+            totals = points.setdefault(timing.kind[1], [0.0, 0.0, 0.0])
+            totals[0] += timing.frames
+            totals[1] += timing.agent_steps
+            totals[2] += timing.wall_time
+    if len(points) < 2:
+        return None
+    frames_per_step = [frames / steps for frames, steps, _ in points.values()]
+    seconds = [wall / steps for _, steps, wall in points.values()]
+    if max(frames_per_step) - min(frames_per_step) < 1e-9:
+        return None
+    slope, intercept = np.polyfit(frames_per_step, seconds, 1)
+    estimate = float(intercept + slope * max(frame_skip, 1))
+    return estimate if estimate > 0 else None
+
+
+def estimate_remaining(timings: Sequence[RunTiming], parallel: int) -> Remaining:
     """Seconds the runs still need at the rate their kind has measured (the time a whole budget takes, from
     every run of the kind that has trained: sum of wall times over sum of budget fractions), spread over
-    ``parallel`` runs at a time but never shorter than the longest run left; and the unfinished kinds that have
-    no rate yet (left out of the seconds)."""
+    ``parallel`` runs at a time but never shorter than the longest run left. A kind with no run trained yet is
+    timed from its agent's other skips (:func:`seconds_per_step`) where it can be, and named as untimed (left out
+    of the seconds) where it cannot."""
     spent: dict[tuple[str, int], float] = {}
     fraction: dict[tuple[str, int], float] = {}
     for timing in timings:
         if timing.used > 0 and timing.wall_time > 0:
             spent[timing.kind] = spent.get(timing.kind, 0.0) + timing.wall_time
             fraction[timing.kind] = fraction.get(timing.kind, 0.0) + timing.used
-    left, untimed = [], set()
+    left, interpolated, untimed = [], set(), set()
     for timing in timings:
         if timing.used >= 1.0:
             continue
         if timing.kind in fraction:
             left.append((1.0 - timing.used) * spent[timing.kind] / fraction[timing.kind])
-        else:
+            continue
+        per_step = seconds_per_step(timings, *timing.kind) if timing.budget_steps > 0 else None
+        if per_step is None:
             untimed.add(timing.kind)
-    return max(sum(left) / max(parallel, 1), max(left, default=0.0)), sorted(untimed)
+        else:
+            left.append((1.0 - timing.used) * timing.budget_steps * per_step)
+            interpolated.add(timing.kind)
+    return Remaining(max(sum(left) / max(parallel, 1), max(left, default=0.0)), sorted(interpolated), sorted(untimed))
 
 
-def describe_remaining(seconds: float, untimed: Sequence[tuple[str, int]]) -> str:
-    """``ETA 101.2 h`` or ``ETA >= 3.0 h (stm at skip 16 not timed yet)`` for the sweep's status line."""
+def describe_remaining(remaining: Remaining) -> str:
+    """``ETA 101.2 h``, ``ETA 40.0 h (stm at skip 16 timed from the stm's other skips)`` or ``ETA >= 3.0 h (stm at
+    skip 16 not timed yet)`` for the sweep's status line."""
+    seconds = remaining.seconds
     text = f"ETA {seconds / 3600:.1f} h" if seconds >= 3600 else f"ETA {clock(seconds)}"
-    if not untimed:
-        return text
-    kinds = ", ".join(f"{agent} at skip {skip}" for agent, skip in untimed)
-    return f"{text.replace('ETA', 'ETA >=')} ({kinds} not timed yet)"
+    notes = []
+    for kinds, note in ((remaining.interpolated, "timed from the agent's other skips"),
+                        (remaining.untimed, "not timed yet")):
+        if kinds:
+            notes.append(", ".join(f"{agent} at skip {skip}" for agent, skip in kinds) + " " + note)
+    if remaining.untimed:
+        text = text.replace("ETA", "ETA >=")
+    return text + (f" ({'; '.join(notes)})" if notes else "")
 
 
 def trained_fields(run_dir: Path) -> dict[str, int]:
@@ -547,7 +597,7 @@ class Sweep:
         parallel = self.options.max_parallel or (1 if self.options.backend == "local" else len(self.entries))
         sources = {name: source for name, (source, _) in adoptions.items() if source is not None}
         print(f"time left, {parallel} at a time at the rates its runs have measured: "
-              f"{describe_remaining(*estimate_remaining(self._timings(sources), parallel)).removeprefix('ETA ')}")
+              f"{describe_remaining(estimate_remaining(self._timings(sources), parallel)).removeprefix('ETA ')}")
         for name, differences in changed.items():
             print(f"  {name} was trained with other settings: {'; '.join(differences)}")
         for name, (_, why_not) in adoptions.items():
@@ -657,7 +707,7 @@ class Sweep:
         used = sum(timing.used for timing in timings)
         # at the parallelism of now: the runs started (with Ray some of them may still wait in its queue)
         parallel = min(backend.capacity(len(self.entries)), len(backend.running()))
-        eta = describe_remaining(*estimate_remaining(timings, parallel))
+        eta = describe_remaining(estimate_remaining(timings, parallel))
         return (f"running {', '.join(backend.running())} | frames {readable_frames(sum(t.frames for t in timings))} | "
                 f"agent steps {readable_frames(sum(t.agent_steps for t in timings))} | budget {100 * used / len(self.entries):.1f}% "
                 f"| {eta}")
@@ -668,9 +718,12 @@ class Sweep:
         for entry in self.entries:
             run_dir = (run_dirs or {}).get(entry.spec.name, entry.spec.run_dir)
             frames, agent_steps, wall_time = RunDir(run_dir).trained()
-            used = run_config(entry.spec, self.options).run.budget_used(frames, agent_steps)
-            timings.append(RunTiming((entry.spec.agent, entry.spec.frame_skip), min(used, 1.0), wall_time, frames,
-                                     agent_steps))
+            budget = run_config(entry.spec, self.options).run
+            budget_steps = min([float(budget.agent_steps)] * bool(budget.agent_steps)
+                               + [budget.frames / max(entry.spec.frame_skip, 1)] * bool(budget.frames), default=0.0)
+            timings.append(RunTiming((entry.spec.agent, entry.spec.frame_skip),
+                                     min(budget.budget_used(frames, agent_steps), 1.0), wall_time, frames, agent_steps,
+                                     budget_steps))
         return timings
 
     def _write_manifest(self) -> None:

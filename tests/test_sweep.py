@@ -409,11 +409,29 @@ def test_the_sweeps_time_estimate_uses_each_kinds_measured_rate():
                sweep.RunTiming(lstm, 0.5, 60.0),   # half of one in 60 s: the kind's rate is 160 s per 1.5 budgets
                sweep.RunTiming(lstm, 0.0, 0.0),
                sweep.RunTiming(stm, 0.0, 0.0)]     # no stm run has trained: no rate to go by
-    seconds, untimed = sweep.estimate_remaining(timings, parallel=1)
-    assert seconds == pytest.approx(0.5 * 160 / 1.5 + 160 / 1.5)
-    assert untimed == [stm]
+    remaining = sweep.estimate_remaining(timings, parallel=1)
+    assert remaining.seconds == pytest.approx(0.5 * 160 / 1.5 + 160 / 1.5)
+    assert (remaining.untimed, remaining.interpolated) == ([stm], [])
     # two at a time halve the sum, but never below the longest run left
-    assert sweep.estimate_remaining(timings, parallel=2)[0] == pytest.approx(160 / 1.5)
-    assert sweep.describe_remaining(seconds, untimed) == "ETA >= 0:02:40 (stm at skip 0 not timed yet)"
-    assert sweep.describe_remaining(5 * 3600, []) == "ETA 5.0 h"
-    assert sweep.estimate_remaining([sweep.RunTiming(stm, 1.0, 50.0)], parallel=1) == (0.0, [])
+    assert sweep.estimate_remaining(timings, parallel=2).seconds == pytest.approx(160 / 1.5)
+    assert sweep.describe_remaining(remaining) == "ETA >= 0:02:40 (stm at skip 0 not timed yet)"
+    assert sweep.describe_remaining(sweep.Remaining(5 * 3600, [], [])) == "ETA 5.0 h"
+    assert sweep.estimate_remaining([sweep.RunTiming(stm, 1.0, 50.0)], parallel=1) == (0.0, [], [])
+
+
+def test_a_kind_with_no_run_yet_is_timed_from_its_agents_other_skips():
+    """Seconds per agent step against emulator frames per agent step, a straight line through the agent's
+    measured kinds: the network's cost per step plus the emulator's per frame."""
+    timings = [sweep.RunTiming(("lstm", 0), 1.0, 1.0, frames=1000, agent_steps=1000, budget_steps=1000),  # 1 ms/step
+               sweep.RunTiming(("lstm", 32), 1.0, 4.0, frames=32000, agent_steps=1000, budget_steps=1000),  # 4 ms/step
+               sweep.RunTiming(("lstm", 16), 0.0, 0.0, budget_steps=2000),
+               sweep.RunTiming(("stm", 32), 0.5, 9.0, frames=16000, agent_steps=500, budget_steps=1000),
+               sweep.RunTiming(("stm", 16), 0.0, 0.0, budget_steps=2000)]  # one stm kind measured: no line
+    per_step = 0.001 + 15 * 0.003 / 31  # 1 ms at 1 frame per step, 4 ms at 32: read at 16
+    assert sweep.seconds_per_step(timings, "lstm", 16) == pytest.approx(per_step)
+    assert sweep.seconds_per_step(timings, "stm", 16) is None
+    remaining = sweep.estimate_remaining(timings, parallel=1)
+    assert remaining.seconds == pytest.approx(2000 * per_step + 0.5 * 9.0 / 0.5)
+    assert (remaining.interpolated, remaining.untimed) == ([("lstm", 16)], [("stm", 16)])
+    assert sweep.describe_remaining(remaining) == (
+        "ETA >= 0:00:14 (lstm at skip 16 timed from the agent's other skips; stm at skip 16 not timed yet)")
