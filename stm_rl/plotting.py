@@ -566,10 +566,19 @@ def table_header(band: Band, thresholds: Sequence[float]) -> list[str]:
             + [f"greedy final (+-{band}, runs x games)"])
 
 
-def format_table(rows: Sequence[dict[str, object]], band: Band, thresholds: Sequence[float]) -> str:
-    lines = [table_header(band, thresholds)] + [table_cells(row, band, thresholds) for row in rows]
+def aligned(lines: Sequence[Sequence[str]]) -> str:
+    """A header and its rows as columns for the terminal."""
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                     + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def format_table(rows: Sequence[dict[str, object]], band: Band, thresholds: Sequence[float]) -> str:
+    return aligned([table_header(band, thresholds)] + [table_cells(row, band, thresholds) for row in rows])
 
 
 def at_steps_header(at_steps: Sequence[int]) -> list[str]:
@@ -591,26 +600,20 @@ def at_steps_cells(row: dict[str, object], band: Band, at_steps: Sequence[int]) 
 
 
 def format_at_steps(rows: Sequence[dict[str, object]], band: Band, at_steps: Sequence[int]) -> str:
-    lines = [at_steps_header(at_steps)] + [at_steps_cells(row, band, at_steps) for row in rows]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)
+    return aligned([at_steps_header(at_steps)] + [at_steps_cells(row, band, at_steps) for row in rows])
 
 
 def format_markdown(rows: Sequence[dict[str, object]], band: Band, thresholds: Sequence[float],
                     window: int, at_steps: Sequence[int] = ()) -> str:
-    header = table_header(band, thresholds)
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(table_cells(row, band, thresholds)) + " |" for row in rows]
+    table = markdown_table(table_header(band, thresholds), [table_cells(row, band, thresholds) for row in rows])
     notes = (f"Averages over {window} games (mean +- {'standard deviation' if band == 'std' else 'standard error'} "
              "over runs; best: the highest full-window average); 'to S': games (g) and agent steps (st) until the full-window average first reached S, "
              "mean over the runs that did (k/n); greedy final: the final weights' greedy games, mean of the runs' "
              "means.")
-    text = "\n".join(lines) + "\n\n" + notes + "\n"
+    text = table + "\n\n" + notes + "\n"
     if at_steps:
-        header = at_steps_header(at_steps)
-        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(at_steps_cells(row, band, at_steps)) + " |" for row in rows]
-        text += ("\n" + "\n".join(lines) + f"\n\nAt N steps: the {window}-game average at each run's last game "
+        budget_matched = markdown_table(at_steps_header(at_steps), [at_steps_cells(row, band, at_steps) for row in rows])
+        text += ("\n" + budget_matched + f"\n\nAt N steps: the {window}-game average at each run's last game "
                  f"that ended by N agent steps (mean over the runs that trained that far, k/n; +- the "
                  f"{'standard deviation' if band == 'std' else 'standard error'} where k > 1) and the games "
                  "played by then.\n")
