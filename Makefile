@@ -90,8 +90,10 @@ sweep: $(STAMP)
 figure3: $(STAMP)
 	$(VENV)/bin/stm-rl sweep $(FIGURE3) $(ARGS)
 
+# publish exits 1 where it kept a committed log longer than the run's (a run restarted on a new machine): the
+# figures are drawn anyway, from what results/figure3 holds ("-": make goes on and says the error was ignored).
 figure3-results: $(STAMP)
-	$(VENV)/bin/stm-rl publish $(FIGURE3_OUT) --to results/figure3
+	-$(VENV)/bin/stm-rl publish $(FIGURE3_OUT) --to results/figure3
 	$(VENV)/bin/stm-rl plot results/figure3 --x games frames --output results/figure3/figure3.png \
 	    --table-md results/figure3/table.md --table-csv results/figure3/table.csv --skip-empty --completed-only
 	$(VENV)/bin/stm-rl plot results/figure3 --x games --metrics losses/entropy losses/grad_norm losses/value_loss \
